@@ -1,0 +1,1 @@
+"""Packed XNOR-popcount kernels (placeholder, filled by the kernels issue)."""
