@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .ste import ste_sign
+from .ste import ESTIMATORS, ste_sign
 
 __all__ = ["BinaryLinear", "BinaryConv2d", "SignActivation", "is_binary_layer"]
 
@@ -123,6 +123,8 @@ class SignActivation(nn.Module):
 
     def __init__(self, stochastic: bool = False, estimator: str = "hardtanh") -> None:
         super().__init__()
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"unknown estimator {estimator!r}; choose one of {ESTIMATORS}")
         self.stochastic = stochastic
         self.estimator = estimator
 

@@ -86,6 +86,8 @@ class _ShiftBatchNorm(nn.modules.batchnorm._BatchNorm):
         # Same semantics as nn.BatchNorm: exponential average, unbiased variance.
         self.num_batches_tracked += 1
         m = self.momentum
+        if m is None:  # momentum=None: cumulative average, as nn.BatchNorm
+            m = 1.0 / float(self.num_batches_tracked)
         unbiased = var * n / max(n - 1, 1)
         self.running_mean.lerp_(mean.detach(), m)
         self.running_var.lerp_(unbiased.detach(), m)

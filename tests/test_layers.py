@@ -1,0 +1,247 @@
+"""Tests of bnnlib.layers: binary layers with latent weights (paper Section 1.2-1.5, Algorithm 1).
+
+Oracles: ``F.linear`` / ``F.conv2d`` and float ``nn.Linear`` / ``nn.Conv2d`` evaluated at the
+binarized weights, with Sign written out as ``torch.where(w >= 0, 1, -1)``. Products of
+±1 (or 8-bit integer) operands are integers, so forward results are compared exactly.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bnnlib.layers import BinaryConv2d, BinaryLinear, SignActivation, is_binary_layer
+
+
+def _sgn(t: torch.Tensor) -> torch.Tensor:
+    """Reference Sign (paper Eq. 1), independent of bnnlib.binarize."""
+    return torch.where(t >= 0, 1.0, -1.0).to(t.dtype)
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _real_input(shape, seed):
+    """Reals in about [-2.5, 2.5], including exact 0, ±1 and values beyond ±1."""
+    x = torch.randn(shape, generator=_gen(seed)) * 1.5
+    flat = x.view(-1)
+    flat[:5] = torch.tensor([0.0, 1.0, -1.0, 1.5, -3.0])
+    return x
+
+
+def _pixels(shape, seed):
+    """Integer-valued inputs (8-bit pixels), so the first layer's sums are exact in float32."""
+    return torch.randint(0, 256, shape, generator=_gen(seed)).float()
+
+
+# --- BinaryLinear ------------------------------------------------------------------------------
+
+
+def test_binary_linear_forward_binarized_input_exact():
+    torch.manual_seed(0)
+    layer = BinaryLinear(300, 17)  # binarize_input=True by default
+    assert layer.binarize_input is True
+    x = _real_input((9, 300), 1)
+    out = layer(x)
+    ref = F.linear(_sgn(x), _sgn(layer.weight.detach()))
+    assert torch.equal(out, ref)
+    # The reference is integer-valued with the parity of the fan-in: really ±1 products.
+    assert torch.equal(out, out.round()) and bool((out.remainder(2) == 0).all())
+
+
+def test_binary_linear_forward_real_input_exact():
+    torch.manual_seed(0)
+    layer = BinaryLinear(784, 12, binarize_input=False)
+    x = _pixels((5, 784), 2)
+    out = layer(x)
+    ref = (x.double() @ _sgn(layer.weight.detach()).double().T).float()
+    assert torch.equal(out, ref)
+    # binarize_input=True on the same input gives a different result.
+    layer.binarize_input = True
+    assert not torch.equal(layer(x), out)
+    assert torch.equal(layer(x), F.linear(_sgn(x), _sgn(layer.weight.detach())))
+
+
+def test_binary_linear_bias_added():
+    torch.manual_seed(0)
+    layer = BinaryLinear(8, 3, bias=True)
+    assert torch.equal(layer.bias.detach(), torch.zeros(3))  # initialised to zero
+    with torch.no_grad():
+        layer.bias.copy_(torch.tensor([0.5, -1.0, 2.0]))
+    x = _real_input((4, 8), 3)
+    ref = F.linear(_sgn(x), _sgn(layer.weight.detach()), layer.bias.detach())
+    assert torch.equal(layer(x), ref)
+
+
+def test_latent_weights_initialised_in_unit_interval_and_untouched_by_forward():
+    torch.manual_seed(0)
+    layer = BinaryLinear(64, 64)
+    w = layer.weight.detach().clone()
+    assert bool((w.abs() <= 1).all())
+    assert w.abs().max() > 0.95 and w.std() > 0.5  # U(-1, 1), not a small-scale init
+    layer(_real_input((2, 64), 4))
+    assert torch.equal(layer.weight.detach(), w)
+    assert layer.bias is None
+
+
+@pytest.mark.parametrize("binarize_input", [True, False])
+def test_binary_linear_gradients(binarize_input):
+    """grad W = float layer's grad at W_b (identity STE); grad x cancelled where |x| > 1."""
+    torch.manual_seed(0)
+    layer = BinaryLinear(40, 6, binarize_input=binarize_input).double()
+    x = _real_input((7, 40), 5).double().requires_grad_(True)
+    up = torch.randn(7, 6, generator=_gen(6), dtype=torch.float64)
+    layer(x).backward(up)
+
+    wb = _sgn(layer.weight.detach()).requires_grad_(True)
+    xf = x.detach().clone().requires_grad_(True)
+    x_in = _sgn(xf).detach() if binarize_input else xf
+    F.linear(x_in, wb).backward(up)
+    torch.testing.assert_close(layer.weight.grad, wb.grad, rtol=1e-12, atol=1e-12)
+
+    dx_float = up @ wb.detach()  # gradient w.r.t. the layer's (binarized) input
+    if binarize_input:
+        expected = dx_float * (x.detach().abs() <= 1)
+        # Exactly ±1 (flat positions 1, 2) keeps its gradient (the paper's 1{|x| <= 1});
+        # 1.5 and -3 (positions 3, 4) are cancelled.
+        assert bool((x.grad.view(-1)[1:3] != 0).all())
+        assert bool((x.grad.view(-1)[3:5] == 0).all())
+    else:
+        expected = dx_float
+    torch.testing.assert_close(x.grad, expected, rtol=1e-12, atol=1e-12)
+
+
+# --- BinaryConv2d ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stride,padding", [(1, 0), (1, 1), (2, 1)])
+def test_binary_conv_forward_exact(stride, padding):
+    torch.manual_seed(0)
+    conv = BinaryConv2d(3, 5, 3, stride=stride, padding=padding)
+    x = _real_input((2, 3, 8, 8), 7)
+    ref = F.conv2d(_sgn(x), _sgn(conv.weight.detach()), stride=stride, padding=padding)
+    out = conv(x)
+    assert out.shape == ref.shape
+    assert torch.equal(out, ref)
+
+
+def test_binary_conv_forward_real_input_exact():
+    torch.manual_seed(0)
+    conv = BinaryConv2d(3, 4, 3, padding=1, binarize_input=False)
+    x = _pixels((2, 3, 6, 6), 8)
+    ref = F.conv2d(x.double(), _sgn(conv.weight.detach()).double(), padding=1).float()
+    assert torch.equal(conv(x), ref)
+
+
+def test_binary_conv_gradients():
+    torch.manual_seed(0)
+    conv = BinaryConv2d(2, 3, 3, padding=1).double()
+    x = _real_input((2, 2, 5, 5), 9).double().requires_grad_(True)
+    up = torch.randn(2, 3, 5, 5, generator=_gen(10), dtype=torch.float64)
+    conv(x).backward(up)
+
+    twin = nn.Conv2d(2, 3, 3, padding=1, bias=False).double()
+    with torch.no_grad():
+        twin.weight.copy_(_sgn(conv.weight))
+    xb = _sgn(x.detach()).requires_grad_(True)
+    twin(xb).backward(up)
+    torch.testing.assert_close(conv.weight.grad, twin.weight.grad, rtol=1e-12, atol=1e-12)
+    expected = xb.grad * (x.detach().abs() <= 1)
+    torch.testing.assert_close(x.grad, expected, rtol=1e-12, atol=1e-12)
+    assert bool((x.grad[x.detach().abs() > 1] == 0).all())
+
+
+# --- stochastic binarization: training only ----------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_stochastic_only_in_training(kind):
+    torch.manual_seed(0)
+    if kind == "linear":
+        layer = BinaryLinear(50, 20, stochastic=True)
+    else:
+        layer = BinaryConv2d(3, 4, 3, stochastic=True)
+    shape = (4, 50) if isinstance(layer, BinaryLinear) else (2, 3, 6, 6)
+    x = torch.rand(shape, generator=_gen(11)) * 1.6 - 0.8  # inside (-1, 1): truly random bits
+    ref_fn = F.linear if isinstance(layer, BinaryLinear) else F.conv2d
+    det = ref_fn(_sgn(x), _sgn(layer.weight.detach()))
+
+    layer.train()
+    a, b = layer(x), layer(x)
+    assert not torch.equal(a, b), "training draws should differ"
+    assert not torch.equal(a, det)
+    torch.manual_seed(123)
+    c = layer(x)
+    torch.manual_seed(123)
+    assert torch.equal(layer(x), c), "draws follow the global seed"
+
+    layer.eval()
+    assert torch.equal(layer(x), det)
+    assert torch.equal(layer(x), det)
+
+
+def test_deterministic_layer_same_in_train_and_eval():
+    torch.manual_seed(0)
+    layer = BinaryLinear(30, 5)
+    x = _real_input((3, 30), 12)
+    layer.train()
+    a = layer(x)
+    layer.eval()
+    assert torch.equal(a, layer(x))
+
+
+# --- SignActivation ----------------------------------------------------------------------------
+
+
+def test_sign_activation_forward_and_backward():
+    act = SignActivation()
+    x = torch.tensor([-2.0, -1.0, -0.5, -0.0, 0.0, 0.5, 1.0, 2.0], requires_grad=True)
+    y = act(x)
+    assert y.tolist() == [-1, -1, -1, 1, 1, 1, 1, 1]
+    y.backward(torch.arange(1.0, 9.0))
+    assert x.grad.tolist() == [0, 2, 3, 4, 5, 6, 7, 0]
+
+
+@pytest.mark.parametrize("estimator,expected", [("identity", [1.0, 2, 3]), ("none", [0.0, 0, 0])])
+def test_sign_activation_estimators(estimator, expected):
+    x = torch.tensor([-3.0, 0.2, 3.0], requires_grad=True)
+    SignActivation(estimator=estimator)(x).backward(torch.tensor([1.0, 2.0, 3.0]))
+    assert x.grad.tolist() == expected
+
+
+def test_sign_activation_bad_estimator_raises():
+    with pytest.raises(ValueError, match="estimator"):
+        SignActivation(estimator="bogus")(torch.zeros(2))
+
+
+def test_sign_activation_stochastic_only_in_training():
+    torch.manual_seed(0)
+    act = SignActivation(stochastic=True)
+    x = torch.zeros(2000)  # p = 1/2
+    act.train()
+    y = act(x)
+    assert set(y.tolist()) == {-1.0, 1.0}
+    act.eval()
+    assert torch.equal(act(x), torch.ones(2000))
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def test_is_binary_layer():
+    assert is_binary_layer(BinaryLinear(2, 2))
+    assert is_binary_layer(BinaryConv2d(1, 1, 3))
+    for m in (nn.Linear(2, 2), nn.Conv2d(1, 1, 3), SignActivation(), nn.BatchNorm1d(2)):
+        assert not is_binary_layer(m)
+
+
+def test_extra_repr_shows_flags():
+    r = repr(BinaryLinear(3, 4, binarize_input=False))
+    assert "in_features=3" in r and "out_features=4" in r
+    assert "binarize_input=False" in r and "stochastic=False" in r
+    r = repr(BinaryConv2d(3, 4, 3, padding=1, stochastic=True))
+    assert "binarize_input=True" in r and "stochastic=True" in r and "padding=(1, 1)" in r
+    assert "estimator='identity'" in repr(SignActivation(estimator="identity"))
