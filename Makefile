@@ -8,6 +8,8 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 PROFILE ?= small
 STAMP := $(VENV)/.installed
+# With 2 OpenMP threads on a busy 2-core machine, spin-waiting threads slow small ops ~30x.
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: venv test book lab lint format clean
 

@@ -1,1 +1,29 @@
-"""Packed XNOR-popcount kernels (placeholder, filled by the kernels issue)."""
+"""Packed XNOR-popcount kernels on the CPU (paper Section 4).
+
+A ±1 vector is stored one bit per entry (bit 1 = +1, LSB-first, :func:`pack`); the dot
+product of two such vectors of length k is k - 2 * popcount(a XOR b), so one 64-bit
+XOR + popcount replaces 64 multiply-accumulates. :func:`xnor_gemm` multiplies packed
+matrices exactly on all CPU cores (numba), :func:`bitplane_dot` handles the 8-bit first
+layer with bit planes. The GPU versions are in :mod:`bnnlib.cuda`.
+
+>>> import torch, bnnlib
+>>> a = bnnlib.sign(torch.randn(3, 100)); b = bnnlib.sign(torch.randn(5, 100))
+>>> bool((xnor_gemm(pack(a), pack(b), 100) == (a @ b.T).int()).all())
+True
+"""
+
+from .packing import check_pm1, num_words, pack, pack_bits, threshold_pack, unpack
+from .xnor import bitplane_dot, hamming_gemm, popcount_rows, xnor_gemm
+
+__all__ = [
+    "pack",
+    "unpack",
+    "pack_bits",
+    "num_words",
+    "check_pm1",
+    "threshold_pack",
+    "xnor_gemm",
+    "hamming_gemm",
+    "bitplane_dot",
+    "popcount_rows",
+]

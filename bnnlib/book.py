@@ -1,0 +1,519 @@
+"""``make book``: run the book's notebooks, collect their results, export them to offline HTML.
+
+::
+
+    python -m bnnlib.book [--profile small|full|tests] [--only 01 [--only 03]] [--out build/book]
+
+For each ``book/NN_*.ipynb``, in order:
+
+1. parameters: ``small`` keeps the notebook's defaults (about a minute each on a
+   CPU), ``full`` injects ``book/params/<notebook>.full.yaml`` (paper scale),
+   ``tests`` injects ``book/params/<notebook>.tests.yaml`` when there is one.
+   Every injected name must exist in the notebook's cell tagged ``parameters``;
+   :func:`parameters` parses that cell (``NAME = literal  # comment`` per line).
+2. execution with papermill in a fresh kernel of this Python (a kernelspec
+   ``bnnlib`` is installed into ``sys.prefix`` when missing), the working
+   directory being ``book/``, ``BNN_RECORD_FILE`` pointing at
+   ``<out>/records/<notebook>.json`` (see :mod:`bnnlib.record`) and
+   ``BNN_DATA_DIR`` made absolute. The executed copy is ``<out>/<notebook>.ipynb``.
+   A failing cell stops the run, naming the notebook and the cell.
+3. results: every record goes to ``<out>/results.json`` and ``<out>/results.md``
+   (value, the paper's value, data, schedule, hardware, seed).
+4. HTML: ``<out>/html/<notebook>.html`` and ``<out>/html/index.html``, with
+   plotly.js embedded and no CDN reference (nbconvert's require.js, MathJax,
+   mermaid and widget-manager script tags are left out; :func:`offline_problems`
+   checks the result).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import html
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import tokenize
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import record as _record
+
+__all__ = [
+    "BOOK_DIR",
+    "PROFILES",
+    "BookError",
+    "Run",
+    "notebooks",
+    "title",
+    "parameters_source",
+    "parameters",
+    "profile_parameters",
+    "kernel_name",
+    "run_notebook",
+    "export_html",
+    "offline_problems",
+    "write_results",
+    "main",
+]
+
+BOOK_DIR = Path(__file__).resolve().parent.parent / "book"
+PROFILES = ("small", "full", "tests")
+KERNEL = "bnnlib"
+_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
+
+
+class BookError(RuntimeError):
+    """A notebook, its parameters or its export is wrong; the message names it."""
+
+
+@dataclass
+class Run:
+    """One executed notebook: where its copy is, what it recorded, how long it took."""
+
+    notebook: str
+    title: str
+    executed: Path
+    seconds: float
+    parameters: dict[str, Any]
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+
+# --- notebooks and their parameters -----------------------------------------------------
+
+
+def notebooks(book_dir: Path = BOOK_DIR, only: Sequence[str] | None = None) -> list[Path]:
+    """``book_dir/NN_*.ipynb`` in order; ``only`` keeps those whose number or name is listed."""
+    found = sorted(p for p in Path(book_dir).glob("[0-9][0-9]_*.ipynb"))
+    if only:
+        wanted = {w.strip() for item in only for w in item.split(",") if w.strip()}
+        found = [p for p in found if p.stem[:2] in wanted or p.stem in wanted]
+        if not found:
+            raise BookError(f"--only {sorted(wanted)} matches no notebook in {book_dir}")
+    return found
+
+
+def _read_nb(path: Path):
+    import nbformat
+
+    return nbformat.read(path, as_version=4)
+
+
+def title(nb) -> str:
+    """The first markdown heading of a notebook."""
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            for line in cell.source.splitlines():
+                if line.startswith("#"):
+                    return line.lstrip("#").strip()
+    return ""
+
+
+def parameters_source(nb, name: str = "notebook") -> str:
+    """The source of the one cell tagged ``parameters``."""
+    cells = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if len(cells) != 1:
+        raise BookError(f"{name}: expected one cell tagged 'parameters', found {len(cells)}")
+    return cells[0].source
+
+
+def parameters(source: str, name: str = "notebook") -> dict[str, tuple[Any, str]]:
+    """Parse a parameters cell: ``{NAME: (value, comment)}``.
+
+    Each line is blank, a comment, or ``NAME = literal  # comment`` with NAME in
+    UPPER_CASE, a Python literal and a comment saying what it is.
+    """
+    found: dict[str, tuple[Any, str]] = {}
+    for number, line in enumerate(source.splitlines(), start=1):
+        code, comment = _split_comment(line)
+        if not code:
+            continue
+        where = f"{name}, parameters cell line {number} ({line.strip()!r})"
+        try:
+            tree = ast.parse(code)
+        except SyntaxError as e:
+            raise BookError(f"{where}: not Python ({e.msg})") from e
+        stmt = tree.body[0] if len(tree.body) == 1 else None
+        if not (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1):
+            raise BookError(f"{where}: expected one assignment NAME = literal per line")
+        target = stmt.targets[0]
+        if not (isinstance(target, ast.Name) and _NAME.match(target.id)):
+            raise BookError(f"{where}: parameter names are UPPER_CASE")
+        try:
+            value = ast.literal_eval(stmt.value)
+        except ValueError as e:
+            raise BookError(f"{where}: the value must be a literal (number, string, ...)") from e
+        if not comment:
+            raise BookError(f"{where}: each parameter needs a comment saying what it is")
+        found[target.id] = (value, comment)
+    return found
+
+
+def _split_comment(line: str) -> tuple[str, str]:
+    """(code, comment text) of one line, using the tokenizer so '#' inside strings is kept."""
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(line).readline))
+    except (tokenize.TokenError, SyntaxError):
+        return line.strip(), ""
+    for tok in tokens:
+        if tok.type == tokenize.COMMENT:
+            return line[: tok.start[1]].strip(), tok.string.lstrip("#").strip()
+    return line.strip(), ""
+
+
+def _compatible(default: Any, value: Any) -> bool:
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(default, bool) and isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    if isinstance(default, (list, tuple)):
+        return isinstance(value, (list, tuple))
+    return isinstance(value, type(default))
+
+
+def profile_parameters(path: Path, profile: str) -> dict[str, Any]:
+    """The parameters ``profile`` injects into notebook ``path`` (checked against its cell)."""
+    if profile not in PROFILES:
+        raise BookError(f"unknown profile {profile!r}; choose one of {PROFILES}")
+    if profile == "small":
+        return {}
+    file = path.parent / "params" / f"{path.stem}.{profile}.yaml"
+    if not file.exists():
+        if profile == "full":
+            print(f"  note: no {file.name}; the notebook's defaults are used", flush=True)
+        return {}
+    import yaml
+
+    loaded = yaml.safe_load(file.read_text()) or {}
+    if not isinstance(loaded, dict):
+        raise BookError(f"{file}: expected a mapping NAME: value")
+    declared = parameters(parameters_source(_read_nb(path), path.name), path.name)
+    for name, value in loaded.items():
+        if name not in declared:
+            raise BookError(
+                f"{file}: {name!r} is not a parameter of {path.name} "
+                f"(its parameters cell declares {', '.join(declared)})"
+            )
+        if not _compatible(declared[name][0], value):
+            raise BookError(
+                f"{file}: {name} = {value!r} does not match the type of the notebook's "
+                f"default {declared[name][0]!r}"
+            )
+    return loaded
+
+
+# --- execution --------------------------------------------------------------------------------
+
+
+def kernel_name() -> str:
+    """A kernelspec that runs this Python: ``bnnlib`` (installed into sys.prefix if missing)."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    def runs_this_python(name: str) -> bool:
+        try:
+            argv = KernelSpecManager().get_kernel_spec(name).argv
+        except NoSuchKernel:
+            return False
+        exe = argv[0] if argv else ""
+        # jupyter_client replaces a bare "python" with sys.executable when it launches.
+        if exe in ("python", f"python{sys.version_info[0]}"):
+            return True
+        return Path(exe).exists() and Path(exe).resolve() == Path(sys.executable).resolve()
+
+    if runs_this_python(KERNEL):
+        return KERNEL
+    cmd = [sys.executable, "-m", "ipykernel", "install", "--sys-prefix", "--name", KERNEL]
+    cmd += ["--display-name", "Python (bnnlib)"]
+    subprocess.run(cmd, check=True, capture_output=True)
+    if not runs_this_python(KERNEL):
+        raise BookError(
+            f"a kernelspec named {KERNEL!r} that runs another Python shadows the one in "
+            f"{sys.prefix}; remove it (jupyter kernelspec remove {KERNEL}) and re-run"
+        )
+    return KERNEL
+
+
+@contextmanager
+def _environment(record_file: Path):
+    """BNN_RECORD_FILE for this notebook, BNN_DATA_DIR absolute (the kernel runs in book/)."""
+    saved = {k: os.environ.get(k) for k in (_record.ENV_VAR, "BNN_DATA_DIR")}
+    os.environ[_record.ENV_VAR] = str(record_file)
+    if saved["BNN_DATA_DIR"]:
+        os.environ["BNN_DATA_DIR"] = str(Path(saved["BNN_DATA_DIR"]).expanduser().resolve())
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _failure(path: Path, executed: Path, err: Exception) -> BookError:
+    source = getattr(err, "source", "") or ""
+    index = "?"
+    for i, cell in enumerate(_read_nb(path).cells):
+        if source and cell.source == source:
+            index = str(i)
+    count = getattr(err, "exec_count", None)
+    excerpt = "\n".join("    " + line for line in source.splitlines()[:8])
+    what = f"{getattr(err, 'ename', type(err).__name__)}: {getattr(err, 'evalue', err)}"
+    return BookError(
+        f"{path.name} failed in cell {index} (execution count {count}):\n{excerpt}\n"
+        f"  {what}\n  the executed copy with the traceback: {executed}"
+    )
+
+
+def run_notebook(
+    path: Path,
+    out_dir: Path,
+    profile: str = "small",
+    *,
+    extra_parameters: dict[str, Any] | None = None,
+    kernel: str | None = None,
+    log_output: bool = False,
+    timeout: int | None = None,
+) -> Run:
+    """Execute one notebook with papermill into ``out_dir``; returns its :class:`Run`.
+
+    Raises :class:`BookError` naming the notebook and the failing cell.
+    """
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    path, out_dir = Path(path).resolve(), Path(out_dir)
+    params = {**profile_parameters(path, profile), **(extra_parameters or {})}
+    executed = out_dir / path.name
+    record_file = out_dir / "records" / f"{path.stem}.json"
+    record_file.parent.mkdir(parents=True, exist_ok=True)
+    record_file.unlink(missing_ok=True)
+    start = time.perf_counter()
+    with _environment(record_file):
+        try:
+            papermill.execute_notebook(
+                str(path),
+                str(executed),
+                parameters=params,
+                kernel_name=kernel or kernel_name(),
+                language="python",
+                cwd=str(path.parent),
+                progress_bar=False,
+                log_output=log_output,
+                execution_timeout=timeout,
+            )
+        except PapermillExecutionError as err:
+            raise _failure(path, executed, err) from None
+        except Exception as err:  # a dead kernel, a timeout
+            raise _failure(path, executed, err) from err
+    seconds = time.perf_counter() - start
+    records = _record.read(record_file) if record_file.exists() else []
+    nb_title = title(_read_nb(path))
+    return Run(path.stem, nb_title, executed, seconds, params, records)
+
+
+# --- HTML export --------------------------------------------------------------------------
+
+# The lab template without its script tags that load from CDNs (require.js, MathJax,
+# mermaid, the widget manager). Plotly figures carry plotly.js in their own outputs.
+_TEMPLATE = """{%- extends 'index.html.j2' -%}
+{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
+{%- block jupyter_widgets -%}{%- endblock jupyter_widgets -%}
+{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+"""
+
+_REMOTE = [
+    re.compile(r"<script[^>]*\bsrc\s*=\s*[\"']?\s*(?:https?:)?//[^\"'\s>]*", re.I),
+    re.compile(r"<link[^>]*\bhref\s*=\s*[\"']?\s*(?:https?:)?//[^\"'\s>]*", re.I),
+    re.compile(r"@import\s+(?:url\()?\s*[\"']?(?:https?:)?//[^\"')\s]*", re.I),
+    re.compile(r"\bimport\s*\(\s*[\"'](?:https?:)?//[^\"']*", re.I),
+    re.compile(r"<iframe[^>]*\bsrc\s*=\s*[\"']?\s*(?:https?:)?//[^\"'\s>]*", re.I),
+]
+
+
+def offline_problems(page: str) -> list[str]:
+    """Every place where ``page`` would load something from the network (empty when offline)."""
+    return [m.group(0)[:160] for rx in _REMOTE for m in rx.finditer(page)]
+
+
+def _static_outputs(nb) -> None:
+    """Keep the static fallback of widget outputs: an HTML export cannot run a kernel."""
+    nb.metadata.pop("widgets", None)
+    widget = "application/vnd.jupyter.widget-view+json"
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            if widget in data and "text/html" in data:
+                del data[widget]
+
+
+def export_html(executed: Path, html_dir: Path) -> Path:
+    """``executed`` notebook to ``html_dir/<name>.html``, self-contained and offline."""
+    from jinja2 import DictLoader
+    from nbconvert import HTMLExporter
+
+    nb = _read_nb(Path(executed))
+    _static_outputs(nb)
+    exporter = HTMLExporter(
+        template_name="lab",
+        extra_loaders=[DictLoader({"bnnlib_offline.html.j2": _TEMPLATE})],
+        template_file="bnnlib_offline.html.j2",
+    )
+    name = Path(executed).stem
+    body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": title(nb) or name}})
+    problems = offline_problems(body)
+    if problems:
+        raise BookError(f"{name}.html would load from the network: {problems[:3]}")
+    html_dir.mkdir(parents=True, exist_ok=True)
+    out = html_dir / f"{name}.html"
+    out.write_text(body, encoding="utf-8")
+    return out
+
+
+# --- results ------------------------------------------------------------------------------
+
+_COLUMNS = ("name", "value", "unit", "paper", "data", "schedule", "hardware", "seed", "note")
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return v if isinstance(v, str) else json.dumps(v)
+
+
+def _markdown(runs: Sequence[Run], profile: str) -> str:
+    lines = [f"# Results of the book (profile `{profile}`)", ""]
+    lines += [f"Generated {time.strftime('%Y-%m-%d %H:%M')} by `python -m bnnlib.book`.", ""]
+    for run in runs:
+        lines += [f"## {run.notebook}: {run.title} ({run.seconds:.0f} s)", ""]
+        if run.parameters:
+            lines += ["Parameters: " + ", ".join(f"`{k}={v}`" for k, v in run.parameters.items())]
+            lines += [""]
+        lines += ["| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
+        for e in run.records:
+            cells = [_cell(e.get(c)).replace("|", "\\|") for c in _COLUMNS]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_results(runs: Sequence[Run], out_dir: Path, profile: str) -> tuple[Path, Path]:
+    """``results.json`` and ``results.md`` in ``out_dir``, gathering every run's records."""
+    data = {
+        "profile": profile,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "hardware": _record.hardware(),
+        "notebooks": [
+            {
+                "notebook": r.notebook,
+                "title": r.title,
+                "seconds": round(r.seconds, 2),
+                "parameters": r.parameters,
+                "records": r.records,
+            }
+            for r in runs
+        ],
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out_dir / "results.json", out_dir / "results.md"
+    json_path.write_text(json.dumps(data, indent=1))
+    md_path.write_text(_markdown(runs, profile))
+    return json_path, md_path
+
+
+def _index_html(runs: Sequence[Run], pages: dict[str, Path], profile: str) -> str:
+    esc = html.escape
+    items = "".join(
+        f'<li><a href="{esc(pages[r.notebook].name)}">{esc(r.notebook)}</a>: '
+        f"{esc(r.title)} <small>({r.seconds:.0f} s)</small></li>"
+        for r in runs
+        if r.notebook in pages
+    )
+    tables = []
+    for r in runs:
+        rows = "".join(
+            "<tr>" + "".join(f"<td>{esc(_cell(e.get(c)))}</td>" for c in _COLUMNS) + "</tr>"
+            for e in r.records
+        )
+        head = "".join(f"<th>{c}</th>" for c in _COLUMNS)
+        tables.append(
+            f"<h3>{esc(r.notebook)}</h3><table><tr>{head}</tr>{rows}</table>" if rows else ""
+        )
+    style = (
+        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+        "table{border-collapse:collapse;font-size:90%;margin-bottom:1em}"
+        "td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}"
+    )
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>Binarized Neural Networks: the book</title><style>{style}</style></head><body>"
+        "<h1>Binarized Neural Networks: the book</h1>"
+        "<p>Courbariaux, Hubara, Soudry, El-Yaniv, Bengio (2016), arXiv 1602.02830. "
+        f"Profile <code>{esc(profile)}</code>, built {time.strftime('%Y-%m-%d %H:%M')}.</p>"
+        f"<h2>Notebooks</h2><ol>{items}</ol><h2>Results</h2>{''.join(tables)}</body></html>"
+    )
+
+
+# --- CLI ------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bnnlib.book", description="Run the book, collect results, export HTML."
+    )
+    parser.add_argument("--profile", choices=PROFILES, default="small")
+    parser.add_argument("--only", action="append", help="notebook number(s), e.g. 01 or 01,03")
+    parser.add_argument("--out", type=Path, default=Path("build/book"))
+    parser.add_argument("--book-dir", type=Path, default=BOOK_DIR)
+    parser.add_argument("--no-html", action="store_true", help="skip the HTML export")
+    parser.add_argument("--log-output", action="store_true", help="echo the notebooks' output")
+    args = parser.parse_args(argv)
+
+    try:
+        paths = notebooks(args.book_dir, args.only)
+        if not paths:
+            raise BookError(f"no notebooks NN_*.ipynb in {args.book_dir}")
+        kernel = kernel_name()
+        runs: list[Run] = []
+        total = time.perf_counter()
+        print(f"book: {len(paths)} notebooks, profile {args.profile}, into {args.out}")
+        for i, path in enumerate(paths, start=1):
+            print(f"[{i}/{len(paths)}] {path.name} ...", flush=True)
+            run = run_notebook(
+                path, args.out, args.profile, kernel=kernel, log_output=args.log_output
+            )
+            runs.append(run)
+            print(f"    done in {run.seconds:.1f} s, {len(run.records)} results recorded")
+        json_path, md_path = write_results(runs, args.out, args.profile)
+        print(f"results: {md_path} and {json_path}")
+        if not args.no_html:
+            html_dir = args.out / "html"
+            pages = {}
+            for run in runs:
+                start = time.perf_counter()
+                pages[run.notebook] = export_html(run.executed, html_dir)
+                print(f"    html {pages[run.notebook]} ({time.perf_counter() - start:.1f} s)")
+            index = html_dir / "index.html"
+            index.write_text(_index_html(runs, pages, args.profile), encoding="utf-8")
+            print(f"html: {index}")
+        print(f"book done in {time.perf_counter() - total:.1f} s")
+        for run in runs:
+            print(f"  {run.notebook:40s} {run.seconds:7.1f} s")
+    except BookError as err:
+        print(f"book FAILED: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,550 @@
+"""The paper's datasets, splits and input scaling, held whole as tensors (paper Section 2).
+
+The paper trains on three image sets, each with a validation set cut from the
+end of the training set (the Theano code); the reported test error is the one
+at the epoch of best validation error:
+
+============  ===========================  =========  ============  ======
+name          files (under the data root)  train      val           test
+============  ===========================  =========  ============  ======
+mnist         MNIST/raw/*-ubyte[.gz]       first 50k  last 10k      10k
+fashion_mnist FashionMNIST/raw/...         first 50k  last 10k      10k
+cifar10       cifar-10-batches-py/         first 45k  last 5k       10k
+svhn          SVHN/{train,test}_32x32.mat  the rest   last N // 10  26,032
+npz:<path>    x_train, y_train, x_test,    the rest   last N // 10  x_test
+              y_test (uint8, N x H x W x C)
+============  ===========================  =========  ============  ======
+
+In general the validation set is the last ``N // 6`` training images for
+(Fashion-)MNIST and the last ``N // 10`` for the others
+(:func:`validation_size`), which gives the paper's 10k of 60k and 5k of 50k.
+SVHN and ``npz:`` files have no split of their own in the paper; they take the
+same tenth as CIFAR-10. (The paper's SVHN also used the 531k ``extra`` images;
+:func:`load` reads ``train_32x32.mat`` only.) ``"train_full"`` is the whole
+training set (for MNIST the 60k images).
+
+Inputs are scaled to [-1, 1] as the paper does::
+
+    x = 2 * pixel / 255 - 1        (pixel in 0..255)
+
+and :func:`to_uint8` inverts that exactly. The first layer of every model takes
+these real values (paper Section 2.6: the first layer's input is not binary).
+
+A dataset is small (MNIST is 188 MB as float32), so it is held as one tensor
+``X`` (N, C, H, W) and one ``y`` (N,); training moves it to the device once and
+takes mini-batches as index slices (:mod:`bnnlib.train`), with no per-sample
+PIL transforms in the loop.
+
+Files are read by small readers of the original formats so a bad file gives an
+error that names it: IDX (MNIST), the CIFAR-10 python pickles (read with a
+*restricted* unpickler that can only rebuild numpy arrays, never run code), and
+SVHN's MATLAB files (``scipy.io.loadmat``). torchvision is only used to
+*download* them when they are missing and the machine is online; nothing else
+is cached on disk.
+
+The data root is ``root=`` if given, else ``$BNN_DATA_DIR``, else
+``~/.cache/bnnlib/data``.
+"""
+
+from __future__ import annotations
+
+import codecs
+import gzip
+import io
+import math
+import os
+import pickle
+import socket
+import struct
+import urllib.parse
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = [
+    "Dataset",
+    "DataNotFoundError",
+    "CorruptDataError",
+    "NAMES",
+    "SPLITS",
+    "ENV_VAR",
+    "load",
+    "load_splits",
+    "resolve_root",
+    "validation_size",
+    "scale",
+    "to_uint8",
+    "read_idx",
+    "read_cifar_batch",
+    "restricted_load",
+]
+
+ENV_VAR = "BNN_DATA_DIR"
+DEFAULT_ROOT = Path("~/.cache/bnnlib/data")
+NAMES = ("mnist", "fashion_mnist", "cifar10", "svhn", "npz:<path>")
+SPLITS = ("train", "val", "test", "train_full")
+
+_NAMES_SET = {"mnist", "fashion_mnist", "cifar10", "svhn"}
+
+# The validation set is the last N // divisor training images (paper's code:
+# MNIST 50k/10k, CIFAR-10 45k/5k); CIFAR-10, SVHN and npz files: a tenth.
+_VAL_DIVISOR = {"mnist": 6, "fashion_mnist": 6}
+
+
+class DataNotFoundError(FileNotFoundError):
+    """The dataset's files are not under the data root (the message says where to put them)."""
+
+
+class CorruptDataError(ValueError):
+    """A data file exists but is not in the expected format (the message names the file)."""
+
+
+# --------------------------------------------------------------------------- the Dataset
+
+
+@dataclass(eq=False)
+class Dataset:
+    """A whole split as tensors: ``X`` float32 (N, C, H, W) in [-1, 1], ``y`` int64 (N,)."""
+
+    X: torch.Tensor
+    y: torch.Tensor
+    name: str
+    split: str
+    num_classes: int
+
+    def __post_init__(self) -> None:
+        if self.X.shape[0] != self.y.shape[0] or self.y.dim() != 1:
+            raise ValueError(
+                f"Dataset {self.name!r}: X has {self.X.shape[0]} rows but y has shape "
+                f"{tuple(self.y.shape)}; they must be (N, ...) and (N,)"
+            )
+
+    def __len__(self) -> int:
+        return self.y.shape[0]
+
+    def to(self, device: torch.device | str) -> Dataset:
+        """The same dataset with ``X`` and ``y`` on ``device``."""
+        return replace(self, X=self.X.to(device), y=self.y.to(device))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The shape of one sample, (C, H, W)."""
+        return tuple(self.X.shape[1:])
+
+    def __repr__(self) -> str:
+        return (
+            f"Dataset({self.name!r}, split={self.split!r}, n={len(self)}, "
+            f"shape={self.shape}, num_classes={self.num_classes}, device={self.X.device})"
+        )
+
+
+def scale(pixels: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """uint8 pixels to the paper's inputs, 2 * pixel / 255 - 1, as float32."""
+    x = torch.as_tensor(pixels)
+    if x.dtype != torch.uint8:
+        raise ValueError(f"scale expects uint8 pixels, got {x.dtype}")
+    return x.to(torch.float32).mul_(2.0 / 255.0).sub_(1.0)
+
+
+def to_uint8(X: torch.Tensor) -> torch.Tensor:
+    """The exact inverse of :func:`scale`: round((X + 1) * 255 / 2) as uint8."""
+    return ((X.float() + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def resolve_root(root: str | os.PathLike | None = None) -> Path:
+    """The data root: ``root`` if given, else ``$BNN_DATA_DIR``, else ``~/.cache/bnnlib/data``."""
+    if root is not None:
+        return Path(root).expanduser()
+    env = os.environ.get(ENV_VAR)
+    return Path(env).expanduser() if env else DEFAULT_ROOT.expanduser()
+
+
+def _root_origin(root) -> str:
+    if root is not None:
+        return "the root= argument"
+    return f"${ENV_VAR}" if os.environ.get(ENV_VAR) else "the default, $BNN_DATA_DIR being unset"
+
+
+# --------------------------------------------------------------------------- IDX (MNIST)
+
+# IDX type byte -> numpy dtype (big-endian), from the MNIST page's format description.
+_IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def _read_bytes(path: Path) -> bytes:
+    if path.suffix == ".gz":
+        try:
+            with gzip.open(path, "rb") as f:
+                return f.read()
+        except (OSError, EOFError) as e:
+            raise CorruptDataError(
+                f"{path}: corrupt gzip file ({e}); delete it and download it again"
+            ) from e
+    return path.read_bytes()
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read an IDX file (MNIST format; ``.gz`` is decompressed): magic 00 00 type ndim, dims, data.
+
+    Raises :class:`CorruptDataError` naming the file on a bad magic number or a
+    size that does not match the header (a truncated download).
+    """
+    path = Path(path)
+    data = _read_bytes(path)
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_TYPES:
+        raise CorruptDataError(
+            f"{path}: not an IDX file (magic bytes {data[:4].hex(' ') or 'missing'}, expected "
+            "00 00 08 0N); the file is corrupt or of another format: delete it and "
+            "download it again"
+        )
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise CorruptDataError(f"{path}: truncated IDX file (header cut short); download it again")
+    dims = struct.unpack(f">{ndim}I", data[4:header])
+    dtype = np.dtype(_IDX_TYPES[data[2]])
+    expected = math.prod(dims) * dtype.itemsize
+    if len(data) - header != expected:
+        raise CorruptDataError(
+            f"{path}: truncated or corrupt IDX file: the header says shape {dims} "
+            f"({expected} bytes of data) but the file holds {len(data) - header}; "
+            "delete it and download it again"
+        )
+    return (
+        np.frombuffer(data, dtype, offset=header)
+        .reshape(dims)
+        .astype(dtype.newbyteorder("="), copy=False)
+    )
+
+
+# --------------------------------------------------------------------------- CIFAR-10 pickles
+
+
+def _allowed_globals() -> dict[tuple[str, str], object]:
+    # The callables numpy's own pickles use to rebuild an array, found through
+    # numpy's public __reduce__ so that both numpy 1 and numpy 2 module names work.
+    reconstruct = np.zeros(1).__reduce__()[0]
+    frombuffer = np.zeros(1).__reduce_ex__(5)[0]
+    allowed: dict[tuple[str, str], object] = {
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        # Python 3 protocol-2 pickles store bytes as _codecs.encode(str, "latin1").
+        ("_codecs", "encode"): codecs.encode,
+    }
+    for mod in ("numpy.core", "numpy._core"):
+        allowed[(f"{mod}.multiarray", "_reconstruct")] = reconstruct
+        allowed[(f"{mod}.numeric", "_frombuffer")] = frombuffer
+    return allowed
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Unpickles only plain containers and numpy arrays: any other global is refused."""
+
+    def __init__(self, file, source: str):
+        super().__init__(file, encoding="latin1")  # latin1: Python 2 numpy pickles
+        self._source = source
+        self._allowed = _allowed_globals()
+
+    def find_class(self, module: str, name: str):
+        obj = self._allowed.get((module, name))
+        if obj is None:
+            raise pickle.UnpicklingError(
+                f"{self._source}: refused to unpickle global {module}.{name}; a data file may "
+                "only hold numpy arrays, lists, dicts, numbers and strings (the file is "
+                "corrupt or not a CIFAR-10 batch; never load pickles you do not trust)"
+            )
+        return obj
+
+
+def restricted_load(data: bytes, source: str = "<bytes>"):
+    """``pickle.loads`` that can only build containers, numbers, strings and numpy arrays."""
+    return _RestrictedUnpickler(io.BytesIO(data), source).load()
+
+
+def _get(d: dict, key: str):
+    # Official batches (Python 2) unpickle with str keys, Python 3 ones with bytes keys.
+    return d[key] if key in d else d.get(key.encode())
+
+
+def read_cifar_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR-10 python batch -> (uint8 (N, 3, 32, 32), int64 labels (N,)).
+
+    The file is a pickled dict with ``data`` (N x 3072 uint8: the red, green and
+    blue 32 x 32 planes of each image) and ``labels`` (N ints).
+    """
+    path = Path(path)
+    try:
+        d = restricted_load(path.read_bytes(), str(path))
+    except pickle.UnpicklingError:
+        raise
+    except Exception as e:  # truncated stream, bad opcodes, ...
+        raise CorruptDataError(f"{path}: corrupt CIFAR-10 batch ({type(e).__name__}: {e})") from e
+    data = _get(d, "data") if isinstance(d, dict) else None
+    labels = _get(d, "labels") if isinstance(d, dict) else None
+    if (
+        not isinstance(data, np.ndarray)
+        or data.dtype != np.uint8
+        or data.ndim != 2
+        or data.shape[1] != 3 * 32 * 32
+        or labels is None
+        or len(labels) != data.shape[0]
+    ):
+        raise CorruptDataError(
+            f"{path}: not a CIFAR-10 batch (expected a dict with 'data' uint8 N x 3072 "
+            "and 'labels' of length N)"
+        )
+    return data.reshape(-1, 3, 32, 32), np.asarray(labels, dtype=np.int64)
+
+
+# --------------------------------------------------------------------------- the datasets
+
+# Files each dataset needs, relative to the data root.
+_IDX_FILES = {
+    True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+_DIRS = {"mnist": "MNIST/raw", "fashion_mnist": "FashionMNIST/raw"}
+_CIFAR_DIR = "cifar-10-batches-py"
+_CIFAR_FILES = {True: tuple(f"data_batch_{i}" for i in range(1, 6)), False: ("test_batch",)}
+_SVHN_FILES = {True: ("SVHN/train_32x32.mat",), False: ("SVHN/test_32x32.mat",)}
+
+
+def _files(name: str, train: bool) -> list[str]:
+    if name in _DIRS:
+        return [f"{_DIRS[name]}/{f}" for f in _IDX_FILES[train]]
+    if name == "cifar10":
+        return [f"{_CIFAR_DIR}/{f}" for f in _CIFAR_FILES[train]]
+    return list(_SVHN_FILES[train])
+
+
+def _find(root: Path, rel: str) -> Path | None:
+    """The file, or for IDX files its ``.gz`` twin; None if neither exists."""
+    for p in (root / rel, root / f"{rel}.gz"):
+        if p.is_file():
+            return p
+    return None
+
+
+def _read_mnist(root: Path, name: str, train: bool) -> tuple[np.ndarray, np.ndarray]:
+    img_path, lbl_path = (_find(root, f) for f in _files(name, train))
+    x, y = read_idx(img_path), read_idx(lbl_path)
+    if x.ndim != 3 or y.ndim != 1 or x.shape[0] != y.shape[0] or x.dtype != np.uint8:
+        raise CorruptDataError(
+            f"{img_path} and {lbl_path}: expected uint8 images N x H x W and N labels, "
+            f"got {x.dtype} {x.shape} and {y.shape}"
+        )
+    return x[:, None], y.astype(np.int64)
+
+
+def _read_cifar(root: Path, train: bool) -> tuple[np.ndarray, np.ndarray]:
+    parts = [read_cifar_batch(root / f) for f in _files("cifar10", train)]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def _read_svhn(root: Path, train: bool) -> tuple[np.ndarray, np.ndarray]:
+    import scipy.io
+
+    path = root / _files("svhn", train)[0]
+    try:
+        mat = scipy.io.loadmat(path)
+    except Exception as e:
+        raise CorruptDataError(f"{path}: cannot read the MATLAB file ({e})") from e
+    X, y = mat.get("X"), mat.get("y")
+    if X is None or y is None or X.ndim != 4 or X.shape[:3] != (32, 32, 3):
+        raise CorruptDataError(f"{path}: expected X of shape 32 x 32 x 3 x N and y of N x 1")
+    y = y.reshape(-1).astype(np.int64)
+    if y.shape[0] != X.shape[3]:
+        raise CorruptDataError(f"{path}: X holds {X.shape[3]} images but y {y.shape[0]} labels")
+    # X is 32 x 32 x 3 x N (MATLAB order) and the digit 0 is stored as label 10.
+    return np.ascontiguousarray(X.transpose(3, 2, 0, 1), dtype=np.uint8), y % 10
+
+
+def _read_npz(path: Path, train: bool) -> tuple[np.ndarray, np.ndarray]:
+    keys = ("x_train", "y_train") if train else ("x_test", "y_test")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            missing = [k for k in keys if k not in f.files]
+            if missing:
+                raise CorruptDataError(
+                    f"{path}: missing arrays {missing}; an npz dataset holds x_train, y_train, "
+                    "x_test, y_test (uint8 images N x H x W x C, integer labels N)"
+                )
+            x, y = f[keys[0]], f[keys[1]]
+    except (OSError, ValueError) as e:
+        if isinstance(e, CorruptDataError):
+            raise
+        raise CorruptDataError(f"{path}: cannot read the npz file ({e})") from e
+    if x.dtype != np.uint8 or x.ndim not in (3, 4) or y.shape != (x.shape[0],):
+        raise CorruptDataError(
+            f"{path}: {keys[0]} must be uint8 N x H x W [x C] and {keys[1]} of shape (N,); "
+            f"got {x.dtype} {x.shape} and {y.shape}"
+        )
+    x = x[..., None] if x.ndim == 3 else x
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2)), y.astype(np.int64)
+
+
+def _npz_path(name: str, root) -> Path:
+    path = Path(name[len("npz:") :]).expanduser()
+    if not path.is_absolute() and not path.is_file():
+        path = resolve_root(root) / path  # relative paths: the cwd, else the data root
+    if not path.is_file():
+        raise DataNotFoundError(
+            f"npz dataset not found: {name[4:]!r} (looked in the current directory "
+            f"{Path.cwd()} and in the data root {resolve_root(root)}); pass npz:<path> with an "
+            "existing .npz file holding x_train, y_train, x_test, y_test"
+        )
+    return path
+
+
+# --------------------------------------------------------------------------- download
+
+
+def _torchvision_urls(name: str) -> str:
+    from torchvision import datasets as tvd
+
+    if name == "mnist":
+        return tvd.MNIST.mirrors[0]
+    if name == "fashion_mnist":
+        return tvd.FashionMNIST.mirrors[0]
+    if name == "cifar10":
+        return tvd.CIFAR10.url
+    return tvd.SVHN.split_list["train"][0]
+
+
+def _online(url: str, timeout: float = 3.0) -> tuple[bool, str]:
+    host = urllib.parse.urlparse(url).hostname or url
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True, host
+    except OSError as e:
+        return False, f"{host} ({e})"
+
+
+def _download(name: str, root: Path) -> None:
+    from torchvision import datasets as tvd
+
+    if name == "mnist":
+        tvd.MNIST(root, train=True, download=True)
+    elif name == "fashion_mnist":
+        tvd.FashionMNIST(root, train=True, download=True)
+    elif name == "cifar10":
+        tvd.CIFAR10(root, train=True, download=True)
+    else:
+        for split in ("train", "test"):
+            tvd.SVHN(root / "SVHN", split=split, download=True)
+
+
+def _missing_message(name: str, root: Path, origin: str, missing: list[str]) -> str:
+    listing = "\n".join(f"  {root / f}" + (" (or .gz)" if name in _DIRS else "") for f in missing)
+    return (
+        f"{name} not found under the data root {root} (from {origin}). Missing:\n{listing}\n"
+        f"Put the files there, or point {ENV_VAR} (or root=) at a folder laid out like this, "
+        "or pass download=True to fetch them with torchvision (needs internet)."
+    )
+
+
+def _ensure_files(name: str, root: Path, origin: str, download: bool | None) -> None:
+    """Check the files; download them if missing and allowed (None: only when online)."""
+    want = _files(name, True) + _files(name, False)
+    missing = [f for f in want if _find(root, f) is None]
+    if not missing:
+        return
+    msg = _missing_message(name, root, origin, missing)
+    if download is False:
+        raise DataNotFoundError(msg + " (download=False: no download was tried.)")
+    if download is None:
+        online, where = _online(_torchvision_urls(name))
+        if not online:
+            raise DataNotFoundError(
+                msg + f" (download=None: no download, this machine is offline: "
+                f"cannot reach {where}.)"
+            )
+    try:
+        _download(name, root)
+    except Exception as e:
+        raise DataNotFoundError(msg + f" (download failed: {type(e).__name__}: {e})") from e
+    still = [f for f in want if _find(root, f) is None]
+    if still:
+        raise DataNotFoundError(_missing_message(name, root, origin, still))
+
+
+# --------------------------------------------------------------------------- load
+
+
+def _check(name: str, split: str | None) -> None:
+    if not isinstance(name, str) or not (name in _NAMES_SET or name.startswith("npz:")):
+        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(NAMES)}")
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+
+
+def _read(name: str, root, download, train: bool) -> tuple[np.ndarray, np.ndarray]:
+    if name.startswith("npz:"):
+        return _read_npz(_npz_path(name, root), train)
+    path = resolve_root(root)
+    _ensure_files(name, path, _root_origin(root), download)
+    if name in _DIRS:
+        return _read_mnist(path, name, train)
+    return _read_cifar(path, train) if name == "cifar10" else _read_svhn(path, train)
+
+
+def validation_size(name: str, n: int) -> int:
+    """Validation images cut from the end of ``n`` training images: N // 6 (MNIST), else N // 10."""
+    return n // _VAL_DIVISOR.get(name, 10)
+
+
+def _make(name: str, split: str, x: np.ndarray, y: np.ndarray, num_classes: int) -> Dataset:
+    # Copy: np.frombuffer arrays are read-only, and a slice should not pin the whole file.
+    X = scale(torch.from_numpy(np.array(x, copy=True)))
+    return Dataset(X, torch.from_numpy(np.array(y, dtype=np.int64)), name, split, num_classes)
+
+
+def _num_classes(name: str, root) -> int:
+    """10 for the paper's datasets; for an npz file, 1 + the largest label of either split."""
+    if not name.startswith("npz:"):
+        return 10
+    with np.load(_npz_path(name, root), allow_pickle=False) as f:
+        return 1 + max(int(f[k].max()) for k in ("y_train", "y_test") if f[k].size)
+
+
+def load(
+    name: str,
+    root: str | os.PathLike | None = None,
+    split: str = "train",
+    download: bool | None = None,
+) -> Dataset:
+    """Load one split of a dataset as a :class:`Dataset` (inputs scaled to 2x/255 - 1).
+
+    ``name``: ``"mnist"``, ``"fashion_mnist"``, ``"cifar10"``, ``"svhn"`` or
+    ``"npz:<path>"``. ``split``: ``"train"`` and ``"val"`` (the paper's split of
+    the training set, see the module docstring), ``"test"``, ``"train_full"``.
+    ``download``: True downloads missing files with torchvision, False never
+    does, None (default) downloads only if files are missing and the machine is
+    online. Missing files raise :class:`DataNotFoundError` saying where to put them.
+    """
+    _check(name, split)
+    if split == "test":
+        x, y = _read(name, root, download, train=False)
+        return _make(name, split, x, y, _num_classes(name, root))
+    x, y = _read(name, root, download, train=True)
+    n_train = len(y) - validation_size(name, len(y))
+    sl = {"train": slice(0, n_train), "val": slice(n_train, None), "train_full": slice(None)}
+    return _make(name, split, x[sl[split]], y[sl[split]], _num_classes(name, root))
+
+
+def load_splits(
+    name: str, root: str | os.PathLike | None = None, download: bool | None = None
+) -> tuple[Dataset, Dataset, Dataset]:
+    """(train, val, test) of the paper's split, reading each file once."""
+    _check(name, None)
+    x, y = _read(name, root, download, train=True)
+    xt, yt = _read(name, root, download, train=False)
+    n_train = len(y) - validation_size(name, len(y))
+    k = _num_classes(name, root)
+    return (
+        _make(name, "train", x[:n_train], y[:n_train], k),
+        _make(name, "val", x[n_train:], y[n_train:], k),
+        _make(name, "test", xt, yt, k),
+    )

@@ -1,0 +1,47 @@
+"""Smoke run of ``python -m bnnlib.bench`` with tiny sizes: structure and exactness, not speed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from bnnlib import bench
+
+
+def test_timeit_counts_calls():
+    calls = []
+    r = bench.timeit(lambda: calls.append(1), repeats=3, warmup=2)
+    assert len(calls) == 5 and len(r["times_s"]) == 3
+    assert r["median_s"] == sorted(r["times_s"])[1]
+
+
+def test_bench_quick_smoke(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    out = tmp_path / "bench.json"
+    argv = ["--quick", "--sizes", "64", "--hidden", "64", "--n-test", "300", "--n-calib", "500"]
+    argv += ["--train-hidden", "32", "--train-repeats", "2", "--repeats", "1", "--out", str(out)]
+    res = bench.main(argv)
+    saved = json.loads(out.read_text())
+    assert saved["meta"]["command"].endswith(" ".join(argv))
+    for key in ("cpu", "torch", "numba", "date", "device"):
+        assert key in saved["meta"]
+    g = saved["gemm_cpu"]
+    assert "results" in g or "skipped" in g
+    m = saved["mnist_mlp_cpu"]
+    assert m["n_images"] == 300 and m["hidden"] == 64
+    # Exactness: the packed net equals the float simulation, in both first-layer modes.
+    assert m["all_identical_to_simulation"] is True
+    assert m["identical_packed_vs_simulation"] == 300
+    assert m["identical_bitplanes_vs_real"] == 300
+    assert m["weights_float32_bytes"] == 4 * (784 * 64 + 64 * 64 * 2 + 64 * 10)
+    assert m["weights_ratio"] == m["weights_float32_bytes"] / m["weights_packed_bytes"]
+    (t,) = saved["train_step_cpu"]
+    assert t["hidden"] == 32 and t["batch"] == 100 and len(t["times"]["bnn"]) == 2
+    assert t["ratio_of_medians"] == t["bnn_step_s"] / t["float_step_s"]
+    pairs = [b / f for b, f in zip(t["times"]["bnn"], t["times"]["float"], strict=True)]
+    assert t["ratio_bnn_over_float"] == pytest.approx(sum(pairs) / 2)
+    if not torch.cuda.is_available():
+        assert "skipped" in saved["gpu"]
+    assert res["mnist_mlp_cpu"]["identical_packed_vs_simulation"] == 300

@@ -1,0 +1,255 @@
+"""bnnlib.kernels: packing and the XNOR-popcount products, exact against independent references.
+
+References: torch float64 matmul of the ±1 matrices (exact for these integer sums), a
+naive Python loop over entries and Python's own bit counting for tiny sizes.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import bnnlib
+import bnnlib.cuda as bc
+from bnnlib import kernels as K
+from bnnlib.kernels import packing as packing_module
+from bnnlib.kernels import xnor as xnor_module
+
+FAST = settings(max_examples=30, deadline=None)
+
+
+def pm1(*shape, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return bnnlib.sign(torch.randn(*shape, generator=g))
+
+
+def ref_gemm(a, b):
+    return (a.double() @ b.double().T).to(torch.int32)
+
+
+@pytest.fixture(params=["serial", "parallel"])
+def kernel_threads(request, monkeypatch):
+    """Run a test with the single-thread kernels, then with the multithreaded ones
+    (small products normally take the single-thread path)."""
+    limit = 1 << 62 if request.param == "serial" else 0
+    monkeypatch.setattr(xnor_module, "_SERIAL_WORDS", limit)
+    monkeypatch.setattr(packing_module, "_SERIAL_ENTRIES", limit)
+    return request.param
+
+
+# ---------------------------------------------------------------- packing
+
+
+def test_pack_bit_order_lsb_first_bit1_is_plus1():
+    assert K.pack(torch.tensor([1.0, -1.0, 1.0, 1.0])).tolist() == [0b1101]
+    x = -torch.ones(64)
+    x[63] = 1.0
+    assert K.pack(x).tolist() == [-(2**63)]  # bit 63 set: the int64 is negative
+    x = -torch.ones(65)
+    x[64] = 1.0
+    assert K.pack(x).tolist() == [0, 1]  # entry 64 -> word 1, bit 0
+
+
+def test_pack_matches_python_bit_building(kernel_threads):
+    x = pm1(3, 150, seed=1)
+    words = K.pack(x)
+    assert words.shape == (3, 3) and words.dtype == torch.int64
+    for r in range(3):
+        for w in range(3):
+            expected = sum(1 << e for e in range(64) if 64 * w + e < 150 and x[r, 64 * w + e] > 0)
+            got = int(words[r, w]) & (2**64 - 1)
+            assert got == expected
+
+
+@FAST
+@given(
+    shape=st.lists(st.integers(0, 7), min_size=0, max_size=2),
+    k=st.integers(0, 200),
+    word_bits=st.sampled_from([32, 64]),
+    seed=st.integers(0, 2**16),
+)
+def test_pack_unpack_round_trip(shape, k, word_bits, seed):
+    x = pm1(*shape, k, seed=seed)
+    words = K.pack(x, word_bits=word_bits)
+    assert words.shape == (*shape, -(-k // word_bits))
+    assert words.dtype == (torch.int64 if word_bits == 64 else torch.int32)
+    assert torch.equal(K.unpack(words, k), x)
+
+
+def test_pack_along_other_dims_and_dtypes():
+    x = pm1(70, 3, 5, seed=2)
+    assert torch.equal(K.pack(x, dim=0), K.pack(x.movedim(0, -1)).movedim(-1, 0))
+    assert torch.equal(K.unpack(K.pack(x, dim=0), 70, dim=0), x)
+    for dtype in (torch.float64, torch.float16, torch.bfloat16, torch.int8, torch.int64):
+        assert torch.equal(K.pack(x.to(dtype), dim=1), K.pack(x, dim=1))
+
+
+def test_pack32_is_pack64_bytes():
+    x = pm1(4, 97, seed=3)
+    p64, p32 = K.pack(x), K.pack(x, word_bits=32)
+    assert torch.equal(p64.view(torch.int32)[:, : p32.shape[1]], p32)
+
+
+def test_padding_bits_are_zero():
+    words = K.pack(torch.ones(2, 70))
+    assert int(words[0, 1]) == (1 << 6) - 1
+
+
+def test_pack_rejects_non_pm1_with_count_and_fix(kernel_threads):
+    x = torch.ones(3, 4)
+    x[0, 1] = 0.0
+    x[2, 3] = float("nan")
+    with pytest.raises(ValueError, match=r"2 of 12 entries are not ±1.*bnnlib\.sign"):
+        K.pack(x)
+    with pytest.raises(ValueError, match="not ±1"):
+        K.pack(torch.tensor([True, False]))
+    with pytest.raises(ValueError, match="scalar"):
+        K.pack(torch.tensor(1.0))
+    with pytest.raises(ValueError, match="word_bits"):
+        K.pack(torch.ones(3), word_bits=16)
+
+
+def test_pack_bits_and_unpack_errors():
+    assert K.pack_bits(torch.tensor([0, 1, 1, 0, 1], dtype=torch.uint8)).tolist() == [0b10110]
+    with pytest.raises(ValueError, match="words"):
+        K.unpack(torch.zeros(2, 3, dtype=torch.int64), 64)
+    with pytest.raises(ValueError, match="int64"):
+        K.unpack(torch.zeros(2, 1), 3)
+
+
+# ---------------------------------------------------------------- xnor_gemm
+
+
+@pytest.mark.parametrize("k", [1, 31, 32, 33, 63, 64, 65, 127, 128, 200, 1000])
+@pytest.mark.parametrize("M,N", [(1, 1), (1, 9), (8, 1), (5, 7), (16, 33)])
+def test_xnor_gemm_exact(M, N, k):
+    a, b = pm1(M, k, seed=k), pm1(N, k, seed=k + 7)
+    got = K.xnor_gemm(K.pack(a), K.pack(b), k)
+    assert got.dtype == torch.int32 and got.shape == (M, N)
+    assert torch.equal(got, ref_gemm(a, b))
+
+
+@FAST
+@given(
+    M=st.integers(0, 9),
+    N=st.integers(0, 9),
+    k=st.integers(0, 300),
+    word_bits=st.sampled_from([32, 64]),
+    seed=st.integers(0, 2**16),
+)
+def test_xnor_gemm_property(M, N, k, word_bits, seed):
+    a, b = pm1(M, k, seed=seed), pm1(N, k, seed=seed + 1)
+    got = K.xnor_gemm(K.pack(a, word_bits=word_bits), K.pack(b, word_bits=word_bits), k)
+    assert torch.equal(got, ref_gemm(a, b))
+
+
+def test_xnor_gemm_naive_loop():
+    a, b = pm1(3, 70, seed=5), pm1(4, 70, seed=6)
+    pa, pb = K.pack(a), K.pack(b)
+    got = K.xnor_gemm(pa, pb, 70)
+    for i in range(3):
+        for j in range(4):
+            assert got[i, j] == sum(int(a[i, e]) * int(b[j, e]) for e in range(70))
+            d = sum(
+                bin((int(x) ^ int(y)) & (2**64 - 1)).count("1")
+                for x, y in zip(pa[i], pb[j], strict=True)
+            )
+            assert got[i, j] == 70 - 2 * d
+
+
+def test_xnor_gemm_cache_blocks_and_odd_edges(monkeypatch, kernel_threads):
+    # A tiny cache budget forces several B blocks, the last of odd size.
+    monkeypatch.setattr(xnor_module, "_L2_BYTES", 1024)
+    assert xnor_module._block_rows(16) == 8
+    a, b = pm1(31, 1000, seed=8), pm1(29, 1000, seed=9)
+    assert torch.equal(K.xnor_gemm(K.pack(a), K.pack(b), 1000), ref_gemm(a, b))
+    assert torch.equal(K.xnor_gemm(K.pack(b), K.pack(a), 1000), ref_gemm(b, a))
+
+
+def test_xnor_gemm_empty_and_k0():
+    assert K.xnor_gemm(K.pack(pm1(0, 10)), K.pack(pm1(4, 10)), 10).shape == (0, 4)
+    assert K.xnor_gemm(K.pack(pm1(3, 10)), K.pack(pm1(0, 10)), 10).shape == (3, 0)
+    zeros = K.xnor_gemm(K.pack(pm1(3, 0)), K.pack(pm1(2, 0)), 0)
+    assert torch.equal(zeros, torch.zeros(3, 2, dtype=torch.int32))  # empty dot products
+
+
+def test_xnor_gemm_ignores_stray_padding_bits():
+    a, b = pm1(3, 70, seed=10), pm1(2, 70, seed=11)
+    pa = K.pack(a)
+    pa[:, 1] |= 1 << 40  # beyond k = 70: not data
+    assert torch.equal(K.xnor_gemm(pa, K.pack(b), 70), ref_gemm(a, b))
+
+
+def test_xnor_gemm_bad_operands():
+    pa, pb = K.pack(pm1(3, 70)), K.pack(pm1(2, 70))
+    with pytest.raises(ValueError, match="words per row"):
+        K.xnor_gemm(pa, pb, 200)
+    with pytest.raises(ValueError, match="k"):
+        K.xnor_gemm(pa, pb, -1)
+    with pytest.raises(ValueError, match="packed words"):
+        K.xnor_gemm(pa.float(), pb, 70)
+    with pytest.raises(ValueError, match="2-D"):
+        K.xnor_gemm(pa[0], pb, 70)
+
+
+# ---------------------------------------------------------------- first layer, helpers
+
+
+@pytest.mark.parametrize("k", [1, 63, 64, 100, 784])
+def test_bitplane_dot_exact(k, kernel_threads):
+    g = torch.Generator().manual_seed(k)
+    x = torch.randint(0, 256, (6, k), generator=g, dtype=torch.uint8)
+    x[0] = 255
+    x[1] = 0
+    w = pm1(11, k, seed=k + 1)
+    got = K.bitplane_dot(x, K.pack(w), k)
+    assert got.dtype == torch.int32
+    assert torch.equal(got, (x.double() @ w.double().T).to(torch.int32))
+
+
+def test_bitplane_dot_errors_and_empty():
+    w = K.pack(pm1(3, 10))
+    with pytest.raises(ValueError, match="uint8"):
+        K.bitplane_dot(torch.zeros(2, 10), w, 10)
+    with pytest.raises(ValueError, match="shape"):
+        K.bitplane_dot(torch.zeros(2, 9, dtype=torch.uint8), w, 10)
+    assert K.bitplane_dot(torch.zeros(0, 10, dtype=torch.uint8), w, 10).shape == (0, 3)
+
+
+def test_popcount_rows():
+    w = K.pack(pm1(5, 130, seed=12))
+    expected = [sum(bin(int(v) & (2**64 - 1)).count("1") for v in row) for row in w]
+    assert K.popcount_rows(w).tolist() == expected
+
+
+def test_threshold_pack():
+    acc = torch.tensor([[3, -2, 0, 5], [0, 0, 1, -1]], dtype=torch.int32)
+    thr = torch.tensor([3, -2, 1, 0], dtype=torch.int32)
+    direction = torch.tensor([1, -1, 1, -1], dtype=torch.int32)
+    # row 0: 3>=3 yes, -2<=-2 yes, 0>=1 no, 5<=0 no ; row 1: 0>=3 no, 0<=-2 no, 1>=1 yes, -1<=0 yes
+    expected = torch.tensor([[1, 1, -1, -1], [-1, -1, 1, 1]], dtype=torch.float32)
+    assert torch.equal(K.unpack(K.threshold_pack(acc, thr, direction), 4), expected)
+
+
+# ---------------------------------------------------------------- bnnlib.cuda without a GPU
+
+
+def test_cuda_module_reports_missing_gpu_clearly():
+    if bc.available():
+        pytest.skip("a GPU with PyCUDA is present: tests/test_kernels_gpu.py covers it")
+    assert bc.reason()
+    with pytest.raises(RuntimeError, match="unavailable") as err:
+        bc.xnor_gemm_fast(K.pack(pm1(2, 8)), K.pack(pm1(2, 8)), 8)
+    assert bc.reason() in str(err.value)
+    if not torch.cuda.is_available():
+        assert "no CUDA GPU" in bc.reason()
+    import importlib.util
+
+    if importlib.util.find_spec("pycuda") is None:
+        assert "bnnlib[cuda]" in bc.reason()
+
+
+def test_cuda_sources_are_found():
+    assert (bc.source_dir() / "xnor_gemm.cu").is_file()

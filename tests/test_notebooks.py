@@ -1,0 +1,497 @@
+"""The book: every notebook's shape, parameters and recorded results; the runner; the widgets.
+
+Fast checks (no kernel): each ``book/NN_*.ipynb`` follows the conventions of book/README.md
+(title, one import cell, a ``parameters`` cell of commented UPPER_CASE literals, seeding,
+no committed outputs) and its ``book/params`` YAML files name only its parameters.
+
+Marked ``notebooks`` (a kernel each): every notebook runs top to bottom with the ``tests``
+profile through the runner of ``make book`` (papermill), and the values it *recorded* are
+checked by the notebook's entry in :data:`CHECKS`; the runner reports a failing cell by
+notebook and cell; the widget of notebook 01 is driven through a real kernel.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from bnnlib import book, data
+from bnnlib import record as rec
+
+ROOT = Path(__file__).resolve().parent.parent
+BOOK = ROOT / "book"
+NOTEBOOKS = sorted(BOOK.glob("[0-9][0-9]_*.ipynb"))
+IDS = [p.stem for p in NOTEBOOKS]
+# Notebooks import bnnlib, torch or numpy where needed, and the standard library; plotly and
+# ipywidgets only through bnnlib.viz.
+ALLOWED_IMPORTS = {"bnnlib", "torch", "numpy"} | set(sys.stdlib_module_names)
+
+
+def _mnist_available() -> bool:
+    raw = data.resolve_root() / "MNIST" / "raw"
+    return any(
+        (raw / f).exists() for f in ("train-images-idx3-ubyte", "train-images-idx3-ubyte.gz")
+    )
+
+
+needs_data = pytest.mark.skipif(
+    not _mnist_available(),
+    reason=f"MNIST not under the data root {data.resolve_root()}; set BNN_DATA_DIR",
+)
+
+
+def _cells(path: Path):
+    return nbformat.read(path, as_version=4).cells
+
+
+# --- per-notebook checks of the recorded values ---------------------------------------------
+
+
+def _fraction(v) -> bool:
+    return isinstance(v, (int, float)) and 0.0 <= v <= 1.0
+
+
+def check_01(r: dict) -> None:
+    assert r["sign_of_zero"] == 1.0
+    assert 0 <= r["stochastic_expectation_max_error"] < r["stochastic_expectation_bound"] < 0.1
+    # U(-1, 1) latent weights flip with probability exactly 1/4 (>= 50k draws: SE < 0.002).
+    assert abs(r["weights_flip_fraction_expected"] - 0.25) < 0.01
+    assert abs(r["weights_flip_fraction"] - 0.25) < 0.015
+    assert 0.05 < r["activations_flip_fraction_expected"] < 0.5
+    assert abs(r["activations_flip_fraction"] - r["activations_flip_fraction_expected"]) < 0.02
+
+
+def check_02(r: dict) -> None:
+    assert r["sign_autograd_gradient_max"] == 0.0
+    errors = {e: r[f"test_error_{e}"] for e in ("hardtanh", "identity", "none")}
+    assert all(_fraction(v) for v in errors.values()), errors
+    # Without a straight-through estimator only the last layer learns.
+    assert errors["hardtanh"] < errors["none"] - 0.1, errors
+    assert errors["identity"] < errors["none"] - 0.1, errors
+    assert 0.05 < r["saturation_first_layer"] < 0.95
+    # The cancelled gradients are the saturated units (plus samples with no loss at all).
+    assert r["saturation_first_layer"] <= r["cancelled_fraction_first_layer"] + 1e-9
+    assert r["cancelled_fraction_first_layer"] < r["saturation_first_layer"] + 0.05
+
+
+def check_03(r: dict) -> None:
+    tol = 1e-6
+    assert 2**-0.5 - tol <= r["ap2_ratio_min"] <= r["ap2_ratio_max"] <= 2**0.5 + tol
+    assert 2**-1.25 - 1e-3 <= r["shift_bn_scale_min"] <= r["shift_bn_scale_max"] <= 2**1.25 + 1e-3
+    assert r["shift_bn_sign_agreement"] > 0.9
+    assert 0 <= r["shift_bn_median_relative_error"] < 2**1.25 - 1
+    assert r["bn_multiplications_per_batch"] > 0 == r["shift_bn_multiplications_per_batch"]
+    for bn in ("standard", "shift"):
+        assert _fraction(r[f"test_error_{bn}_bn"]) and r[f"test_error_{bn}_bn"] < 0.6
+    assert abs(r["test_error_gap_shift_minus_standard"]) < 0.15
+
+
+def check_04(r: dict) -> None:
+    adam, shift = r["test_error_adam"], r["test_error_shift_adamax"]
+    assert _fraction(adam) and _fraction(shift)
+    assert adam < 0.6 and shift < 0.6, (adam, shift)  # both learn (chance: 0.9)
+    assert abs(adam - shift) < 0.2, (adam, shift)
+
+
+def check_05(r: dict) -> None:
+    chance = r["chance_error"]
+    assert chance == pytest.approx(0.9)
+    for k in ("bnn", "float"):  # both the BNN and its float twin learnt (chance: 0.9)
+        assert _fraction(r[f"test_error_{k}"]) and r[f"test_error_{k}"] < chance - 0.3, r
+        assert _fraction(r[f"best_val_error_{k}"]) and r[f"best_val_error_{k}"] < chance - 0.3
+        assert _fraction(r[f"train_error_eval_{k}"]) and _fraction(r[f"val_error_final_{k}"])
+        gap = r[f"val_error_final_{k}"] - r[f"train_error_eval_{k}"]
+        assert r[f"generalization_gap_{k}"] == pytest.approx(gap)
+        assert 0 < r[f"training_cost_final_{k}"] < 2
+        assert isinstance(r[f"best_epoch_{k}"], int) and r[f"best_epoch_{k}"] >= 1
+    assert r["packed_model"] == "none" or _fraction(r["packed_test_error"])
+
+
+def check_06(r: dict) -> None:
+    assert r["bitplane_identity_max_error"] == 0 and r["bitplane_dot_max_error"] == 0
+    assert r["cpu_gemm_exact"] is True
+    assert r["cpu_gemm_xnor_over_float32"] > 0 and r["cpu_gemm_xnor_over_float32_with_packing"] > 0
+    assert r["cpu_mlp_packed_over_float32"] > 0 and r["cpu_mlp_bitplanes_over_float32"] > 0
+    # The packed model predicts exactly what its float simulation predicts.
+    assert r["packed_mismatches"] == 0 and r["packed_bitplanes_mismatches"] == 0
+    assert r.get("packed_gpu_mismatches", 0) == 0
+    assert _fraction(r["packed_test_error"]) and r["packed_test_error"] < 0.6  # trained
+    assert r["memory_ratio_weights_4096"] == pytest.approx(32.0)
+    assert 31 < r["memory_ratio_model_4096"] < 32
+    assert 28 < r["memory_ratio_packed_export"] <= 32  # rows padded to whole 64-bit words
+    assert isinstance(r["gpu_results"], str) and r["gpu_results"]
+
+
+def check_07(r: dict) -> None:
+    import bnnlib
+    from bnnlib import energy
+
+    s = r["energy_settings"]
+    kw = {
+        k: s[k] for k in ("weight_memory", "activation_memory", "dram", "batch_size", "first_layer")
+    }
+    nets = {
+        "mlp": (bnnlib.mnist_mlp(hidden=s["HIDDEN"]), (1, 28, 28)),
+        "convnet": (bnnlib.cifar10_convnet(width=s["WIDTH"]), (3, 32, 32)),
+    }
+    for key, (net, shape) in nets.items():  # the recorded ratios are bnnlib.energy's
+        rep = energy.energy(net, shape, **kw)
+        for part in ("total", "compute", "memory", "weight_accesses"):
+            assert r[f"energy_ratio_{part}_{key}"] == pytest.approx(rep.ratios[part], rel=1e-9)
+        assert r[f"energy_float32_pJ_{key}"] == pytest.approx(rep.total("float32"), rel=1e-9)
+        assert r[f"energy_binary_pJ_{key}"] == pytest.approx(rep.total("binary"), rel=1e-9)
+        assert r[f"energy_ratio_total_{key}"] > 1 and r[f"energy_ratio_compute_{key}"] > 100
+        assert 30 < r[f"energy_ratio_weight_accesses_{key}"] <= 32
+    assert r["table2_fp32_mac_pJ"] == pytest.approx(4.6)
+    assert r["mac_energy_ratio"] == pytest.approx(r["float32_mac_pJ"] / r["binary_mac_pJ"])
+
+
+def check_08(r: dict) -> None:
+    for k in ("trained", "initial"):
+        assert 0 < r[f"unique_fraction_{k}"] <= 1
+        layers = r[f"unique_fraction_per_layer_{k}"]
+        assert layers and all(0 < v <= 1 for v in layers)
+        assert r[f"unique_fraction_{k}"] == pytest.approx(sum(layers) / len(layers))
+    assert 0 < r["unique_fraction_random_expected"] <= 1
+    # Random kernels at the paper's widths: ~62% unique, the formula within sampling noise.
+    expected = r["unique_fraction_random_paper_architecture_expected"]
+    assert 0.61 < expected < 0.625
+    assert abs(r["unique_fraction_random_paper_architecture"] - expected) < 0.02
+    direct, saved = r["xnor_macs_per_image"], r["xnor_macs_saved_per_image"]
+    assert direct > 0 and 0 <= saved < direct
+    assert r["xnor_reduction_trained"] == pytest.approx(direct / (direct - saved))
+    assert r["xnor_reduction_trained"] >= 1 and r["xnor_reduction_initial"] >= 1
+    assert 0 < r["top8_share_trained"] <= 1 and 0 < r["top8_share_initial"] <= 1
+    assert "test_error" not in r or _fraction(r["test_error"])
+
+
+CHECKS = {
+    "01_binarization": check_01,
+    "02_straight_through_estimator": check_02,
+    "03_shift_batch_norm": check_03,
+    "04_shift_adamax": check_04,
+    "05_training": check_05,
+    "06_kernel_speedup": check_06,
+    "07_energy": check_07,
+    "08_filter_repetition": check_08,
+}
+
+
+# --- structure (no kernel) -------------------------------------------------------------------
+
+
+def test_the_book_has_notebooks():
+    assert len(NOTEBOOKS) >= 4, NOTEBOOKS
+
+
+def test_every_notebook_has_checks():
+    missing = [p.stem for p in NOTEBOOKS if p.stem not in CHECKS]
+    assert not missing, f"add entries to CHECKS in {__file__} for {missing}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_no_outputs_committed(path):
+    nb = nbformat.read(path, as_version=4)
+    dirty = [
+        i
+        for i, c in enumerate(nb.cells)
+        if c.cell_type == "code" and (c.outputs or c.execution_count is not None)
+    ]
+    assert not dirty, (
+        f"{path.name}: cells {dirty} hold outputs; run "
+        f"jupyter nbconvert --clear-output --inplace {path.relative_to(ROOT)}"
+    )
+    assert "widgets" not in nb.metadata and "papermill" not in nb.metadata
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_notebook_shape(path):
+    """Title + paper section, one import cell, the parameters cell, seeding, no plotly/widgets."""
+    cells = _cells(path)
+    title, imports, params = cells[0], cells[1], cells[2]
+    assert title.cell_type == "markdown" and title.source.startswith("# "), "title first"
+    assert "Paper" in title.source and "Section" in title.source, "name the paper's section"
+    assert imports.cell_type == "code"
+    tree = ast.parse(imports.source)
+    modules = set()
+    for node in tree.body:
+        assert isinstance(node, (ast.Import, ast.ImportFrom)), "the import cell only imports"
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
+        modules |= {n.split(".")[0] for n in names}
+    assert modules <= ALLOWED_IMPORTS and "bnnlib" in modules, modules
+    assert "parameters" in params.metadata.get("tags", []), "the third cell is the parameters"
+    declared = book.parameters(params.source, path.name)
+    assert "SEED" in declared
+    code = "\n".join(c.source for c in cells[3:] if c.cell_type == "code")
+    assert "torch.manual_seed(SEED)" in code, "seed the notebook"
+    assert "record(" in code, "record the results"
+    for forbidden in ("import plotly", "import ipywidgets", ".show()"):
+        assert forbidden not in code, f"{forbidden!r}: go through bnnlib.viz"
+    if "fit(" in code:
+        assert "DEVICE" in declared and "select_device(DEVICE)" in code
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_full_profile_parameters_exist(path):
+    """book/params/<nb>.full.yaml exists and names only parameters of the notebook's cell."""
+    assert (BOOK / "params" / f"{path.stem}.full.yaml").exists(), "paper-scale parameters"
+    nb = nbformat.read(path, as_version=4)
+    declared = book.parameters(book.parameters_source(nb, path.name), path.name)
+    for profile in ("full", "tests"):
+        injected = book.profile_parameters(path, profile)
+        assert set(injected) <= set(declared)
+
+
+def test_params_files_belong_to_notebooks():
+    stems = {p.stem for p in NOTEBOOKS}
+    for f in (BOOK / "params").glob("*.yaml"):
+        stem, profile, _ = f.name.rsplit(".", 2)
+        assert stem in stems and profile in ("full", "tests"), f"stray {f.name}"
+
+
+@pytest.mark.parametrize(
+    "source, problem",
+    [
+        ("lr = 0.1  # lower case", "UPPER_CASE"),
+        ("LR = 0.1", "comment"),
+        ("LR = 1 / 3  # not a literal", "literal"),
+        ("A = B = 1  # two targets", "one assignment"),
+        ("LR = (  # broken", "not Python"),
+    ],
+)
+def test_parameters_cell_rules(source, problem):
+    with pytest.raises(book.BookError, match=problem):
+        book.parameters(source)
+
+
+def test_parameters_parse():
+    got = book.parameters(
+        'SEED = 0  # seed\n\n# a section\nNAME = "a # b"  # the name\nX = 3e-7  # x'
+    )
+    assert got == {"SEED": (0, "seed"), "NAME": ("a # b", "the name"), "X": (3e-7, "x")}
+
+
+def test_yaml_names_and_types_are_checked(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("LR = 0.1  # lr\nN = 2  # n")]
+    nb.cells[0].metadata["tags"] = ["parameters"]
+    path = tmp_path / "01_x.ipynb"
+    nbformat.write(nb, path)
+    (tmp_path / "params").mkdir()
+    yaml_file = tmp_path / "params" / "01_x.full.yaml"
+    yaml_file.write_text("LR: 1\nN: 3\n")
+    assert book.profile_parameters(path, "full") == {"LR": 1, "N": 3}
+    yaml_file.write_text("LRR: 0.1\n")
+    with pytest.raises(book.BookError, match="not a parameter"):
+        book.profile_parameters(path, "full")
+    yaml_file.write_text("LR: 3e-7\n")  # YAML 1.1 reads this as a string
+    with pytest.raises(book.BookError, match="type"):
+        book.profile_parameters(path, "full")
+
+
+def test_offline_check_finds_remote_references():
+    assert book.offline_problems('<script src="data.js"></script><p>https://cdn.x</p>') == []
+    for page in (
+        '<script src="https://cdn.plot.ly/plotly.min.js"></script>',
+        "<script type='text/javascript' src='//cdnjs.cloudflare.com/require.js'></script>",
+        '<link rel="stylesheet" href="https://fonts.googleapis.com/css">',
+        '<script type="module">await import("https://cdn.jsdelivr.net/x.mjs")</script>',
+    ):
+        assert book.offline_problems(page), page
+
+
+# --- bnnlib.viz, the notebooks' helpers (no kernel) -------------------------------------------
+
+
+def test_sign_probes_see_what_each_estimator_passes_back():
+    import torch
+
+    import bnnlib
+    from bnnlib import viz
+
+    torch.manual_seed(0)
+    net = bnnlib.mnist_mlp(hidden=32, dropout_in=0, dropout_hidden=0)
+    X, y = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    net(X)  # one training-mode pass so the running statistics are not the initial ones
+    net.eval()
+    probes = {e: viz.sign_probes(net, X, y, estimator=e) for e in ("hardtanh", "identity", "none")}
+    assert [p.name for p in probes["hardtanh"]] == ["3", "6", "9"]  # the SignActivations
+    for h, i, n in zip(probes["hardtanh"], probes["identity"], probes["none"], strict=True):
+        assert torch.equal(h.input, i.input)  # the same weights, the same forward pass
+        saturated = h.input.abs() > 1
+        assert torch.count_nonzero(h.grad[saturated]) == 0  # Eq. 4: cancelled where |r| > 1
+        assert torch.count_nonzero(n.grad) == 0
+        assert viz.saturation(h.input) == saturated.float().mean().item()
+    # The last hidden Sign gets the same upstream gradient with both straight-through
+    # estimators: the paper's is the identity's, cancelled exactly where |r| > 1.
+    h, i = probes["hardtanh"][-1], probes["identity"][-1]
+    assert torch.equal(h.grad, i.grad.masked_fill(h.input.abs() > 1, 0))
+    assert torch.count_nonzero(h.grad) > 0
+    assert {m.estimator for m in net.modules() if isinstance(m, bnnlib.SignActivation)} == {
+        "hardtanh"
+    }  # restored
+    assert all(p.grad is None for p in net.parameters())
+
+
+def test_switchable_figure_has_one_button_per_option():
+    import plotly.graph_objects as go
+
+    from bnnlib import viz
+
+    figures = {
+        "a": go.Figure([go.Scatter(y=[1, 2]), go.Scatter(y=[2, 1])], layout={"title": "A"}),
+        "b": go.Figure([go.Bar(y=[3])], layout={"title": "B"}),
+    }
+    fig = viz.switchable(figures)
+    assert [t.visible for t in fig.data] == [True, True, False]
+    (menu,) = fig.layout.updatemenus
+    assert [b.label for b in menu.buttons] == ["a", "b"]
+    assert menu.buttons[1].args[0]["visible"] == [False, False, True]
+    assert menu.buttons[1].args[1]["title.text"] == "B"
+
+
+def test_figure_html_embeds_plotly_once_and_never_a_cdn():
+    import plotly.graph_objects as go
+
+    from bnnlib import viz
+
+    viz._PlotlyJS.sent = False
+    first = viz.figure_html(go.Figure(go.Scatter(y=[1])))
+    second = viz.figure_html(go.Figure(go.Scatter(y=[2])))
+    assert "plotly.js v" in first and "plotly.js v" not in second
+    assert book.offline_problems(first + second) == []
+
+
+# --- execution (a kernel each) ---------------------------------------------------------------
+
+
+@pytest.mark.notebooks
+@needs_data
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_notebook_runs_and_records(path, tmp_path):
+    run = book.run_notebook(path, tmp_path, "tests", timeout=600)
+    values = rec.values(run.records)
+    assert values, f"{path.name} recorded nothing"
+    for entry in run.records:
+        assert entry["hardware"], entry
+        v = entry["value"]
+        assert not (isinstance(v, float) and not math.isfinite(v)), entry
+    CHECKS.get(path.stem, lambda r: None)(values)
+    executed = nbformat.read(run.executed, as_version=4)
+    errors = [o for c in executed.cells for o in c.get("outputs", []) if o.output_type == "error"]
+    assert not errors
+
+
+def _tiny_notebook(path: Path, body: str) -> None:
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell("VALUE = 1  # what is recorded")
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [
+        nbformat.v4.new_markdown_cell(f"# {path.stem}"),
+        nbformat.v4.new_code_cell("from bnnlib.record import record"),
+        params,
+        nbformat.v4.new_code_cell(body),
+    ]
+    nbformat.write(nb, path)
+
+
+@pytest.mark.notebooks
+def test_runner_collects_results_exports_html_and_names_a_failing_cell(tmp_path, capsys):
+    book_dir, out = tmp_path / "book", tmp_path / "out"
+    (book_dir / "params").mkdir(parents=True)
+    _tiny_notebook(book_dir / "01_ok.ipynb", 'record("answer", VALUE * 42, paper=42)')
+    (book_dir / "params" / "01_ok.full.yaml").write_text("VALUE: 2\n")
+    _tiny_notebook(book_dir / "02_fail.ipynb", 'raise ValueError("boom")')
+
+    args = ["--book-dir", str(book_dir), "--out", str(out)]
+    assert book.main([*args, "--only", "01", "--profile", "full"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    (nb,) = results["notebooks"]
+    assert nb["parameters"] == {"VALUE": 2}
+    assert [(e["name"], e["value"], e["paper"]) for e in nb["records"]] == [("answer", 84, 42)]
+    assert "| answer | 84 |" in (out / "results.md").read_text()
+    index = (out / "html" / "index.html").read_text()
+    assert "01_ok.html" in index and "answer" in index
+    assert (out / "html" / "01_ok.html").exists() and (out / "01_ok.ipynb").exists()
+
+    assert book.main([*args, "--only", "02", "--no-html"]) == 1
+    err = capsys.readouterr().err
+    assert "02_fail.ipynb failed in cell 3" in err and "ValueError: boom" in err
+
+
+# --- widgets through a real kernel -----------------------------------------------------------
+
+_PROBE = """
+import json
+import plotly.utils
+from bnnlib.viz import WidgetView
+
+def _dump(fig):
+    traces = [{k: v for k, v in t.items() if k != "uid"} for t in fig.to_plotly_json()["data"]]
+    return json.dumps(traces, cls=plotly.utils.PlotlyJSONEncoder, sort_keys=True)
+
+_report = []
+for _name, _view in list(globals().items()):
+    if isinstance(_view, WidgetView):
+        _old = _view.value
+        _new = [o for o in _view.control.options if o != _old][0]
+        _before = _dump(_view.figure)
+        _view.control.value = _new  # what a click on the toggle button does
+        _report.append({
+            "name": _name, "old": _old, "new": _new,
+            "changed": _dump(_view.figure) != _before,
+            "matches_new": _dump(_view.figure) == _dump(_view.figures[_new]),
+            "title": _view.figure.layout.title.text,
+        })
+print("REPORT" + json.dumps(_report))
+"""
+
+
+def _run_in_kernel(kc, source: str) -> str:
+    out: list[str] = []
+
+    def hook(msg):
+        kind, content = msg["msg_type"], msg["content"]
+        if kind == "stream":
+            out.append(content["text"])
+        elif kind == "error":
+            out.append("\n".join(content["traceback"]))
+
+    reply = kc.execute_interactive(source, timeout=300, output_hook=hook)
+    assert reply["content"]["status"] == "ok", f"cell failed:\n{source}\n{''.join(out)}"
+    return "".join(out)
+
+
+@pytest.mark.notebooks
+@needs_data
+def test_widget_of_notebook_01_updates_its_figure_in_a_kernel(tmp_path):
+    from jupyter_client.manager import start_new_kernel
+
+    path = BOOK / "01_binarization.ipynb"
+    overrides = book.profile_parameters(path, "tests")
+    env = dict(os.environ, **{rec.ENV_VAR: str(tmp_path / "records.json")})
+    env["BNN_DATA_DIR"] = str(data.resolve_root().resolve())
+    km, kc = start_new_kernel(kernel_name=book.kernel_name(), cwd=str(BOOK), env=env)
+    try:
+        for cell in _cells(path):
+            if cell.cell_type != "code":
+                continue
+            _run_in_kernel(kc, cell.source)
+            if "parameters" in cell.metadata.get("tags", []):
+                _run_in_kernel(kc, "\n".join(f"{k} = {v!r}" for k, v in overrides.items()))
+        text = _run_in_kernel(kc, _PROBE)
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+    report = json.loads(text.split("REPORT", 1)[1])
+    assert report, "notebook 01 has no viz.widget_view"
+    for view in report:
+        assert view["changed"] and view["matches_new"], view
+        assert view["new"] in view["title"], view
