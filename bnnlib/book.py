@@ -289,7 +289,8 @@ def run_notebook(
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
-    path, out_dir = Path(path).resolve(), Path(out_dir)
+    # Absolute: the kernel runs in book/, so a relative record path would land elsewhere.
+    path, out_dir = Path(path).resolve(), Path(out_dir).resolve()
     params = {**profile_parameters(path, profile), **(extra_parameters or {})}
     executed = out_dir / path.name
     record_file = out_dir / "records" / f"{path.stem}.json"

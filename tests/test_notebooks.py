@@ -375,8 +375,11 @@ def test_figure_html_embeds_plotly_once_and_never_a_cdn():
 @pytest.mark.notebooks
 @needs_data
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
-def test_notebook_runs_and_records(path, tmp_path):
-    run = book.run_notebook(path, tmp_path, "tests", timeout=600)
+def test_notebook_runs_and_records(path, tmp_path, monkeypatch):
+    # A relative output folder, as `make book` passes: records must still land in it.
+    monkeypatch.chdir(tmp_path)
+    run = book.run_notebook(path, Path("out"), "tests", timeout=600)
+    assert run.executed.resolve().parent == (tmp_path / "out").resolve()
     values = rec.values(run.records)
     assert values, f"{path.name} recorded nothing"
     for entry in run.records:
