@@ -3,7 +3,8 @@
 One module per idea of the paper: :mod:`~bnnlib.binarize`, :mod:`~bnnlib.ste`,
 :mod:`~bnnlib.shift`, :mod:`~bnnlib.layers`, :mod:`~bnnlib.optim`,
 :mod:`~bnnlib.losses`, :mod:`~bnnlib.models`, :mod:`~bnnlib.data`,
-:mod:`~bnnlib.train`, :func:`~bnnlib.summary`, :mod:`~bnnlib.kernels`,
+:mod:`~bnnlib.train` (imported on use, as it is also ``python -m bnnlib.train``),
+:func:`~bnnlib.summary`, :mod:`~bnnlib.kernels`,
 :mod:`~bnnlib.inference`, :mod:`~bnnlib.energy`, :mod:`~bnnlib.filters`, and for the book
 :mod:`~bnnlib.record` and :mod:`~bnnlib.viz`. GPU code lives in :mod:`bnnlib.cuda`, imported
 on demand: importing bnnlib never touches a GPU.
@@ -23,7 +24,6 @@ from . import (
     record,
     shift,
     ste,
-    train,
 )
 from .binarize import hard_sigmoid, sign, stochastic_sign
 from .layers import BinaryConv2d, BinaryLinear, SignActivation
@@ -47,7 +47,6 @@ __all__ = [
     "record",
     "shift",
     "ste",
-    "train",
     "sign",
     "hard_sigmoid",
     "stochastic_sign",
