@@ -128,21 +128,6 @@ def to_uint8(X: torch.Tensor | np.ndarray) -> torch.Tensor:
     return data_to_uint8(X)
 
 
-def _pack_bool(bits: torch.Tensor) -> torch.Tensor:
-    """Pack a CPU bool tensor along its last dim into int64 words (bit 1 = True = +1, LSB first).
-
-    The layout of :func:`bnnlib.kernels.pack_bits`; numpy's packbits does it in one pass,
-    several times faster than converting the bits to numbers first.
-    """
-    n = bits.shape[-1]
-    words = -(-n // 64)
-    b = np.packbits(bits.contiguous().numpy(), axis=-1, bitorder="little")
-    pad = words * 8 - b.shape[-1]
-    if pad:
-        b = np.concatenate([b, np.zeros(b.shape[:-1] + (pad,), np.uint8)], axis=-1)
-    return torch.from_numpy(np.ascontiguousarray(b).view("<i8"))  # little-endian words
-
-
 @dataclass
 class Affine:
     """Evaluation-mode batch norm as ``y = a * (s - mu) + beta`` per channel (float64)."""
@@ -809,7 +794,8 @@ class _Ops:
 
     def threshold_pack(self, lay: _Layer, s: torch.Tensor) -> torch.Tensor:
         """Sign(BN(s)) as packed words along the last dim: bit = (s >= T) XOR flip."""
-        return _pack_bool((s >= self.get(lay, "threshold")) ^ self.get(lay, "flip"))
+        bits = (s >= self.get(lay, "threshold")) ^ self.get(lay, "flip")
+        return _kernels().pack_bits(bits)
 
     def xnor(self, lay: _Layer, a: torch.Tensor) -> torch.Tensor:
         return _kernels().xnor_gemm(a.contiguous(), lay.weight, lay.spec["packed_bits"])

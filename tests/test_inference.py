@@ -158,13 +158,13 @@ def _roundtrip(net, tmp_path, name="m.bnn", **kw):
 # ---------------------------------------------------------------- bits and thresholds
 
 
-def test_pack_bool_matches_kernels():
+def test_pack_bits_of_bools_matches_pack():
     g = torch.Generator().manual_seed(1)
     for shape in ((7, 1), (3, 63), (5, 64), (2, 3, 65), (4, 200)):
         bits = torch.rand(*shape, generator=g) < 0.5
         want = kernels.pack(torch.where(bits, 1.0, -1.0), dim=-1)
-        assert torch.equal(inf._pack_bool(bits), want)
-        assert torch.equal(inf._pack_bool(bits), _ref_pack(torch.where(bits, 1.0, -1.0)))
+        assert torch.equal(kernels.pack_bits(bits), want)
+        assert torch.equal(kernels.pack_bits(bits), _ref_pack(torch.where(bits, 1.0, -1.0)))
 
 
 def test_integer_thresholds_equal_brute_force():

@@ -20,6 +20,7 @@ import math
 import sys
 
 import numba
+import numpy as np
 import torch
 
 __all__ = ["pack", "unpack", "pack_bits", "num_words", "check_pm1", "threshold_pack"]
@@ -119,19 +120,34 @@ def check_pm1(x: torch.Tensor, what: str = "pack") -> None:
 
 def _pack_cpu(x: torch.Tensor, word_bits: int, nonzero: bool) -> tuple[torch.Tensor, int]:
     """numba pack of the last dim of a CPU tensor -> (words, number of non-±1 entries)."""
-    if x.dtype not in _NUMBA_DTYPES:
-        x = x.float()
     k = x.shape[-1]
     lead = x.shape[:-1]
-    rows = x.reshape(math.prod(lead), k).contiguous()
-    out = torch.empty((rows.shape[0], num_words(k, 64)), dtype=torch.int64)
     n_bad = 0
-    if rows.numel():
-        kernel = _pack_rows_kernel_serial if rows.numel() < _SERIAL_ENTRIES else _pack_rows_kernel
-        n_bad = int(kernel(rows.numpy(), out.numpy(), nonzero))
+    if nonzero and x.dtype == torch.bool:
+        # Bits already: numpy's packbits is one pass, several times faster than numbers first.
+        out = _packbits64(x.reshape(math.prod(lead), k))
+    else:
+        if x.dtype not in _NUMBA_DTYPES:
+            x = x.float()
+        rows = x.reshape(math.prod(lead), k).contiguous()
+        out = torch.empty((rows.shape[0], num_words(k, 64)), dtype=torch.int64)
+        if rows.numel():
+            kernel = (
+                _pack_rows_kernel_serial if rows.numel() < _SERIAL_ENTRIES else _pack_rows_kernel
+            )
+            n_bad = int(kernel(rows.numpy(), out.numpy(), nonzero))
     if word_bits == 32:  # LSB-first: a 64-bit word is two little-endian 32-bit words
         out = out.view(torch.int32)[:, : num_words(k, 32)]
     return out.reshape(*lead, out.shape[1]), n_bad
+
+
+def _packbits64(bits: torch.Tensor) -> torch.Tensor:
+    """(R, k) CPU bool -> (R, ceil(k / 64)) int64 words, LSB-first, zero padded."""
+    b = np.packbits(bits.contiguous().numpy(), axis=-1, bitorder="little")
+    pad = num_words(bits.shape[-1], 64) * 8 - b.shape[-1]
+    if pad:
+        b = np.concatenate([b, np.zeros(b.shape[:-1] + (pad,), np.uint8)], axis=-1)
+    return torch.from_numpy(np.ascontiguousarray(b).view("<i8"))  # little-endian words
 
 
 def _pack_torch(bits: torch.Tensor, word_bits: int) -> torch.Tensor:
