@@ -6,6 +6,12 @@ binarization W_b = Sign(W) in the forward pass and to compute gradients
 estimator (:mod:`bnnlib.ste`) and the optimizer (:mod:`bnnlib.optim`) clips W
 to [-1, 1] after each update, so the latent weights cannot grow without bound.
 
+Stochastic binarization (paper Eq. 2) is chosen separately for the weights
+(``stochastic_weights``) and for the input (``stochastic_input``): the Torch7 code
+of the paper binarizes activations stochastically and weights deterministically
+(its ``-stcNeurons true -stcWeights false``). Either applies in training only;
+evaluation is always deterministic. ``stochastic=True`` is shorthand for both.
+
 The input of a binary layer is binarized by the layer itself when
 ``binarize_input=True`` (a hidden layer fed by a batch-norm output), or taken as
 it comes when ``binarize_input=False``: the first layer, whose input is the real
@@ -29,21 +35,26 @@ class _BinaryMixin:
     """What BinaryLinear and BinaryConv2d share: flags, init, input/weight binarization."""
 
     binarize_input: bool
-    stochastic: bool
+    stochastic_weights: bool
+    stochastic_input: bool
     weight: nn.Parameter
 
-    def _init_binary(self, binarize_input: bool, stochastic: bool) -> None:
+    def _init_binary(
+        self, binarize_input: bool, stochastic: bool, weights: bool, inputs: bool
+    ) -> None:
         self.binarize_input = binarize_input
-        self.stochastic = stochastic
+        self.stochastic_weights = stochastic or weights
+        self.stochastic_input = stochastic or inputs
         # The paper's code draws latent weights from U(-H, H) with H = 1.
         with torch.no_grad():
             self.weight.uniform_(-1.0, 1.0)
             if self.bias is not None:
                 self.bias.zero_()
 
-    def _stoch(self) -> bool:
-        # Stochastic binarization in training only; evaluation is deterministic.
-        return self.stochastic and self.training
+    @property
+    def stochastic(self) -> bool:
+        """True when both the weights and the input binarize stochastically in training."""
+        return self.stochastic_weights and self.stochastic_input
 
     def binary_weight(self) -> torch.Tensor:
         """W_b = Sign(W), with the straight-through gradient to the latent W.
@@ -52,13 +63,21 @@ class _BinaryMixin:
         the optimizers clip W to [-1, 1] after every step, so 1{|W| <= 1} is always 1
         and computing it would only cost a pass over the largest tensors.
         """
-        return ste_sign(self.weight, self._stoch(), estimator="identity")
+        # Stochastic binarization in training only; evaluation is deterministic.
+        stoch = self.stochastic_weights and self.training
+        return ste_sign(self.weight, stoch, estimator="identity")
 
     def binary_input(self, x: torch.Tensor) -> torch.Tensor:
-        return ste_sign(x, self._stoch()) if self.binarize_input else x
+        if not self.binarize_input:
+            return x
+        return ste_sign(x, self.stochastic_input and self.training)
 
     def _flags(self) -> str:
-        return f"binarize_input={self.binarize_input}, stochastic={self.stochastic}"
+        return (
+            f"binarize_input={self.binarize_input}, "
+            f"stochastic_weights={self.stochastic_weights}, "
+            f"stochastic_input={self.stochastic_input}"
+        )
 
 
 class BinaryLinear(_BinaryMixin, nn.Linear):
@@ -75,9 +94,12 @@ class BinaryLinear(_BinaryMixin, nn.Linear):
         binarize_input: bool = True,
         stochastic: bool = False,
         bias: bool = False,
+        *,
+        stochastic_weights: bool = False,
+        stochastic_input: bool = False,
     ) -> None:
         super().__init__(in_features, out_features, bias=bias)
-        self._init_binary(binarize_input, stochastic)
+        self._init_binary(binarize_input, stochastic, stochastic_weights, stochastic_input)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(self.binary_input(x), self.binary_weight(), self.bias)
@@ -102,9 +124,12 @@ class BinaryConv2d(_BinaryMixin, nn.Conv2d):
         binarize_input: bool = True,
         stochastic: bool = False,
         bias: bool = False,
+        *,
+        stochastic_weights: bool = False,
+        stochastic_input: bool = False,
     ) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, bias=bias)
-        self._init_binary(binarize_input, stochastic)
+        self._init_binary(binarize_input, stochastic, stochastic_weights, stochastic_input)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(self.binary_input(x), self.binary_weight(), self.bias)

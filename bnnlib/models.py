@@ -8,7 +8,12 @@
 Every binary layer is followed by batch norm (moving-average factor 0.1,
 epsilon 1e-4, as the paper's code); hidden layers then binarize with Sign (STE).
 The last layer keeps batch norm and no activation: its outputs feed the square
-hinge loss. ``binary=False`` builds the *float twin*: the same architecture with
+hinge loss. ``stochastic_activations`` and ``stochastic_weights`` choose stochastic
+binarization (paper Eq. 2, training only) for the Sign activations and for the
+weights separately; ``stochastic=True`` sets both. The Torch7 code uses
+stochastic activations with deterministic weights.
+
+``binary=False`` builds the *float twin*: the same architecture with
 ``nn.Linear``/``nn.Conv2d`` and hardtanh, the function whose derivative the STE
 uses, in place of Sign. ``batchnorm="shift"`` uses the shift-based batch norm.
 
@@ -30,30 +35,36 @@ BN_EPS = 1e-4
 BN_MOMENTUM = 0.1
 
 
-def _bn(num_features: int, kind: str, dims: int) -> nn.Module:
+def _bn(
+    num_features: int, kind: str, dims: int, eps: float = BN_EPS, momentum: float = BN_MOMENTUM
+) -> nn.Module:
     if kind == "standard":
         cls = nn.BatchNorm1d if dims == 1 else nn.BatchNorm2d
     elif kind == "shift":
         cls = ShiftBatchNorm1d if dims == 1 else ShiftBatchNorm2d
     else:
         raise ValueError(f"unknown batchnorm {kind!r}; choose 'standard' or 'shift'")
-    return cls(num_features, eps=BN_EPS, momentum=BN_MOMENTUM)
+    return cls(num_features, eps=eps, momentum=momentum)
 
 
 def _act(binary: bool, stochastic: bool, estimator: str) -> nn.Module:
     return SignActivation(stochastic, estimator) if binary else nn.Hardtanh()
 
 
-def _linear(n_in: int, n_out: int, binary: bool, stochastic: bool) -> nn.Module:
+def _linear(n_in: int, n_out: int, binary: bool, stochastic_weights: bool) -> nn.Module:
     if binary:
         # The input is the real image (first layer) or already binary (after Sign).
-        return BinaryLinear(n_in, n_out, binarize_input=False, stochastic=stochastic)
+        return BinaryLinear(
+            n_in, n_out, binarize_input=False, stochastic_weights=stochastic_weights
+        )
     return nn.Linear(n_in, n_out, bias=False)
 
 
-def _conv(c_in: int, c_out: int, binary: bool, stochastic: bool) -> nn.Module:
+def _conv(c_in: int, c_out: int, binary: bool, stochastic_weights: bool) -> nn.Module:
     if binary:
-        return BinaryConv2d(c_in, c_out, 3, padding=1, binarize_input=False, stochastic=stochastic)
+        return BinaryConv2d(
+            c_in, c_out, 3, padding=1, binarize_input=False, stochastic_weights=stochastic_weights
+        )
     return nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
 
 
@@ -68,26 +79,41 @@ def mnist_mlp(
     estimator: str = "hardtanh",
     in_features: int = 784,
     num_classes: int = 10,
+    *,
+    stochastic_activations: bool = False,
+    stochastic_weights: bool = False,
+    last_batchnorm: str | None = None,
+    bn_eps: float = BN_EPS,
+    bn_momentum: float = BN_MOMENTUM,
 ) -> nn.Sequential:
     """The paper's MNIST MLP: in_features -> depth x hidden -> num_classes (Section 2.1).
 
-    ``stochastic`` binarizes weights and activations stochastically while
-    training; ``estimator`` picks the STE of the activations (:mod:`bnnlib.ste`).
+    ``stochastic_activations`` / ``stochastic_weights`` binarize the Sign
+    activations / the weights stochastically while training (``stochastic``:
+    both); ``estimator`` picks the STE of the activations (:mod:`bnnlib.ste`).
+    ``last_batchnorm`` is the output layer's batch norm (default: ``batchnorm``;
+    the Torch7 code keeps an ordinary one there), with ``bn_eps`` and
+    ``bn_momentum`` for every batch norm.
     """
+    acts, weights = stochastic or stochastic_activations, stochastic or stochastic_weights
+    bn = {"eps": bn_eps, "momentum": bn_momentum}
     layers: list[nn.Module] = [nn.Flatten()]
     if dropout_in > 0:
         layers.append(nn.Dropout(dropout_in))
     width = in_features
     for _ in range(depth):
         layers += [
-            _linear(width, hidden, binary, stochastic),
-            _bn(hidden, batchnorm, 1),
-            _act(binary, stochastic, estimator),
+            _linear(width, hidden, binary, weights),
+            _bn(hidden, batchnorm, 1, **bn),
+            _act(binary, acts, estimator),
         ]
         if dropout_hidden > 0:
             layers.append(nn.Dropout(dropout_hidden))
         width = hidden
-    layers += [_linear(width, num_classes, binary, stochastic), _bn(num_classes, batchnorm, 1)]
+    layers += [
+        _linear(width, num_classes, binary, weights),
+        _bn(num_classes, last_batchnorm or batchnorm, 1, **bn),
+    ]
     return nn.Sequential(*layers)
 
 
@@ -100,36 +126,49 @@ def cifar10_convnet(
     batchnorm: str = "standard",
     stochastic: bool = False,
     estimator: str = "hardtanh",
+    *,
+    stochastic_activations: bool = False,
+    stochastic_weights: bool = False,
+    fc_width: float | None = None,
 ) -> nn.Sequential:
-    """The paper's CIFAR-10 ConvNet (Section 2.3); ``width`` scales every layer's units.
+    """The paper's CIFAR-10 ConvNet (Section 2.3); ``width`` scales the convolutions' units.
 
     (2 x 128C3)-MP2-(2 x 256C3)-MP2-(2 x 512C3)-MP2-(2 x 1024FC)-10FC, batch norm
     after every layer, Conv -> MaxPool -> BN -> Sign where a pooling follows.
+    ``fc_width`` scales the two dense layers (default: ``width``). Stochastic
+    flags as in :func:`mnist_mlp`.
     """
+    acts, weights = stochastic or stochastic_activations, stochastic or stochastic_weights
     chans = [max(1, round(c * width)) for c in (128, 256, 512)]
-    fc = max(1, round(1024 * width))
+    fc = max(1, round(1024 * (width if fc_width is None else fc_width)))
     layers: list[nn.Module] = []
     c_prev = in_channels
     for c in chans:
-        layers += [_conv(c_prev, c, binary, stochastic), _bn(c, batchnorm, 2)]
-        layers += [_act(binary, stochastic, estimator)]
-        layers += [_conv(c, c, binary, stochastic), nn.MaxPool2d(2), _bn(c, batchnorm, 2)]
-        layers += [_act(binary, stochastic, estimator)]
+        layers += [_conv(c_prev, c, binary, weights), _bn(c, batchnorm, 2)]
+        layers += [_act(binary, acts, estimator)]
+        layers += [_conv(c, c, binary, weights), nn.MaxPool2d(2), _bn(c, batchnorm, 2)]
+        layers += [_act(binary, acts, estimator)]
         c_prev = c
     side = image_size // 8
     layers.append(nn.Flatten())
     width_in = c_prev * side * side
     for _ in range(2):
-        layers += [_linear(width_in, fc, binary, stochastic), _bn(fc, batchnorm, 1)]
-        layers += [_act(binary, stochastic, estimator)]
+        layers += [_linear(width_in, fc, binary, weights), _bn(fc, batchnorm, 1)]
+        layers += [_act(binary, acts, estimator)]
         width_in = fc
-    layers += [_linear(width_in, num_classes, binary, stochastic), _bn(num_classes, batchnorm, 1)]
+    layers += [_linear(width_in, num_classes, binary, weights), _bn(num_classes, batchnorm, 1)]
     return nn.Sequential(*layers)
 
 
 def svhn_convnet(binary: bool = True, width: float = 1.0, **kw) -> nn.Sequential:
-    """The SVHN ConvNet: the CIFAR-10 ConvNet with half the units in each layer (Section 2.2)."""
-    return cifar10_convnet(binary=binary, width=0.5 * width, **kw)
+    """The SVHN ConvNet: the CIFAR-10 ConvNet with half the units in each convolution.
+
+    The paper (Section 2.2) says "half the number of units in each layer", but
+    both official codes (Theano ``svhn.py``, Torch7 ``BinaryNet_SVHN_Model.lua``)
+    halve only the convolutions (64-128-256 channels) and keep the two dense
+    layers at 1024 units; we follow the code. ``width`` scales both further.
+    """
+    return cifar10_convnet(binary=binary, width=0.5 * width, fc_width=width, **kw)
 
 
 MODELS = {"mnist_mlp": mnist_mlp, "cifar10_convnet": cifar10_convnet, "svhn_convnet": svhn_convnet}

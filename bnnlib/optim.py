@@ -13,7 +13,9 @@ Bengio): the Adam step of a binary layer's weights is multiplied by::
     W_LR_scale = 1 / sqrt(1.5 / (fan_in + fan_out))
 
 with fan_in = in_channels * kh * kw and fan_out = out_channels * kh * kw for a
-convolution. Other parameters (batch-norm gamma and beta) use the base LR.
+convolution. Other parameters (batch-norm gamma and beta) use the base LR. The
+Torch7 code (``glorot_scale="torch7"``) also scales each batch norm's gamma by
+1 / sqrt(1.5 / num_features); beta keeps the base LR.
 
 *Shift-based AdaMax* (paper Algorithm 4, the Torch7 code)::
 
@@ -22,9 +24,21 @@ convolution. Other parameters (batch-norm gamma and beta) use the base LR.
     theta = theta - AP2(lr / (1 - beta1^t)) * m_t * AP2(v_t + eps)^-1
 
 every multiplication by the step and by 1/v being a shift (eps = 2^-27).
+The Torch7 code (``adaMax_binary_clip_shift.lua``, ``variant="torch7"``)
+computes it slightly differently, and :class:`ShiftAdaMax` can do either::
+
+    v_t   = AP2(max(beta2 * v, |g|)) + eps     # stored: the next max starts from it
+    theta = theta - AP2(lr / (1 - beta1^t)) * W_LR_scale * m_t / v_t
+
+i.e. AP2 before eps, the rounded v kept as state, and the per-layer scale
+multiplied after rounding the step. Our default divides by AP2(v + eps) and
+keeps v exact, as Algorithm 4 is written; both are shifts when v_t is a power of
+two (eps = 2^-27 is far below any v that matters).
 
 The learning rate decays exponentially, once per epoch, from ``lr_start`` to
-``lr_end`` over the run (:func:`exponential_lr`), as in the paper's code.
+``lr_end`` over the run (:func:`exponential_lr`), as in the paper's Theano code;
+the Torch7 code instead halves it every 20 epochs (MNIST, SVHN) or 50
+(CIFAR-10) (:func:`step_lr`).
 """
 
 from __future__ import annotations
@@ -46,6 +60,8 @@ __all__ = [
     "clip_binary_weights",
     "exponential_lr",
     "lr_at_epoch",
+    "step_lr",
+    "step_lr_at_epoch",
 ]
 
 
@@ -57,8 +73,17 @@ def glorot_lr_scale(layer: nn.Module) -> float:
     return 1.0 / math.sqrt(1.5 / (fan_in + fan_out))
 
 
-def param_groups(net: nn.Module, lr: float, glorot_scale: bool = True) -> list[dict]:
-    """One group per binary layer's weight (scaled LR, clipped), one group for the rest."""
+GLOROT_MODES = (True, False, "torch7")
+
+
+def param_groups(net: nn.Module, lr: float, glorot_scale: bool | str = True) -> list[dict]:
+    """One group per binary layer's weight (scaled LR, clipped), one group for the rest.
+
+    ``glorot_scale="torch7"`` adds one group per batch norm's gamma, scaled by
+    1 / sqrt(1.5 / num_features) as the Torch7 code does.
+    """
+    if glorot_scale not in GLOROT_MODES:
+        raise ValueError(f"glorot_scale must be one of {GLOROT_MODES}, got {glorot_scale!r}")
     groups, seen = [], set()
     for module in net.modules():
         if is_binary_layer(module):
@@ -67,10 +92,20 @@ def param_groups(net: nn.Module, lr: float, glorot_scale: bool = True) -> list[d
                 {"params": [module.weight], "lr": lr * scale, "lr_scale": scale, "clip": True}
             )
             seen.add(id(module.weight))
+        elif glorot_scale == "torch7" and _is_bn(module):
+            scale = 1.0 / math.sqrt(1.5 / module.num_features)
+            groups.append(
+                {"params": [module.weight], "lr": lr * scale, "lr_scale": scale, "clip": False}
+            )
+            seen.add(id(module.weight))
     rest = [p for p in net.parameters() if id(p) not in seen and p.requires_grad]
     if rest:
         groups.append({"params": rest, "lr": lr, "lr_scale": 1.0, "clip": False})
     return groups
+
+
+def _is_bn(module: nn.Module) -> bool:
+    return isinstance(module, nn.modules.batchnorm._BatchNorm) and module.weight is not None
 
 
 @torch.no_grad()
@@ -112,7 +147,10 @@ class ShiftAdaMax(torch.optim.Optimizer):
     """Shift-based AdaMax (paper Algorithm 4), then clipping of binary layers' weights.
 
     Takes the model like :class:`Adam`, with the same per-layer LR scale.
+    ``variant="torch7"`` computes the step as the Torch7 code does (module docstring).
     """
+
+    VARIANTS = ("paper", "torch7")
 
     def __init__(
         self,
@@ -120,9 +158,12 @@ class ShiftAdaMax(torch.optim.Optimizer):
         lr: float = 2.0**-6,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 2.0**-27,
-        glorot_scale: bool = True,
+        glorot_scale: bool | str = True,
+        variant: str = "paper",
     ) -> None:
-        defaults = {"lr": lr, "betas": betas, "eps": eps}
+        if variant not in self.VARIANTS:
+            raise ValueError(f"unknown variant {variant!r}; choose one of {self.VARIANTS}")
+        defaults = {"lr": lr, "betas": betas, "eps": eps, "variant": variant}
         super().__init__(param_groups(net, lr, glorot_scale), defaults)
 
     @torch.no_grad()
@@ -145,11 +186,20 @@ class ShiftAdaMax(torch.optim.Optimizer):
                 m, v = state["exp_avg"], state["exp_inf"]
                 m.lerp_(p.grad, 1 - beta1)
                 torch.maximum(v * beta2, p.grad.abs(), out=v)
-                # AP2 of a positive scalar: the nearest power of two, a shift.
-                step_size = 2.0 ** round(math.log2(group["lr"] / (1 - beta1 ** state["step"])))
-                p.sub_(m / ap2(v + group["eps"]), alpha=step_size)
+                bias1 = 1 - beta1 ** state["step"]
+                if group.get("variant", "paper") == "torch7":
+                    v.copy_(ap2(v) + group["eps"])
+                    step_size = _ap2_scalar(group["lr"] / group["lr_scale"] / bias1)
+                    p.sub_(m / v, alpha=step_size * group["lr_scale"])
+                else:
+                    p.sub_(m / ap2(v + group["eps"]), alpha=_ap2_scalar(group["lr"] / bias1))
         clip_binary_weights(self.param_groups)
         return loss
+
+
+def _ap2_scalar(x: float) -> float:
+    """AP2 of a positive scalar: the nearest power of two, a shift."""
+    return 2.0 ** round(math.log2(x))
 
 
 def lr_at_epoch(epoch: int, lr_start: float, lr_end: float, num_epochs: int) -> float:
@@ -170,3 +220,22 @@ def exponential_lr(
         raise ValueError("exponential_lr needs lr_start > 0, lr_end > 0 and num_epochs >= 1")
     gamma = (lr_end / lr_start) ** (1.0 / num_epochs)
     return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=gamma)
+
+
+def step_lr_at_epoch(epoch: int, lr_start: float, every: int, factor: float = 0.5) -> float:
+    """The Torch7 schedule: lr_start * factor^(epoch // every), epoch from 0.
+
+    Epochs 0 .. every-1 use lr_start; the Torch7 MNIST code halves (factor 0.5)
+    after every 20th epoch.
+    """
+    return lr_start * factor ** (epoch // every)
+
+
+def step_lr(
+    optimizer: torch.optim.Optimizer, every: int, factor: float = 0.5
+) -> torch.optim.lr_scheduler.StepLR:
+    """Multiply every group's LR by ``factor`` after each ``every`` epochs (one ``step()``
+    per epoch)."""
+    if every < 1 or not 0 < factor <= 1:
+        raise ValueError(f"step_lr needs every >= 1 and 0 < factor <= 1, got {every}, {factor}")
+    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=every, gamma=factor)

@@ -115,8 +115,33 @@ def test_mnist_mlp_options():
     assert _types(net) == [nn.Flatten, L, BN, S, L, BN, S, L, BN]
     assert net[1].in_features == 20 and net[-2].out_features == 5
     net = mnist_mlp(hidden=16, stochastic=True, estimator="identity")
-    assert all(m.stochastic for m in net if is_binary_layer(m) or isinstance(m, SignActivation))
+    # stochastic=True: both the weights and the Sign activations.
+    assert all(m.stochastic_weights for m in net if is_binary_layer(m))
+    assert all(m.stochastic for m in net if isinstance(m, SignActivation))
     assert all(m.estimator == "identity" for m in net if isinstance(m, SignActivation))
+
+
+@pytest.mark.parametrize("build_net", [mnist_mlp, cifar10_convnet], ids=["mlp", "convnet"])
+@pytest.mark.parametrize("acts,weights", [(True, False), (False, True), (False, False)])
+def test_stochastic_activations_and_weights_chosen_separately(build_net, acts, weights):
+    kw = {"stochastic_activations": acts, "stochastic_weights": weights}
+    net = build_net(width=1 / 16, **kw) if build_net is cifar10_convnet else build_net(16, **kw)
+    signs = [m for m in net.modules() if isinstance(m, SignActivation)]
+    binaries = [m for m in net.modules() if is_binary_layer(m)]
+    assert signs and binaries
+    assert all(m.stochastic is acts for m in signs)
+    assert all(m.stochastic_weights is weights for m in binaries)
+    # Every binary layer of the paper's models takes its input already binary.
+    assert not any(m.stochastic_input or m.binarize_input for m in binaries)
+
+
+def test_torch7_mlp_layout_last_batchnorm_and_bn_constants():
+    net = mnist_mlp(
+        hidden=16, batchnorm="shift", last_batchnorm="standard", bn_eps=1e-5, bn_momentum=0.125
+    )
+    bns = [m for m in net if isinstance(m, BN_TYPES)]
+    assert [type(m) for m in bns] == [ShiftBatchNorm1d] * 3 + [nn.BatchNorm1d]
+    assert all(m.eps == 1e-5 and m.momentum == 0.125 for m in bns)
 
 
 def test_mnist_mlp_shift_batchnorm():
@@ -196,11 +221,12 @@ def test_convnet_other_input_size_and_channels():
     assert net(torch.rand(2, 1, 28, 28)).shape == (2, 10)
 
 
-def test_svhn_convnet_half_widths():
+def test_svhn_convnet_half_convolutions_full_dense():
+    # Both official codes halve the convolutions only; the dense layers keep 1024 units.
     net = svhn_convnet()
     assert _types(net) == _conv_expected_types()
-    assert _widths(net) == ([64, 64, 128, 128, 256, 256], [512, 512, 10])
-    assert _n_params(net) == _convnet_param_count(64, 128, 256, 512)
+    assert _widths(net) == ([64, 64, 128, 128, 256, 256], [1024, 1024, 10])
+    assert _n_params(net) == _convnet_param_count(64, 128, 256, 1024)
 
 
 def test_convnet_float_twin():

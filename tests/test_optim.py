@@ -22,6 +22,8 @@ from bnnlib.optim import (
     glorot_lr_scale,
     lr_at_epoch,
     param_groups,
+    step_lr,
+    step_lr_at_epoch,
 )
 
 
@@ -213,6 +215,47 @@ def test_shift_adamax_two_steps_by_hand():
         assert bool((w.abs() <= 1).all())
 
 
+def test_shift_adamax_torch7_variant_three_steps_by_hand():
+    """adaMax_binary_clip_shift.lua: v = AP2(max(b2 v, |g|)) + eps, stored; the step
+    AP2(lr / (1 - b1^t)) times the Glorot scale, which also covers batch-norm gamma."""
+    lr, (b1, b2), eps = 2.0**-6, (0.9, 0.999), 2.0**-27
+    net = _net()
+    opt = ShiftAdaMax(net, lr=lr, glorot_scale="torch7", variant="torch7")
+    with torch.no_grad():
+        for w in _binary_weights(net):
+            w.mul_(0.001)
+    params = list(net.parameters())
+    fans = zip(_binary_weights(net), (50, 40), strict=True)
+    scale = {id(w): 1 / math.sqrt(1.5 / n) for w, n in fans}
+    scale |= {id(net[1].weight): 1 / math.sqrt(1.5 / 30), id(net[4].weight): 1 / math.sqrt(0.15)}
+    theta = [p.detach().clone() for p in params]
+    m = [torch.zeros_like(p) for p in params]
+    v = [torch.zeros_like(p) for p in params]
+    for t in (1, 2, 3):
+        _set_grads(net, 20 + t)
+        for i, p in enumerate(params):
+            g = p.grad.detach()
+            m[i] = b1 * m[i] + (1 - b1) * g
+            v[i] = _naive_ap2(torch.maximum(b2 * v[i], g.abs())) + eps
+            step = 2.0 ** round(math.log2(lr / (1 - b1**t)))
+            theta[i] = theta[i] - step * scale.get(id(p), 1.0) * m[i] / v[i]
+            if p is net[0].weight or p is net[3].weight:
+                theta[i] = theta[i].clamp(-1, 1)
+        opt.step()
+        for p, expect in zip(params, theta, strict=True):
+            torch.testing.assert_close(p.detach(), expect, rtol=1e-12, atol=1e-12)
+    # Beta keeps the base LR; the BN gamma groups are not clipped.
+    groups = {id(g["params"][0]): g for g in opt.param_groups if len(g["params"]) == 1}
+    assert groups[id(net[1].weight)]["clip"] is False
+
+
+def test_shift_adamax_rejects_unknown_variant_and_glorot_mode():
+    with pytest.raises(ValueError, match="unknown variant 'lua'"):
+        ShiftAdaMax(_net(), variant="lua")
+    with pytest.raises(ValueError, match="glorot_scale must be one of"):
+        ShiftAdaMax(_net(), glorot_scale="theano")
+
+
 def test_shift_adamax_update_is_power_of_two_times_m_ratio():
     """One step on a single parameter: delta / m is a (signed) power of two everywhere."""
     net = nn.Sequential(nn.BatchNorm1d(50)).double()
@@ -285,3 +328,28 @@ def test_exponential_lr_rejects_bad_arguments(args):
     opt = Adam(_net(), lr=1e-3)
     with pytest.raises(ValueError, match="exponential_lr"):
         exponential_lr(opt, *args)
+
+
+def test_step_lr_halves_every_20_epochs_like_torch7():
+    # Torch7 Main_BinaryNet_MNIST: `if epoch % 20 == 0 then LR = LR * 0.5` after epoch 20, 40...
+    torch.manual_seed(0)
+    opt = ShiftAdaMax(_net(), lr=2.0**-6)
+    sched = step_lr(opt, every=20)
+    seen = []
+    for epoch in range(61):
+        opt.step()  # no grads: a no-op, keeps the scheduler's call order
+        seen.append(opt.param_groups[-1]["lr"])
+        assert seen[-1] == step_lr_at_epoch(epoch, 2.0**-6, 20)
+        sched.step()
+    assert seen[0] == seen[19] == 2.0**-6 and seen[20] == seen[39] == 2.0**-7
+    assert seen[40] == 2.0**-8 and seen[60] == 2.0**-9
+    # The per-layer scale is kept: every group moves by the same factor.
+    for g in opt.param_groups:
+        assert g["lr"] == pytest.approx(g["lr_scale"] * 2.0**-9, rel=1e-12)
+
+
+@pytest.mark.parametrize("every,factor", [(0, 0.5), (20, 0.0), (20, 1.5)])
+def test_step_lr_rejects_bad_arguments(every, factor):
+    opt = ShiftAdaMax(_net())
+    with pytest.raises(ValueError, match="step_lr"):
+        step_lr(opt, every, factor)

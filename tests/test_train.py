@@ -244,6 +244,62 @@ def test_cli_paper_recipe(tmp_path):
     assert h.config["lr_end"] == 1e-4 and h.config["dropout_hidden"] == 0.1
 
 
+def test_cli_torch7_preset_sets_the_torch7_setup(tmp_path):
+    name = write_tiny_npz(tmp_path / "tiny.npz")
+    argv = ["--preset", "torch7", "--dataset", name, "--hidden", "16", "--depth", "1"]
+    h = T.main([*argv, "--epochs", "1", "--batch-size", "30", "--no-progress"])
+    c = h.config
+    assert c["preset"] == "torch7" and c["model"] == "mnist_mlp" and c["recipe"] == "preset"
+    assert c["optimizer"] == "shift_adamax_torch7" and c["glorot_scale"] == "torch7"
+    assert c["lr_start"] == 2.0**-6 and c["lr_halve_every"] == 20
+    assert c["stochastic_activations"] is True and c["stochastic_weights"] is False
+    assert c["batchnorm"] == "shift" and c["dropout_in"] == 0 and c["dropout_hidden"] == 0
+    assert c["hidden"] == 16 and c["batch_size"] == 30  # explicit flags win over the preset
+    # Without overrides: 2048 hidden units, batch 100, 100 epochs.
+    st = T.resolve_settings(T._parser().parse_args(["--preset", "torch7"]))
+    assert (st["hidden"], st["batch_size"], st["epochs"]) == (2048, 100, 100)
+    assert st["last_batchnorm"] == "standard" and st["bn_momentum"] == 0.125
+
+
+def test_cli_stochastic_flags_separately():
+    parse = T._parser().parse_args
+    st = T.resolve_settings(parse(["--model", "mnist_mlp", "--stochastic-activations"]))
+    assert st["stochastic_activations"] and not st["stochastic_weights"]
+    st = T.resolve_settings(parse(["--model", "mnist_mlp", "--stochastic-weights"]))
+    assert st["stochastic_weights"] and not st["stochastic_activations"]
+    st = T.resolve_settings(parse(["--model", "mnist_mlp", "--stochastic"]))
+    assert st["stochastic_weights"] and st["stochastic_activations"]
+
+
+def test_cli_preset_with_another_model_or_no_model(capsys):
+    with pytest.raises(SystemExit):
+        T.main(["--preset", "torch7", "--model", "cifar10_convnet"])
+    assert "--preset torch7 trains mnist_mlp, not cifar10_convnet" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        T.main([])
+    assert "choose a model with --model" in capsys.readouterr().err
+
+
+def test_step_schedule_in_fit_and_resume(tmp_path):
+    ckpt = tmp_path / "c.pt"
+    kw = {"lr_halve_every": 2, "optimizer": "shift_adamax_torch7", "glorot_scale": "torch7"}
+    h = run(tiny_net(), epochs=5, lr_start=2.0**-6, **kw)
+    assert [r["lr"] for r in h.epochs] == [2.0**-6] * 2 + [2.0**-7] * 2 + [2.0**-8]
+    with pytest.raises(_Stop):
+        run(tiny_net(), epochs=5, lr_start=2.0**-6, checkpoint=ckpt, callback=_stop_after(3), **kw)
+    resumed = run(tiny_net(), epochs=5, lr_start=2.0**-6, checkpoint=ckpt, resume=True, **kw)
+    assert no_times(resumed) == no_times(h)
+    with pytest.raises(ValueError, match="lr_halve_every"):
+        run(tiny_net(), epochs=5, lr_start=2.0**-6, checkpoint=ckpt, resume=True)
+
+
+def test_max_time_stops_at_an_epoch_boundary_and_says_so(tmp_path):
+    h = run(tiny_net(), epochs=50, max_time=1e-9, history_path=tmp_path / "h.json")
+    assert len(h.epochs) == 1 and h.stopped.startswith("time limit: stopped after epoch 1 of 50")
+    assert json.loads((tmp_path / "h.json").read_text())["stopped"] == h.stopped
+    assert run(tiny_net(), epochs=2, max_time=1e6).stopped is None
+
+
 def test_cli_unknown_model(capsys):
     with pytest.raises(SystemExit):
         T.main(["--model", "resnet50"])
