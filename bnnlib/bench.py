@@ -44,6 +44,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .machine import atomic_write, cpu_flags, cpu_model
+
 __all__ = ["timeit", "machine_info", "bench_mnist_mlp", "bench_train_step", "main"]
 
 
@@ -69,14 +71,6 @@ def timeit(
         _sync(device)
         times.append(time.perf_counter() - t0)
     return {"median_s": statistics.median(times), "times_s": times}
-
-
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def _gpu_info() -> dict | None:
@@ -116,7 +110,8 @@ def machine_info(argv: list[str] | None = None) -> dict:
     gpu = _gpu_info()
     return {
         "device": "cuda" if gpu else "cpu",
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
+        "cpu_flags": cpu_flags(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "gpu": gpu,
@@ -525,7 +520,7 @@ def _table(res: dict) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark; returns the results dict (also written as JSON)."""
-    from .cpu import retain_freed_memory
+    from .machine import retain_freed_memory
 
     args = _parser().parse_args(argv)
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -580,10 +575,7 @@ def main(argv: list[str] | None = None) -> dict:
         res["gpu"] = _bench_gpu(args, log)
     res["meta"]["load_average_end"] = _loadavg()
     print(_table(res))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(_plain(res), indent=1))
-    os.replace(tmp, out)
+    atomic_write(out, json.dumps(_plain(res), indent=1).encode())
     print(f"\nwrote {out}")
     return res
 

@@ -11,7 +11,6 @@ equality on the ±1 data. Rates are multiply-accumulates per second, M N K / tim
 
 from __future__ import annotations
 
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -19,27 +18,9 @@ from collections.abc import Callable
 import torch
 
 from .binarize import sign
+from .machine import cpu_flags, cpu_model
 
-__all__ = ["bench_cpu_gemm", "bench_gpu_gemm", "cpu_info"]
-
-
-def cpu_info() -> dict:
-    """CPU model and the flags that matter for popcount speed (Linux /proc/cpuinfo)."""
-    info = {"machine": platform.machine(), "model": platform.processor() or "unknown"}
-    flags: set[str] = set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name") and info["model"] in ("", "unknown", "x86_64"):
-                    info["model"] = line.split(":", 1)[1].strip()
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    break
-    except OSError:
-        pass
-    wanted = ("popcnt", "avx2", "avx512f", "avx512_vpopcntdq", "avx512bw")
-    info["flags"] = [f for f in wanted if f in flags]
-    return info
+__all__ = ["bench_cpu_gemm", "bench_gpu_gemm"]
 
 
 def _median_time(fn: Callable[[], object], repeats: int, sync: Callable[[], None] | None = None):
@@ -101,7 +82,7 @@ def bench_cpu_gemm(n: int = 4096, repeats: int = 5) -> dict:
         "numba_threads": numba.get_num_threads(),
         "numba_version": numba.__version__,
         "torch_version": torch.__version__,
-        "cpu": cpu_info(),
+        "cpu": {"model": cpu_model(), "flags": cpu_flags()},
     }
 
 

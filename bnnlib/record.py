@@ -19,8 +19,7 @@ Either way it is printed, so the executed notebook shows it. Recording the same
 name again replaces the earlier entry, so re-running a cell is harmless.
 :func:`read` returns the entries of a file, :func:`values` maps names to values.
 
-:func:`hardware` describes the machine in one line and :func:`select_device`
-picks the GPU when there is one and says which path runs.
+The hardware line of a record defaults to :func:`bnnlib.machine.hardware`.
 """
 
 from __future__ import annotations
@@ -28,11 +27,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from .machine import atomic_write, hardware
 
 __all__ = [
     "ENV_VAR",
@@ -41,8 +40,6 @@ __all__ = [
     "values",
     "recorded",
     "clear",
-    "hardware",
-    "select_device",
 ]
 
 ENV_VAR = "BNN_RECORD_FILE"
@@ -80,15 +77,7 @@ def _format(value: Any) -> str:
 
 
 def _write_atomic(path: Path, entries: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(entries, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, json.dumps(entries, indent=1).encode())
 
 
 def _upsert(entries: list[dict], entry: dict) -> list[dict]:
@@ -176,45 +165,6 @@ def clear() -> None:
     _memory.clear()
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
-def hardware(device: Any = None) -> str:
-    """One line naming the hardware: the CPU (and cores), or the GPU when ``device`` is CUDA."""
-    cpu = f"CPU: {_cpu_model()} ({os.cpu_count()} logical cores)"
-    if device is not None and str(device).startswith("cuda"):
-        import torch
-
-        return f"GPU: {torch.cuda.get_device_name(torch.device(device))}; {cpu}"
-    return cpu
-
-
 def _this_machine() -> str:
     # record() has a parameter named ``hardware``, so it calls the function through this name.
     return hardware()
-
-
-def select_device(choice: str = "auto"):
-    """``torch.device`` to run on: ``"auto"`` takes the GPU when there is one, else the CPU.
-
-    Prints which path runs (and why not the GPU), so an executed notebook says it.
-    ``choice="cuda"`` without a GPU is an error naming the fix.
-    """
-    import torch
-
-    if choice not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device choice {choice!r}: use 'auto', 'cpu' or 'cuda'")
-    has_gpu = torch.cuda.is_available()
-    if choice == "cuda" and not has_gpu:
-        raise RuntimeError("DEVICE = 'cuda' but torch sees no CUDA GPU; set DEVICE = 'auto'")
-    device = torch.device("cuda" if choice != "cpu" and has_gpu else "cpu")
-    why = "" if device.type == "cuda" or choice == "cpu" else " (no CUDA GPU found)"
-    print(f"running on the {device.type.upper()} path{why}: {hardware(device)}")
-    return device

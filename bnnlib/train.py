@@ -92,7 +92,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -106,6 +105,7 @@ from tqdm.auto import tqdm
 from . import data as bdata
 from . import models
 from .losses import pm1_targets, square_hinge
+from .machine import atomic_write, retain_freed_memory
 from .optim import Adam, ShiftAdaMax, exponential_lr, step_lr
 
 __all__ = [
@@ -211,7 +211,7 @@ class History:
     def to_json(self, path: str | os.PathLike) -> None:
         """Write :meth:`to_dict` as JSON, atomically."""
         text = json.dumps(self.to_dict(), indent=1)
-        _atomic_write(Path(path), lambda f: f.write(text.encode()))
+        atomic_write(path, text.encode())
 
     def __str__(self) -> str:
         if not self.epochs:
@@ -230,31 +230,9 @@ def _pct(x: float | None) -> str:
 # --------------------------------------------------------------------------- checkpoints
 
 
-def _atomic_write(path: Path, write: Callable) -> None:
-    """Write to a temporary file in ``path``'s folder, fsync it, then ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-
 def atomic_save(obj, path: str | os.PathLike) -> None:
     """``torch.save`` that leaves the previous file intact if anything fails mid-write."""
-    _atomic_write(Path(path), lambda f: torch.save(obj, f))
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
@@ -803,8 +781,6 @@ def _init_distributed(args) -> tuple[int, torch.device]:
 
 def main(argv: list[str] | None = None) -> History:
     """``python -m bnnlib.train``: parse, load the data, build the model, :func:`fit`, save."""
-    from .cpu import retain_freed_memory
-
     parser = _parser()
     args = parser.parse_args(argv)
     if args.resume and not args.out:
