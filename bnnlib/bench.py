@@ -1,9 +1,10 @@
 """``python -m bnnlib.bench``: the run-time measurements of the paper's Section 4, on this machine.
 
 A benchmark, not a test: every figure is the median of repeated runs after warm-up (GPU work
-synchronized before the clock stops), and every ratio compares two things measured in the
-same run. It prints a table and writes JSON (``--out``, default ``results/bench_<device>.json``)
-with the machine (CPU model, GPU and driver), library versions, the date and the command line.
+synchronized before the clock is read, :mod:`bnnlib.timing`), and every ratio compares two
+things measured in the same run. It prints a table and writes JSON (``--out``, default
+``results/bench_<device>.json``) with the machine (CPU model, GPU and driver), library
+versions, the date and the command line.
 
 Sections:
 
@@ -37,40 +38,22 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from . import cuda as bcuda
+from . import data
+from .bench_kernels import bench_cpu_gemm, bench_gpu_gemm
 from .machine import atomic_write, cpu_flags, cpu_model
+from .timing import timeit
 
 __all__ = ["timeit", "machine_info", "bench_mnist_mlp", "bench_train_step", "main"]
 
 
-# --------------------------------------------------------------------------- timing, machine
-
-
-def _sync(device: str | torch.device) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-
-
-def timeit(
-    fn: Callable[[], object], repeats: int = 5, warmup: int = 1, device: str = "cpu"
-) -> dict:
-    """Median (and all) wall times of ``fn()`` in seconds, after ``warmup`` untimed calls."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return {"median_s": statistics.median(times), "times_s": times}
+# --------------------------------------------------------------------------- machine
 
 
 def _gpu_info() -> dict | None:
@@ -132,8 +115,6 @@ def machine_info(argv: list[str] | None = None) -> dict:
 
 def _mnist(root: str | None, n_test: int | None, n_calib: int):
     """(test uint8 images, test labels, calibration uint8 images, a note on the data)."""
-    from . import data
-
     try:
         test = data.load("mnist", root, "test", download=False)
         train = data.load("mnist", root, "train", download=False)
@@ -159,7 +140,7 @@ def calibrate_batchnorm(net: nn.Module, x_uint8: torch.Tensor, batch: int = 500)
             moms[m], m.momentum = m.momentum, None
     net.train()
     for i in range(0, len(x_uint8) - batch + 1, batch):
-        net(x_uint8[i : i + batch].float() * (2 / 255) - 1)
+        net(data.scale(x_uint8[i : i + batch]))
     for m, mom in moms.items():
         m.momentum = mom
     return net.eval()
@@ -214,7 +195,7 @@ def bench_mnist_mlp(
         path = inference.export(net, Path(tmp) / "mlp.bnn")
         file_bytes = path.stat().st_size
         packed = inference.load(path)
-    xs = xt.float() * (2 / 255) - 1
+    xs = data.scale(xt)
 
     @torch.no_grad()
     def float_forward():
@@ -297,9 +278,7 @@ def bench_train_step(
     for r in range(repeats):
         order = ("bnn", "float") if r % 2 == 0 else ("float", "bnn")
         for k in order:
-            t0 = time.perf_counter()
-            step(k)
-            times[k].append(time.perf_counter() - t0)
+            times[k].append(timeit(lambda k=k: step(k), 1, warmup=0)["median_s"])
     med = {k: statistics.median(v) for k, v in times.items()}
     # Each BNN step has a float step next to it in time: the median of these paired ratios is
     # robust to load that changes during the run (the ratio of medians is not).
@@ -319,10 +298,6 @@ def bench_train_step(
 
 
 def _bench_gemm_cpu(sizes: list[int], quick: bool) -> dict:
-    try:
-        from .bench_kernels import bench_cpu_gemm
-    except ImportError as e:
-        return {"skipped": f"bnnlib.bench_kernels is not available ({e})"}
     reps = 3 if quick else 5
     return {"sizes": sizes, "results": [_plain(bench_cpu_gemm(n, reps)) for n in sizes]}
 
@@ -331,21 +306,12 @@ def _bench_gpu(args, log) -> dict:
     """GPU section: kernels (8192) and the MLP through the baseline, cuBLAS and XNOR."""
     if not torch.cuda.is_available():
         return {"skipped": "no CUDA GPU on this machine"}
-    try:
-        from . import cuda as bcuda
-    except ImportError as e:
-        return {"skipped": f"bnnlib.cuda failed to import: {e}"}
     if not bcuda.available():
         return {"skipped": f"bnnlib.cuda not available: {bcuda.reason()}"}
     out: dict = {}
-    try:
-        from .bench_kernels import bench_gpu_gemm
-
-        n = 1024 if args.quick else 8192
-        log(f"  GPU gemm {n} ...")
-        out["gemm"] = _plain(bench_gpu_gemm(n))
-    except ImportError as e:
-        out["gemm"] = {"skipped": f"bnnlib.bench_kernels is not available ({e})"}
+    n = 1024 if args.quick else 8192
+    log(f"  GPU gemm {n} ...")
+    out["gemm"] = _plain(bench_gpu_gemm(n))
     log("  GPU MNIST MLP ...")
     out["mnist_mlp"] = _gpu_mlp(args)
     return out
@@ -367,7 +333,7 @@ def _gpu_mlp(args) -> dict:
     reps = args.repeats
     res: dict = {"data": note, "n_images": len(xt)}
     netc = net.to("cuda").eval()
-    xs = (xt.float() * (2 / 255) - 1).to("cuda")
+    xs = data.scale(xt).to("cuda")
 
     @torch.no_grad()
     def cublas():
@@ -397,7 +363,6 @@ def _gpu_mlp(args) -> dict:
 
 def _baseline_forward(net: nn.Module):
     """The float MLP with every matmul on the paper's baseline kernel, or None if missing."""
-    from . import cuda as bcuda
     from .binarize import sign
 
     gemm = getattr(bcuda, "baseline_gemm", None)

@@ -3,37 +3,24 @@
 :func:`bench_cpu_gemm` times ``bnnlib.kernels.xnor_gemm`` against ``torch.matmul`` in
 float32 on the CPU; :func:`bench_gpu_gemm` times the paper's GPU comparison (baseline
 kernel, cuBLAS, the paper's XNOR kernel) plus cuBLAS bf16 / int8 and our faster XNOR
-kernels. Rules: data already packed and on the device, warm-up first, the median of
-``repeats`` timings, packing timed separately, and every result checked for exact
-equality on the ±1 data. Rates are multiply-accumulates per second, M N K / time.
-``python -m bnnlib.bench`` assembles these into the project's benchmark report.
+kernels. Rules (the timers of :mod:`bnnlib.timing`): data already packed and on the
+device, warm-up first, the median of ``repeats`` timings, packing timed separately, and
+every result checked for exact equality on the ±1 data. Rates are multiply-accumulates
+per second, M N K / time. ``python -m bnnlib.bench`` assembles these into the project's
+benchmark report.
 """
 
 from __future__ import annotations
 
 import statistics
-import time
-from collections.abc import Callable
 
 import torch
 
 from .binarize import sign
 from .machine import cpu_flags, cpu_model
+from .timing import cuda_timeit, timeit
 
 __all__ = ["bench_cpu_gemm", "bench_gpu_gemm"]
-
-
-def _median_time(fn: Callable[[], object], repeats: int, sync: Callable[[], None] | None = None):
-    times = []
-    for _ in range(repeats):
-        if sync:
-            sync()
-        t0 = time.perf_counter()
-        fn()
-        if sync:
-            sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), times
 
 
 def _pm1(rows: int, cols: int, seed: int, device="cpu") -> torch.Tensor:
@@ -53,15 +40,15 @@ def bench_cpu_gemm(n: int = 4096, repeats: int = 5) -> dict:
 
     a, b = _pm1(n, n, 0), _pm1(n, n, 1)
     kernels.pack(a[:2])  # compile / load the numba cache outside the timing
-    t_pack, _ = _median_time(lambda: (kernels.pack(a), kernels.pack(b)), repeats)
+    t_pack = timeit(lambda: (kernels.pack(a), kernels.pack(b)), repeats, warmup=0)["median_s"]
     pa, pb = kernels.pack(a), kernels.pack(b)
     ref = torch.matmul(a, b.T)  # warm-ups
     out = kernels.xnor_gemm(pa, pb, n)
     # Interleaved, so that load from other processes on a shared machine hits both alike.
     all_float, all_xnor = [], []
     for _ in range(repeats):
-        all_float.append(_median_time(lambda: torch.matmul(a, b.T), 1)[0])
-        all_xnor.append(_median_time(lambda: kernels.xnor_gemm(pa, pb, n), 1)[0])
+        all_float.append(timeit(lambda: torch.matmul(a, b.T), 1, warmup=0)["median_s"])
+        all_xnor.append(timeit(lambda: kernels.xnor_gemm(pa, pb, n), 1, warmup=0)["median_s"])
     t_float, t_xnor = statistics.median(all_float), statistics.median(all_xnor)
 
     macs = n**3
@@ -84,21 +71,6 @@ def bench_cpu_gemm(n: int = 4096, repeats: int = 5) -> dict:
         "torch_version": torch.__version__,
         "cpu": {"model": cpu_model(), "flags": cpu_flags()},
     }
-
-
-def _cuda_time(fn: Callable[[], object], repeats: int) -> tuple[float, list[float]]:
-    """Median seconds of fn on the GPU with CUDA events, after one warm-up call."""
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1000.0)
-    return statistics.median(times), times
 
 
 def bench_gpu_gemm(n: int = 8192, repeats: int = 5, baseline: bool = True) -> dict:
@@ -132,7 +104,8 @@ def bench_gpu_gemm(n: int = 8192, repeats: int = 5, baseline: bool = True) -> di
         ref = torch.matmul(A, B)
 
         def record(name, fn, check):
-            t, all_t = _cuda_time(fn, repeats)
+            timed = cuda_timeit(fn, repeats)
+            t, all_t = timed["median_s"], timed["times_s"]
             times[name] = t
             res[f"{name}_s"] = t
             res[f"{name}_times_s"] = all_t
@@ -152,13 +125,13 @@ def bench_gpu_gemm(n: int = 8192, repeats: int = 5, baseline: bool = True) -> di
             except RuntimeError as e:  # shape or GPU not supported by cuBLASLt int8
                 res["cublas_int8_error"] = str(e)
 
-        t_pack32, _ = _cuda_time(
+        t_pack32 = cuda_timeit(
             lambda: (bc.pack(A, word_bits=32, check=False), bc.pack_cols(B, 32, check=False)),
             repeats,
-        )
-        t_pack64, _ = _cuda_time(
+        )["median_s"]
+        t_pack64 = cuda_timeit(
             lambda: (bc.pack(A, check=False), bc.pack_cols(B, check=False)), repeats
-        )
+        )["median_s"]
         res["pack32_both_s"], res["pack64_both_s"] = t_pack32, t_pack64
         a32, b32 = bc.pack(A, word_bits=32), bc.pack_cols(B, 32)
         a64, b64 = bc.pack(A), bc.pack_cols(B)

@@ -44,7 +44,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import paper as _paper
 from . import record as _record
+from .machine import atomic_write, hardware
+from .viz import BOOK_ENV
 
 __all__ = [
     "BOOK_DIR",
@@ -61,6 +64,7 @@ __all__ = [
     "export_html",
     "offline_problems",
     "write_results",
+    "summary_rows",
     "main",
 ]
 
@@ -242,9 +246,11 @@ def kernel_name() -> str:
 
 @contextmanager
 def _environment(record_file: Path):
-    """BNN_RECORD_FILE for this notebook, BNN_DATA_DIR absolute (the kernel runs in book/)."""
-    saved = {k: os.environ.get(k) for k in (_record.ENV_VAR, "BNN_DATA_DIR")}
+    """BNN_RECORD_FILE for this notebook, BNN_DATA_DIR absolute (the kernel runs in book/),
+    BNN_BOOK_RUN so figures carry HTML for the exported pages (:mod:`bnnlib.viz`)."""
+    saved = {k: os.environ.get(k) for k in (_record.ENV_VAR, "BNN_DATA_DIR", BOOK_ENV)}
     os.environ[_record.ENV_VAR] = str(record_file)
+    os.environ[BOOK_ENV] = "1"
     if saved["BNN_DATA_DIR"]:
         os.environ["BNN_DATA_DIR"] = str(Path(saved["BNN_DATA_DIR"]).expanduser().resolve())
     try:
@@ -323,7 +329,7 @@ def run_notebook(
 # --- HTML export --------------------------------------------------------------------------
 
 # The lab template without its script tags that load from CDNs (require.js, MathJax,
-# mermaid, the widget manager). Plotly figures carry plotly.js in their own outputs.
+# mermaid, the widget manager). Plotly figures use the one shared copy of plotly.js.
 _TEMPLATE = """{%- extends 'index.html.j2' -%}
 {%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
 {%- block jupyter_widgets -%}{%- endblock jupyter_widgets -%}
@@ -356,8 +362,33 @@ def _static_outputs(nb) -> None:
                 del data[widget]
 
 
+PLOTLY_JS = "plotly.min.js"
+
+
+def _shared_plotly_js(html_dir: Path) -> None:
+    """One offline copy of plotly.js beside the pages (written once, when missing or stale)."""
+    from plotly.offline import get_plotlyjs
+
+    js = get_plotlyjs().encode()
+    path = html_dir / PLOTLY_JS
+    if not path.exists() or path.stat().st_size != len(js):
+        atomic_write(path, js)
+
+
+def _with_plotly_js(body: str) -> str:
+    tag = f'<script src="{PLOTLY_JS}" charset="utf-8"></script>'
+    head_end = body.find("</head>")
+    if head_end < 0:
+        raise BookError("the exported page has no </head> to load plotly.js from")
+    return body[:head_end] + tag + body[head_end:]
+
+
 def export_html(executed: Path, html_dir: Path) -> Path:
-    """``executed`` notebook to ``html_dir/<name>.html``, self-contained and offline."""
+    """``executed`` notebook to ``html_dir/<name>.html``, offline.
+
+    Every page loads the one shared ``plotly.min.js`` in ``html_dir`` (5 MB once,
+    not once per page); nothing comes from the network.
+    """
     from jinja2 import DictLoader
     from nbconvert import HTMLExporter
 
@@ -370,18 +401,19 @@ def export_html(executed: Path, html_dir: Path) -> Path:
     )
     name = Path(executed).stem
     body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": title(nb) or name}})
+    body = _with_plotly_js(body)
     problems = offline_problems(body)
     if problems:
         raise BookError(f"{name}.html would load from the network: {problems[:3]}")
-    html_dir.mkdir(parents=True, exist_ok=True)
-    out = html_dir / f"{name}.html"
-    out.write_text(body, encoding="utf-8")
-    return out
+    _shared_plotly_js(html_dir)
+    return atomic_write(html_dir / f"{name}.html", body.encode("utf-8"))
 
 
 # --- results ------------------------------------------------------------------------------
 
-_COLUMNS = ("name", "value", "unit", "paper", "data", "schedule", "hardware", "seed", "note")
+_COLUMNS = (
+    "name", "value", "unit", "paper", "status", "data", "schedule", "hardware", "seed", "note",
+)  # fmt: skip
 
 
 def _cell(v: Any) -> str:
@@ -392,11 +424,63 @@ def _cell(v: Any) -> str:
     return v if isinstance(v, str) else json.dumps(v)
 
 
+SUMMARY_COLUMNS = ("claim", "paper", "ours", "how measured", "status")
+
+
+def _claim_value(v: Any, unit: str) -> str:
+    if v is None or (isinstance(v, float) and v != v):
+        return "—"
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return f"{100 * v:.2f}%" if unit == "fraction" else f"{v:.3g}{unit if unit == 'x' else ''}"
+    return str(v)
+
+
+def summary_rows(runs: Sequence[Run]) -> list[dict[str, str]]:
+    """ "The paper vs this book": one row per :data:`bnnlib.paper.CLAIMS` entry.
+
+    Our figure is the record the claim names (``"NN:name"``: notebook NN's record
+    ``name``); its status is the record's own ``status`` field when it set one
+    (a notebook knows whether its run was reduced), else computed by
+    :func:`bnnlib.paper.status` as a full run. A claim with no record shows its
+    ``missing`` status (e.g. "not run yet: needs a GPU").
+    """
+    records = {f"{r.notebook[:2]}:{e['name']}": (r, e) for r in runs for e in r.records}
+    rows = []
+    for c in _paper.CLAIMS:
+        found = records.get(c.record) if c.record else None
+        paper_text = "—" if c.better == "report" else _claim_value(c.paper, c.unit)
+        if found is None:
+            ours, how, status = "—", "", c.missing
+        else:
+            run, e = found
+            ours = _claim_value(e["value"], c.unit)
+            parts = [e.get("data"), e.get("schedule"), e.get("hardware")]
+            parts += [f"seed {e['seed']}" if e.get("seed") is not None else None, e.get("note")]
+            how = f"notebook {run.notebook}: " + "; ".join(str(p) for p in parts if p)
+            status = e.get("status") or _paper.status(c.key, e["value"], reduced=False)
+        rows.append(
+            {"claim": c.claim, "paper": paper_text, "ours": ours, "how measured": how,
+             "status": status}
+        )  # fmt: skip
+    return rows
+
+
+def _summary_markdown(rows: Sequence[dict[str, str]]) -> list[str]:
+    lines = ["## The paper vs this book", ""]
+    lines += [f"{_paper.CITATION}. Status: " + ", ".join(_paper.STATUSES) + ".", ""]
+    lines += ["| " + " | ".join(SUMMARY_COLUMNS) + " |", "|" + "---|" * len(SUMMARY_COLUMNS)]
+    for row in rows:
+        lines.append("| " + " | ".join(row[c].replace("|", "\\|") for c in SUMMARY_COLUMNS) + " |")
+    return [*lines, ""]
+
+
 def _markdown(runs: Sequence[Run], profile: str) -> str:
     lines = [f"# Results of the book (profile `{profile}`)", ""]
     lines += [f"Generated {time.strftime('%Y-%m-%d %H:%M')} by `python -m bnnlib.book`.", ""]
+    lines += _summary_markdown(summary_rows(runs))
+    lines += ["## Appendix: the records of each notebook", ""]
     for run in runs:
-        lines += [f"## {run.notebook}: {run.title} ({run.seconds:.0f} s)", ""]
+        lines += [f"### {run.notebook}: {run.title} ({run.seconds:.0f} s)", ""]
         if run.parameters:
             lines += ["Parameters: " + ", ".join(f"`{k}={v}`" for k, v in run.parameters.items())]
             lines += [""]
@@ -413,7 +497,8 @@ def write_results(runs: Sequence[Run], out_dir: Path, profile: str) -> tuple[Pat
     data = {
         "profile": profile,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "hardware": _record.hardware(),
+        "hardware": hardware(),
+        "summary": summary_rows(runs),
         "notebooks": [
             {
                 "notebook": r.notebook,
@@ -425,10 +510,8 @@ def write_results(runs: Sequence[Run], out_dir: Path, profile: str) -> tuple[Pat
             for r in runs
         ],
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = out_dir / "results.json", out_dir / "results.md"
-    json_path.write_text(json.dumps(data, indent=1))
-    md_path.write_text(_markdown(runs, profile))
+    json_path = atomic_write(out_dir / "results.json", json.dumps(data, indent=1).encode())
+    md_path = atomic_write(out_dir / "results.md", _markdown(runs, profile).encode())
     return json_path, md_path
 
 
@@ -450,10 +533,20 @@ def _index_html(runs: Sequence[Run], pages: dict[str, Path], profile: str) -> st
         tables.append(
             f"<h3>{esc(r.notebook)}</h3><table><tr>{head}</tr>{rows}</table>" if rows else ""
         )
+    summary = "".join(
+        f'<tr class="{esc(row["status"].split(":")[0].replace(" ", "-"))}">'
+        + "".join(f"<td>{esc(row[c])}</td>" for c in SUMMARY_COLUMNS)
+        + "</tr>"
+        for row in summary_rows(runs)
+    )
+    summary_head = "".join(f"<th>{esc(c)}</th>" for c in SUMMARY_COLUMNS)
     style = (
         "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
         "table{border-collapse:collapse;font-size:90%;margin-bottom:1em}"
-        "td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}"
+        "td,th{border:1px solid #ccc;padding:3px 6px;text-align:left;vertical-align:top}"
+        "tr.reproduced td:last-child{background:#d9f2d9}"
+        "tr.not-reproduced td:last-child{background:#f8d7d7}"
+        "tr.reduced-run td:last-child{background:#fff3cd}"
     )
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
@@ -461,7 +554,10 @@ def _index_html(runs: Sequence[Run], pages: dict[str, Path], profile: str) -> st
         "<h1>Binarized Neural Networks: the book</h1>"
         "<p>Courbariaux, Hubara, Soudry, El-Yaniv, Bengio (2016), arXiv 1602.02830. "
         f"Profile <code>{esc(profile)}</code>, built {time.strftime('%Y-%m-%d %H:%M')}.</p>"
-        f"<h2>Notebooks</h2><ol>{items}</ol><h2>Results</h2>{''.join(tables)}</body></html>"
+        f'<h2 id="summary">The paper vs this book</h2>'
+        f"<table><tr>{summary_head}</tr>{summary}</table>"
+        f"<h2>Notebooks</h2><ol>{items}</ol>"
+        f"<h2>Appendix: the records of each notebook</h2>{''.join(tables)}</body></html>"
     )
 
 
@@ -504,8 +600,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 start = time.perf_counter()
                 pages[run.notebook] = export_html(run.executed, html_dir)
                 print(f"    html {pages[run.notebook]} ({time.perf_counter() - start:.1f} s)")
-            index = html_dir / "index.html"
-            index.write_text(_index_html(runs, pages, args.profile), encoding="utf-8")
+            index = atomic_write(
+                html_dir / "index.html", _index_html(runs, pages, args.profile).encode("utf-8")
+            )
             print(f"html: {index}")
         print(f"book done in {time.perf_counter() - total:.1f} s")
         for run in runs:

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from .kernels.packing import check_pm1, num_words
+from .kernels.packing import check_pm1, num_words, words_as_int64
 
 __all__ = [
     "available",
@@ -215,16 +215,6 @@ def _operand(t, name: str, dtypes: tuple, ndim: int, device: torch.device) -> to
     return t.contiguous()
 
 
-def _words64(t: torch.Tensor) -> torch.Tensor:
-    """int32 words (word_bits=32 packing) -> int64 words: two LSB-first int32 words are
-    one little-endian int64 word."""
-    if t.dtype == torch.int32:
-        if t.shape[1] % 2:
-            t = torch.nn.functional.pad(t, (0, 1))
-        return t.contiguous().view(torch.int64) if t.shape[1] else t.long()
-    return t
-
-
 def _words32(t: torch.Tensor) -> torch.Tensor:
     """int64 words -> int32 words (R, 2 W): the same little-endian bytes, LSB-first."""
     return t.view(torch.int32) if t.shape[1] else t.new_empty((t.shape[0], 0), dtype=torch.int32)
@@ -294,7 +284,7 @@ def xnor_gemm(a_packed: torch.Tensor, b_packed: torch.Tensor, k: int) -> torch.T
 def popcount_rows(words: torch.Tensor) -> torch.Tensor:
     """int32 (R,): the number of 1 bits in each row of an (R, W) tensor of int64 words."""
     be = _backend()
-    w = _words64(_operand(words, "words", (torch.int64, torch.int32), 2, be.device))
+    w = words_as_int64(_operand(words, "words", (torch.int64, torch.int32), 2, be.device))
     R, W = w.shape
     out = torch.empty(R, dtype=torch.int32, device=be.device)
     if R:
@@ -339,7 +329,7 @@ def xnor_gemm_fast(
     if b.dtype != a.dtype:
         raise ValueError(f"a_packed is {a.dtype} but b_packed is {b.dtype}; pack both alike")
     k = _check_k(k, a, b, 32 if a.dtype == torch.int32 else 64)
-    a, b = _words64(a), _words64(b)
+    a, b = words_as_int64(a), words_as_int64(b)
     M, N, W = a.shape[0], b.shape[0], a.shape[1]
     if _cdiv(M, 64) > _MAX_GRID_Y:
         raise ValueError(f"xnor_gemm_fast supports M <= {64 * _MAX_GRID_Y}, got {M}")

@@ -76,6 +76,11 @@ __all__ = [
     "validation_size",
     "scale",
     "to_uint8",
+    "label",
+    "describe_splits",
+    "is_reduced",
+    "DATASET_LABELS",
+    "PAPER_SIZES",
     "read_idx",
     "read_cifar_batch",
     "restricted_load",
@@ -128,6 +133,19 @@ class Dataset:
         """The same dataset with ``X`` and ``y`` on ``device``."""
         return replace(self, X=self.X.to(device), y=self.y.to(device))
 
+    def head(self, n: int | None) -> Dataset:
+        """The first ``n`` samples (all of them when ``n`` is None or not smaller)."""
+        if n is None or n >= len(self):
+            return self
+        if n < 1:
+            raise ValueError(f"Dataset.head: n must be >= 1 or None, got {n}")
+        return replace(self, X=self.X[:n], y=self.y[:n])
+
+    @property
+    def label(self) -> str:
+        """The dataset's name for a result (the offline CIFAR-10 subset says it is one)."""
+        return label(self.name)
+
     @property
     def shape(self) -> tuple[int, ...]:
         """The shape of one sample, (C, H, W)."""
@@ -140,6 +158,68 @@ class Dataset:
         )
 
 
+#: How results name each dataset; the offline CIFAR-10 subset is labelled as such.
+DATASET_LABELS = {
+    "mnist": "MNIST",
+    "fashion_mnist": "Fashion-MNIST",
+    "cifar10": "CIFAR-10",
+    "svhn": "SVHN",
+    "cifar10_subset": "CIFAR-10 subset (5,085 / 1,017)",
+}
+#: The paper's split sizes: train/val cut from the training set, and the test set.
+PAPER_SIZES = {
+    ("mnist", "train"): 50_000, ("mnist", "val"): 10_000, ("mnist", "test"): 10_000,
+    ("fashion_mnist", "train"): 50_000, ("fashion_mnist", "val"): 10_000,
+    ("fashion_mnist", "test"): 10_000,
+    ("cifar10", "train"): 45_000, ("cifar10", "val"): 5_000, ("cifar10", "test"): 10_000,
+    ("svhn", "train"): 598_388, ("svhn", "val"): 6_000, ("svhn", "test"): 26_032,
+}  # fmt: skip
+#: The sizes of the splits as this module loads them (the subset's are its own).
+FULL_SIZES = {
+    **PAPER_SIZES,
+    ("cifar10_subset", "train"): 4_577, ("cifar10_subset", "val"): 508,
+    ("cifar10_subset", "test"): 1_017,
+}  # fmt: skip
+
+
+def label(name: str) -> str:
+    """How results name dataset ``name``: "MNIST", "CIFAR-10 subset (5,085 / 1,017)", ..."""
+    kind = _kind(name)
+    if kind in DATASET_LABELS:
+        return DATASET_LABELS[kind]
+    return Path(name[4:]).name if name.startswith("npz:") else name
+
+
+def _kind(name: str) -> str:
+    if name.startswith("npz:") and Path(name[4:]).name == "cifar10_subset.npz":
+        return "cifar10_subset"
+    return name
+
+
+def describe_splits(*splits: Dataset) -> str:
+    """One label for the splits a run used, flagging any cut shorter than the paper's split.
+
+    e.g. "MNIST: 50,000 train / 10,000 val / 10,000 test images" or, after
+    :meth:`Dataset.head`, "... (reduced run: the first ones of the 50,000 / 10,000 /
+    10,000 split)". The CIFAR-10 subset is always named as the subset.
+    """
+    if not splits:
+        raise ValueError("describe_splits needs at least one Dataset")
+    kind = _kind(splits[0].name)
+    text = f"{label(splits[0].name)}: " + " / ".join(f"{len(d):,} {d.split}" for d in splits)
+    text += " images"
+    full = [FULL_SIZES.get((kind, d.split)) for d in splits]
+    if any(f is not None and len(d) < f for d, f in zip(splits, full, strict=True)):
+        shown = " / ".join("?" if f is None else f"{f:,}" for f in full)
+        text += f" (reduced run: the first ones of the {shown} split)"
+    return text
+
+
+def is_reduced(*splits: Dataset) -> bool:
+    """True unless every split is the paper's whole split of a paper dataset."""
+    return any(PAPER_SIZES.get((d.name, d.split)) != len(d) for d in splits)
+
+
 def scale(pixels: torch.Tensor | np.ndarray) -> torch.Tensor:
     """uint8 pixels to the paper's inputs, 2 * pixel / 255 - 1, as float32."""
     x = torch.as_tensor(pixels)
@@ -148,8 +228,17 @@ def scale(pixels: torch.Tensor | np.ndarray) -> torch.Tensor:
     return x.to(torch.float32).mul_(2.0 / 255.0).sub_(1.0)
 
 
-def to_uint8(X: torch.Tensor) -> torch.Tensor:
-    """The exact inverse of :func:`scale`: round((X + 1) * 255 / 2) as uint8."""
+def to_uint8(X: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """The exact inverse of :func:`scale`: round((X + 1) * 255 / 2) as uint8.
+
+    uint8 input is already pixels and comes back unchanged; other integer types are refused
+    (are they pixels or ±1 values? convert them explicitly).
+    """
+    X = torch.as_tensor(X)
+    if X.dtype == torch.uint8:
+        return X
+    if not X.is_floating_point():
+        raise ValueError(f"to_uint8 takes float inputs in [-1, 1] (or uint8 pixels), got {X.dtype}")
     return ((X.float() + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
 
 

@@ -46,8 +46,9 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-import torch
 from torch import nn
+
+from .trace import trace
 
 __all__ = [
     "OPERATIONS",
@@ -161,35 +162,15 @@ def count_layers(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerCo
 
     Works on a BNN and on its float twin alike (nn.Linear / nn.Conv2d and their binary
     subclasses are the weight layers; the first one takes the 8-bit image). Shapes come from
-    one forward pass in evaluation mode on zeros.
+    one forward pass in evaluation mode on zeros (:func:`bnnlib.trace.trace`).
     """
-    seen: list[tuple[nn.Module, tuple, tuple]] = []
-    hooks = []
-    for m in model.modules():
-        if isinstance(m, (nn.Linear, nn.Conv2d, nn.MaxPool2d, nn.modules.batchnorm._BatchNorm)):
-            hooks.append(
-                m.register_forward_hook(
-                    lambda mod, i, o: seen.append((mod, tuple(i[0].shape), tuple(o.shape)))
-                )
-            )
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            p = next(model.parameters(), None)
-            dev = p.device if p is not None else "cpu"
-            model(torch.zeros(1, *input_shape, device=dev))
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
-    names = {m: n for n, m in model.named_modules()}
+    counted = (nn.Linear, nn.Conv2d, nn.MaxPool2d, nn.modules.batchnorm._BatchNorm)
+    calls = trace(model, input_shape, include=lambda m: isinstance(m, counted))
     rows: list[LayerCount] = []
     first_done = False
-    for m, ishape, oshape in seen:
-        outputs = math.prod(oshape[1:])
-        ins = math.prod(ishape[1:])
-        name = names.get(m, type(m).__name__)
+    for c in calls:
+        m, name = c.module, c.name
+        outputs, ins = math.prod(c.output_shape), math.prod(c.input_shape)
         if isinstance(m, (nn.Linear, nn.Conv2d)):
             fan_in = m.weight[0].numel()
             rows.append(

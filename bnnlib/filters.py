@@ -59,6 +59,7 @@ from torch import nn
 
 from .binarize import sign
 from .layers import BinaryConv2d
+from .trace import trace
 
 __all__ = [
     "FilterStats",
@@ -221,27 +222,15 @@ def filter_repetition(
 ) -> list[FilterStats]:
     """:class:`FilterStats` of every :class:`~bnnlib.layers.BinaryConv2d` of ``model``.
 
-    ``input_shape`` is one image (C, H, W); a forward pass in evaluation mode finds each
-    convolution's output size. The model's mode is restored afterwards.
+    ``input_shape`` is one image (C, H, W); a forward pass in evaluation mode
+    (:func:`bnnlib.trace.trace`) finds each convolution's output size. The model's mode is
+    restored afterwards.
     """
     convs = [(n, m) for n, m in model.named_modules() if isinstance(m, BinaryConv2d)]
     if not convs:
         raise ValueError("the model has no BinaryConv2d layer; filter repetition needs one")
-    sizes: dict[int, int] = {}
-    hooks = [
-        m.register_forward_hook(lambda mod, _i, out: sizes.__setitem__(id(mod), out[0, 0].numel()))
-        for _, m in convs
-    ]
-    was_training = model.training
-    model.eval()
-    try:
-        device = next(model.parameters()).device
-        with torch.no_grad():
-            model(torch.zeros(1, *input_shape, device=device))
-    finally:
-        model.train(was_training)
-        for h in hooks:
-            h.remove()
+    calls = trace(model, input_shape, include=lambda m: isinstance(m, BinaryConv2d))
+    sizes = {id(c.module): math.prod(c.output_shape[1:]) for c in calls}
     return [layer_stats(n, m.weight, sizes[id(m)]) for n, m in convs]
 
 

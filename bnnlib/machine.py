@@ -97,10 +97,7 @@ def _cpuinfo_field(name: str) -> str | None:
 def cpu_model() -> str:
     """The CPU's model name (Linux ``/proc/cpuinfo``), else what ``platform`` knows."""
     return (
-        _cpuinfo_field("model name")
-        or platform.processor()
-        or platform.machine()
-        or "unknown CPU"
+        _cpuinfo_field("model name") or platform.processor() or platform.machine() or "unknown CPU"
     )
 
 

@@ -29,7 +29,10 @@ from torch import nn
 from .layers import BinaryConv2d, BinaryLinear, SignActivation
 from .shift import ShiftBatchNorm1d, ShiftBatchNorm2d
 
-__all__ = ["mnist_mlp", "cifar10_convnet", "svhn_convnet", "MODELS", "build"]
+__all__ = [
+    "mnist_mlp", "cifar10_convnet", "svhn_convnet", "MODELS", "build", "default_model",
+    "for_data",
+]  # fmt: skip
 
 BN_EPS = 1e-4
 BN_MOMENTUM = 0.1
@@ -179,3 +182,35 @@ def build(name: str, **kw) -> nn.Sequential:
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
     return MODELS[name](**kw)
+
+
+def default_model(dataset: str, shape: tuple[int, ...]) -> str:
+    """The paper's model for a dataset: the MLP for 1 x 28 x 28 images, else the ConvNet
+    (the SVHN one for ``svhn``)."""
+    if tuple(shape) == (1, 28, 28):
+        return "mnist_mlp"
+    return "svhn_convnet" if dataset == "svhn" else "cifar10_convnet"
+
+
+def for_data(
+    name: str,
+    shape: tuple[int, ...],
+    num_classes: int,
+    *,
+    hidden: int = 4096,
+    width: float = 1.0,
+    **kw,
+) -> nn.Sequential:
+    """Model ``name`` sized for samples of ``shape`` (C, H, W) and ``num_classes`` classes.
+
+    ``hidden`` sets the MLP's units, ``width`` the ConvNets' (see :func:`cifar10_convnet`);
+    the other keywords go to the model (``binary``, ``batchnorm``, stochastic flags ...).
+    The training CLI and the notebooks build their models with it.
+    """
+    if name == "mnist_mlp":
+        n_in = 1
+        for d in shape:
+            n_in *= d
+        return mnist_mlp(hidden=hidden, in_features=n_in, num_classes=num_classes, **kw)
+    c, h, _ = shape
+    return build(name, width=width, in_channels=c, num_classes=num_classes, image_size=h, **kw)

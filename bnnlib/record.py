@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from .machine import atomic_write, hardware
+from .paper import STATUSES
 
 __all__ = [
     "ENV_VAR",
@@ -43,7 +44,9 @@ __all__ = [
 ]
 
 ENV_VAR = "BNN_RECORD_FILE"
-FIELDS = ("name", "value", "paper", "unit", "data", "schedule", "hardware", "seed", "note")
+FIELDS = (
+    "name", "value", "paper", "unit", "data", "schedule", "hardware", "seed", "note", "status",
+)  # fmt: skip
 
 _memory: list[dict[str, Any]] = []
 
@@ -98,15 +101,20 @@ def record(
     hardware: str | None = None,
     seed: int | None = None,
     note: str | None = None,
+    status: str | None = None,
 ) -> None:
     """Record one result of a notebook (and print it).
 
     ``paper`` is the paper's figure for the same quantity (same unit), ``unit`` e.g.
     ``"fraction"`` or ``"s"``, ``data`` and ``schedule`` say what was run,
     ``hardware`` defaults to :func:`hardware` of the CPU, ``note`` is free text.
+    ``status`` (one of :data:`bnnlib.paper.STATUSES`) says how a figure that the
+    book's summary table shows compares with the paper's, e.g. "reduced run".
     """
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"record: name must be a non-empty string, got {name!r}")
+    if status is not None and status not in STATUSES:
+        raise ValueError(f"record({name!r}): status must be one of {STATUSES}, got {status!r}")
     entry = {
         "name": name,
         "value": _plain(value, f"record({name!r}): value"),
@@ -117,6 +125,7 @@ def record(
         "hardware": hardware if hardware is not None else _this_machine(),
         "seed": seed,
         "note": note,
+        "status": status,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     target = os.environ.get(ENV_VAR)

@@ -24,11 +24,12 @@ input is +-1 is observed on a forward pass of a random input in eval mode, so
 the count follows the model rather than its layer widths.
 
 Output shapes and MACs need an input shape (one sample, without the batch
-dimension). If none is given: a model that starts with ``Flatten`` and a
-784-input layer is taken to read MNIST images (1, 28, 28); one that starts with
-a convolution reads 32 x 32 images (CIFAR-10, SVHN); one that starts with a
-linear layer reads vectors of its input width. Otherwise the table has no
-shapes and no MACs.
+dimension). If none is given it is guessed by :func:`bnnlib.trace.guess_input_shape`:
+a model that starts with ``Flatten`` and a 784-input layer is taken to read MNIST
+images (1, 28, 28); one that starts with a convolution reads 32 x 32 images
+(CIFAR-10, SVHN); one that starts with a linear layer reads vectors of its input
+width. Otherwise the table has no shapes and no MACs. The forward pass is
+:func:`bnnlib.trace.trace`'s.
 """
 
 from __future__ import annotations
@@ -36,10 +37,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import torch
 from torch import nn
 
 from .layers import is_binary_layer
+from .trace import guess_input_shape, layers, trace
 
 __all__ = ["LayerRow", "Summary", "summary"]
 
@@ -215,36 +216,9 @@ def _count(n: int | None) -> str:
     return f"{n / 1e6:.2f} M" if n >= 10**6 else f"{n:,}"
 
 
-def _layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Leaf modules and modules that own parameters, in registration order."""
-    return [
-        (name or type(m).__name__, m)
-        for name, m in model.named_modules()
-        if not list(m.children()) or list(m.parameters(recurse=False))
-    ]
-
-
-def _default_input_shape(model: nn.Module) -> tuple[int, ...] | None:
-    leaves = [m for _, m in _layers(model)]
-    if not leaves:
-        return None
-    if isinstance(leaves[0], nn.Conv2d):
-        return (leaves[0].in_channels, 32, 32)
-    first_linear = next((m for m in leaves if isinstance(m, (nn.Linear, nn.Conv2d))), None)
-    if isinstance(leaves[0], nn.Flatten) and isinstance(first_linear, nn.Linear):
-        n = first_linear.in_features
-        return (1, 28, 28) if n == 784 else (n,)
-    if isinstance(leaves[0], nn.Linear):
-        return (leaves[0].in_features,)
-    return None
-
-
-def _is_pm1(x: torch.Tensor) -> bool:
-    return bool(torch.all(x.abs() == 1))
-
-
-def _macs(m: nn.Module, x: torch.Tensor, out: torch.Tensor) -> int:
-    per_output = out[0].numel()  # one sample
+def _macs(m: nn.Module, output_shape: tuple[int, ...]) -> int:
+    """Multiply-accumulates of one sample through a Linear or Conv2d with this output."""
+    per_output = math.prod(output_shape)
     if isinstance(m, nn.Linear):
         return per_output * m.in_features
     if isinstance(m, nn.Conv2d):
@@ -252,37 +226,18 @@ def _macs(m: nn.Module, x: torch.Tensor, out: torch.Tensor) -> int:
     return 0
 
 
-@torch.no_grad()
-def _trace(model, layers, input_shape) -> dict[int, tuple]:
+def _traced(model, input_shape) -> dict[int, tuple]:
     """Forward one random sample in eval mode; per layer: (output shape, binary MACs, real MACs)."""
-    seen: dict[int, tuple] = {}
-
-    def hook(m, inputs, out):
-        if not isinstance(out, torch.Tensor):
-            return
-        x = inputs[0] if inputs else None
-        macs = _macs(m, x, out)
-        binary = is_binary_layer(m) and (m.binarize_input or (x is not None and _is_pm1(x)))
-        seen[id(m)] = (tuple(out.shape[1:]), macs if binary else 0, 0 if binary else macs)
-
-    p = next(model.parameters(), None)
-    device = p.device if p is not None else torch.device("cpu")
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn((1, *input_shape), generator=gen).to(device)
-    handles = [m.register_forward_hook(hook) for _, m in layers]
-    was_training = model.training
-    model.eval()
     try:
-        model(x)
-    except Exception as e:
-        raise ValueError(
-            f"summary: the model cannot run on an input of shape {tuple(input_shape)} "
-            f"(one sample, no batch dimension): {e}; pass input_shape="
-        ) from e
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
+        calls = trace(model, input_shape, random=True)
+    except ValueError as e:
+        raise ValueError(f"summary: {e}; pass input_shape=") from e.__cause__
+    seen: dict[int, tuple] = {}
+    for c in calls:
+        m = c.module
+        macs = _macs(m, c.output_shape)
+        binary = is_binary_layer(m) and (m.binarize_input or c.input_pm1)
+        seen[id(m)] = (c.output_shape, macs if binary else 0, 0 if binary else macs)
     return seen
 
 
@@ -292,11 +247,10 @@ def summary(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> Sum
     ``input_shape`` is one sample's shape, e.g. ``(1, 28, 28)`` or ``(3, 32, 32)``;
     if None it is guessed as the module docstring says (or left out).
     """
-    layers = _layers(model)
-    shape = tuple(input_shape) if input_shape is not None else _default_input_shape(model)
-    traced = _trace(model, layers, shape) if shape is not None else {}
+    shape = tuple(input_shape) if input_shape is not None else guess_input_shape(model)
+    traced = _traced(model, shape) if shape is not None else {}
     rows = []
-    for name, m in layers:
+    for name, m in layers(model):
         params = sum(p.numel() for p in m.parameters(recurse=False))
         binary = m.weight.numel() if is_binary_layer(m) else 0
         out_shape, mb, mr = traced.get(id(m), (None, None, None))

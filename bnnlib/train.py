@@ -57,45 +57,21 @@ statistics of rank 0 are broadcast before each forward (DDP's default) and
 before evaluation. Only rank 0 writes the history and checkpoints and shows
 progress.
 
-Command line (``--help`` lists everything)::
-
-    python -m bnnlib.train --model mnist_mlp --hidden 1024 --epochs 10 --out runs/mlp
-
-Unset options take the paper's values for the model (epochs, batch size, LR
-start and end: mnist_mlp 1000, 100, 3e-3 -> 3e-7; cifar10_convnet 500, 50,
-1e-3 -> 3e-7; svhn_convnet 200, 50, 1e-3 -> 1e-6) with one documented
-exception, the *short recipe* (``--recipe``), used by default for runs of fewer
-than 100 epochs: the LR ends at ``lr_start / 100`` instead of the paper's
-1/10,000, and the MLP has no hidden dropout (input dropout 0.2 stays). Both
-regularize a 1000-epoch run but only slow a 10-epoch one. Measured on MNIST,
-3 x 1024 MLP, 10 epochs, seed 0, test error at the best-validation epoch:
-
-=================================================  ==========
-LR 3e-3 -> 3e-7, hidden dropout 0.5 (the paper's)  3.79%
-LR 3e-3 -> 3e-5, hidden dropout 0.5                3.12%
-LR 3e-3 -> 3e-4, hidden dropout 0.5                3.37%
-LR 1e-2 -> 1e-4, hidden dropout 0.5                3.06%
-LR 3e-3 -> 3e-7, no hidden dropout                 2.31%
-LR 3e-3 -> 3e-5, no hidden dropout (short recipe)  1.92%
-=================================================  ==========
-
-``--recipe paper`` (or ``--lr-end``/``--dropout-hidden``) restores the paper's
-values for any length. The short recipe was tuned on the MLP only; for the
-ConvNets it changes just the LR end.
+Command line: ``python -m bnnlib.train --model mnist_mlp --epochs 10``, in
+:mod:`bnnlib.train_cli` (the paper's defaults per model, the short recipe, ``--help``).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
-import math
 import os
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -103,54 +79,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import data as bdata
-from . import models
 from .losses import pm1_targets, square_hinge
-from .machine import atomic_write, retain_freed_memory
+from .machine import atomic_write
 from .optim import Adam, ShiftAdaMax, exponential_lr, step_lr
 
-__all__ = [
-    "History",
-    "fit",
-    "evaluate",
-    "predict",
-    "make_optimizer",
-    "atomic_save",
-    "load_checkpoint",
-    "PAPER_DEFAULTS",
-    "main",
-]
+__all__ = ["History", "fit", "evaluate", "predict", "make_optimizer", "atomic_save"]
+__all__ += ["load_checkpoint", "PAPER_DEFAULTS", "main"]  # noqa: F822 (see __getattr__)
 
 CHECKPOINT_FORMAT = 1
-
-# Runs shorter than this use the "short" recipe by default (see the module docstring).
-SHORT_RUN_EPOCHS = 100
-SHORT_RECIPE = {"lr_end_ratio": 1e-2, "dropout": 0.0}
-
-# The paper's schedules (Theano code): epochs, batch size, LR start and end.
-PAPER_DEFAULTS = {
-    "mnist_mlp": {"dataset": "mnist", "epochs": 1000, "batch_size": 100, "lr": (3e-3, 3e-7)},
-    "cifar10_convnet": {"dataset": "cifar10", "epochs": 500, "batch_size": 50, "lr": (1e-3, 3e-7)},
-    "svhn_convnet": {"dataset": "svhn", "epochs": 200, "batch_size": 50, "lr": (1e-3, 1e-6)},
-}
-
-
-# The Torch7 code's MNIST setup (itayhubara/BinaryNet: Main_BinaryNet_MNIST.lua,
-# Models/BinaryNet_MNIST_Model.lua, adaMax_binary_clip_shift.lua,
-# BatchNormalizationShiftPow2.lua), Table 1's 1.40%. What we do differently, on purpose:
-# the biases of its BinaryLinear layers are left out (batch norm follows each one and
-# cancels them exactly); its input normalization (mean/std) is our 2x/255 - 1, which the
-# first batch norm makes equivalent (binary weights, so an affine input map only shifts
-# and scales each unit's pre-activation); shift batch norm keeps a running variance
-# (rounded by AP2 at evaluation) where Torch7 averages the inverse standard deviation.
-PRESETS = {
-    "torch7": {
-        "model": "mnist_mlp", "hidden": 2048, "dropout_in": 0.0, "dropout_hidden": 0.0,
-        "batchnorm": "shift", "last_batchnorm": "standard", "bn_eps": 1e-5,
-        "bn_momentum": 0.125, "stochastic_activations": True, "stochastic_weights": False,
-        "optimizer": "shift_adamax_torch7", "glorot_scale": "torch7", "lr_start": 2.0**-6,
-        "lr_halve_every": 20, "batch_size": 100, "epochs": 100,
-    },
-}  # fmt: skip
 
 
 # --------------------------------------------------------------------------- History
@@ -410,30 +346,208 @@ def _check_resume(ckpt: dict, config: dict, path) -> None:
         )
 
 
+# ------------------------------------------------- the pieces of fit, in the order it calls them
+
+
+class _Data(NamedTuple):
+    """The data on the training device: inputs, labels, {-1, +1} targets, val and test."""
+
+    X: torch.Tensor
+    Y: torch.Tensor
+    T: torch.Tensor
+    val: bdata.Dataset | None
+    test: bdata.Dataset | None
+
+    @classmethod
+    def on(cls, device: torch.device, train, val, test) -> _Data:
+        """Move the data to ``device`` once; targets in {-1, +1} for the square hinge loss."""
+        X, Y = train.X.to(device), train.y.to(device)
+        val, test = (d.to(device) if d is not None else None for d in (val, test))
+        return cls(X, Y, pm1_targets(Y, train.num_classes), val, test)
+
+
+@dataclass
+class _Run:
+    """What :func:`fit` carries from one epoch to the next (and a checkpoint holds)."""
+
+    net: nn.Module
+    opt: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    shuffle: torch.Generator
+    history: History
+    config: dict
+    device: torch.device
+    rank: int = 0
+    world: int = 1
+    t_fit: float = 0.0  # when training started, for max_time
+    start: int = 0  # epochs already done (resume)
+    best_state: dict | None = None
+    model: nn.Module | None = None  # net, or its DistributedDataParallel wrapper
+
+
+def _check_fit(num_epochs: int, batch_size: int, n_train: int, world: int) -> None:
+    if num_epochs < 1:
+        raise ValueError(f"num_epochs must be >= 1, got {num_epochs}")
+    if n_train < batch_size:
+        raise ValueError(f"the training set ({n_train}) is smaller than one batch ({batch_size})")
+    if batch_size % world:
+        raise ValueError(f"batch_size {batch_size} must be a multiple of the {world} processes")
+
+
+def _start(net: nn.Module, config: dict, device: torch.device, rank: int, world: int) -> _Run:
+    """Optimizer, LR schedule and seeded RNGs for a fresh run (the clock starts here)."""
+    c = config
+    net.to(device)
+    opt = make_optimizer(net, c["optimizer"], c["lr_start"], c["glorot_scale"])
+    sched = make_scheduler(opt, c["lr_start"], c["lr_end"], c["num_epochs"], c["lr_halve_every"])
+    t_fit = time.perf_counter()
+    shuffle = torch.Generator().manual_seed(c["seed"])
+    torch.manual_seed(c["seed"] + rank)  # dropout and stochastic binarization
+    history = History(config=config)
+    return _Run(net, opt, sched, shuffle, history, config, device, rank, world, t_fit)
+
+
+def _restore(run: _Run, path: Path) -> None:
+    """Continue ``run`` from the checkpoint at ``path``, refused if the settings differ."""
+    ckpt = load_checkpoint(path)
+    _check_resume(ckpt, run.config, path)
+    run.net.load_state_dict(ckpt["model"])
+    run.opt.load_state_dict(ckpt["optimizer"])
+    run.scheduler.load_state_dict(ckpt["scheduler"])
+    run.history = History.from_dict(ckpt["history"])
+    run.best_state, run.start = ckpt["best_model"], ckpt["epoch"]
+    run.shuffle.set_state(ckpt["shuffle"])
+    _set_rng_state(ckpt["rng"][run.rank])
+
+
+def _parallel(net: nn.Module, device: torch.device, world: int) -> nn.Module:
+    """``net`` itself, or under torchrun its DistributedDataParallel wrapper."""
+    if world == 1:
+        return net
+    ids = None
+    if device.type == "cuda":
+        ids = [device.index if device.index is not None else torch.cuda.current_device()]
+    return nn.parallel.DistributedDataParallel(net, device_ids=ids)
+
+
+def _run_epoch(run: _Run, data: _Data, batch_size: int, bar, t0: float) -> tuple[float, ...]:
+    """Shuffle, train one epoch, step the LR schedule; returns the mean loss, the train
+    error, the epoch's base LR and the seconds of training since ``t0``."""
+    perm = torch.randperm(len(data.Y), generator=run.shuffle).to(run.device)
+    lr = _base_lr(run.opt)
+    loss_sum, errors, n = _train_epoch(
+        run.model, run.opt, data.X, data.Y, data.T, perm, batch_size, run.rank, run.world, bar
+    )
+    loss, train_error = loss_sum.item() / n, errors.item() / n  # the epoch's one sync
+    bar.close()
+    t_train = time.perf_counter() - t0
+    run.scheduler.step()
+    return loss, train_error, lr, t_train
+
+
+def _evaluate_epoch(run: _Run, data: _Data, batch_size: int) -> tuple[float | None, ...]:
+    """(val error, test error) of the current weights, None where there is no such set."""
+    val = _dist_errors(run.net, data.val, batch_size, run.rank, run.world)
+    return val, _dist_errors(run.net, data.test, batch_size, run.rank, run.world)
+
+
+def _record(run: _Run, record: dict) -> None:
+    """Append the epoch's record; keep the weights if the validation error is a new best."""
+    best_before = run.history.best_val_error
+    run.history.epochs.append(record)
+    val_error = record["val_error"]
+    if val_error is None or best_before is None or val_error < best_before:
+        run.best_state = _cpu_state(run.net)
+
+
+def _save_checkpoint(run: _Run, epoch: int, checkpoint: Path | None, history_path) -> None:
+    """Rank 0 writes the checkpoint and the history JSON, atomically.
+
+    Every rank calls it: the RNG states of all ranks are gathered into the checkpoint.
+    """
+    if run.world > 1:
+        rngs = [None] * run.world
+        dist.all_gather_object(rngs, _rng_state())
+    else:
+        rngs = [_rng_state()]
+    if run.rank != 0:
+        return
+    if checkpoint is not None:
+        state = {
+            "format": CHECKPOINT_FORMAT, "epoch": epoch, "config": run.config,
+            "model": run.net.state_dict(), "optimizer": run.opt.state_dict(),
+            "scheduler": run.scheduler.state_dict(), "best_model": run.best_state,
+            "history": run.history.to_dict(), "shuffle": run.shuffle.get_state(), "rng": rngs,
+        }  # fmt: skip
+        atomic_save(state, checkpoint)
+    if history_path is not None:
+        run.history.to_json(history_path)
+
+
+class _Progress:
+    """Rank 0's progress: tqdm bars where they redraw in place (a terminal, a notebook),
+    and one line per epoch; in a log file (non-TTY) the lines alone, so the log stays short."""
+
+    def __init__(self, show: bool, num_epochs: int, start: int, steps: int):
+        self.show, self.live = show, show and _interactive()
+        self.num_epochs, self.steps = num_epochs, steps
+        self.bar = tqdm(
+            total=num_epochs, initial=start, desc="epochs", unit="ep", disable=not self.live,
+            mininterval=1, dynamic_ncols=True,
+        )  # fmt: skip
+
+    def batches(self, epoch: int):
+        """The bar of one epoch's mini-batches."""
+        return tqdm(
+            total=self.steps, desc=f"epoch {epoch + 1}", leave=False, disable=not self.live,
+            mininterval=1,
+        )  # fmt: skip
+
+    def log_epoch(self, r: dict) -> None:
+        self.say(
+            f"epoch {r['epoch']}/{self.num_epochs}: loss {r['loss']:.4f}  "
+            f"train {_pct(r['train_error'])}  val {_pct(r['val_error'])}  "
+            f"test {_pct(r['test_error'])}  lr {r['lr']:.2e}  {r['time']:.1f}s"
+        )
+        self.bar.update(1)
+
+    def say(self, text: str) -> None:
+        if self.show:
+            tqdm.write(text)
+
+
+def _out_of_time(run: _Run, max_time, t_epoch: float, epoch: int, history_path, log) -> bool:
+    """True if one more epoch like the last one (started at ``t_epoch``) would overrun
+    ``max_time``; then ``history.stopped`` says so, in the history file too."""
+    elapsed = time.perf_counter() - run.t_fit
+    num_epochs = run.config["num_epochs"]
+    if max_time is None or epoch >= num_epochs:
+        return False
+    if elapsed + (time.perf_counter() - t_epoch) <= max_time:
+        return False
+    run.history.stopped = (
+        f"time limit: stopped after epoch {epoch} of {num_epochs} "
+        f"({elapsed:.0f} s of {max_time:.0f} s)"
+    )
+    if run.rank == 0 and history_path is not None:
+        run.history.to_json(history_path)
+    log.say(run.history.stopped)
+    return True
+
+
 def fit(
-    net: nn.Module,
-    train: bdata.Dataset,
-    val: bdata.Dataset | None = None,
-    test: bdata.Dataset | None = None,
-    *,
-    num_epochs: int,
-    batch_size: int = 100,
-    lr_start: float = 3e-3,
-    lr_end: float = 3e-7,
-    optimizer: str = "adam",
-    glorot_scale: bool | str = True,
-    lr_halve_every: int | None = None,
-    max_time: float | None = None,
-    seed: int = 0,
-    device=None,
-    checkpoint: str | os.PathLike | None = None,
-    resume: bool = False,
-    history_path: str | os.PathLike | None = None,
-    progress: bool = True,
-    callback: Callable[[History], None] | None = None,
-    eval_batch_size: int = 1000,
+    net: nn.Module, train: bdata.Dataset, val: bdata.Dataset | None = None,
+    test: bdata.Dataset | None = None, *,
+    # the recipe
+    num_epochs: int, batch_size: int = 100, lr_start: float = 3e-3, lr_end: float = 3e-7,
+    optimizer: str = "adam", glorot_scale: bool | str = True, lr_halve_every: int | None = None,
+    seed: int = 0, device=None, eval_batch_size: int = 1000,
+    # files, progress and stopping
+    checkpoint: str | os.PathLike | None = None, resume: bool = False,
+    history_path: str | os.PathLike | None = None, progress: bool = True,
+    callback: Callable[[History], None] | None = None, max_time: float | None = None,
     meta: dict | None = None,
-) -> History:
+) -> History:  # fmt: skip
     """Train ``net`` on ``train`` for ``num_epochs`` epochs; returns the :class:`History`.
 
     After every epoch: evaluate on ``val`` and ``test``, keep the best-validation
@@ -450,385 +564,58 @@ def fit(
     """
     rank, world = _dist()
     device = _device(device)
-    if num_epochs < 1:
-        raise ValueError(f"num_epochs must be >= 1, got {num_epochs}")
-    if len(train) < batch_size:
-        raise ValueError(
-            f"the training set ({len(train)}) is smaller than one batch ({batch_size})"
-        )
-    if batch_size % world:
-        raise ValueError(f"batch_size {batch_size} must be a multiple of the {world} processes")
+    _check_fit(num_epochs, batch_size, len(train), world)
     config = {
-        "num_epochs": num_epochs,
-        "batch_size": batch_size,
-        "lr_start": lr_start,
-        "lr_end": lr_end,
-        "optimizer": optimizer,
-        "glorot_scale": glorot_scale,
-        "lr_halve_every": lr_halve_every,
-        "seed": seed,
-        "world_size": world,
-        "dataset": train.name,
-        "n_train": len(train),
+        "num_epochs": num_epochs, "batch_size": batch_size, "lr_start": lr_start,
+        "lr_end": lr_end, "optimizer": optimizer, "glorot_scale": glorot_scale,
+        "lr_halve_every": lr_halve_every, "seed": seed, "world_size": world,
+        "dataset": train.name, "n_train": len(train),
         "n_val": len(val) if val is not None else 0,
-        "n_test": len(test) if test is not None else 0,
-        **(meta or {}),
-    }
-    net.to(device)
-    opt = make_optimizer(net, optimizer, lr_start, glorot_scale)
-    scheduler = make_scheduler(opt, lr_start, lr_end, num_epochs, lr_halve_every)
-    t_fit = time.perf_counter()
-    shuffle = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed + rank)  # dropout and stochastic binarization
-    history = History(config=config)
-    best_state, start = None, 0
-
-    ckpt_path = Path(checkpoint) if checkpoint is not None else None
-    if resume and ckpt_path is not None and ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path)
-        _check_resume(ckpt, config, ckpt_path)
-        net.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        history = History.from_dict(ckpt["history"])
-        best_state, start = ckpt["best_model"], ckpt["epoch"]
-        shuffle.set_state(ckpt["shuffle"])
-        _set_rng_state(ckpt["rng"][rank])
-
-    model = net
-    if world > 1:
-        ids = None
-        if device.type == "cuda":
-            ids = [device.index if device.index is not None else torch.cuda.current_device()]
-        model = nn.parallel.DistributedDataParallel(net, device_ids=ids)
-
-    # The data goes to the device once; targets in {-1, +1} for the square hinge loss.
-    X, Y = train.X.to(device), train.y.to(device)
-    T = pm1_targets(Y, train.num_classes)
-    val_d = val.to(device) if val is not None else None
-    test_d = test.to(device) if test is not None else None
-
-    show = progress and rank == 0
-    # Bars only where they redraw in place (a terminal, a notebook); in a log file
-    # (non-TTY) the per-epoch lines below are the progress, so the log stays short.
-    live = show and _interactive()
-    steps = len(train) // batch_size
-    ebar = tqdm(
-        total=num_epochs, initial=start, desc="epochs", unit="ep", disable=not live,
-        mininterval=1, dynamic_ncols=True,
-    )  # fmt: skip
-    for epoch in range(start, num_epochs):
-        t0 = time.perf_counter()
-        perm = torch.randperm(len(train), generator=shuffle).to(device)
-        bbar = tqdm(
-            total=steps,
-            desc=f"epoch {epoch + 1}",
-            leave=False,
-            disable=not live,
-            mininterval=1,
-        )
-        lr = _base_lr(opt)
-        loss_sum, errors, n = _train_epoch(model, opt, X, Y, T, perm, batch_size, rank, world, bbar)
-        loss, train_error = loss_sum.item() / n, errors.item() / n  # the epoch's one sync
-        bbar.close()
-        t_train = time.perf_counter() - t0
-        scheduler.step()
-        val_error = _dist_errors(net, val_d, eval_batch_size, rank, world)
-        test_error = _dist_errors(net, test_d, eval_batch_size, rank, world)
-        best_before = history.best_val_error
-        history.epochs.append(
-            {
-                "epoch": epoch + 1,
-                "loss": loss,
-                "train_error": train_error,
-                "val_error": val_error,
-                "test_error": test_error,
-                "lr": lr,
-                "time": t_train,
-                "eval_time": time.perf_counter() - t0 - t_train,
-            }
-        )
-        if val_error is None or best_before is None or val_error < best_before:
-            best_state = _cpu_state(net)
-        if world > 1:
-            rngs = [None] * world
-            dist.all_gather_object(rngs, _rng_state())
-        else:
-            rngs = [_rng_state()]
-        if rank == 0:
-            if ckpt_path is not None:
-                atomic_save(
-                    {
-                        "format": CHECKPOINT_FORMAT,
-                        "epoch": epoch + 1,
-                        "config": config,
-                        "model": net.state_dict(),
-                        "optimizer": opt.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "best_model": best_state,
-                        "history": history.to_dict(),
-                        "shuffle": shuffle.get_state(),
-                        "rng": rngs,
-                    },
-                    ckpt_path,
-                )
-            if history_path is not None:
-                history.to_json(history_path)
-        if show:
-            r = history.epochs[-1]
-            tqdm.write(
-                f"epoch {r['epoch']}/{num_epochs}: loss {loss:.4f}  train {_pct(train_error)}  "
-                f"val {_pct(val_error)}  test {_pct(test_error)}  lr {lr:.2e}  {t_train:.1f}s"
-            )
-        ebar.update(1)
-        if callback is not None:
-            callback(history)
-        elapsed = time.perf_counter() - t_fit
-        if max_time is not None and epoch + 1 < num_epochs:
-            # Stop if one more epoch like the last one would overrun the budget.
-            if elapsed + (time.perf_counter() - t0) > max_time:
-                history.stopped = (
-                    f"time limit: stopped after epoch {epoch + 1} of {num_epochs} "
-                    f"({elapsed:.0f} s of {max_time:.0f} s)"
-                )
-                if rank == 0 and history_path is not None:
-                    history.to_json(history_path)
-                if show:
-                    tqdm.write(history.stopped)
-                break
-    ebar.close()
-    history.best_state = best_state
-    return history
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m bnnlib.train",
-        description="Train one of the paper's BNNs. Unset options take the paper's values for "
-        "the model (mnist_mlp: 1000 epochs, batch 100, LR 3e-3 -> 3e-7; cifar10_convnet: 500, "
-        "50, 1e-3 -> 3e-7; svhn_convnet: 200, 50, 1e-3 -> 1e-6). Run under "
-        "`torchrun --nproc_per_node=N` for data-parallel training.",
-    )
-    p.add_argument("--model", choices=sorted(models.MODELS), help="required unless --preset")
-    p.add_argument(
-        "--dataset",
-        help="mnist, fashion_mnist, cifar10, svhn or npz:<path> "
-        "(default: mnist for mnist_mlp, cifar10 for cifar10_convnet, svhn for svhn_convnet)",
-    )
-    p.add_argument("--data-root", help=f"data folder (default: ${bdata.ENV_VAR}, else ~/.cache)")
-    p.add_argument("--hidden", type=int, help="MLP hidden units (paper: 4096)")
-    p.add_argument("--depth", type=int, default=3, help="MLP hidden layers (paper: 3)")
-    p.add_argument("--dropout-in", type=float, help="MLP input dropout (paper: 0.2)")
-    p.add_argument(
-        "--dropout-hidden", type=float, help="MLP hidden dropout (paper: 0.5; see --recipe)"
-    )
-    p.add_argument("--width", type=float, default=1.0, help="ConvNet width multiplier")
-    p.add_argument("--epochs", type=int, help="number of epochs (default: the paper's)")
-    p.add_argument("--batch-size", type=int, help="global mini-batch size (default: the paper's)")
-    p.add_argument("--lr-start", type=float, help="first epoch's LR (default: the paper's)")
-    p.add_argument("--lr-end", type=float, help="LR after the last epoch (see --recipe)")
-    p.add_argument(
-        "--recipe",
-        choices=("auto", "paper", "short"),
-        default="auto",
-        help="defaults of --lr-end and --dropout-hidden. paper: the paper's; short: "
-        f"LR end = LR start / {1 / SHORT_RECIPE['lr_end_ratio']:g} and no hidden dropout, "
-        f"for runs of a few epochs; auto (default): short below {SHORT_RUN_EPOCHS} epochs, "
-        "else paper",
-    )
-    p.add_argument(
-        "--preset",
-        choices=sorted(PRESETS),
-        help="torch7: the Torch7 code's MNIST setup (Table 1, 1.40%%): 3 x 2048 MLP, no "
-        "dropout, shift batch norm (ordinary on the output), stochastic activations, "
-        "deterministic weights, Torch7's shift AdaMax with its Glorot scales, LR 2^-6 halved "
-        "every 20 epochs, batch 100. Options given explicitly still win.",
-    )
-    p.add_argument("--optimizer", choices=OPTIMIZERS, help="default: adam")
-    p.add_argument("--batchnorm", choices=("standard", "shift"), help="default: standard")
-    p.add_argument(
-        "--lr-halve-every", type=int, help="halve the LR every N epochs (Torch7) instead of "
-        "the exponential decay",
-    )  # fmt: skip
-    p.add_argument(
-        "--stochastic", action="store_true", help="stochastic binarization of both the "
-        "activations and the weights (training only)",
-    )  # fmt: skip
-    p.add_argument(
-        "--stochastic-activations", action="store_true",
-        help="stochastic binarization of the Sign activations (training only)",
-    )  # fmt: skip
-    p.add_argument(
-        "--stochastic-weights", action="store_true",
-        help="stochastic binarization of the weights (training only)",
-    )  # fmt: skip
-    p.add_argument(
-        "--max-time", type=float, help="seconds; stop cleanly at the last epoch boundary "
-        "that fits (history.json says so)",
-    )  # fmt: skip
-    p.add_argument("--float", action="store_true", help="train the float twin (no binarization)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--out", help="folder for history.json, checkpoint.pt, model.pt, best_model.pt")
-    p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars or epoch lines")
-    return p
-
-
-def resolve_settings(args: argparse.Namespace) -> dict:
-    """Every training setting, from the flags, then the preset, then the paper's defaults.
-
-    The ``short`` recipe (module docstring) sets the LR end and the hidden dropout
-    of runs under ``SHORT_RUN_EPOCHS`` epochs unless ``--recipe paper``.
-    """
-    preset = PRESETS.get(args.preset, {}) if args.preset else {}
-    model = preset.get("model", args.model)
-    if model is None:
-        raise ValueError("choose a model with --model (or a --preset)")
-    if args.model not in (None, model):
-        raise ValueError(f"--preset {args.preset} trains {model}, not {args.model}")
-    paper = PAPER_DEFAULTS[model]
-
-    def pick(flag: str, default):
-        value = getattr(args, flag, None)
-        return value if value is not None else preset.get(flag, default)
-
-    st = {"model": model, "preset": args.preset}
-    st["epochs"] = pick("epochs", paper["epochs"])
-    st["batch_size"] = pick("batch_size", paper["batch_size"])
-    st["lr_start"] = pick("lr_start", paper["lr"][0])
-    recipe = args.recipe
-    if recipe == "auto":
-        recipe = "short" if st["epochs"] < SHORT_RUN_EPOCHS and not args.preset else "paper"
-    st["recipe"] = "preset" if args.preset and args.recipe == "auto" else recipe
-    if recipe == "short":
-        lr_end, drop = st["lr_start"] * SHORT_RECIPE["lr_end_ratio"], SHORT_RECIPE["dropout"]
-    else:
-        lr_end, drop = paper["lr"][1], 0.5
-    st["lr_end"] = pick("lr_end", lr_end)
-    st["lr_halve_every"] = pick("lr_halve_every", None)
-    st["dropout_hidden"] = pick("dropout_hidden", drop)
-    st["dropout_in"] = pick("dropout_in", 0.2)
-    st["hidden"] = pick("hidden", 4096)
-    st["batchnorm"] = pick("batchnorm", "standard")
-    st["optimizer"] = pick("optimizer", "adam")
-    st["glorot_scale"] = preset.get("glorot_scale", True)
-    both = args.stochastic
-    st["stochastic_activations"] = (
-        both or args.stochastic_activations or preset.get("stochastic_activations", False)
-    )
-    st["stochastic_weights"] = (
-        both or args.stochastic_weights or preset.get("stochastic_weights", False)
-    )
-    for key in ("last_batchnorm", "bn_eps", "bn_momentum"):
-        if key in preset:
-            st[key] = preset[key]
-    return st
-
-
-def _build(args, st: dict, train: bdata.Dataset) -> nn.Module:
-    common = {
-        "binary": not args.float, "batchnorm": st["batchnorm"],
-        "stochastic_activations": st["stochastic_activations"],
-        "stochastic_weights": st["stochastic_weights"],
+        "n_test": len(test) if test is not None else 0, **(meta or {}),
     }  # fmt: skip
-    c, *hw = train.shape
-    if st["model"] == "mnist_mlp":
-        extra = {k: st[k] for k in ("last_batchnorm", "bn_eps", "bn_momentum") if k in st}
-        return models.mnist_mlp(
-            hidden=st["hidden"], depth=args.depth, in_features=math.prod(train.shape),
-            dropout_in=st["dropout_in"], dropout_hidden=st["dropout_hidden"],
-            num_classes=train.num_classes, **common, **extra,
-        )  # fmt: skip
-    return models.build(
-        st["model"], width=args.width, in_channels=c, num_classes=train.num_classes,
-        image_size=hw[0], **common,
-    )  # fmt: skip
+    run = _start(net, config, device, rank, world)
+    checkpoint = Path(checkpoint) if checkpoint is not None else None
+    if resume and checkpoint is not None and checkpoint.exists():
+        _restore(run, checkpoint)
+    run.model = _parallel(net, device, world)
+    data = _Data.on(device, train, val, test)
+    log = _Progress(progress and rank == 0, num_epochs, run.start, len(train) // batch_size)
+    for epoch in range(run.start, num_epochs):
+        t0 = time.perf_counter()
+        loss, train_error, lr, t_train = _run_epoch(run, data, batch_size, log.batches(epoch), t0)
+        val_error, test_error = _evaluate_epoch(run, data, eval_batch_size)
+        _record(run, {
+            "epoch": epoch + 1, "loss": loss, "train_error": train_error,
+            "val_error": val_error, "test_error": test_error, "lr": lr, "time": t_train,
+            "eval_time": time.perf_counter() - t0 - t_train,
+        })  # fmt: skip
+        _save_checkpoint(run, epoch + 1, checkpoint, history_path)
+        log.log_epoch(run.history.epochs[-1])
+        if callback is not None:
+            callback(run.history)
+        if _out_of_time(run, max_time, t0, epoch + 1, history_path, log):
+            break
+    log.bar.close()
+    run.history.best_state = run.best_state
+    return run.history
 
 
-def _describe(st: dict, dataset: str) -> str:
-    lr = (
-        f"LR {st['lr_start']:g} halved every {st['lr_halve_every']} epochs"
-        if st["lr_halve_every"]
-        else f"LR {st['lr_start']:g} -> {st['lr_end']:g}"
-    )
-    drop = ""
-    if st["model"] == "mnist_mlp":
-        drop = (
-            f", {st['hidden']} hidden units, dropout {st['dropout_in']:g}/{st['dropout_hidden']:g}"
-        )
-    stoch = [k for k in ("activations", "weights") if st[f"stochastic_{k}"]]
-    return (
-        f"{st['model']} on {dataset}: recipe {st['recipe']}: {st['epochs']} epochs, batch "
-        f"{st['batch_size']}, {lr}, {st['optimizer']}, {st['batchnorm']} batch norm{drop}, "
-        f"stochastic {' and '.join(stoch) or 'nothing'}"
-    )
+# ------------------------------------------------------------------ the command line
+
+_CLI = ("main", "resolve_settings", "_parser", "PAPER_DEFAULTS", "PRESETS", "SHORT_RECIPE")
+_CLI += ("SHORT_RUN_EPOCHS",)
 
 
-def _init_distributed(args) -> tuple[int, torch.device]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    device = _device(args.device)
-    if world > 1:
-        if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return world, device
+def __getattr__(name: str):
+    """The command line (:mod:`bnnlib.train_cli`), imported on first use."""
+    if name in _CLI:
+        from . import train_cli
 
-
-def main(argv: list[str] | None = None) -> History:
-    """``python -m bnnlib.train``: parse, load the data, build the model, :func:`fit`, save."""
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if args.resume and not args.out:
-        parser.error("--resume needs --out (the folder that holds checkpoint.pt)")
-    try:
-        st = resolve_settings(args)
-    except ValueError as e:
-        parser.error(str(e))
-    retain_freed_memory()  # glibc keeps big freed blocks: about 2x faster CPU steps
-    world, device = _init_distributed(args)
-    try:
-        try:
-            train, val, test = bdata.load_splits(
-                args.dataset or PAPER_DEFAULTS[st["model"]]["dataset"], args.data_root
-            )
-        except (ValueError, FileNotFoundError) as e:
-            parser.error(str(e))
-        torch.manual_seed(args.seed)  # the initial weights
-        net = _build(args, st, train)
-        out = Path(args.out) if args.out else None
-        if _dist()[0] == 0 and not args.no_progress:
-            print(_describe(st, train.name), flush=True)
-        meta_keys = ("model", "recipe", "preset", "hidden", "dropout_in", "batchnorm")
-        meta_keys += ("stochastic_activations", "stochastic_weights")
-        meta = {k: st[k] for k in meta_keys}
-        meta["dropout_hidden"] = st["dropout_hidden"] if st["model"] == "mnist_mlp" else None
-        meta["argv"] = list(sys.argv[1:] if argv is None else argv)
-        history = fit(
-            net, train, val, test,
-            num_epochs=st["epochs"], batch_size=st["batch_size"], lr_start=st["lr_start"],
-            lr_end=st["lr_end"], optimizer=st["optimizer"], glorot_scale=st["glorot_scale"],
-            lr_halve_every=st["lr_halve_every"], max_time=args.max_time, seed=args.seed,
-            device=device, checkpoint=out / "checkpoint.pt" if out else None,
-            resume=args.resume, history_path=out / "history.json" if out else None,
-            progress=not args.no_progress, meta=meta,
-        )  # fmt: skip
-        if _dist()[0] == 0:
-            if out is not None:
-                atomic_save(_cpu_state(net), out / "model.pt")
-                if history.best_state is not None:
-                    atomic_save(history.best_state, out / "best_model.pt")
-            times = sorted(r["time"] for r in history.epochs)
-            print(f"{history}; median {times[len(times) // 2]:.1f} s per training epoch")
-        return history
-    finally:
-        if world > 1 and dist.is_initialized():
-            dist.destroy_process_group()
+        return getattr(train_cli, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 if __name__ == "__main__":
+    from .train_cli import main
+
     main()

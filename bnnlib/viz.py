@@ -4,9 +4,12 @@ The book's notebooks import only bnnlib; every figure goes through this module,
 so it renders the same way in JupyterLab, in a headless papermill run and in
 the exported HTML, which must work offline:
 
-* :func:`show` displays a plotly figure. Its HTML output carries plotly.js
-  itself (embedded once per kernel, with the first figure) and no CDN
-  reference; JupyterLab renders the plotly mimetype next to it.
+* :func:`show` displays a plotly figure. In a live JupyterLab it emits only
+  plotly's own mimetype, which JupyterLab renders itself, so a notebook a
+  reader saves does not grow by the 4.8 MB of plotly.js per figure. In a book
+  run (``make book`` sets ``BNN_BOOK_RUN``) it adds an HTML div that uses the
+  *shared* plotly.js: the HTML book loads one offline copy, ``plotly.min.js``
+  beside its pages (:func:`bnnlib.book.export_html`), and no output embeds it.
 * :func:`widget_view` is a view over computed data: ``compute(option)`` returns
   a figure for each option (all computed up front). In a live kernel it is a
   :class:`WidgetView`, toggle buttons above a ``FigureWidget`` that they update;
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +47,7 @@ __all__ = [
     "histograms",
     "binarized_histograms",
     "training_curves",
+    "epoch_axis",
     "table",
     "SignProbe",
     "sign_probes",
@@ -54,10 +59,8 @@ PLOTLY_MIME = "application/vnd.plotly.v1+json"
 CONFIG = {"displaylogo": False, "responsive": True}
 
 
-class _PlotlyJS:
-    """Whether this kernel already emitted plotly.js (the first figure carries it)."""
-
-    sent = False
+#: Set by the book runner: outputs then carry an HTML div for the exported pages.
+BOOK_ENV = "BNN_BOOK_RUN"
 
 
 def _sized(fig: go.Figure) -> go.Figure:
@@ -68,17 +71,11 @@ def _sized(fig: go.Figure) -> go.Figure:
 
 
 def figure_html(fig: go.Figure) -> str:
-    """HTML of ``fig`` for a notebook output: a div and its script, never a CDN reference.
+    """HTML of ``fig``: a div and the script drawing it with the page's shared plotly.js.
 
-    The first call in a process embeds plotly.js (about 4.8 MB) and later calls
-    reuse it, so a notebook run top to bottom in a fresh kernel (``make book``),
-    and its HTML export, is self-contained. (After re-running that first cell
-    interactively, the new output no longer carries plotly.js; JupyterLab itself
-    renders the plotly mimetype and does not need it.)
+    Neither plotly.js itself (the page loads one copy) nor any CDN reference.
     """
-    embed = not _PlotlyJS.sent
-    _PlotlyJS.sent = True
-    return _sized(fig).to_html(full_html=False, include_plotlyjs=embed, config=CONFIG)
+    return _sized(fig).to_html(full_html=False, include_plotlyjs=False, config=CONFIG)
 
 
 def _display(bundle: dict) -> None:
@@ -90,13 +87,13 @@ def _display(bundle: dict) -> None:
 def show(fig: go.Figure) -> None:
     """Display a plotly figure so it renders in JupyterLab, headless runs and offline HTML."""
     fig = _sized(fig)
-    _display(
-        {
-            PLOTLY_MIME: json.loads(fig.to_json()),
-            "text/html": figure_html(fig),
-            "text/plain": f"<Figure: {fig.layout.title.text or 'plotly'}>",
-        }
-    )
+    bundle = {
+        PLOTLY_MIME: json.loads(fig.to_json()),
+        "text/plain": f"<Figure: {fig.layout.title.text or 'plotly'}>",
+    }
+    if os.environ.get(BOOK_ENV):
+        bundle["text/html"] = figure_html(fig)
+    _display(bundle)
 
 
 # --- widgets -------------------------------------------------------------------------------
@@ -181,7 +178,10 @@ class WidgetView(ipywidgets.VBox):
     def _repr_mimebundle_(self, **kwargs: Any) -> dict:
         # JupyterLab renders the widget view; nbconvert and static viewers the HTML.
         bundle = super()._repr_mimebundle_(**kwargs) or {}
-        bundle["text/html"] = figure_html(switchable(self.figures))
+        if os.environ.get(BOOK_ENV):
+            bundle["text/html"] = figure_html(switchable(self.figures))
+        else:  # static viewers without the widget: plotly's mimetype, buttons included
+            bundle[PLOTLY_MIME] = json.loads(switchable(self.figures).to_json())
         return bundle
 
 
@@ -341,8 +341,18 @@ def training_curves(
                 )
             )
     fig.update_layout(title=title, xaxis_title="epoch", yaxis_title="error (%)")
-    if max((len(_epochs(h)) for h in histories.values()), default=0) <= 10:
-        fig.update_xaxes(dtick=1)  # whole epochs, not 1.2, 1.4, ...
+    epoch_axis(fig, max((len(_epochs(h)) for h in histories.values()), default=0))
+    return fig
+
+
+def epoch_axis(fig: go.Figure, num_epochs: int, row: int | None = None, col=None) -> go.Figure:
+    """Ticks on whole epochs only (1, 2, ... or every 2, 5, 10, 20, 50, ... epochs)."""
+    step = 1
+    for candidate in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000):
+        step = candidate
+        if num_epochs / candidate <= 12:
+            break
+    fig.update_xaxes(tick0=0 if step > 1 else 1, dtick=step, tickformat="d", row=row, col=col)
     return fig
 
 

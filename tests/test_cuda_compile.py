@@ -2,7 +2,7 @@
 
 1. Every cuda/*.cu compiles with ``nvcc --cubin`` for sm_75, sm_80 and sm_90 (skipped,
    with the reason, where nvcc is missing).
-2. The kernels run on the CPU under cuda/host_emulation.h (one std::thread per CUDA
+2. The kernels run on the CPU under tests/host_emulation.h (one std::thread per CUDA
    thread, g++ -std=c++20), driven through bnnlib.cuda's own Python wrappers (shape
    checks, grid geometry, argument order), and must equal the independent CPU references
    (bnnlib.kernels, torch float64 matmul) exactly. The 1-bit tensor-core MMA is emulated
@@ -26,6 +26,7 @@ import bnnlib.cuda as bc
 from bnnlib import kernels as K
 
 CUDA_DIR = bc.source_dir()
+EMULATION_DIR = Path(__file__).parent  # host_emulation.h: test-only, not shipped with the kernels
 SOURCES = sorted(CUDA_DIR.glob("*.cu"))
 ARCHS = ["sm_75", "sm_80", "sm_90"]
 
@@ -121,7 +122,8 @@ def emulated(tmp_path_factory):
         src = out / f"{Path(file).stem}_emu.cpp"
         src.write_text(_wrapper_source(file))
         lib = out / f"{Path(file).stem}_emu.so"
-        cmd = [cxx, "-std=c++20", "-O1", "-pthread", "-shared", "-fPIC", f"-I{CUDA_DIR}"]
+        cmd = [cxx, "-std=c++20", "-O1", "-pthread", "-shared", "-fPIC"]
+        cmd += [f"-I{EMULATION_DIR}", f"-I{CUDA_DIR}"]
         cmd += ["-x", "c++", str(src), "-o", str(lib)]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         jobs[file] = (cmd, proc, lib)

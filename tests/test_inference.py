@@ -8,26 +8,33 @@ products and float64 batch norm, no packing, thresholds or XNOR. Packed predicti
 from __future__ import annotations
 
 import copy
+import json
 import os
 import struct
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import bnnlib.kernels as kernels
 from bnnlib import inference as inf
+from bnnlib.inference.format import _read, _write
 from bnnlib.layers import BinaryConv2d, BinaryLinear, SignActivation
 from bnnlib.losses import pm1_targets, square_hinge
 from bnnlib.models import cifar10_convnet, mnist_mlp
 from bnnlib.optim import Adam
 
-# ---------------------------------------------------------------- reference kernels (fallback)
+# ---------------------------------------------------------------- an independent packing
+
 
 _BITS = torch.arange(64, dtype=torch.int64)
 
 
 def _ref_pack(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Pure-torch packing (bit 1 for +1, LSB first), the reference for kernels.pack_bits."""
     x = x.movedim(dim, -1)
     k = x.shape[-1]
     w = -(-k // 64)
@@ -35,41 +42,6 @@ def _ref_pack(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     bits[..., :k] = (x > 0).long()
     words = (bits.reshape(*x.shape[:-1], w, 64) << _BITS).sum(-1)  # wraps at bit 63: fine
     return words.movedim(-1, dim)
-
-
-def _ref_unpack(words: torch.Tensor, k: int, dim: int = -1) -> torch.Tensor:
-    words = words.movedim(dim, -1)
-    bits = (words.unsqueeze(-1) >> _BITS) & 1
-    bits = bits.reshape(*words.shape[:-1], -1)[..., :k]
-    return (2.0 * bits - 1.0).movedim(-1, dim)
-
-
-def _ref_xnor_gemm(a: torch.Tensor, b: torch.Tensor, k: int) -> torch.Tensor:
-    return (_ref_unpack(a, k).double() @ _ref_unpack(b, k).double().T).to(torch.int32)
-
-
-def _ref_bitplane_dot(x: torch.Tensor, w: torch.Tensor, k: int) -> torch.Tensor:
-    return (x.double() @ _ref_unpack(w, k).double().T).to(torch.int32)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _kernels_or_reference():
-    """Use bnnlib.kernels; where a function is still missing, a pure-torch reference."""
-    with pytest.MonkeyPatch.context() as mp:
-        _patch_missing(mp)
-        yield
-
-
-def _patch_missing(monkeypatch):
-    for name, fn in [
-        ("pack", _ref_pack),
-        ("unpack", _ref_unpack),
-        ("xnor_gemm", _ref_xnor_gemm),
-        ("bitplane_dot", _ref_bitplane_dot),
-        ("pack_bits", lambda b, dim=-1: _ref_pack(torch.where(b, 1.0, -1.0), dim)),
-    ]:
-        if not hasattr(kernels, name):
-            monkeypatch.setattr(kernels, name, fn, raising=False)
 
 
 # ---------------------------------------------------------------- helpers
@@ -104,7 +76,7 @@ def _scaled(x_uint8: torch.Tensor) -> torch.Tensor:
     return x_uint8.float() * (2 / 255) - 1
 
 
-def _train(net, x, y, steps, batch=100, lr=3e-3, seed=0):
+def _train(net, x, y, steps, batch=100, lr=3e-3, seed=0, classes=10):
     torch.manual_seed(seed)
     opt = Adam(net, lr=lr)
     X = _scaled(x)
@@ -112,7 +84,7 @@ def _train(net, x, y, steps, batch=100, lr=3e-3, seed=0):
     for i in range(steps):
         j = (i * batch) % len(X)
         xb, yb = X[j : j + batch], y[j : j + batch]
-        loss = square_hinge(net(xb), pm1_targets(yb, 10))
+        loss = square_hinge(net(xb), pm1_targets(yb, classes))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -186,6 +158,29 @@ def test_integer_thresholds_equal_brute_force():
         want = aff(x.view(-1, 1).expand(-1, n)) >= 0  # (values, neurons)
         got = (v.view(-1, 1) >= T.view(1, -1)) ^ flip.view(1, -1)
         assert torch.equal(got, want)
+
+
+def test_kernel_thresholds_same_bits_as_t_and_flip():
+    """The kernels' (threshold, direction) give the bit (s >= T) XOR flip for every s."""
+    g = torch.Generator().manual_seed(3)
+    n = 300
+    T = torch.randint(-50, 51, (n,), generator=g)
+    flip = torch.rand(n, generator=g) < 0.5
+    thr, direction = inf.kernel_thresholds(T, flip)
+    assert thr.dtype == direction.dtype == torch.int32
+    acc = torch.arange(-60, 61, dtype=torch.int32).view(-1, 1).expand(-1, n).contiguous()
+    want = kernels.pack_bits((acc >= T.view(1, -1)) ^ flip.view(1, -1))
+    assert torch.equal(kernels.threshold_pack(acc, thr, direction), want)
+
+
+def test_words_as_int64_is_the_one_conversion():
+    g = torch.Generator().manual_seed(4)
+    for k in (0, 1, 32, 33, 64, 65, 130):
+        x = torch.where(torch.rand(3, k, generator=g) < 0.5, 1.0, -1.0)
+        w64 = kernels.words_as_int64(kernels.pack(x, word_bits=32))
+        assert w64.dtype == torch.int64 and torch.equal(w64, kernels.pack(x))
+    p = kernels.pack(torch.ones(2, 70))
+    assert kernels.words_as_int64(p) is p
 
 
 # ---------------------------------------------------------------- the MLP
@@ -421,9 +416,9 @@ def test_wrong_version(good_file, tmp_path):
 
 
 def test_inconsistent_header_with_valid_checksum(good_file, tmp_path):
-    header, tensors = inf._read(good_file)
+    header, tensors = _read(good_file)
     header["layers"][1]["out_features"] = 11  # the weights say 10
-    p = inf._write(tmp_path / "bad_header.bnn", header, tensors)
+    p = _write(tmp_path / "bad_header.bnn", header, tensors)
     _expect_error(p, "inconsistent")
 
 
@@ -473,7 +468,7 @@ def test_gpu_adapter_logic_on_cpu_stand_ins(tmp_path):
     """The CUDA back end's own logic (threshold/direction, bit planes, pooling in float64),
     run with CPU stand-ins that follow bnnlib.cuda's documented semantics."""
 
-    class Ops(inf._CudaOps):
+    class Ops(inf.CudaBackend):
         device = "cpu"
 
     g = torch.Generator().manual_seed(9)
@@ -491,8 +486,120 @@ def test_gpu_adapter_logic_on_cpu_stand_ins(tmp_path):
         assert torch.equal(got, want)
 
 
+def test_one_backend_interface_no_per_device_thresholds():
+    """Both back ends inherit the same threshold_pack: the kernels of both devices take the
+    (threshold, direction) computed once at load, with no per-device translation."""
+    for cls in (inf.CpuBackend, inf.CudaBackend):
+        assert issubclass(cls, inf.Backend)
+        assert "threshold_pack" not in vars(cls) and "get" not in vars(cls)
+        assert {"real_dot", "bitplane_dot", "pool"} <= set(vars(cls))
+    assert isinstance(inf.backend("cpu"), inf.CpuBackend)
+
+
+@pytest.mark.gpu
+def test_cuda_backend_equals_simulation(tmp_path):
+    import bnnlib.cuda as bc
+
+    if not bc.available():
+        pytest.skip(f"bnnlib.cuda unavailable: {bc.reason()}")
+    g = torch.Generator().manual_seed(10)
+    x = torch.randint(0, 256, (120, 3, 32, 32), generator=g, dtype=torch.uint8)
+    net = _calibrate_bn(_small_convnet(seed=3), x)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.weight[::3] *= -1
+    packed = _roundtrip(net, tmp_path)
+    want = inf.simulate_scores(net, x)
+    for kernel in ("fast", "paper"):
+        for mode in ("real", "bitplanes"):
+            got = packed.scores(x, device="cuda", first_layer=mode, kernel=kernel)
+            assert torch.equal(got, want), (kernel, mode)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
 def test_cuda_without_gpu_is_one_clear_error(good_file):
     packed = inf.load(good_file)
     with pytest.raises(RuntimeError, match="cuda"):
         packed.predict(torch.zeros(2, 784, dtype=torch.uint8), device="cuda")
+
+
+# ---------------------------------------------------------------- python -m bnnlib.inference
+
+
+def _write_npz(path, n_train=600, n_test=200, side=8, classes=3, noise=250, seed=0):
+    """A small npz dataset (uint8 N x H x W x 1, noisy prototypes, one per class), and its
+    images as uint8 N x 1 x H x W tensors: (name, x_train, y_train, x_test, y_test)."""
+    g = np.random.default_rng(seed)
+    protos = g.integers(0, 256, (classes, side, side, 1))
+    y = np.arange(n_train + n_test) % classes
+    jitter = g.integers(-noise, noise + 1, (n_train + n_test, side, side, 1))
+    x = np.clip(protos[y] + jitter, 0, 255).astype(np.uint8)
+    tr, te = slice(0, n_train), slice(n_train, None)
+    np.savez(path, x_train=x[tr], y_train=y[tr], x_test=x[te], y_test=y[te])
+    xs = torch.from_numpy(x).permute(0, 3, 1, 2)
+    ys = torch.from_numpy(y)
+    return f"npz:{path}", xs[tr], ys[tr], xs[te], ys[te]
+
+
+@pytest.fixture(scope="module")
+def cli_case(tmp_path_factory):
+    """A tiny trained MLP exported, an npz dataset for it, and its simulated test errors."""
+    tmp = tmp_path_factory.mktemp("cli")
+    name, x, y, xt, yt = _write_npz(tmp / "tiny.npz")
+    torch.manual_seed(0)
+    net = mnist_mlp(hidden=32, depth=1, in_features=64, num_classes=3)
+    _train(net, x, y, steps=20, batch=50, classes=3)
+    model = inf.export(net, tmp / "model.safetensors")
+    errors = int((inf.simulate(net, xt) != yt).sum())
+    return name, model, errors, len(yt)
+
+
+def test_cli_prints_the_simulated_error(cli_case, capsys):
+    name, model, errors, n = cli_case
+    assert 0 < errors < n / 2  # a trained model that still makes mistakes
+    res = inf.main([str(model), "--dataset", name, "--batch-size", "64"])
+    out = capsys.readouterr().out
+    want = f"test error {100 * errors / n:.2f}% ({errors} / {n}) on {name} test, model {model}"
+    assert out.startswith(want + ", CPU: "), out
+    assert res["errors"] == errors and res["n"] == n
+
+
+def test_cli_json(cli_case, capsys):
+    name, model, errors, n = cli_case
+    inf.main([str(model), "--dataset", name, "--json", "--first-layer", "bitplanes"])
+    d = json.loads(capsys.readouterr().out)
+    assert (d["errors"], d["n"], d["split"], d["model"]) == (errors, n, "test", str(model))
+    assert d["error"] == errors / n and d["hardware"].startswith("CPU: ")
+
+
+def test_cli_as_module(cli_case):
+    name, model, errors, n = cli_case
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "bnnlib.inference", str(model), "--dataset", name, "--json"]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["errors"] == errors
+
+
+def _cli_error(argv, capsys) -> str:
+    with pytest.raises(SystemExit) as e:
+        inf.main(argv)
+    assert e.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_cli_bad_input_is_one_error(cli_case, good_file, tmp_path, capsys):
+    name, model, _, _ = cli_case
+    err = _cli_error([str(tmp_path / "missing.safetensors"), "--dataset", name], capsys)
+    assert "model file not found" in err and "missing.safetensors" in err
+    text = tmp_path / "text.safetensors"
+    text.write_text("hello, this is not a model at all")
+    err = _cli_error([str(text), "--dataset", name], capsys)
+    assert str(text) in err and ("not a safetensors" in err or "not a packed" in err)
+    err = _cli_error([str(model), "--dataset", "imagenet"], capsys)
+    assert "unknown dataset 'imagenet'" in err
+    err = _cli_error([str(good_file), "--dataset", name], capsys)  # 784 inputs, 8x8 images
+    assert "takes images of shape (784,)" in err and "(1, 8, 8)" in err
+    err = _cli_error([str(model), "--dataset", f"npz:{tmp_path / 'none.npz'}"], capsys)
+    assert "npz dataset not found" in err

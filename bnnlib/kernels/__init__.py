@@ -12,7 +12,15 @@ layer with bit planes. The GPU versions are in :mod:`bnnlib.cuda`.
 True
 """
 
-from .packing import check_pm1, num_words, pack, pack_bits, threshold_pack, unpack
+from .packing import (
+    check_pm1,
+    num_words,
+    pack,
+    pack_bits,
+    threshold_pack,
+    unpack,
+    words_as_int64,
+)
 from .xnor import bitplane_dot, hamming_gemm, popcount_rows, xnor_gemm
 
 __all__ = [
@@ -20,6 +28,7 @@ __all__ = [
     "unpack",
     "pack_bits",
     "num_words",
+    "words_as_int64",
     "check_pm1",
     "threshold_pack",
     "xnor_gemm",

@@ -99,6 +99,17 @@ def num_words(k: int, word_bits: int = 64) -> int:
     return math.ceil(k / word_bits)
 
 
+def words_as_int64(t: torch.Tensor) -> torch.Tensor:
+    """2-D packed words as int64 (R, ceil(W / 2)): int32 words (``word_bits=32``) are
+    converted for free, as two consecutive LSB-first int32 words are one little-endian int64
+    word (an odd count gets a zero word); any other dtype is returned as is. Any device."""
+    if t.dtype != torch.int32:
+        return t
+    if t.shape[1] % 2:
+        t = torch.nn.functional.pad(t, (0, 1))
+    return t.contiguous().view(torch.int64) if t.shape[1] else t.long()
+
+
 def _word_dtype(word_bits: int) -> torch.dtype:
     if word_bits not in _WORD_DTYPES:
         raise ValueError(f"word_bits must be 64 or 32, got {word_bits!r}")
@@ -230,9 +241,7 @@ def unpack(
     lead = w.shape[:-1]
     if w.device.type == "cpu":
         w64 = w.reshape(math.prod(lead), w.shape[-1])
-        if word_bits == 32:  # two LSB-first int32 words are one little-endian int64 word
-            w64 = torch.nn.functional.pad(w64, (0, w64.shape[1] % 2))
-            w64 = w64.contiguous().view(torch.int64) if w64.shape[1] else w64.long()
+        w64 = words_as_int64(w64)
         out = torch.empty((w64.shape[0], k), dtype=torch.float32)
         if out.numel():
             _unpack_rows_kernel(w64.numpy(), out.numpy())

@@ -36,7 +36,7 @@ import torch
 from numba import types
 from numba.extending import intrinsic
 
-from .packing import num_words, pack_bits
+from .packing import num_words, pack_bits, words_as_int64
 
 __all__ = ["xnor_gemm", "bitplane_dot", "hamming_gemm", "popcount_rows"]
 
@@ -183,10 +183,7 @@ def _as_words64(t: torch.Tensor, name: str) -> torch.Tensor:
             f"{name} is on {t.device}; bnnlib.kernels runs on the CPU. Use .cpu(), or the GPU "
             "kernels in bnnlib.cuda for CUDA tensors."
         )
-    if t.dtype == torch.int32:
-        if t.shape[1] % 2:
-            t = torch.nn.functional.pad(t, (0, 1))
-        return t.contiguous().view(torch.int64) if t.shape[1] else t.long()
+    t = words_as_int64(t)
     if t.dtype != torch.int64:
         raise ValueError(
             f"{name} must hold packed words from bnnlib.kernels.pack (torch.int64, or torch.int32 "

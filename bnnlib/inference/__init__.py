@@ -1,0 +1,52 @@
+"""Packed inference: a trained BNN as bits and integer thresholds (paper Sections 2.6 and 4).
+
+After training only the binarized weights W_b = Sign(W) and the batch-norm statistics matter.
+:func:`export` writes them as packed bits (64 weights to an int64 word, bit 1 = +1, LSB first,
+as :func:`bnnlib.kernels.pack`), and :func:`load` returns a :class:`PackedNet` whose hidden
+layers run with XNOR-popcount (:func:`bnnlib.kernels.xnor_gemm`) and integer compares only.
+Its predictions equal those of the float simulation (:func:`simulate`) image for image.
+
+One module per job:
+
+* :mod:`~bnnlib.inference.fold`: batch norm + Sign folded into one integer threshold per neuron;
+* :mod:`~bnnlib.inference.graph`: the model walked into units (binary layer, pooling, batch
+  norm, Sign), the input's shape and scaling;
+* :mod:`~bnnlib.inference.format`: the versioned safetensors file, :func:`export` and
+  :func:`load` (:class:`PackedModelError` for a bad file);
+* :mod:`~bnnlib.inference.runtime`: :class:`PackedNet` and its back ends, one interface
+  (:class:`Backend`) implemented by :class:`CpuBackend` (numba) and :class:`CudaBackend`;
+* :mod:`~bnnlib.inference.simulate`: the float simulation, the exact reference;
+* :mod:`~bnnlib.inference.cli`: ``python -m bnnlib.inference MODEL --dataset NAME``, the test
+  error of a packed model.
+"""
+
+from ..data import to_uint8
+from .cli import main
+from .fold import Affine, fold_batchnorm, integer_thresholds, kernel_thresholds
+from .format import FORMAT, FORMAT_VERSION, PackedModelError, export, load
+from .graph import INPUT_SCALING
+from .runtime import Backend, CpuBackend, CudaBackend, PackedNet, backend
+from .simulate import float32_nbytes, simulate, simulate_scores
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "INPUT_SCALING",
+    "PackedModelError",
+    "PackedNet",
+    "export",
+    "load",
+    "simulate",
+    "simulate_scores",
+    "float32_nbytes",
+    "to_uint8",
+    "fold_batchnorm",
+    "integer_thresholds",
+    "kernel_thresholds",
+    "Affine",
+    "Backend",
+    "CpuBackend",
+    "CudaBackend",
+    "backend",
+    "main",
+]

@@ -1,0 +1,5 @@
+"""``python -m bnnlib.inference MODEL.safetensors --dataset NAME``: see :mod:`.cli`."""
+
+from .cli import main
+
+main()

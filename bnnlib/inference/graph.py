@@ -1,0 +1,170 @@
+"""Walking a trained BNN (an nn.Sequential) into units, and its input's shape and scaling.
+
+A unit is one binary layer with what follows it up to the next one: ``BinaryLinear`` or
+``BinaryConv2d``, then [MaxPool2d] [BatchNorm] [MaxPool2d] and ``SignActivation``, or nothing
+for the last layer, whose batch-normalized outputs are the class scores. Dropout and Identity
+are skipped (evaluation), ``Flatten(1, -1)`` is remembered on the next unit.
+
+The input is the 8-bit image (paper Section 2.6), which the float model saw scaled as
+``2x/255 - 1`` (:data:`INPUT_SCALING`, :func:`bnnlib.data.scale`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..binarize import sign
+from ..data import to_uint8
+from ..layers import BinaryConv2d, BinaryLinear, SignActivation
+
+__all__ = [
+    "INPUT_SCALING",
+    "Unit",
+    "units",
+    "infer_input_shape",
+    "sign_weight",
+    "uint8_images",
+    "pair",
+    "conv_out",
+    "pool_spec",
+]
+
+INPUT_SCALING = "2x/255-1"
+
+_SKIP = (nn.Dropout, nn.Identity)
+_BN = nn.modules.batchnorm._BatchNorm
+_BINARY = (BinaryLinear, BinaryConv2d)
+
+
+class Unit:
+    """One binary layer with its pooling, batch norm and output kind."""
+
+    def __init__(self, layer: nn.Module, flatten_before: bool = False):
+        self.layer = layer
+        self.bn: nn.Module | None = None
+        self.pool: nn.MaxPool2d | None = None
+        self.pool_after_bn = False
+        self.output = "sign"  # "sign" (binary output) or "scores" (last layer)
+        self.flatten_before = flatten_before
+
+
+def _unit_at(mods: list[nn.Module], i: int, flatten: bool) -> tuple[Unit, int]:
+    """The unit whose binary layer is ``mods[i]``, and the index after it."""
+    m = mods[i]
+    if not isinstance(m, _BINARY):
+        raise ValueError(
+            f"cannot export module {i} ({type(m).__name__}): expected BinaryLinear or "
+            "BinaryConv2d (a float model or an unsupported layer order?)"
+        )
+    u, i = Unit(m, flatten_before=flatten), i + 1
+    if i < len(mods) and isinstance(mods[i], nn.MaxPool2d):
+        u.pool, i = mods[i], i + 1
+    if i < len(mods) and isinstance(mods[i], _BN):
+        u.bn, i = mods[i], i + 1
+    if u.pool is None and i < len(mods) and isinstance(mods[i], nn.MaxPool2d):
+        u.pool, u.pool_after_bn, i = mods[i], True, i + 1
+    if i < len(mods) and isinstance(mods[i], SignActivation):
+        i += 1
+    elif i == len(mods):
+        u.output = "scores"
+    else:
+        nxt = next((x for x in mods[i:] if not isinstance(x, nn.Flatten)), None)
+        if not (isinstance(nxt, _BINARY) and nxt.binarize_input):
+            raise ValueError(
+                f"cannot export: {type(mods[i]).__name__} after a binary layer; expected "
+                "[MaxPool2d] [BatchNorm] SignActivation, or the end of the network"
+            )
+    if u.pool is not None and not isinstance(m, BinaryConv2d):
+        raise ValueError("MaxPool2d after a BinaryLinear layer is not supported")
+    return u, i
+
+
+def units(model: nn.Module) -> list[Unit]:
+    """Group an nn.Sequential into units: binary layer [MaxPool] [BN] [MaxPool] [Sign]."""
+    if not isinstance(model, nn.Sequential):
+        raise ValueError(f"export expects an nn.Sequential BNN, got {type(model).__name__}")
+    mods = [m for m in model if not isinstance(m, _SKIP)]
+    found: list[Unit] = []
+    flatten, i = False, 0
+    while i < len(mods):
+        m = mods[i]
+        if isinstance(m, nn.Flatten):
+            if m.start_dim != 1 or m.end_dim != -1:
+                raise ValueError(f"unsupported {m}: only Flatten(1, -1)")
+            flatten, i = True, i + 1
+            continue
+        u, i = _unit_at(mods, i, flatten)
+        flatten = False
+        found.append(u)
+    if not found:
+        raise ValueError("the model has no binary layer to export")
+    if not isinstance(found[-1].layer, BinaryLinear):
+        raise ValueError("the last binary layer must be a BinaryLinear giving the class scores")
+    if found[0].layer.binarize_input:
+        raise ValueError(
+            "the first binary layer must take the real 8-bit image (binarize_input=False)"
+        )
+    return found
+
+
+def pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def conv_out(hw, kernel, stride, padding) -> list[int]:
+    """Output height and width of a convolution or pooling window."""
+    return [(hw[d] + 2 * padding[d] - kernel[d]) // stride[d] + 1 for d in range(2)]
+
+
+def pool_spec(pool: nn.MaxPool2d, after_bn: bool) -> dict:
+    """A MaxPool2d as the file's JSON spec; refuses the options the packed net lacks."""
+    if pool.ceil_mode or pair(pool.dilation) != (1, 1):
+        raise ValueError(f"unsupported {pool}: only dilation 1 and ceil_mode=False")
+    return {
+        "kernel": list(pair(pool.kernel_size)),
+        "stride": list(pair(pool.stride if pool.stride is not None else pool.kernel_size)),
+        "padding": list(pair(pool.padding)),
+        "after_bn": after_bn,
+    }
+
+
+def _fits_first_linear(found: list[Unit], side: int) -> bool:
+    """Whether a side x side image flows through the convolutions into the first linear layer."""
+    hw, c = [side, side], found[0].layer.in_channels
+    for u in found:
+        L = u.layer
+        if isinstance(L, BinaryLinear):
+            return L.in_features == c * hw[0] * hw[1]
+        hw = conv_out(hw, pair(L.kernel_size), pair(L.stride), pair(L.padding))
+        if u.pool is not None:
+            p = pool_spec(u.pool, u.pool_after_bn)
+            hw = conv_out(hw, p["kernel"], p["stride"], p["padding"])
+        if min(hw) < 1:
+            return False
+        c = L.out_channels
+    return False
+
+
+def infer_input_shape(found: list[Unit]) -> list[int]:
+    """(features,) of an MLP; (C, side, side) of a conv net: the smallest square image whose
+    convolution output fits the first linear layer (32 for the paper's CIFAR-10 ConvNet)."""
+    first = found[0].layer
+    if isinstance(first, BinaryLinear):
+        return [first.in_features]
+    for side in range(1, 1025):
+        if _fits_first_linear(found, side):
+            return [first.in_channels, side, side]
+    raise ValueError("cannot infer the input image size; pass input_shape=(C, H, W)")
+
+
+def sign_weight(layer: nn.Module) -> torch.Tensor:
+    """W_b = Sign(W) of a binary layer, float32 on the CPU (Sign(0) = +1, paper Eq. 1)."""
+    return sign(layer.weight.detach().float().cpu())
+
+
+def uint8_images(X: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """8-bit images from uint8 input (returned as is, on its device) or from floats scaled as
+    2x/255 - 1 (through :func:`bnnlib.data.to_uint8`, the exact inverse of the scaling)."""
+    return to_uint8(X)

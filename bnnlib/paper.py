@@ -1,0 +1,242 @@
+"""Every number the paper reports, in one place, and the claims the book checks.
+
+Courbariaux, Hubara, Soudry, El-Yaniv, Bengio (2016), *Binarized Neural
+Networks*, arXiv 1602.02830, with its two official codes (Theano:
+MatthieuCourbariaux/BinaryNet; Torch7: itayhubara/BinaryNet). Notebooks and the
+book's results page read the paper's figures from here instead of typing them
+again, so a figure is written once.
+
+* :data:`TABLE1` — the test error rates of Table 1 (fractions), by method and dataset.
+* :data:`SCHEDULES` — the Theano code's training schedules per model, and
+  :data:`TORCH7_MNIST` the Torch7 code's MNIST setup.
+* :data:`KERNELS`, :data:`MEMORY_RATIO`, :data:`UNIQUE_FILTERS` — Section 4 and 5 figures.
+* :data:`CLAIMS` — one row per claim of the summary table "the paper vs this
+  book": what the paper says, where our figure comes from (a notebook record or a
+  committed result) and what status a missing figure has.
+  :func:`status` turns a measured value into "reproduced" / "not reproduced" /
+  "reduced run".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "CITATION",
+    "TABLE1",
+    "SCHEDULES",
+    "TORCH7_MNIST",
+    "KERNELS",
+    "MEMORY_RATIO",
+    "UNIQUE_FILTERS",
+    "Claim",
+    "CLAIMS",
+    "claim",
+    "status",
+    "STATUSES",
+    "reduced_reasons",
+]
+
+CITATION = (
+    "Courbariaux, Hubara, Soudry, El-Yaniv, Bengio (2016), Binarized Neural Networks, "
+    "arXiv 1602.02830"
+)
+
+#: Table 1, test error rates as fractions: TABLE1[method][dataset].
+TABLE1: dict[str, dict[str, float]] = {
+    "BNN (Torch7)": {"mnist": 0.0140, "svhn": 0.0253, "cifar10": 0.1015},
+    "BNN (Theano)": {"mnist": 0.0096, "svhn": 0.0280, "cifar10": 0.1140},
+    "Committee Machines' Array": {"mnist": 0.0135},
+    "BinaryConnect": {"mnist": 0.0129, "svhn": 0.0230, "cifar10": 0.0990},
+    "EBP": {"mnist": 0.022},
+    "Bitwise DNNs": {"mnist": 0.0133},
+    "Ternary weights, binary activations": {"mnist": 0.0145},
+    "Maxout Networks": {"mnist": 0.0094, "svhn": 0.0247, "cifar10": 0.1168},
+    "Network in Network": {"svhn": 0.0235, "cifar10": 0.1041},
+    "Gated pooling": {"svhn": 0.0169, "cifar10": 0.0762},
+}
+
+#: The Theano code's schedules: dataset, epochs, batch size, LR start and end (exponential).
+SCHEDULES = {
+    "mnist_mlp": {"dataset": "mnist", "epochs": 1000, "batch_size": 100, "lr": (3e-3, 3e-7)},
+    "cifar10_convnet": {"dataset": "cifar10", "epochs": 500, "batch_size": 50, "lr": (1e-3, 3e-7)},
+    "svhn_convnet": {"dataset": "svhn", "epochs": 200, "batch_size": 50, "lr": (1e-3, 1e-6)},
+}
+
+#: The Torch7 code's MNIST setup (Main_BinaryNet_MNIST.lua and its model file).
+TORCH7_MNIST = {
+    "hidden": 2048,
+    "depth": 3,
+    "batch_size": 100,
+    "lr_start": 2.0**-6,
+    "lr_halve_every": 20,
+    "stochastic_activations": True,
+    "stochastic_weights": False,
+    "batchnorm": "shift",
+    "optimizer": "shift AdaMax",
+}
+
+#: Section 4: the GPU kernels (8192^3 on a GTX750) and the MNIST MLP.
+KERNELS = {
+    "xnor_over_baseline": 23.0,
+    "xnor_over_cublas": 3.4,
+    "xnor_over_cublas_gtx980": 3.3,
+    "mlp_xnor_over_baseline": 7.0,
+}
+MEMORY_RATIO = 32.0  # binary weights vs float32
+UNIQUE_FILTERS = 0.42  # fraction of unique 3x3 binary filters per layer, trained CIFAR-10 ConvNet
+
+STATUSES = (
+    "reproduced",
+    "not reproduced",
+    "reduced run",
+    "not run yet: needs a GPU",
+    "data not available here",
+    "computed from the paper's tables",
+    "not run yet",
+)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One row of "the paper vs this book".
+
+    ``paper`` is the paper's figure (``unit`` says how to read it), ``better``
+    how ours must compare to count as reproduced (``"at_most"``, ``"at_least"``,
+    ``"about"``: within ``tolerance`` as a relative difference, or ``"report"``:
+    arithmetic on the paper's own tables, with no figure of the paper to meet). ``record`` names
+    the notebook record that holds our figure (``"NN:name"``); ``missing`` is
+    the status when no figure exists.
+    """
+
+    key: str
+    claim: str
+    paper: float
+    unit: str
+    better: str
+    record: str | None
+    missing: str
+    tolerance: float = 0.0
+
+
+CLAIMS: tuple[Claim, ...] = (
+    Claim(
+        "table1_mnist_torch7", "Table 1: BNN (Torch7), MNIST test error",
+        TABLE1["BNN (Torch7)"]["mnist"], "fraction", "at_most", "05:table1_mnist_torch7",
+        "not run yet",
+    ),
+    Claim(
+        "table1_mnist_theano", "Table 1: BNN (Theano), MNIST test error",
+        TABLE1["BNN (Theano)"]["mnist"], "fraction", "at_most", "05:table1_mnist_theano",
+        "not run yet: needs a GPU",
+    ),
+    Claim(
+        "table1_svhn", "Table 1: BNN, SVHN test error (Torch7 2.53%, Theano 2.80%)",
+        TABLE1["BNN (Torch7)"]["svhn"], "fraction", "at_most", None, "data not available here",
+    ),
+    Claim(
+        "table1_cifar10", "Table 1: BNN, CIFAR-10 test error (Torch7 10.15%, Theano 11.40%)",
+        TABLE1["BNN (Torch7)"]["cifar10"], "fraction", "at_most", "05:table1_cifar10",
+        "data not available here",
+    ),
+    Claim(
+        "memory_ratio", "Binary weights take 32x less memory than float32",
+        MEMORY_RATIO, "x", "about", "06:memory_ratio_weights_4096", "not run yet", 0.01,
+    ),
+    Claim(
+        "gpu_xnor_over_baseline", "XNOR kernel 23x faster than the baseline kernel (8192^3)",
+        KERNELS["xnor_over_baseline"], "x", "at_least", "06:gpu_xnor_over_baseline",
+        "not run yet: needs a GPU",
+    ),
+    Claim(
+        "gpu_xnor_over_cublas", "XNOR kernel 3.4x faster than cuBLAS (8192^3)",
+        KERNELS["xnor_over_cublas"], "x", "at_least", "06:gpu_xnor_over_cublas",
+        "not run yet: needs a GPU",
+    ),
+    Claim(
+        "gpu_mlp_over_baseline", "MNIST MLP 7x faster with the XNOR kernel than the baseline",
+        KERNELS["mlp_xnor_over_baseline"], "x", "at_least", "06:gpu_mlp_xnor_over_baseline",
+        "not run yet: needs a GPU",
+    ),
+    Claim(
+        "energy_mac", "Energy: a float32 MAC (3.7 + 0.9 pJ, Table 2) over a binary MAC",
+        float("nan"), "x", "report", "07:mac_energy_ratio", "not run yet",
+    ),
+    Claim(
+        "unique_filters", "Only ~42% of the 3x3 binary filters of a trained ConvNet are unique",
+        UNIQUE_FILTERS, "fraction", "about", "08:unique_fraction_trained",
+        "not run yet: needs a GPU", 0.25,
+    ),
+    Claim(
+        "shift_bn_no_loss", "Shift-based batch norm: no accuracy loss (test error gap)",
+        0.0, "fraction", "at_most", "03:test_error_gap_shift_minus_standard", "not run yet",
+    ),
+    Claim(
+        "shift_adamax_no_loss", "Shift-based AdaMax: no accuracy loss (test error gap)",
+        0.0, "fraction", "at_most", "04:test_error_gap_shift_adamax_minus_adam", "not run yet",
+    ),
+)  # fmt: skip
+
+
+def claim(key: str) -> Claim:
+    """The :class:`Claim` of ``key`` (a clear error for an unknown key)."""
+    for c in CLAIMS:
+        if c.key == key:
+            return c
+    raise KeyError(f"no claim {key!r}; the claims are {[c.key for c in CLAIMS]}")
+
+
+def status(key: str, value: float, reduced: bool, slack: float = 0.0) -> str:
+    """The summary-table status of our ``value`` for claim ``key``.
+
+    ``reduced=True`` (fewer epochs, units or data than the paper's run) gives
+    "reduced run" whatever the value. Otherwise "reproduced" when ``value``
+    compares to the paper's figure as the claim requires (``slack`` is added to
+    the paper's figure for ``at_most`` claims whose paper value is 0, e.g. a gap
+    within one standard error), else "not reproduced".
+    """
+    c = claim(key)
+    if c.better == "report":
+        return "computed from the paper's tables"
+    if reduced:
+        return "reduced run"
+    if c.better == "at_most":
+        ok = value <= c.paper + slack
+    elif c.better == "at_least":
+        ok = value >= c.paper
+    else:
+        ok = abs(value - c.paper) <= c.tolerance * abs(c.paper)
+    return "reproduced" if ok else "not reproduced"
+
+
+def reduced_reasons(
+    model: str,
+    *,
+    num_epochs: int,
+    lr_start: float,
+    lr_end: float,
+    batch_size: int | None = None,
+    hidden: int | None = None,
+    width: float | None = None,
+    data_reduced: bool = False,
+) -> list[str]:
+    """Why a run of ``model`` is smaller than the paper's (Theano) run; empty when it is not.
+
+    Data (``data_reduced``: a subset or the first images of a split), units
+    (``hidden`` for the MLP, ``width`` for the ConvNets), epochs, the LR
+    schedule and the batch size are each compared with :data:`SCHEDULES`.
+    """
+    paper = SCHEDULES[model]
+    reasons = ["fewer images than the paper's split"] if data_reduced else []
+    if model == "mnist_mlp" and hidden is not None and hidden < 4096:
+        reasons.append(f"{hidden} hidden units (paper: 4096)")
+    if model != "mnist_mlp" and width is not None and width < 1:
+        reasons.append(f"width {width:g} of the paper's units")
+    if num_epochs < paper["epochs"]:
+        reasons.append(f"{num_epochs} epochs (paper: {paper['epochs']})")
+    if (lr_start, lr_end) != paper["lr"]:
+        lo, hi = paper["lr"]
+        reasons.append(f"LR {lr_start:g} -> {lr_end:g} (paper: {lo:g} -> {hi:g})")
+    if batch_size is not None and batch_size != paper["batch_size"]:
+        reasons.append(f"batch {batch_size} (paper: {paper['batch_size']})")
+    return reasons

@@ -1,0 +1,137 @@
+"""bnnlib.book: the parameters cell, profiles, the runner, the offline HTML, the summary table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from bnnlib import book, paper
+
+
+def _tiny_notebook(path: Path, body: str) -> None:
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell("VALUE = 1  # what is recorded")
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [
+        nbformat.v4.new_markdown_cell(f"# {path.stem}"),
+        nbformat.v4.new_code_cell("from bnnlib.record import record"),
+        params,
+        nbformat.v4.new_code_cell(body),
+    ]
+    nbformat.write(nb, path)
+
+
+@pytest.mark.parametrize(
+    "source, problem",
+    [
+        ("lr = 0.1  # lower case", "UPPER_CASE"),
+        ("LR = 0.1", "comment"),
+        ("LR = 1 / 3  # not a literal", "literal"),
+        ("A = B = 1  # two targets", "one assignment"),
+        ("LR = (  # broken", "not Python"),
+    ],
+)
+def test_parameters_cell_rules(source, problem):
+    with pytest.raises(book.BookError, match=problem):
+        book.parameters(source)
+
+
+def test_parameters_parse():
+    got = book.parameters(
+        'SEED = 0  # seed\n\n# a section\nNAME = "a # b"  # the name\nX = 3e-7  # x'
+    )
+    assert got == {"SEED": (0, "seed"), "NAME": ("a # b", "the name"), "X": (3e-7, "x")}
+
+
+def test_yaml_names_and_types_are_checked(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("LR = 0.1  # lr\nN = 2  # n")]
+    nb.cells[0].metadata["tags"] = ["parameters"]
+    path = tmp_path / "01_x.ipynb"
+    nbformat.write(nb, path)
+    (tmp_path / "params").mkdir()
+    yaml_file = tmp_path / "params" / "01_x.full.yaml"
+    yaml_file.write_text("LR: 1\nN: 3\n")
+    assert book.profile_parameters(path, "full") == {"LR": 1, "N": 3}
+    yaml_file.write_text("LRR: 0.1\n")
+    with pytest.raises(book.BookError, match="not a parameter"):
+        book.profile_parameters(path, "full")
+    yaml_file.write_text("LR: 3e-7\n")  # YAML 1.1 reads this as a string
+    with pytest.raises(book.BookError, match="type"):
+        book.profile_parameters(path, "full")
+
+
+def test_offline_check_finds_remote_references():
+    assert book.offline_problems('<script src="data.js"></script><p>https://cdn.x</p>') == []
+    for page in (
+        '<script src="https://cdn.plot.ly/plotly.min.js"></script>',
+        "<script type='text/javascript' src='//cdnjs.cloudflare.com/require.js'></script>",
+        '<link rel="stylesheet" href="https://fonts.googleapis.com/css">',
+        '<script type="module">await import("https://cdn.jsdelivr.net/x.mjs")</script>',
+    ):
+        assert book.offline_problems(page), page
+
+
+@pytest.mark.notebooks
+def test_runner_collects_results_exports_html_and_names_a_failing_cell(tmp_path, capsys):
+    book_dir, out = tmp_path / "book", tmp_path / "out"
+    (book_dir / "params").mkdir(parents=True)
+    _tiny_notebook(book_dir / "01_ok.ipynb", 'record("answer", VALUE * 42, paper=42)')
+    (book_dir / "params" / "01_ok.full.yaml").write_text("VALUE: 2\n")
+    _tiny_notebook(book_dir / "02_fail.ipynb", 'raise ValueError("boom")')
+
+    args = ["--book-dir", str(book_dir), "--out", str(out)]
+    assert book.main([*args, "--only", "01", "--profile", "full"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    (nb,) = results["notebooks"]
+    assert nb["parameters"] == {"VALUE": 2}
+    assert [(e["name"], e["value"], e["paper"]) for e in nb["records"]] == [("answer", 84, 42)]
+    assert "| answer | 84 |" in (out / "results.md").read_text()
+    index = (out / "html" / "index.html").read_text()
+    assert "01_ok.html" in index and "answer" in index
+    assert (out / "html" / "01_ok.html").exists() and (out / "01_ok.ipynb").exists()
+    # The book opens with "the paper vs this book"; the per-notebook records are an appendix.
+    assert index.index("The paper vs this book") < index.index("Notebooks") < index.index("answer")
+    md = (out / "results.md").read_text()
+    assert md.index("## The paper vs this book") < md.index("## Appendix") < md.index("| answer |")
+    # One shared, offline plotly.js beside the pages; each page loads it by relative path.
+    js = (out / "html" / book.PLOTLY_JS).read_text()
+    assert "plotly.js v" in js and len(js) > 1_000_000
+    page = (out / "html" / "01_ok.html").read_text()
+    assert f'<script src="{book.PLOTLY_JS}"' in page and "plotly.js v" not in page
+
+    assert book.main([*args, "--only", "02", "--no-html"]) == 1
+    err = capsys.readouterr().err
+    assert "02_fail.ipynb failed in cell 3" in err and "ValueError: boom" in err
+
+
+def _run(notebook: str, records: list[dict]) -> book.Run:
+    return book.Run(notebook, "t", Path(f"{notebook}.ipynb"), 1.0, {}, records)
+
+
+def test_summary_has_one_row_per_claim_with_status():
+    runs = [
+        _run("05_training", [
+            {"name": "table1_mnist_torch7", "value": 0.0131, "data": "MNIST 50k/10k/10k",
+             "schedule": "80 epochs", "hardware": "CPU: x", "seed": 0, "status": "reproduced"},
+            {"name": "table1_mnist_theano", "value": 0.05, "status": "reduced run"},
+        ]),
+        _run("06_kernel_speedup", [{"name": "memory_ratio_weights_4096", "value": 32.0}]),
+        _run("07_energy", [{"name": "mac_energy_ratio", "value": 200.0}]),
+    ]  # fmt: skip
+    rows = book.summary_rows(runs)
+    assert [r["claim"] for r in rows] == [c.claim for c in paper.CLAIMS]
+    by_claim = {c.key: r for c, r in zip(paper.CLAIMS, rows, strict=True)}
+    t7 = by_claim["table1_mnist_torch7"]
+    assert (t7["paper"], t7["ours"], t7["status"]) == ("1.40%", "1.31%", "reproduced")
+    assert "notebook 05_training" in t7["how measured"] and "80 epochs" in t7["how measured"]
+    assert by_claim["table1_mnist_theano"]["status"] == "reduced run"
+    assert by_claim["memory_ratio"]["status"] == "reproduced"  # computed: 32 within 1% of 32
+    assert by_claim["energy_mac"]["status"] == "computed from the paper's tables"
+    assert by_claim["table1_svhn"]["status"] == "data not available here"
+    assert by_claim["gpu_xnor_over_baseline"]["status"] == "not run yet: needs a GPU"
+    assert by_claim["gpu_xnor_over_baseline"]["ours"] == "—"
+    assert all(r["status"] in paper.STATUSES for r in rows)

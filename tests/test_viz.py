@@ -1,0 +1,105 @@
+"""bnnlib.viz: figures, widgets with a static fallback, plotly.js handling, probes (no kernel)."""
+
+from __future__ import annotations
+
+import json
+
+import plotly.graph_objects as go
+import pytest
+
+from bnnlib import book, viz
+
+
+def test_sign_probes_see_what_each_estimator_passes_back():
+    import torch
+
+    import bnnlib
+    from bnnlib import viz
+
+    torch.manual_seed(0)
+    net = bnnlib.mnist_mlp(hidden=32, dropout_in=0, dropout_hidden=0)
+    X, y = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    net(X)  # one training-mode pass so the running statistics are not the initial ones
+    net.eval()
+    probes = {e: viz.sign_probes(net, X, y, estimator=e) for e in ("hardtanh", "identity", "none")}
+    assert [p.name for p in probes["hardtanh"]] == ["3", "6", "9"]  # the SignActivations
+    for h, i, n in zip(probes["hardtanh"], probes["identity"], probes["none"], strict=True):
+        assert torch.equal(h.input, i.input)  # the same weights, the same forward pass
+        saturated = h.input.abs() > 1
+        assert torch.count_nonzero(h.grad[saturated]) == 0  # Eq. 4: cancelled where |r| > 1
+        assert torch.count_nonzero(n.grad) == 0
+        assert viz.saturation(h.input) == saturated.float().mean().item()
+    # The last hidden Sign gets the same upstream gradient with both straight-through
+    # estimators: the paper's is the identity's, cancelled exactly where |r| > 1.
+    h, i = probes["hardtanh"][-1], probes["identity"][-1]
+    assert torch.equal(h.grad, i.grad.masked_fill(h.input.abs() > 1, 0))
+    assert torch.count_nonzero(h.grad) > 0
+    assert {m.estimator for m in net.modules() if isinstance(m, bnnlib.SignActivation)} == {
+        "hardtanh"
+    }  # restored
+    assert all(p.grad is None for p in net.parameters())
+
+
+def test_switchable_figure_has_one_button_per_option():
+    import plotly.graph_objects as go
+
+    from bnnlib import viz
+
+    figures = {
+        "a": go.Figure([go.Scatter(y=[1, 2]), go.Scatter(y=[2, 1])], layout={"title": "A"}),
+        "b": go.Figure([go.Bar(y=[3])], layout={"title": "B"}),
+    }
+    fig = viz.switchable(figures)
+    assert [t.visible for t in fig.data] == [True, True, False]
+    (menu,) = fig.layout.updatemenus
+    assert [b.label for b in menu.buttons] == ["a", "b"]
+    assert menu.buttons[1].args[0]["visible"] == [False, False, True]
+    assert menu.buttons[1].args[1]["title.text"] == "B"
+
+
+def test_figure_html_never_embeds_plotly_js_nor_a_cdn():
+    html = viz.figure_html(go.Figure(go.Scatter(y=[1])))
+    assert "Plotly.newPlot(" in html  # drawn by the page's one shared plotly.js
+    assert "plotly.js v" not in html and len(html) < 20_000
+    assert book.offline_problems(html) == []
+
+
+def test_show_in_a_live_kernel_emits_only_plotlys_own_mimetype(monkeypatch):
+    shown = []
+    monkeypatch.setattr(viz, "_display", shown.append)
+    monkeypatch.delenv(viz.BOOK_ENV, raising=False)
+    viz.show(go.Figure(go.Scatter(y=[1, 2]), layout={"title": "t"}))
+    assert set(shown[-1]) == {viz.PLOTLY_MIME, "text/plain"}  # a saved notebook stays small
+    assert len(json.dumps(shown[-1])) < 20_000
+    monkeypatch.setenv(viz.BOOK_ENV, "1")  # a book run: the exported page needs the div
+    viz.show(go.Figure(go.Scatter(y=[1, 2])))
+    assert "text/html" in shown[-1] and "plotly.js v" not in shown[-1]["text/html"]
+
+
+def test_widget_fallback_follows_the_same_rule(monkeypatch):
+    view = viz.widget_view(
+        lambda o: go.Figure(go.Scatter(y=[len(o)]), layout={"title": o}), ["a", "bb"]
+    )
+    monkeypatch.delenv(viz.BOOK_ENV, raising=False)
+    bundle = view._repr_mimebundle_()
+    assert viz.PLOTLY_MIME in bundle and "text/html" not in bundle
+    monkeypatch.setenv(viz.BOOK_ENV, "1")
+    assert "updatemenus" in view._repr_mimebundle_()["text/html"]
+
+
+@pytest.mark.parametrize(
+    "num_epochs, dtick", [(3, 1), (10, 1), (12, 1), (13, 2), (30, 5), (80, 10), (1000, 100)]
+)
+def test_epoch_axis_ticks_whole_epochs(num_epochs, dtick):
+    fig = viz.epoch_axis(
+        go.Figure(go.Scatter(x=list(range(1, num_epochs + 1)), y=[0] * num_epochs)), num_epochs
+    )
+    assert fig.layout.xaxis.dtick == dtick and fig.layout.xaxis.tickformat == "d"
+    assert num_epochs / dtick <= 12
+
+
+def test_training_curves_whole_epochs_and_percent():
+    h = [{"epoch": e, "train_error": 0.5 / e, "val_error": 0.4 / e} for e in range(1, 41)]
+    fig = viz.training_curves({"run": h})
+    assert fig.layout.xaxis.dtick == 5
+    assert fig.data[1].y[0] == pytest.approx(40.0) and list(fig.data[1].x) == list(range(1, 41))
