@@ -41,7 +41,7 @@ from torch import nn
 
 from . import data as bdata
 from . import models, paper
-from .machine import retain_freed_memory
+from .machine import hardware, retain_freed_memory
 from .train import (
     OPTIMIZERS,
     History,
@@ -287,6 +287,7 @@ def main(argv: list[str] | None = None) -> History:
         meta = {k: st[k] for k in meta_keys}
         meta["dropout_hidden"] = st["dropout_hidden"] if st["model"] == "mnist_mlp" else None
         meta["argv"] = list(sys.argv[1:] if argv is None else argv)
+        meta["hardware"] = hardware(device)
         history = fit(
             net, train, val, test,
             num_epochs=st["epochs"], batch_size=st["batch_size"], lr_start=st["lr_start"],
