@@ -48,6 +48,7 @@ from dataclasses import asdict, dataclass, field
 
 from torch import nn
 
+from .paper import ENERGY_MEMORY, ENERGY_OPERATIONS
 from .trace import trace
 
 __all__ = [
@@ -64,21 +65,9 @@ __all__ = [
     "energy",
 ]
 
-# Table 2 (pJ per operation), as printed in the paper.
-OPERATIONS: dict[str, dict[str, float]] = {
-    "8-bit integer": {"MUL": 0.2, "ADD": 0.03},
-    "32-bit integer": {"MUL": 3.1, "ADD": 0.1},
-    "16-bit floating point": {"MUL": 1.1, "ADD": 0.4},
-    "32-bit floating point": {"MUL": 3.7, "ADD": 0.9},
-}
-
-# Table 3 (pJ per 64-bit memory access), as printed in the paper; DRAM is a range.
-MEMORY: dict[str, float | tuple[float, float]] = {
-    "8K": 10.0,
-    "32K": 20.0,
-    "1M": 100.0,
-    "DRAM": (1300.0, 2600.0),
-}
+# Tables 2 and 3 of the paper (Horowitz, 2014, 45 nm) live in bnnlib.paper, written once.
+OPERATIONS = ENERGY_OPERATIONS
+MEMORY = ENERGY_MEMORY
 
 FP32_MUL = OPERATIONS["32-bit floating point"]["MUL"]
 FP32_ADD = OPERATIONS["32-bit floating point"]["ADD"]

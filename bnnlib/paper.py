@@ -29,6 +29,9 @@ __all__ = [
     "KERNELS",
     "MEMORY_RATIO",
     "UNIQUE_FILTERS",
+    "FILTER_REDUCTION",
+    "ENERGY_OPERATIONS",
+    "ENERGY_MEMORY",
     "Claim",
     "CLAIMS",
     "claim",
@@ -84,6 +87,23 @@ KERNELS = {
     "mlp_xnor_over_baseline": 7.0,
 }
 MEMORY_RATIO = 32.0  # binary weights vs float32
+#: Section 5 on dedicated hardware: repeated filters could cut XNOR-popcount operations by ~3x.
+FILTER_REDUCTION = 3.0
+
+#: Table 2 (Horowitz, 2014, 45 nm): energy of one operation in pJ.
+ENERGY_OPERATIONS: dict[str, dict[str, float]] = {
+    "8-bit integer": {"MUL": 0.2, "ADD": 0.03},
+    "32-bit integer": {"MUL": 3.1, "ADD": 0.1},
+    "16-bit floating point": {"MUL": 1.1, "ADD": 0.4},
+    "32-bit floating point": {"MUL": 3.7, "ADD": 0.9},
+}
+#: Table 3: pJ per 64-bit memory access, as printed; DRAM is a range.
+ENERGY_MEMORY: dict[str, float | tuple[float, float]] = {
+    "8K": 10.0,
+    "32K": 20.0,
+    "1M": 100.0,
+    "DRAM": (1300.0, 2600.0),
+}
 UNIQUE_FILTERS = 0.42  # fraction of unique 3x3 binary filters per layer, trained CIFAR-10 ConvNet
 
 STATUSES = (
@@ -141,16 +161,16 @@ CLAIMS: tuple[Claim, ...] = (
     ),
     Claim(
         "memory_ratio", "Binary weights take 32x less memory than float32",
-        MEMORY_RATIO, "x", "about", "06:memory_ratio_weights_4096", "not run yet", 0.01,
+        MEMORY_RATIO, "x", "about", "07:memory_ratio_weights_4096", "not run yet", 0.01,
     ),
     Claim(
         "gpu_xnor_over_baseline", "XNOR kernel 23x faster than the baseline kernel (8192^3)",
-        KERNELS["xnor_over_baseline"], "x", "at_least", "06:gpu_xnor_over_baseline",
+        KERNELS["xnor_over_baseline"], "x", "at_least", "06:gpu_speedup_xnor_paper_vs_baseline",
         "not run yet: needs a GPU",
     ),
     Claim(
         "gpu_xnor_over_cublas", "XNOR kernel 3.4x faster than cuBLAS (8192^3)",
-        KERNELS["xnor_over_cublas"], "x", "at_least", "06:gpu_xnor_over_cublas",
+        KERNELS["xnor_over_cublas"], "x", "at_least", "06:gpu_speedup_xnor_paper_vs_cublas_fp32",
         "not run yet: needs a GPU",
     ),
     Claim(
@@ -160,11 +180,11 @@ CLAIMS: tuple[Claim, ...] = (
     ),
     Claim(
         "energy_mac", "Energy: a float32 MAC (3.7 + 0.9 pJ, Table 2) over a binary MAC",
-        float("nan"), "x", "report", "07:mac_energy_ratio", "not run yet",
+        float("nan"), "x", "report", "08:mac_energy_ratio", "not run yet",
     ),
     Claim(
         "unique_filters", "Only ~42% of the 3x3 binary filters of a trained ConvNet are unique",
-        UNIQUE_FILTERS, "fraction", "about", "08:unique_fraction_trained",
+        UNIQUE_FILTERS, "fraction", "about", "09:unique_fraction_trained",
         "not run yet: needs a GPU", 0.25,
     ),
     Claim(

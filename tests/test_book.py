@@ -119,8 +119,8 @@ def test_summary_has_one_row_per_claim_with_status():
              "schedule": "80 epochs", "hardware": "CPU: x", "seed": 0, "status": "reproduced"},
             {"name": "table1_mnist_theano", "value": 0.05, "status": "reduced run"},
         ]),
-        _run("06_kernel_speedup", [{"name": "memory_ratio_weights_4096", "value": 32.0}]),
-        _run("07_energy", [{"name": "mac_energy_ratio", "value": 200.0}]),
+        _run("07_packed_inference", [{"name": "memory_ratio_weights_4096", "value": 32.0}]),
+        _run("08_energy", [{"name": "mac_energy_ratio", "value": 200.0}]),
     ]  # fmt: skip
     rows = book.summary_rows(runs)
     assert [r["claim"] for r in rows] == [c.claim for c in paper.CLAIMS]

@@ -1,9 +1,9 @@
 """The exported book works offline: notebook 01 -> HTML, opened in headless Chromium.
 
-The page must reference no CDN (plotly.js is embedded; nbconvert's require.js, MathJax,
-mermaid and widget-manager tags are left out), and the plotly figures must be *drawn* by
-the embedded plotly.js: Chromium's DOM after the scripts ran holds one ``plot-container``
-with a ``main-svg`` per figure. Skipped when /usr/bin/chromium is missing.
+The page must reference no CDN (it loads the book's one shared ``plotly.min.js`` beside it;
+nbconvert's require.js, MathJax, mermaid and widget-manager tags are left out), and the plotly
+figures must be *drawn* by that offline plotly.js: Chromium's DOM after the scripts ran holds
+one ``plot-container`` with a ``main-svg`` per figure. Skipped when /usr/bin/chromium is missing.
 """
 
 from __future__ import annotations
@@ -62,7 +62,10 @@ def test_no_cdn_reference(page):
     assert book.offline_problems(html) == []
     scripts = re.findall(r"<script[^>]*\bsrc\s*=\s*[\"']?([^\"'\s>]+)", html, re.I)
     assert not [s for s in scripts if "cdn." in s or s.startswith(("http", "//"))], scripts
-    assert "plotly.js v" in html  # the library itself is in the page
+    # plotly.js is not in the page but beside it, once for the whole book.
+    assert "plotly.js v" not in html and book.PLOTLY_JS in scripts
+    assert "plotly.js v" in (page.parent / book.PLOTLY_JS).read_text(encoding="utf-8")
+    assert page.stat().st_size < 2_000_000
 
 
 def test_plotly_figures_render_offline(page, tmp_path):
