@@ -237,25 +237,12 @@ def filter_repetition(
 def packed_conv_weights(packed) -> list[tuple[str, torch.Tensor, int]]:
     """(name, ±1 weight (out, in, kh, kw), output positions) of each conv of a PackedNet.
 
-    ``packed`` is a :class:`bnnlib.inference.PackedNet` (from :func:`bnnlib.inference.load`):
-    the first layer is packed in torch's (c, kh, kw) order, the others per kernel position
-    with the channels packed (see :mod:`bnnlib.inference`).
+    ``packed`` is a :class:`bnnlib.inference.PackedNet` (from :func:`bnnlib.inference.load`);
+    the weights are unpacked by :meth:`~bnnlib.inference.PackedNet.binary_conv_weights`.
     """
-    from .kernels import unpack
-
-    found = []
-    for lay in packed.layers:
-        spec = lay.spec
-        if spec["kind"] != "conv2d":
-            continue
-        out, c, (kh, kw) = spec["out_channels"], spec["in_channels"], spec["kernel"]
-        g, words, size = spec["groups"], spec["words_per_group"], spec["group_size"]
-        pm1 = unpack(lay.weight.reshape(out, g, words), size, dim=-1)  # (out, g, size)
-        if spec["first"]:
-            w = pm1.reshape(out, c, kh, kw)
-        else:
-            w = pm1.reshape(out, kh, kw, c).permute(0, 3, 1, 2).contiguous()
-        found.append((spec["name"], w, math.prod(spec["out_hw"])))
+    found = [
+        (spec["name"], w, math.prod(spec["out_hw"])) for spec, w in packed.binary_conv_weights()
+    ]
     if not found:
         raise ValueError(f"{packed!r} has no convolution; filter repetition needs one")
     return found

@@ -17,8 +17,13 @@ the *layers* of :func:`layers`: leaf modules and modules that own parameters.
 
 :func:`guess_input_shape` is the input a model most likely reads when none is given: a
 model that starts with ``Flatten`` and a 784-input linear layer reads MNIST images
-(1, 28, 28); one that starts with a convolution reads 32 x 32 images (CIFAR-10, SVHN);
+(1, 28, 28); one that starts with a convolution reads the square images of
+:func:`image_side` (32 x 32 for the CIFAR-10 and SVHN ConvNet), or 32 x 32 when no side fits;
 one that starts with a linear layer reads vectors of its input width; otherwise None.
+
+:func:`image_side` is the shape walk behind it, shared with :func:`bnnlib.inference.export`:
+the smallest square image that a model's convolutions and pools turn into exactly the inputs
+of its first linear layer, computed from the layers' sizes without running the model.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["Call", "layers", "guess_input_shape", "trace"]
+__all__ = ["Call", "layers", "guess_input_shape", "image_side", "pair", "window_out", "trace"]
 
 
 @dataclass(frozen=True)
@@ -59,13 +64,66 @@ def layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(name or type(m).__name__, m) for name, m in model.named_modules() if _is_layer(m)]
 
 
+def pair(v) -> tuple[int, int]:
+    """An int or a pair (a layer's kernel, stride, padding) as a pair of ints."""
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def window_out(hw, kernel, stride, padding, dilation=(1, 1)) -> list[int]:
+    """Output height and width of a convolution or pooling window over an ``hw`` input."""
+    return [
+        (hw[d] + 2 * padding[d] - dilation[d] * (kernel[d] - 1) - 1) // stride[d] + 1
+        for d in range(2)
+    ]
+
+
+def _window(m: nn.Module, hw) -> list[int]:
+    """Output size of a Conv2d, MaxPool2d or AvgPool2d ``m`` on an ``hw`` input (floor mode)."""
+    kernel = pair(m.kernel_size)
+    stride = pair(m.stride if m.stride is not None else m.kernel_size)
+    dilation = pair(getattr(m, "dilation", 1))
+    if m.padding == "same":
+        return list(hw)
+    padding = (0, 0) if m.padding == "valid" else pair(m.padding)
+    return window_out(hw, kernel, stride, padding, dilation)
+
+
+def _feeds_first_linear(leaves: list[nn.Module], c: int, side: int) -> bool:
+    """Whether a side x side image flows through the convolutions and pools into exactly the
+    inputs of the first linear layer (other layers keep the shape)."""
+    hw = [side, side]
+    for m in leaves:
+        if isinstance(m, nn.Linear):
+            return m.in_features == c * hw[0] * hw[1]
+        if isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
+            hw = _window(m, hw)
+            c = m.out_channels if isinstance(m, nn.Conv2d) else c
+            if min(hw) < 1:
+                return False
+    return False
+
+
+def image_side(model: nn.Module, max_side: int = 1024) -> int | None:
+    """The smallest side of a square image that ``model``'s convolutions and pools (in
+    registration order) turn into exactly its first linear layer's inputs (32 for the paper's
+    CIFAR-10 ConvNet); None when the model does not start with a convolution followed by a
+    linear layer, or no side up to ``max_side`` fits."""
+    leaves = [m for _, m in layers(model)]
+    first = next((m for m in leaves if isinstance(m, (nn.Conv2d, nn.Linear))), None)
+    if not isinstance(first, nn.Conv2d):
+        return None
+    sides = range(1, max_side + 1)
+    return next((s for s in sides if _feeds_first_linear(leaves, first.in_channels, s)), None)
+
+
 def guess_input_shape(model: nn.Module) -> tuple[int, ...] | None:
     """One sample's input shape for ``model``, guessed from its first layers (module doc)."""
     leaves = [m for _, m in layers(model)]
     if not leaves:
         return None
     if isinstance(leaves[0], nn.Conv2d):
-        return (leaves[0].in_channels, 32, 32)
+        side = image_side(model) or 32
+        return (leaves[0].in_channels, side, side)
     first_linear = next((m for m in leaves if isinstance(m, (nn.Linear, nn.Conv2d))), None)
     if isinstance(leaves[0], nn.Flatten) and isinstance(first_linear, nn.Linear):
         n = first_linear.in_features

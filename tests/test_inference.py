@@ -603,3 +603,14 @@ def test_cli_bad_input_is_one_error(cli_case, good_file, tmp_path, capsys):
     assert "takes images of shape (784,)" in err and "(1, 8, 8)" in err
     err = _cli_error([str(model), "--dataset", f"npz:{tmp_path / 'none.npz'}"], capsys)
     assert "npz dataset not found" in err
+
+
+@pytest.mark.parametrize("first", [True, False])
+def test_conv_rows_and_conv_weight_are_inverses(first):
+    from bnnlib.inference.runtime import conv_rows, conv_weight
+
+    wb = torch.randn(4, 3, 2, 5, generator=torch.Generator().manual_seed(1)).sign()
+    rows = conv_rows(wb, first)
+    assert rows.shape == ((4, 1, 30) if first else (4, 10, 3))
+    spec = {"first": first, "in_channels": 3, "kernel": [2, 5]}
+    assert torch.equal(conv_weight(rows, spec), wb)

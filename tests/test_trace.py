@@ -93,3 +93,16 @@ def test_layers_and_guess_input_shape():
     assert guess_input_shape(nn.Sequential(nn.Linear(7, 2))) == (7,)
     assert guess_input_shape(nn.Sequential(nn.ReLU())) is None
     assert guess_input_shape(nn.Sequential()) is None
+
+
+def test_image_side_is_the_smallest_fitting_square():
+    from bnnlib.trace import image_side
+
+    assert image_side(models.cifar10_convnet(width=1 / 16)) == 32
+    assert image_side(models.cifar10_convnet(width=1 / 16, image_size=16)) == 16
+    valid = nn.Sequential(nn.Conv2d(1, 2, 3), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(2 * 4, 3))
+    assert image_side(valid) == 6  # 6 -> 4 -> 2 (7 fits too; the smallest is taken)
+    assert guess_input_shape(valid) == (1, 6, 6)
+    assert image_side(nn.Sequential(nn.Conv2d(1, 2, 3))) is None
+    assert guess_input_shape(nn.Sequential(nn.Conv2d(1, 2, 3))) == (1, 32, 32)
+    assert image_side(models.mnist_mlp(hidden=8, depth=1)) is None

@@ -14,7 +14,9 @@ float64 ``a``, ``mu``, ``beta`` of its batch norm.
 Packed layouts: a hidden convolution's weight has one group per kernel position with its
 channels packed (activations are NHWC words); the first convolution keeps torch's (c, kh, kw)
 order in one group (as F.unfold lays out the 8-bit input); a linear layer after a Flatten of
-NHWC words has one group of c channels per (h, w).
+NHWC words has one group of c channels per (h, w). The convolution layout is written once, both
+ways: :func:`bnnlib.inference.runtime.conv_rows` and its inverse
+:func:`~bnnlib.inference.runtime.conv_weight`.
 """
 
 from __future__ import annotations
@@ -32,18 +34,10 @@ from .. import kernels
 from ..layers import BinaryConv2d
 from ..machine import atomic_write
 from ..shift import _ShiftBatchNorm
+from ..trace import pair, window_out
 from .fold import fold_batchnorm, integer_thresholds
-from .graph import (
-    INPUT_SCALING,
-    Unit,
-    conv_out,
-    infer_input_shape,
-    pair,
-    pool_spec,
-    sign_weight,
-    units,
-)
-from .runtime import PackedNet
+from .graph import INPUT_SCALING, Unit, infer_input_shape, pool_spec, sign_weight, units
+from .runtime import PackedNet, conv_rows
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "PackedModelError", "export", "load"]
 
@@ -79,7 +73,7 @@ def export(
     if input_scaling != INPUT_SCALING:
         raise ValueError(f"input_scaling {input_scaling!r} unsupported; use {INPUT_SCALING!r}")
     found = units(model)
-    shape = list(input_shape) if input_shape is not None else infer_input_shape(found)
+    shape = list(input_shape) if input_shape is not None else infer_input_shape(model, found)
     layers, tensors = [], {}
     c, hw = shape[0], (shape[1:] if len(shape) == 3 else None)
     for idx, u in enumerate(found):
@@ -115,19 +109,15 @@ def _conv_layout(u: Unit, spec: dict, c: int, hw):
     if L.in_channels != c:
         raise ValueError(f"{name}: expects {L.in_channels} channels, gets {c}")
     kernel, stride, padding = pair(L.kernel_size), pair(L.stride), pair(L.padding)
-    out_hw = conv_out(hw, kernel, stride, padding)
+    out_hw = window_out(hw, kernel, stride, padding)
     spec.update(kind="conv2d", in_channels=c, out_channels=L.out_channels)
     spec.update(kernel=list(kernel), stride=list(stride), padding=list(padding))
     spec.update(in_hw=list(hw), out_hw=out_hw)
-    wb, k = sign_weight(L), c * kernel[0] * kernel[1]
-    if spec["first"]:  # torch's (c, kh, kw) order, as F.unfold lays out the 8-bit input
-        w = wb.reshape(L.out_channels, 1, k)
-    else:  # one group per kernel position, its channels packed (activations are NHWC words)
-        w = wb.permute(0, 2, 3, 1).reshape(L.out_channels, kernel[0] * kernel[1], c)
+    w, k = conv_rows(sign_weight(L), spec["first"]), c * kernel[0] * kernel[1]
     hw = out_hw
     if u.pool is not None:
         p = spec["pool"] = pool_spec(u.pool, u.pool_after_bn)
-        hw = conv_out(hw, p["kernel"], p["stride"], p["padding"])
+        hw = window_out(hw, p["kernel"], p["stride"], p["padding"])
     spec["pooled_hw"] = list(hw)
     spec["k"] = k
     return w, L.out_channels, hw

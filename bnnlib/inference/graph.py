@@ -11,13 +11,12 @@ The input is the 8-bit image (paper Section 2.6), which the float model saw scal
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
 from ..binarize import sign
-from ..data import to_uint8
 from ..layers import BinaryConv2d, BinaryLinear, SignActivation
+from ..trace import image_side, pair
 
 __all__ = [
     "INPUT_SCALING",
@@ -25,9 +24,6 @@ __all__ = [
     "units",
     "infer_input_shape",
     "sign_weight",
-    "uint8_images",
-    "pair",
-    "conv_out",
     "pool_spec",
 ]
 
@@ -109,15 +105,6 @@ def units(model: nn.Module) -> list[Unit]:
     return found
 
 
-def pair(v) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
-
-
-def conv_out(hw, kernel, stride, padding) -> list[int]:
-    """Output height and width of a convolution or pooling window."""
-    return [(hw[d] + 2 * padding[d] - kernel[d]) // stride[d] + 1 for d in range(2)]
-
-
 def pool_spec(pool: nn.MaxPool2d, after_bn: bool) -> dict:
     """A MaxPool2d as the file's JSON spec; refuses the options the packed net lacks."""
     if pool.ceil_mode or pair(pool.dilation) != (1, 1):
@@ -130,41 +117,19 @@ def pool_spec(pool: nn.MaxPool2d, after_bn: bool) -> dict:
     }
 
 
-def _fits_first_linear(found: list[Unit], side: int) -> bool:
-    """Whether a side x side image flows through the convolutions into the first linear layer."""
-    hw, c = [side, side], found[0].layer.in_channels
-    for u in found:
-        L = u.layer
-        if isinstance(L, BinaryLinear):
-            return L.in_features == c * hw[0] * hw[1]
-        hw = conv_out(hw, pair(L.kernel_size), pair(L.stride), pair(L.padding))
-        if u.pool is not None:
-            p = pool_spec(u.pool, u.pool_after_bn)
-            hw = conv_out(hw, p["kernel"], p["stride"], p["padding"])
-        if min(hw) < 1:
-            return False
-        c = L.out_channels
-    return False
-
-
-def infer_input_shape(found: list[Unit]) -> list[int]:
-    """(features,) of an MLP; (C, side, side) of a conv net: the smallest square image whose
-    convolution output fits the first linear layer (32 for the paper's CIFAR-10 ConvNet)."""
+def infer_input_shape(model: nn.Module, found: list[Unit]) -> list[int]:
+    """(features,) of an MLP; (C, side, side) of a conv net, the side of
+    :func:`bnnlib.trace.image_side` (the smallest square image whose convolution output fits
+    the first linear layer: 32 for the paper's CIFAR-10 ConvNet)."""
     first = found[0].layer
     if isinstance(first, BinaryLinear):
         return [first.in_features]
-    for side in range(1, 1025):
-        if _fits_first_linear(found, side):
-            return [first.in_channels, side, side]
-    raise ValueError("cannot infer the input image size; pass input_shape=(C, H, W)")
+    side = image_side(model)
+    if side is None:
+        raise ValueError("cannot infer the input image size; pass input_shape=(C, H, W)")
+    return [first.in_channels, side, side]
 
 
 def sign_weight(layer: nn.Module) -> torch.Tensor:
     """W_b = Sign(W) of a binary layer, float32 on the CPU (Sign(0) = +1, paper Eq. 1)."""
     return sign(layer.weight.detach().float().cpu())
-
-
-def uint8_images(X: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """8-bit images from uint8 input (returned as is, on its device) or from floats scaled as
-    2x/255 - 1 (through :func:`bnnlib.data.to_uint8`, the exact inverse of the scaling)."""
-    return to_uint8(X)

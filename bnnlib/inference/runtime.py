@@ -42,10 +42,44 @@ import torch
 from torch.nn import functional as F
 
 from .. import kernels
+from ..data import to_uint8
 from .fold import EXACT_F32, Affine, kernel_thresholds
-from .graph import INPUT_SCALING, uint8_images
+from .graph import INPUT_SCALING
 
-__all__ = ["PackedNet", "Backend", "CpuBackend", "CudaBackend", "backend"]
+__all__ = [
+    "PackedNet",
+    "Backend",
+    "CpuBackend",
+    "CudaBackend",
+    "backend",
+    "conv_rows",
+    "conv_weight",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# The packed convolution layout, both ways
+# --------------------------------------------------------------------------------------------
+
+
+def conv_rows(wb: torch.Tensor, first: bool) -> torch.Tensor:
+    """A convolution's +/-1 weight (out, c, kh, kw) as the (out, groups, group_size) rows that
+    are packed: the first layer keeps torch's (c, kh, kw) order in one group (as F.unfold lays
+    out the 8-bit input); a hidden one has one group per kernel position with its c channels
+    (activations are NHWC words). :func:`conv_weight` is the inverse."""
+    out, c, kh, kw = wb.shape
+    if first:
+        return wb.reshape(out, 1, c * kh * kw)
+    return wb.permute(0, 2, 3, 1).reshape(out, kh * kw, c)
+
+
+def conv_weight(rows: torch.Tensor, spec: dict) -> torch.Tensor:
+    """The (out, c, kh, kw) weight, in torch's layout, of a conv layer's unpacked
+    (out, groups, group_size) rows; the inverse of :func:`conv_rows`."""
+    out, c, (kh, kw) = rows.shape[0], spec["in_channels"], spec["kernel"]
+    if spec["first"]:
+        return rows.reshape(out, c, kh, kw)
+    return rows.reshape(out, kh, kw, c).permute(0, 3, 1, 2)
 
 
 @dataclass
@@ -95,7 +129,7 @@ class PackedNet:
         lay = _Layer(spec=spec, weight=w)
         g, words, cs = spec["groups"], spec["words_per_group"], spec["group_size"]
         lay.pad_bits = g * (64 * words - cs)
-        wpm = kernels.unpack(w.reshape(out, g, words), cs, dim=-1).float()  # (out, g, cs) +/-1
+        wpm = cls._rows(spec, w)  # (out, g, cs) +/-1
         if spec["first"]:
             lay.wb = wpm.reshape(out, spec["k"])
             lay.wsum = cls._first_wsum(spec, lay.wb)
@@ -109,6 +143,21 @@ class PackedNet:
         else:
             lay.affine = Affine(*(tensors[f"{name}.{t}"] for t in ("a", "mu", "beta")))
         return lay
+
+    @staticmethod
+    def _rows(spec: dict, w: torch.Tensor) -> torch.Tensor:
+        """float32 +/-1 (out, groups, group_size): a layer's packed words unpacked."""
+        g, words, cs = spec["groups"], spec["words_per_group"], spec["group_size"]
+        return kernels.unpack(w.reshape(w.shape[0], g, words), cs, dim=-1).float()
+
+    def binary_conv_weights(self) -> list[tuple[dict, torch.Tensor]]:
+        """(spec, W_b) of each convolution: W_b its +/-1 weight (out, in, kh, kw), float32,
+        in torch's layout (:func:`conv_weight` of the unpacked words)."""
+        return [
+            (lay.spec, conv_weight(self._rows(lay.spec, lay.weight), lay.spec).contiguous())
+            for lay in self.layers
+            if lay.spec["kind"] == "conv2d"
+        ]
 
     # ---- precomputed corrections ----
 
@@ -126,8 +175,8 @@ class PackedNet:
     @staticmethod
     def _pad_fix(spec: dict, wpm: torch.Tensor) -> torch.Tensor:
         """Hidden conv: sum of W_b at zero-padded positions, per (output position, channel)."""
-        out, c, (kh, kw) = wpm.shape[0], spec["in_channels"], spec["kernel"]
-        w4 = wpm.reshape(out, kh, kw, c).permute(0, 3, 1, 2)
+        out, c = wpm.shape[0], spec["in_channels"]
+        w4 = conv_weight(wpm, spec)
         ones = torch.ones(1, c, *spec["in_hw"])
         valid = F.conv2d(ones, w4, stride=spec["stride"], padding=spec["padding"])[0]
         total = w4.sum((1, 2, 3)).view(-1, 1, 1)
@@ -162,7 +211,7 @@ class PackedNet:
     # ---- input ----
 
     def _images(self, X) -> torch.Tensor:
-        x = uint8_images(X)  # stays on its device: images already on the GPU are not copied
+        x = to_uint8(X)  # stays on its device: images already on the GPU are not copied
         shape = self.input_shape
         n_per = math.prod(shape)
         if x.dim() < 1 or math.prod(x.shape[1:]) != n_per:

@@ -24,9 +24,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..binarize import sign
+from ..data import to_uint8
 from ..layers import BinaryConv2d, BinaryLinear
 from .fold import EXACT_F32, fold_batchnorm
-from .graph import Unit, infer_input_shape, sign_weight, uint8_images, units
+from .graph import Unit, infer_input_shape, sign_weight, units
 
 __all__ = ["simulate", "simulate_scores", "float32_nbytes"]
 
@@ -70,11 +71,11 @@ def simulate_scores(model: nn.Module, X, batch_size: int = 1000) -> torch.Tensor
     ``+1 iff y >= 0``.
     """
     found = units(model)
-    xu = uint8_images(X).cpu()
+    xu = to_uint8(X).cpu()
     if isinstance(found[0].layer, BinaryLinear):
         xu = xu.reshape(xu.shape[0], -1)
     elif xu.dim() != 4:
-        xu = xu.reshape(xu.shape[0], *infer_input_shape(found))
+        xu = xu.reshape(xu.shape[0], *infer_input_shape(model, found))
     out = []
     for i in range(0, len(xu), batch_size):
         h = xu[i : i + batch_size].double() * 2 - 255  # 255 * (2x/255 - 1), an integer
