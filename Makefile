@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 # With 2 OpenMP threads on a busy 2-core machine, spin-waiting threads slow small ops ~30x.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: venv test book lab lint format clean
+.PHONY: venv test book lab lint format clean reproduce
 
 venv: $(STAMP)
 
@@ -28,6 +28,12 @@ test: $(STAMP)
 
 book: $(STAMP)
 	$(PY) -m bnnlib.book --profile $(PROFILE)
+
+# The paper's MNIST run (1000 epochs) and the CIFAR-10 ConvNet for the time left, packed, into OUT.
+OUT ?= runs/reproduce
+MINUTES ?= 60
+reproduce: $(STAMP)
+	$(PY) -m bnnlib.reproduce --out $(OUT) --max-minutes $(MINUTES) $(ARGS)
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab book/

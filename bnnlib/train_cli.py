@@ -153,6 +153,16 @@ def _parser() -> argparse.ArgumentParser:
         "that fits (history.json says so)",
     )  # fmt: skip
     p.add_argument("--float", action="store_true", help="train the float twin (no binarization)")
+    p.add_argument(
+        "--fast", action=argparse.BooleanOptionalAction, help="the fast path: multi-tensor "
+        "optimizer step and clipping, evaluation in batches of 10,000; the same parameters "
+        "(default: on with a GPU)",
+    )  # fmt: skip
+    p.add_argument("--eval-batch-size", type=int, help="default: 1000 (10,000 with --fast)")
+    p.add_argument(
+        "--train-size", type=int, help="train on the first N training images only (a reduced "
+        "run, labelled so in the history's data line)",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--out", help="folder for history.json, checkpoint.pt, model.pt, best_model.pt")
@@ -277,6 +287,8 @@ def main(argv: list[str] | None = None) -> History:
             )
         except (ValueError, FileNotFoundError) as e:
             parser.error(str(e))
+        if args.train_size is not None:
+            train = train.head(args.train_size)
         torch.manual_seed(args.seed)  # the initial weights
         net = _build(args, st, train)
         out = Path(args.out) if args.out else None
@@ -288,6 +300,7 @@ def main(argv: list[str] | None = None) -> History:
         meta["dropout_hidden"] = st["dropout_hidden"] if st["model"] == "mnist_mlp" else None
         meta["argv"] = list(sys.argv[1:] if argv is None else argv)
         meta["hardware"] = hardware(device)
+        meta["data"] = bdata.describe_splits(train, val, test)
         history = fit(
             net, train, val, test,
             num_epochs=st["epochs"], batch_size=st["batch_size"], lr_start=st["lr_start"],
@@ -295,7 +308,8 @@ def main(argv: list[str] | None = None) -> History:
             lr_halve_every=st["lr_halve_every"], max_time=args.max_time, seed=args.seed,
             device=device, checkpoint=out / "checkpoint.pt" if out else None,
             resume=args.resume, history_path=out / "history.json" if out else None,
-            progress=not args.no_progress, meta=meta,
+            progress=not args.no_progress, meta=meta, fast=args.fast,
+            eval_batch_size=args.eval_batch_size,
         )  # fmt: skip
         if _dist()[0] == 0:
             if out is not None:

@@ -336,3 +336,68 @@ def test_torchrun_two_processes(tmp_path):
     assert d["config"]["world_size"] == 2 and len(d["epochs"]) == 1
     assert 0 <= d["epochs"][0]["val_error"] <= 1
     assert proc.stdout.count("best validation epoch") == 1  # only rank 0 reports
+
+
+# ------------------------------------------------------------------ the fast path
+
+
+def _same_params(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    for (k, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(x, y), k
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"stochastic": True},
+        {"optimizer": "shift_adamax", "lr_start": 2.0**-6},
+        {"optimizer": "shift_adamax_torch7", "glorot_scale": "torch7", "lr_start": 2.0**-6},
+    ],
+    ids=["adam", "adam-stochastic", "shift_adamax", "shift_adamax_torch7"],
+)
+def test_fast_path_gives_the_plain_paths_parameters(kw):
+    """Same seed, same math: the fast path's parameters and history equal the plain path's."""
+    net_kw = {"stochastic": True} if kw.pop("stochastic", False) else {}
+    if kw.get("optimizer", "adam") != "adam":
+        net_kw["batchnorm"] = "shift"
+    plain_net, fast_net = tiny_net(**net_kw), tiny_net(**net_kw)
+    plain = run(plain_net, epochs=2, **kw)
+    fast = run(fast_net, epochs=2, fast=True, **kw)
+    _same_params(plain_net, fast_net)
+    assert no_times(fast) == no_times(plain)
+    assert plain.config["fast"] is False and fast.config["fast"] is True
+    for k, v in plain.best_state.items():
+        assert torch.equal(v, fast.best_state[k]), k
+
+
+def test_fast_path_resumes_bit_exact_from_either_path(tmp_path):
+    kw = {"stochastic": True}
+    full_net = tiny_net(**kw)
+    full = run(full_net, fast=True)
+    for first, second in ((True, True), (False, True), (True, False)):
+        ckpt = tmp_path / f"{first}-{second}.pt"
+        with pytest.raises(_Stop):
+            run(tiny_net(**kw), checkpoint=ckpt, callback=_stop_after(1), fast=first)
+        net = tiny_net(seed=7, **kw)
+        resumed = run(net, checkpoint=ckpt, resume=True, fast=second)
+        assert no_times(resumed) == no_times(full)
+        _same_params(full_net, net)
+
+
+def test_shift_adamax_foreach_equals_its_step_with_mixed_steps():
+    """A group whose parameters are at different steps takes the per-parameter loop."""
+    from bnnlib.optim import ShiftAdaMax
+
+    nets = [tiny_net(batchnorm="shift") for _ in range(2)]
+    opts = [ShiftAdaMax(n, lr=2.0**-6) for n in nets]
+    g = torch.Generator().manual_seed(0)
+    for step in range(3):
+        grads = [torch.randn(p.shape, generator=g) for p in nets[0].parameters()]
+        for net in nets:
+            for i, (p, gr) in enumerate(zip(net.parameters(), grads, strict=True)):
+                # the last parameter has no gradient in the first step: steps differ after
+                p.grad = None if (step == 0 and i == len(grads) - 1) else gr.clone()
+        opts[0].step()
+        T.shift_adamax_foreach(opts[1])
+    _same_params(*nets)
