@@ -20,19 +20,23 @@ Sections:
   of the BNN MLP over that of its float twin, batch 100, steps of the two alternated so that
   other load on a shared machine hits both alike; the ratio is the median of the ratios of
   adjacent (BNN, float) steps (the ratio of the two medians is reported too).
-* ``gpu`` -- with a CUDA GPU and PyCUDA: :func:`bnnlib.bench_kernels.bench_gpu_gemm` (8192)
-  and the MLP through the baseline kernel, cuBLAS and the XNOR kernel; skipped with a note
-  otherwise.
+* ``gpu`` -- run first, with a CUDA GPU: :func:`bnnlib.bench_kernels.bench_gpu_gemm` (8192^3,
+  the XNOR kernels with and without the packing of both operands) and :func:`bench_gpu_mlp`
+  (the MLP with every layer on the baseline kernel against the XNOR path, per-layer times,
+  predictions compared); the cuBLAS figures alone without PyCUDA, skipped with a note
+  without a GPU. ``allow_tf32`` records torch's TF32 setting.
+
+The JSON is rewritten after every section (and every GPU figure), so a crash loses only
+the figure in progress. ``python -m bnnlib.gpucheck`` runs the GPU section together with the
+GPU tests and compute-sanitizer on a GPU machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as _dt
 import json
 import os
-import platform
 import shlex
 import statistics
 import subprocess
@@ -47,10 +51,18 @@ from torch import nn
 from . import cuda as bcuda
 from . import data
 from .bench_kernels import bench_cpu_gemm, bench_gpu_gemm
-from .machine import atomic_write, cpu_flags, cpu_model
+from .machine import atomic_write, describe_machine
 from .timing import timeit
 
-__all__ = ["timeit", "machine_info", "bench_mnist_mlp", "bench_train_step", "main"]
+__all__ = [
+    "timeit",
+    "machine_info",
+    "bench_mnist_mlp",
+    "bench_gpu_mlp",
+    "bench_train_step",
+    "gpu_table",
+    "main",
+]
 
 
 # --------------------------------------------------------------------------- machine
@@ -92,18 +104,11 @@ def machine_info(argv: list[str] | None = None) -> dict:
 
     gpu = _gpu_info()
     return {
+        **describe_machine(),
         "device": "cuda" if gpu else "cpu",
-        "cpu": cpu_model(),
-        "cpu_flags": cpu_flags(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
         "gpu": gpu,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
         "numba": numba.__version__,
         "numpy": numpy.__version__,
-        "platform": platform.platform(),
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "env": {k: os.environ.get(k) for k in _ENV},
         "load_average_start": _loadavg(),
         "command": shlex.join([sys.executable, "-m", "bnnlib.bench", *(argv or [])]),
@@ -302,87 +307,327 @@ def _bench_gemm_cpu(sizes: list[int], quick: bool) -> dict:
     return {"sizes": sizes, "results": [_plain(bench_cpu_gemm(n, reps)) for n in sizes]}
 
 
-def _bench_gpu(args, log) -> dict:
-    """GPU section: kernels (8192) and the MLP through the baseline, cuBLAS and XNOR."""
+def _bench_gpu(args, log, on_result: Callable[[dict], None] | None = None) -> dict:
+    """GPU section: kernels (8192) and the MLP through the baseline kernel, cuBLAS and XNOR.
+
+    Each part runs inside its own error handling (a failure is recorded as ``error`` and the
+    next part still runs) and ``on_result(out)`` is called after every figure, so that the
+    caller can write what exists before a later crash."""
     if not torch.cuda.is_available():
         return {"skipped": "no CUDA GPU on this machine"}
+    out: dict = {"allow_tf32": torch.backends.cuda.matmul.allow_tf32}
     if not bcuda.available():
-        return {"skipped": f"bnnlib.cuda not available: {bcuda.reason()}"}
-    out: dict = {}
+        out["kernels_unavailable"] = bcuda.reason()  # cuBLAS figures are still measured
+
+    def emit(part: str):
+        def put(res: dict) -> None:
+            out[part] = res
+            if on_result is not None:
+                on_result(out)
+
+        return put
+
     n = 1024 if args.quick else 8192
     log(f"  GPU gemm {n} ...")
-    out["gemm"] = _plain(bench_gpu_gemm(n))
+    try:
+        out["gemm"] = _plain(bench_gpu_gemm(n, on_result=emit("gemm"), log=log))
+    except Exception as e:
+        out["gemm_error"] = f"{type(e).__name__}: {e}"
+        log(f"  GPU gemm FAILED: {out['gemm_error']}")
     log("  GPU MNIST MLP ...")
-    out["mnist_mlp"] = _gpu_mlp(args)
+    try:
+        out["mnist_mlp"] = bench_gpu_mlp(
+            hidden=args.hidden,
+            data_root=args.data_root,
+            model_path=args.model_path,
+            batchnorm=args.batchnorm,
+            n_test=args.n_test,
+            n_calib=args.n_calib,
+            repeats=args.repeats,
+            on_result=emit("mnist_mlp"),
+            log=log,
+        )
+    except Exception as e:
+        out["mnist_mlp_error"] = f"{type(e).__name__}: {e}"
+        log(f"  GPU MNIST MLP FAILED: {out['mnist_mlp_error']}")
+    if on_result is not None:
+        on_result(out)
     return out
 
 
-def _gpu_mlp(args) -> dict:
-    """MLP inference on the GPU: float32 through the baseline kernel, cuBLAS and packed XNOR."""
+def _stages_float(net: nn.Module, gemm) -> list:
+    """The float MLP as one stage per binary layer: ``gemm`` for the product, then the
+    model's own modules (batch norm, Sign, ...) up to the next binary layer, in float32."""
+    from .binarize import sign
+    from .layers import BinaryLinear
+
+    stages, cur = [], None
+    for m in net:
+        if isinstance(m, BinaryLinear):
+            wt = sign(m.weight.detach()).T.contiguous()
+            cur = {"layer": m, "wt": wt, "post": []}
+            stages.append(cur)
+        elif isinstance(m, nn.Flatten) or cur is None:
+            continue
+        else:
+            cur["post"].append(m)
+
+    def run(st, h):
+        L = st["layer"]
+        h = gemm(L.binary_input(h.flatten(1)).contiguous(), st["wt"])
+        if L.bias is not None:
+            h = h + L.bias
+        for m in st["post"]:
+            h = m(h)
+        return h
+
+    return [(f"layer{i + 1}", lambda h, st=st: run(st, h)) for i, st in enumerate(stages)]
+
+
+def _stages_xnor(net: nn.Module, kernel: str, first: str) -> list:
+    """The same MLP with packed XNOR products from the second layer on.
+
+    The first layer takes the real input through the baseline kernel as in the paper
+    (``first="baseline"``) or through our bit planes with the XNOR kernel
+    (``first="bitplanes"``, from uint8 images); every later layer packs the Sign output of
+    the one before and multiplies it with the packed weights (``kernel``: "paper", the
+    32-bit XNOR kernel; "fast", our 64-bit popcount / 1-bit tensor-core kernel). Batch norm
+    and Sign are the model's own float32 modules, as in :func:`_stages_float`, so the two
+    paths differ only in their products and the packing. On the tensor cores the weights'
+    row popcounts are computed once here (they are part of the weights), the activations'
+    at every call.
+    """
+    from .binarize import sign
+    from .layers import BinaryLinear
+
+    bits = 32 if kernel == "paper" else 64
+    floats = _stages_float(net, bcuda.baseline_gemm)
+    layers = [m for m in net if isinstance(m, BinaryLinear)]
+    wpacked = [bcuda.pack(sign(L.weight.detach()), word_bits=bits, check=False) for L in layers]
+    dev = wpacked[0].device
+    tensor_cores = (
+        kernel == "fast" and dev.type == "cuda" and torch.cuda.get_device_capability(dev) >= (8, 0)
+    )
+    if kernel == "paper":
+        gemm = bcuda.xnor_gemm
+    elif tensor_cores:  # the weights' row popcounts once, not at every call
+        wcounts = {id(w): bcuda.popcount_rows(w) for w in wpacked}
+
+        def gemm(a, w, k):
+            counts = (bcuda.popcount_rows(a), wcounts[id(w)])
+            return bcuda.xnor_gemm_fast(a, w, k, method="tensor_core", popcounts=counts)
+
+    else:
+        gemm = bcuda.xnor_gemm_fast
+    k = [L.in_features for L in layers]
+    posts = [_post_modules(net, L) for L in layers]
+    n_layers = len(layers)
+
+    def post(i, h):
+        if layers[i].bias is not None:
+            h = h + layers[i].bias
+        for m in posts[i]:
+            h = m(h)
+        return h if i == n_layers - 1 else bcuda.pack(h, word_bits=bits, check=False)
+
+    def hidden(i, hp):
+        return post(i, gemm(hp, wpacked[i], k[i]).float())
+
+    stages = []
+    if first == "baseline":
+        first_float = floats[0][1]
+        stages.append(("layer1", lambda x: bcuda.pack(first_float(x), word_bits=bits, check=False)))
+    else:
+        w64 = bcuda.pack(sign(layers[0].weight.detach()), check=False)
+        wsum = sign(layers[0].weight.detach()).sum(1).round().long()
+
+        def planes(x):  # x: uint8 (N, in_features); W_b . x on the 8 bit planes
+            acc = torch.zeros(x.shape[0], w64.shape[0], dtype=torch.int64, device=x.device)
+            for b in range(8):
+                plane = ((x >> b) & 1).float() * 2 - 1
+                words = bcuda.pack(plane, check=False)
+                acc += bcuda.xnor_gemm_fast(words, w64, k[0]).long() << b
+            dot = (acc + 255 * wsum) // 2  # x^b . w = (p_b . w + sum w) / 2
+            return post(0, ((2 * dot - 255 * wsum).double() / 255.0).float())
+
+        stages.append(("layer1_bitplanes", planes))
+    stages += [(f"layer{i + 1}", lambda h, i=i: hidden(i, h)) for i in range(1, n_layers)]
+    return stages
+
+
+def _post_modules(net: nn.Module, layer: nn.Module) -> list:
+    """The modules after ``layer`` up to the next binary layer (batch norm, Sign, ...)."""
+    from .layers import BinaryLinear
+
+    mods, found = [], False
+    for m in net:
+        if m is layer:
+            found = True
+        elif isinstance(m, BinaryLinear):
+            if found:
+                break
+        elif found and not isinstance(m, nn.Flatten):
+            mods.append(m)
+    return mods
+
+
+@torch.no_grad()
+def _time_stages(stages: list, x: torch.Tensor, repeats: int) -> tuple[dict, torch.Tensor]:
+    """GPU time of a staged forward pass, per stage and in all (CUDA events, medians)."""
+    h = x
+    for _, fn in stages:  # warm-up (and compilation)
+        h = fn(h)
+    torch.cuda.synchronize()
+    per = {name: [] for name, _ in stages}
+    totals = []
+    for _ in range(repeats):
+        ev = [torch.cuda.Event(enable_timing=True) for _ in range(len(stages) + 1)]
+        h = x
+        ev[0].record()
+        for i, (_, fn) in enumerate(stages):
+            h = fn(h)
+            ev[i + 1].record()
+        ev[-1].synchronize()
+        for i, (name, _) in enumerate(stages):
+            per[name].append(ev[i].elapsed_time(ev[i + 1]) / 1e3)
+        totals.append(ev[0].elapsed_time(ev[-1]) / 1e3)
+    timing = {
+        "total_s": statistics.median(totals),
+        "times_s": totals,
+        "stages_s": {name: statistics.median(v) for name, v in per.items()},
+    }
+    return timing, h
+
+
+def bench_gpu_mlp(
+    hidden: int = 4096,
+    data_root: str | None = None,
+    model_path: str | None = None,
+    batchnorm: str = "standard",
+    n_test: int | None = None,
+    n_calib: int = 5000,
+    repeats: int = 5,
+    on_result: Callable[[dict], None] | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """The MNIST MLP on the GPU, the paper's comparison (Section 4), on the test images.
+
+    Paths, all on the GPU from the images already there to the predicted classes there, batch
+    norm and Sign by the model's own float32 modules, timed per layer with CUDA events:
+
+    * ``baseline``: every layer, the first included, on the paper's baseline kernel;
+    * ``cublas_fp32``: the same with cuBLAS float32, TF32 off (context);
+    * ``xnor_paper`` / ``xnor_fast``: the first layer on the baseline kernel as in the paper,
+      the others packed, on the paper's XNOR kernel / ours (packing included);
+    * ``xnor_fast_bitplanes``: our bit-plane first layer (XNOR kernel on the 8 bit planes of
+      the uint8 images) then as ``xnor_fast``.
+
+    Predictions of each are compared with the baseline path and with the float simulation
+    (:func:`bnnlib.inference.simulate`). ``packed_predict_*`` times the library's
+    ``PackedNet.predict(device="cuda")`` end to end for reference: it also copies the scores
+    to the host, runs the last layer's affine map on the CPU in float64 and the "real" first
+    layer as a float64 matmul, so it is not the like-for-like figure. A failing path is
+    recorded as ``<path>_error`` and the others still run; ``on_result(res)`` after each.
+    """
     from . import inference
     from .models import mnist_mlp
 
-    xt, _, xcal, note = _mnist(args.data_root, args.n_test, args.n_calib)
-    if args.model_path:
-        net, _ = _load_mlp(args.model_path, args.batchnorm)
+    res: dict = {"allow_tf32": torch.backends.cuda.matmul.allow_tf32, "repeats": repeats}
+
+    def emit():
+        if on_result is not None:
+            on_result(_plain(res))
+
+    dev = torch.device("cuda")
+    xt, yt, xcal, data_note = _mnist(data_root, n_test, n_calib)
+    if model_path:
+        net, model_note = _load_mlp(model_path, batchnorm)
     else:
         torch.manual_seed(0)
-        net = calibrate_batchnorm(mnist_mlp(hidden=args.hidden), xcal)
+        net = mnist_mlp(hidden=hidden, batchnorm=batchnorm).to(dev)
+        net = calibrate_batchnorm(net, xcal.to(dev)).cpu()
+        model_note = (
+            f"randomly initialised mnist_mlp(hidden={hidden}); BN running statistics from one "
+            f"train-mode pass over {len(xcal)} training images (untrained: accuracy is chance)"
+        )
+    log(f"  model: {model_note}\n  data: {data_note}")
+    res.update(model=model_note, data=data_note, n_images=len(xt))
+    log("  float simulation (reference, CPU) ...")
+    pred_sim = inference.simulate(net, xt)
     with tempfile.TemporaryDirectory() as tmp:
         packed = inference.load(inference.export(net, Path(tmp) / "mlp.bnn"))
-    reps = args.repeats
-    res: dict = {"data": note, "n_images": len(xt)}
-    netc = net.to("cuda").eval()
-    xs = data.scale(xt).to("cuda")
+    res["hidden"] = packed.header["layers"][0]["out_features"]
+    emit()
 
-    @torch.no_grad()
-    def cublas():
-        return netc(xs)
-
-    res["cublas_s"] = timeit(cublas, reps, device="cuda")["median_s"]
-    pred_sim = inference.simulate(net.to("cpu"), xt)
-    net.to("cuda")
-    xg = xt.to("cuda")  # both start from images on the GPU
-    for kernel in ("paper", "fast"):
-        run = lambda k=kernel: packed.predict(xg, device="cuda", kernel=k)  # noqa: E731
-        res[f"xnor_{kernel}_s"] = timeit(run, reps, device="cuda")["median_s"]
-        res[f"identical_xnor_{kernel}_vs_simulation"] = int((run().cpu() == pred_sim).sum())
-        res[f"speedup_xnor_{kernel}_over_cublas"] = res["cublas_s"] / res[f"xnor_{kernel}_s"]
-    baseline = _baseline_forward(netc)
-    if baseline is not None:
-        res["baseline_s"] = timeit(lambda: baseline(xs), reps, device="cuda")["median_s"]
-        for kernel in ("paper", "fast"):
-            res[f"speedup_xnor_{kernel}_over_baseline"] = (
-                res["baseline_s"] / res[f"xnor_{kernel}_s"]
-            )
-        pred_base = baseline(xs).argmax(1).cpu()
-        res["identical_baseline_vs_simulation"] = int((pred_base == pred_sim).sum())
-    net.to("cpu")
-    return res
-
-
-def _baseline_forward(net: nn.Module):
-    """The float MLP with every matmul on the paper's baseline kernel, or None if missing."""
-    from .binarize import sign
-
-    gemm = getattr(bcuda, "baseline_gemm", None)
-    if gemm is None:
-        return None
-    from .layers import BinaryLinear
-
-    @torch.no_grad()
-    def forward(x):
-        h = x.flatten(1)
-        for m in net:
-            if isinstance(m, BinaryLinear):
-                h = gemm(h.contiguous(), sign(m.weight).T.contiguous())
-            elif isinstance(m, (nn.Flatten, nn.Dropout)):
-                continue
-            else:
-                h = m(h)
-        return h
-
-    return forward
+    netc = net.to(dev).eval()
+    xg = xt.to(dev).reshape(len(xt), -1)  # uint8 images on the GPU
+    xs = data.scale(xg)  # the paper's inputs 2x/255 - 1, float32
+    preds: dict[str, torch.Tensor] = {}
+    saved_tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        paths = [("cublas_fp32", lambda: (_stages_float(netc, torch.matmul), xs))]
+        if bcuda.available():
+            paths += [
+                ("baseline", lambda: (_stages_float(netc, bcuda.baseline_gemm), xs)),
+                ("xnor_paper", lambda: (_stages_xnor(netc, "paper", "baseline"), xs)),
+                ("xnor_fast", lambda: (_stages_xnor(netc, "fast", "baseline"), xs)),
+                ("xnor_fast_bitplanes", lambda: (_stages_xnor(netc, "fast", "bitplanes"), xg)),
+            ]
+        else:
+            res["kernels_unavailable"] = bcuda.reason()
+        for name, make in paths:
+            log(f"  {name} ...")
+            try:
+                stages, x = make()
+                timing, scores = _time_stages(stages, x, repeats)
+                preds[name] = scores.argmax(1).cpu()
+                res[name] = timing
+                log(f"  {name}: {timing['total_s'] * 1e3:.2f} ms")
+            except Exception as e:
+                res[f"{name}_error"] = f"{type(e).__name__}: {e}"
+                log(f"  {name}: FAILED {res[f'{name}_error']}")
+            emit()
+        if bcuda.available():
+            for kernel in ("paper", "fast"):
+                for first in ("real", "bitplanes"):
+                    key = f"packed_predict_{kernel}_{first}"
+                    log(f"  {key} ...")
+                    try:
+                        run = lambda k=kernel, f=first: packed.predict(  # noqa: E731
+                            xg, device="cuda", first_layer=f, kernel=k, batch_size=len(xg)
+                        )
+                        res[f"{key}_s"] = timeit(run, repeats, device="cuda")["median_s"]
+                        preds[key] = run().cpu()
+                    except Exception as e:
+                        res[f"{key}_error"] = f"{type(e).__name__}: {e}"
+                        log(f"  {key}: FAILED {res[f'{key}_error']}")
+                    emit()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved_tf32
+        net.cpu()
+    n = len(xt)
+    base = preds.get("baseline")
+    for name, p in preds.items():
+        res[f"identical_{name}_vs_simulation"] = int((p == pred_sim).sum())
+        if base is not None:
+            res[f"identical_{name}_vs_baseline"] = int((p == base).sum())
+        if yt is not None:
+            res[f"error_{name}"] = float((p != yt).float().mean())
+    packed_ok = [k for k in preds if k.startswith("packed_predict")]
+    res["packed_predict_identical_to_simulation"] = all(
+        res[f"identical_{k}_vs_simulation"] == n for k in packed_ok
+    )
+    total = {k: res[k]["total_s"] for k in preds if isinstance(res.get(k), dict)}
+    for name, t in total.items():
+        for against in ("baseline", "cublas_fp32"):
+            if against in total and name != against:
+                res[f"speedup_{name}_vs_{against}"] = total[against] / t
+    ours = [k for k in ("xnor_fast", "xnor_fast_bitplanes") if k in total]
+    if ours:
+        res["fastest_xnor"] = min(ours, key=total.get)
+    emit()
+    return _plain(res)
 
 
 def _plain(obj):
@@ -479,8 +724,54 @@ def _table(res: dict) -> str:
     if "skipped" in gpu:
         lines.append(f"GPU: skipped ({gpu['skipped']})")
     elif gpu:
-        lines.append("GPU: " + json.dumps(gpu)[:600])
+        lines += gpu_table(gpu.get("gemm"), gpu.get("mnist_mlp"))
     return "\n".join(lines)
+
+
+def _x(ratio: float | None, width: int) -> str:
+    return " " * width if ratio is None else f"{ratio:{width - 1}.2f}x"
+
+
+def gpu_table(gemm: dict | None, mlp: dict | None) -> list[str]:
+    """Lines summarising the GPU figures: both timing views of the gemm, the MLP paths."""
+    lines = []
+    if gemm:
+        lines.append(
+            f"GPU GEMM {gemm.get('n')}^3 on {gemm.get('gpu')} (allow_tf32 as found: "
+            f"{gemm.get('allow_tf32')}); ms, TMAC/s, x baseline, x cuBLAS fp32, exact:"
+        )
+        names = [k[:-2] for k in gemm if k.endswith("_s") and not k.endswith("_times_s")]
+        for name in names:
+            t = gemm[f"{name}_s"]
+            vb = gemm.get(f"speedup_{name}_vs_baseline")
+            vc = gemm.get(f"speedup_{name}_vs_cublas_fp32")
+            lines.append(
+                f"  {name:32s} {t * 1e3:9.3f} {gemm[f'{name}_macs'] / 1e12:8.2f}"
+                f" {_x(vb, 9)} {_x(vc, 9)}"
+                f"  {gemm.get(f'{name}_exact', '')}"
+            )
+        lines += [f"  {k}: {v}" for k, v in gemm.items() if k.endswith("_error")]
+    if mlp:
+        n = mlp.get("n_images")
+        lines.append(f"GPU MNIST MLP (hidden {mlp.get('hidden')}), {n} images; ms, x baseline:")
+        for name, v in mlp.items():
+            if isinstance(v, dict) and "total_s" in v:
+                sp = mlp.get(f"speedup_{name}_vs_baseline")
+                stages = ", ".join(f"{k} {t * 1e3:.2f}" for k, t in v["stages_s"].items())
+                lines.append(
+                    f"  {name:22s} {v['total_s'] * 1e3:9.2f} {_x(sp, 8)}"
+                    f"  same as baseline {mlp.get(f'identical_{name}_vs_baseline', '-')}/{n},"
+                    f" as simulation {mlp.get(f'identical_{name}_vs_simulation', '-')}/{n}"
+                    f"  [{stages}]"
+                )
+            elif name.startswith("packed_predict") and name.endswith("_s"):
+                key = name[:-2]
+                lines.append(
+                    f"  {key:38s} {v * 1e3:9.2f} ms end to end, as simulation "
+                    f"{mlp.get(f'identical_{key}_vs_simulation', '-')}/{n}"
+                )
+        lines += [f"  {k}: {v}" for k, v in mlp.items() if k.endswith("_error")]
+    return lines
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -514,9 +805,24 @@ def main(argv: list[str] | None = None) -> dict:
     }
     device = res["meta"]["device"]
     out = Path(args.out or f"results/bench_{device}.json")
+
+    def save(_partial=None) -> None:  # after every figure: a later crash loses nothing
+        atomic_write(out, json.dumps(_plain(res), indent=1).encode())
+
+    res["meta"]["allow_tf32"] = torch.backends.cuda.matmul.allow_tf32
+    if "gpu" not in args.skip:  # first: the figures that need the rare machine
+        log("GPU ...")
+
+        def gpu_partial(part: dict) -> None:
+            res["gpu"] = part
+            save()
+
+        res["gpu"] = _bench_gpu(args, log, on_result=gpu_partial)
+        save()
     if "gemm" not in args.skip:
         log(f"CPU gemm, sizes {sizes} ...")
         res["gemm_cpu"] = _bench_gemm_cpu(sizes, q)
+        save()
     if "mlp" not in args.skip:
         log("MNIST MLP inference on the CPU ...")
         res["mnist_mlp_cpu"] = bench_mnist_mlp(
@@ -529,15 +835,14 @@ def main(argv: list[str] | None = None) -> dict:
             repeats=args.repeats,
             log=log,
         )
+        save()
     if "train" not in args.skip:
         res["train_step_cpu"] = []
         for h in train_hidden:
             log(f"training step ratio, hidden {h} ...")
             r = bench_train_step(h, repeats=train_repeats, warmup=2 if q else 3)
             res["train_step_cpu"].append(r)
-    if "gpu" not in args.skip:
-        log("GPU ...")
-        res["gpu"] = _bench_gpu(args, log)
+            save()
     res["meta"]["load_average_end"] = _loadavg()
     print(_table(res))
     atomic_write(out, json.dumps(_plain(res), indent=1).encode())

@@ -3,9 +3,10 @@
 :func:`bench_cpu_gemm` times ``bnnlib.kernels.xnor_gemm`` against ``torch.matmul`` in
 float32 on the CPU; :func:`bench_gpu_gemm` times the paper's GPU comparison (baseline
 kernel, cuBLAS, the paper's XNOR kernel) plus cuBLAS bf16 / int8 and our faster XNOR
-kernels. Rules (the timers of :mod:`bnnlib.timing`): data already packed and on the
-device, warm-up first, the median of ``repeats`` timings, packing timed separately, and
-every result checked for exact equality on the ±1 data. Rates are multiply-accumulates
+kernels. Rules (the timers of :mod:`bnnlib.timing`): data on the device, warm-up first,
+the median of ``repeats`` timings, the XNOR kernels timed both on pre-packed operands and
+including the packing of both operands, and every result checked for exact equality on
+the ±1 data. Rates are multiply-accumulates
 per second, M N K / time. ``python -m bnnlib.bench`` assembles these into the project's
 benchmark report.
 """
@@ -13,6 +14,7 @@ benchmark report.
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 
 import torch
 
@@ -73,77 +75,129 @@ def bench_cpu_gemm(n: int = 4096, repeats: int = 5) -> dict:
     }
 
 
-def bench_gpu_gemm(n: int = 8192, repeats: int = 5, baseline: bool = True) -> dict:
+def bench_gpu_gemm(
+    n: int = 8192,
+    repeats: int = 5,
+    baseline: bool = True,
+    on_result: Callable[[dict], None] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict:
     """The paper's 8192^3 comparison on this GPU: baseline, cuBLAS, XNOR kernels.
 
     A (n, n) and B (n, n) are ±1 float32 on the device; every kernel computes A @ B.
-    Timed (CUDA events, warm-up, median): the baseline kernel, cuBLAS float32 with TF32
-    off, cuBLAS bf16 (tensor cores; not exact: bf16 output rounding), cuBLAS int8
-    (``torch._int_mm``, exact, when available), the paper's XNOR kernel (32-bit words)
-    and ours (64-bit popcount; 1-bit tensor cores on sm_80+). Packing A (rows) and B
-    (columns) is timed separately. Raises RuntimeError when bnnlib.cuda is unavailable.
+    Timed (CUDA events, warm-up, median), each figure checked for exactness against cuBLAS
+    float32 with TF32 off (float32 sums of ±1 below 2^24 are exact):
+
+    * cuBLAS: float32 with TF32 off (``cublas_fp32``, the like-for-like float reference),
+      TF32 (``cublas_tf32``) and bf16 (``cublas_bf16``, not exact: bf16 output rounding) for
+      context, int8 (``torch._int_mm``, exact) when available;
+    * with bnnlib.cuda (PyCUDA): the paper's baseline kernel (``baseline``), the paper's XNOR
+      kernel on 32-bit words (``xnor_paper``), ours on 64-bit words (``xnor_popc``) and on the
+      1-bit tensor cores (``xnor_tensor_core``, sm_80+; it includes the two row-popcount
+      launches, ``xnor_tensor_core_kernel_only`` does not).
+
+    Two views of every XNOR kernel: on pre-packed operands (``xnor_*``), and including the
+    packing of both operands, A along its rows and B along its columns
+    (``xnor_*_with_packing``), as the paper's benchmark counts its concatenation kernels.
+    Packing alone is ``pack32_both`` / ``pack64_both``. ``fastest_xnor`` names the fastest
+    of ours. ``allow_tf32`` records torch's setting as found (restored afterwards).
+
+    Without bnnlib.cuda the cuBLAS figures are still measured and ``kernels_unavailable``
+    says why. A failing measurement is recorded as ``<name>_error`` and the rest go on.
+    ``on_result(res)`` is called after every figure (to write partial results).
     """
     from . import cuda as bc
 
-    bc.require()
     dev = torch.device("cuda")
     allow_tf32 = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        A, B = _pm1(n, n, 0, dev), _pm1(n, n, 1, dev)
-        macs = n**3
-        res: dict = {
-            "n": n,
-            "repeats": repeats,
-            "gpu": torch.cuda.get_device_name(dev),
-            "capability": list(torch.cuda.get_device_capability(dev)),
-            "torch_version": torch.__version__,
-            "cuda_version": torch.version.cuda,
-        }
-        times: dict[str, float] = {}
-        ref = torch.matmul(A, B)
+    say = log or (lambda msg: None)
+    res: dict = {
+        "n": n,
+        "repeats": repeats,
+        "gpu": torch.cuda.get_device_name(dev),
+        "capability": list(torch.cuda.get_device_capability(dev)),
+        "torch_version": torch.__version__,
+        "cuda_version": torch.version.cuda,
+        "allow_tf32": allow_tf32,
+        "timer": "CUDA events, median of repeats after one warm-up call",
+    }
+    times: dict[str, float] = {}
+    macs = n**3
 
-        def record(name, fn, check):
+    def emit():
+        if on_result is not None:
+            on_result(res)
+
+    def record(name, fn, check, tf32=False):
+        say(f"  {name} ...")
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        try:
             timed = cuda_timeit(fn, repeats)
-            t, all_t = timed["median_s"], timed["times_s"]
+            t = timed["median_s"]
             times[name] = t
             res[f"{name}_s"] = t
-            res[f"{name}_times_s"] = all_t
+            res[f"{name}_times_s"] = timed["times_s"]
             res[f"{name}_macs"] = macs / t
-            res[f"{name}_exact"] = bool(check(fn()))
+            if check is not None:
+                res[f"{name}_exact"] = bool(check(fn()))
+            say(f"  {name}: {t * 1e3:.3f} ms, {macs / t / 1e12:.2f} TMAC/s")
+        except Exception as e:  # record and go on: one failure must not lose the rest
+            res[f"{name}_error"] = f"{type(e).__name__}: {e}"
+            say(f"  {name}: FAILED {res[f'{name}_error']}")
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = False
+        emit()
 
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        A, B = _pm1(n, n, 0, dev), _pm1(n, n, 1, dev)
+        ref = torch.matmul(A, B)
         exact = lambda out: torch.equal(out.float(), ref)  # noqa: E731
-        if baseline:
-            record("baseline", lambda: bc.baseline_gemm(A, B), exact)
         record("cublas_fp32", lambda: torch.matmul(A, B), exact)
+        record("cublas_tf32", lambda: torch.matmul(A, B), exact, tf32=True)
         Ab, Bb = A.bfloat16(), B.bfloat16()
-        record("cublas_bf16", lambda: torch.matmul(Ab, Bb), exact)
+        record("cublas_bf16", lambda a=Ab, b=Bb: torch.matmul(a, b), exact)
+        del Ab, Bb
         if hasattr(torch, "_int_mm"):
             Ai, Bi = A.to(torch.int8), B.to(torch.int8)
-            try:
-                record("cublas_int8", lambda: torch._int_mm(Ai, Bi), exact)
-            except RuntimeError as e:  # shape or GPU not supported by cuBLASLt int8
-                res["cublas_int8_error"] = str(e)
+            record("cublas_int8", lambda a=Ai, b=Bi: torch._int_mm(a, b), exact)
+            del Ai, Bi
+        if not bc.available():
+            res["kernels_unavailable"] = bc.reason()
+            emit()
+            return res
+        if baseline:
+            record("baseline", lambda: bc.baseline_gemm(A, B), exact)
 
-        t_pack32 = cuda_timeit(
-            lambda: (bc.pack(A, word_bits=32, check=False), bc.pack_cols(B, 32, check=False)),
-            repeats,
-        )["median_s"]
-        t_pack64 = cuda_timeit(
-            lambda: (bc.pack(A, check=False), bc.pack_cols(B, check=False)), repeats
-        )["median_s"]
-        res["pack32_both_s"], res["pack64_both_s"] = t_pack32, t_pack64
-        a32, b32 = bc.pack(A, word_bits=32), bc.pack_cols(B, 32)
-        a64, b64 = bc.pack(A), bc.pack_cols(B)
+        def pack32():
+            return bc.pack(A, word_bits=32, check=False), bc.pack_cols(B, 32, check=False)
+
+        def pack64():
+            return bc.pack(A, check=False), bc.pack_cols(B, check=False)
+
+        record("pack32_both", pack32, None)
+        record("pack64_both", pack64, None)
+        a32, b32 = pack32()
+        a64, b64 = pack64()
         record("xnor_paper", lambda: bc.xnor_gemm(a32, b32, n), exact)
-        record("xnor_popc", lambda: bc.xnor_gemm_fast(a64, b64, n, method="popc"), exact)
+        record("xnor_paper_with_packing", lambda: bc.xnor_gemm(*pack32(), n), exact)
+        popc = lambda a, b: bc.xnor_gemm_fast(a, b, n, method="popc")  # noqa: E731
+        record("xnor_popc", lambda: popc(a64, b64), exact)
+        record("xnor_popc_with_packing", lambda: popc(*pack64()), exact)
         if tuple(res["capability"]) >= (8, 0):
-            tc = lambda: bc.xnor_gemm_fast(a64, b64, n, method="tensor_core")  # noqa: E731
-            record("xnor_tensor_core", tc, exact)
-        for name in list(times):
-            for against in ("baseline", "cublas_fp32"):
-                if against in times and name != against:
-                    res[f"speedup_{name}_vs_{against}"] = times[against] / times[name]
+            tc = lambda a, b, **kw: bc.xnor_gemm_fast(a, b, n, "tensor_core", **kw)  # noqa: E731
+            record("xnor_tensor_core", lambda: tc(a64, b64), exact)
+            counts = (bc.popcount_rows(a64), bc.popcount_rows(b64))
+            record("xnor_tensor_core_kernel_only", lambda: tc(a64, b64, popcounts=counts), exact)
+            record("xnor_tensor_core_with_packing", lambda: tc(*pack64()), exact)
+        ours = [k for k in ("xnor_popc", "xnor_tensor_core") if k in times]
+        if ours:
+            res["fastest_xnor"] = min(ours, key=times.get)
         return res
     finally:
         torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+        for name in list(times):
+            for against in ("baseline", "cublas_fp32"):
+                if against in times and name != against and not name.startswith("pack"):
+                    res[f"speedup_{name}_vs_{against}"] = times[against] / times[name]
+        emit()

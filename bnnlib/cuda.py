@@ -42,6 +42,7 @@ from .kernels.packing import check_pm1, num_words, words_as_int64
 
 __all__ = [
     "available",
+    "close",
     "reason",
     "require",
     "source_dir",
@@ -144,17 +145,34 @@ class _PyCudaBackend:
         self._drv = drv
         self._ctx = drv.Device(self.device.index).retain_primary_context()
         self._ctx.push()
-        atexit.register(self._close)
+        self._closed = False
         self._modules: dict = {}
         self._functions: dict = {}
+        atexit.register(self._close)
 
     def _close(self) -> None:
+        """Unload the modules and pop every PyCUDA context this thread pushed.
+
+        PyCUDA aborts the process at exit (code 134, "context stack was not empty upon
+        module cleanup") when a context is left on its stack; torch's own context handling
+        is not on that stack, so popping until PyCUDA refuses leaves torch untouched.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._functions.clear()
+        self._modules.clear()  # unload while our context is still current
         try:
-            self._ctx.pop()
+            for _ in range(16):  # normally one push; bounded in case of a foreign push
+                self._drv.Context.pop()
+        except Exception:  # PyCUDA's stack is empty (or, at shutdown, CUDA is gone)
+            pass
+        self._ctx = None
+        try:
             from pycuda.tools import clear_context_caches
 
             clear_context_caches()
-        except Exception:  # interpreter shutdown: the context may already be gone
+        except Exception:
             pass
 
     def function(self, name: str):
@@ -185,6 +203,18 @@ class _PyCudaBackend:
 
 _BACKEND = None
 _OVERRIDE = None  # tests put a host-emulation backend here
+
+
+def close() -> None:
+    """Release the PyCUDA side (modules, the pushed context); the next kernel call reopens it.
+
+    Runs by itself at exit; call it explicitly before ``os._exit`` or from a long-lived
+    process that is done with the kernels. torch's CUDA context is left as it is.
+    """
+    global _BACKEND
+    if _BACKEND is not None:
+        _BACKEND._close()
+        _BACKEND = None
 
 
 def _backend():
@@ -314,14 +344,21 @@ def _method(method: str, be) -> str:
 
 
 def xnor_gemm_fast(
-    a_packed: torch.Tensor, b_packed: torch.Tensor, k: int, method: str = "auto"
+    a_packed: torch.Tensor,
+    b_packed: torch.Tensor,
+    k: int,
+    method: str = "auto",
+    popcounts: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Our faster XNOR kernels: int32 (M, N) = A_pm1 @ B_pm1.T from 64-bit words.
 
     ``a_packed`` (M, W), ``b_packed`` (N, W): int64 words, W = ceil(k / 64) (int32 words
     from ``word_bits=32`` packing are converted). ``method``: "popc" (register-tiled XOR +
     __popcll), "tensor_core" (1-bit MMA with AND-popc, sm_80+), "auto" (tensor cores when
-    the GPU has them).
+    the GPU has them). The tensor-core kernel also needs the 1-bit counts of every row of
+    both operands (two :func:`popcount_rows` launches); ``popcounts=(pa, pb)`` passes them
+    precomputed (int32 (M,) and (N,), e.g. for weights that do not change, or to time the
+    product alone).
     """
     be = _backend()
     a = _operand(a_packed, "a_packed", (torch.int64, torch.int32), 2, be.device)
@@ -351,7 +388,15 @@ def xnor_gemm_fast(
             k,
         )
     else:
-        pa, pb = popcount_rows(a), popcount_rows(b)
+        if popcounts is None:
+            pa, pb = popcount_rows(a), popcount_rows(b)
+        else:
+            pa = _operand(popcounts[0], "popcounts[0]", (torch.int32,), 1, be.device)
+            pb = _operand(popcounts[1], "popcounts[1]", (torch.int32,), 1, be.device)
+            if pa.shape[0] != M or pb.shape[0] != N:
+                raise ValueError(
+                    f"popcounts need {M} and {N} entries, got {pa.shape[0]} and {pb.shape[0]}"
+                )
         args = (a.data_ptr(), b.data_ptr(), pa.data_ptr(), pb.data_ptr(), C.data_ptr(), M, N, W, k)
         be.launch("xnor_gemm_tc", grid, (128, 1, 1), *args)
     return C

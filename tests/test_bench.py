@@ -45,3 +45,66 @@ def test_bench_quick_smoke(tmp_path, monkeypatch):
     if not torch.cuda.is_available():
         assert "skipped" in saved["gpu"]
     assert res["mnist_mlp_cpu"]["identical_packed_vs_simulation"] == 300
+
+
+class _CpuStandIns:
+    """bnnlib.cuda's functions computed on the CPU (checks the GPU MLP paths' own logic)."""
+
+    @staticmethod
+    def available():
+        return True
+
+    @staticmethod
+    def baseline_gemm(a, b):
+        return a @ b
+
+    @staticmethod
+    def pack(x, dim=-1, word_bits=64, check=True):
+        from bnnlib import kernels
+
+        return kernels.pack(x.float(), dim=dim, word_bits=word_bits)
+
+    @staticmethod
+    def xnor_gemm(a, b, k):
+        from bnnlib import kernels
+
+        return kernels.xnor_gemm(a, b, k)
+
+    @staticmethod
+    def xnor_gemm_fast(a, b, k, method="auto"):
+        from bnnlib import kernels
+
+        return kernels.xnor_gemm(a, b, k)
+
+
+def test_gpu_mlp_paths_on_cpu_stand_ins(monkeypatch):
+    """The staged GPU MLP paths (baseline kernel everywhere vs packed XNOR from layer 2, and the
+    bit-plane first layer) run on CPU stand-ins: the XNOR paths predict exactly as the baseline
+    path, and agree with the float simulation."""
+    from bnnlib import inference
+    from bnnlib.models import mnist_mlp
+
+    monkeypatch.setattr(bench, "bcuda", _CpuStandIns)
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 256, (300, 784), generator=g, dtype=torch.uint8)
+    net = bench.calibrate_batchnorm(mnist_mlp(hidden=96, depth=3), x, batch=100)
+    xs = x.float() * (2 / 255) - 1
+
+    def run(stages, h):
+        with torch.no_grad():
+            for _, fn in stages:
+                h = fn(h)
+        return h.argmax(1)
+
+    base = run(bench._stages_float(net, _CpuStandIns.baseline_gemm), xs)
+    assert [n for n, _ in bench._stages_float(net, torch.matmul)] == [
+        f"layer{i}" for i in (1, 2, 3, 4)
+    ]
+    for kernel in ("paper", "fast"):
+        stages = bench._stages_xnor(net, kernel, "baseline")
+        assert torch.equal(run(stages, xs), base), kernel
+    planes = run(bench._stages_xnor(net, "fast", "bitplanes"), x)
+    sim = inference.simulate(net, x)
+    assert (planes == sim).float().mean() >= 0.99
+    assert (base == sim).float().mean() >= 0.99
