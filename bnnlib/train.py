@@ -58,6 +58,18 @@ optimizer, scheduler, best-validation weights, history and all RNG states, so
 uninterrupted run. Checkpoints load with ``torch.load(weights_only=True)``:
 tensors and plain containers only, never arbitrary pickles.
 
+Safety. ``resume=True`` needs the checkpoint, and refuses one whose run
+configuration differs (:func:`config_differences`: every setting that changes
+the result, each differing one named; settings missing from an older
+checkpoint count as their defaults, :data:`CONFIG_DEFAULTS`) or whose model has
+other parameter shapes. A checkpoint carries the SHA-256 of its contents
+(``sha256``: every tensor's dtype, shape and bytes, every key and value, in
+order), checked on load: a damaged file gives :class:`CheckpointError`.
+Checkpoints of format 1, written before the checksum, have none and still load
+unchecked. A non-finite training loss stops the run with
+:class:`NonFiniteLossError` before that epoch is recorded, so the checkpoint
+and history keep the last good epoch.
+
 Several processes. ``torchrun --nproc_per_node=N -m bnnlib.train ...`` runs
 DistributedDataParallel (gloo on CPU, nccl on GPU, detected from
 ``WORLD_SIZE``). Each rank takes its contiguous slice of every global batch of
@@ -75,11 +87,13 @@ Command line: ``python -m bnnlib.train --model mnist_mlp --epochs 10``, in
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import math
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -97,8 +111,24 @@ from .optim import Adam, ShiftAdaMax, exponential_lr, step_lr
 __all__ = ["History", "fit", "evaluate", "predict", "make_optimizer", "atomic_save"]
 __all__ += ["shift_adamax_foreach", "fast_step"]
 __all__ += ["load_checkpoint", "PAPER_DEFAULTS", "main"]  # noqa: F822 (see __getattr__)
+__all__ += ["CheckpointError", "RunConfigError", "NonFiniteLossError"]
+__all__ += ["config_differences", "run_config", "CONFIG_DEFAULTS"]
 
-CHECKPOINT_FORMAT = 1
+#: 2: with the ``sha256`` of the contents (format 1, without, still loads).
+CHECKPOINT_FORMAT = 2
+_READABLE_FORMATS = (1, 2)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: unreadable, not ours, or damaged."""
+
+
+class RunConfigError(ValueError):
+    """A checkpoint of another run configuration than the one asked to resume."""
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss of an epoch is NaN or infinite: the run stops there."""
 
 
 # --------------------------------------------------------------------------- History
@@ -183,17 +213,64 @@ def atomic_save(obj, path: str | os.PathLike) -> None:
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
+def _digest(obj) -> str:
+    """SHA-256 of a checkpoint's contents: keys, values, tensors' dtype, shape and bytes,
+    in order (the same after a ``torch.save``/``torch.load`` round trip)."""
+    h = hashlib.sha256()
+
+    def feed(x) -> None:
+        if isinstance(x, torch.Tensor):
+            t = x.detach().to("cpu").contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)};".encode())
+            if t.numel():
+                h.update(t.reshape(-1).view(torch.uint8).numpy().data)
+        elif isinstance(x, Mapping):
+            h.update(f"M{len(x)};".encode())
+            for k, v in x.items():
+                feed(k)
+                feed(v)
+        elif isinstance(x, (list, tuple)):
+            h.update(f"{'L' if isinstance(x, list) else 'U'}{len(x)};".encode())
+            for v in x:
+                feed(v)
+        elif isinstance(x, str):
+            b = x.encode()
+            h.update(f"S{len(b)};".encode() + b)
+        elif isinstance(x, (bytes, bytearray)):
+            h.update(f"B{len(x)};".encode() + bytes(x))
+        else:  # None, bool, int, float (repr is exact), torch.dtype ...
+            h.update(f"{type(x).__name__}:{x!r};".encode())
+
+    feed(obj)
+    return h.hexdigest()
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Load a checkpoint with ``weights_only=True`` (tensors and plain containers only)."""
+    """Load a checkpoint with ``weights_only=True`` (tensors and plain containers only)
+    and check its SHA-256 (format 2; format 1, older, has none and loads unchecked)."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ValueError(
-            f"{path}: not a readable bnnlib checkpoint ({type(e).__name__}: {e}); "
-            "delete it or choose another --out folder"
+        raise CheckpointError(
+            f"{path}: not a readable bnnlib checkpoint, damaged or of another kind "
+            f"({type(e).__name__}: {e}); delete it or choose another --out folder"
         ) from e
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a bnnlib checkpoint (format {CHECKPOINT_FORMAT})")
+    if not isinstance(ckpt, dict) or ckpt.get("format") not in _READABLE_FORMATS:
+        raise CheckpointError(f"{path}: not a bnnlib checkpoint (format {CHECKPOINT_FORMAT})")
+    if ckpt["format"] >= 2:
+        recorded = ckpt.get("sha256")
+        if not isinstance(recorded, str):
+            raise CheckpointError(
+                f"{path}: damaged checkpoint: no checksum (format {ckpt['format']} has one); "
+                "restore it from a copy, or start again with --overwrite"
+            )
+        actual = _digest({k: v for k, v in ckpt.items() if k != "sha256"})
+        if actual != recorded:
+            raise CheckpointError(
+                f"{path}: damaged checkpoint: the SHA-256 of its contents ({actual[:16]}...) "
+                f"is not the one written with it ({recorded[:16]}...); restore it from a "
+                "copy, or start again with --overwrite"
+            )
     return ckpt
 
 
@@ -448,19 +525,49 @@ def _train_epoch(model, opt, X, Y, T, perm, batch_size, rank, world, bar, fast=F
     return loss_sum, errors, steps * batch_size
 
 
-def _check_resume(ckpt: dict, config: dict, path) -> None:
-    keys = (
-        "num_epochs", "batch_size", "lr_start", "lr_end", "lr_halve_every", "optimizer",
-        "glorot_scale", "seed", "world_size",
-    )  # fmt: skip
-    diff = {
-        k: (ckpt["config"].get(k), config[k]) for k in keys if ckpt["config"].get(k) != config[k]
-    }
+#: Settings recorded for the record only: they may change when a run is resumed.
+NOT_COMPARED = ("argv", "hardware", "data", "fast")
+#: The values of settings that older checkpoints did not record (the CLI's defaults then).
+CONFIG_DEFAULTS = {"depth": 3, "width": 1.0, "float": False}
+_MISSING = "<not recorded>"
+
+
+def config_differences(saved: dict, now: dict) -> dict[str, tuple]:
+    """``{setting: (saved value, value now)}`` for every setting of a run's configuration
+    that differs, but those in :data:`NOT_COMPARED`; a setting missing on one side counts
+    as its :data:`CONFIG_DEFAULTS` value (settings added after ``saved`` was written)."""
+    diff = {}
+    for k in dict.fromkeys([*saved, *now]):
+        if k in NOT_COMPARED:
+            continue
+        a = saved.get(k, CONFIG_DEFAULTS.get(k, _MISSING))
+        b = now.get(k, CONFIG_DEFAULTS.get(k, _MISSING))
+        if a != b:
+            diff[k] = (a, b)
+    return diff
+
+
+def _check_resume(ckpt: dict, config: dict, net: nn.Module, path) -> None:
+    """Refuse a checkpoint of another run configuration, or of another model's shapes."""
+    diff = config_differences(ckpt["config"], config)
     if diff:
         shown = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
-        raise ValueError(
+        raise RunConfigError(
             f"{path}: cannot resume with different settings ({shown}); "
-            "resume with the same settings or start a new run in another folder"
+            "resume with the same settings, or start a new run in another folder "
+            "(or replace this one with --overwrite)"
+        )
+    saved = {k: tuple(v.shape) for k, v in ckpt["model"].items()}
+    mine = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    if saved != mine:
+        shown = [
+            f"{k}: checkpoint {saved.get(k, 'none')} vs now {mine.get(k, 'none')}"
+            for k in dict.fromkeys([*saved, *mine])
+            if saved.get(k) != mine.get(k)
+        ]
+        raise RunConfigError(
+            f"{path}: cannot resume: the checkpoint holds another model "
+            f"({', '.join(shown[:5])}{', ...' if len(shown) > 5 else ''})"
         )
 
 
@@ -504,9 +611,20 @@ class _Run:
     fast: bool = False  # the fast path's optimizer step (module docstring)
 
 
-def _check_fit(num_epochs: int, batch_size: int, n_train: int, world: int) -> None:
-    if num_epochs < 1:
-        raise ValueError(f"num_epochs must be >= 1, got {num_epochs}")
+def _positive(name: str, value, integer: bool = False) -> None:
+    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if not ok or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+        kind = "a positive integer" if integer else "a finite number > 0"
+        raise ValueError(f"{name} must be {kind}, got {value!r}")
+
+
+def _check_fit(num_epochs: int, batch_size: int, n_train: int, world: int, **more) -> None:
+    """The recipe's numbers, checked before anything starts (``more``: optional ones)."""
+    _positive("num_epochs", num_epochs, integer=True)
+    _positive("batch_size", batch_size, integer=True)
+    for name, value in more.items():
+        if value is not None:
+            _positive(name, value, integer=name in ("lr_halve_every", "eval_batch_size"))
     if n_train < batch_size:
         raise ValueError(f"the training set ({n_train}) is smaller than one batch ({batch_size})")
     if batch_size % world:
@@ -529,7 +647,7 @@ def _start(net: nn.Module, config: dict, device: torch.device, rank: int, world:
 def _restore(run: _Run, path: Path) -> None:
     """Continue ``run`` from the checkpoint at ``path``, refused if the settings differ."""
     ckpt = load_checkpoint(path)
-    _check_resume(ckpt, run.config, path)
+    _check_resume(ckpt, run.config, run.net, path)
     run.net.load_state_dict(ckpt["model"])
     run.opt.load_state_dict(ckpt["optimizer"])
     run.scheduler.load_state_dict(ckpt["scheduler"])
@@ -551,7 +669,10 @@ def _parallel(net: nn.Module, device: torch.device, world: int) -> nn.Module:
 
 def _run_epoch(run: _Run, data: _Data, batch_size: int, bar, t0: float) -> tuple[float, ...]:
     """Shuffle, train one epoch, step the LR schedule; returns the mean loss, the train
-    error, the epoch's base LR and the seconds of training since ``t0``."""
+    error, the epoch's base LR and the seconds of training since ``t0``.
+
+    A non-finite mean loss raises :class:`NonFiniteLossError` (nothing of the epoch is
+    recorded or saved: the checkpoint keeps the last good epoch)."""
     perm = torch.randperm(len(data.Y), generator=run.shuffle).to(run.device)
     lr = _base_lr(run.opt)
     loss_sum, errors, n = _train_epoch(
@@ -560,6 +681,13 @@ def _run_epoch(run: _Run, data: _Data, batch_size: int, bar, t0: float) -> tuple
     )  # fmt: skip
     loss, train_error = loss_sum.item() / n, errors.item() / n  # the epoch's one sync
     bar.close()
+    if not math.isfinite(loss):
+        epoch = len(run.history.epochs) + 1
+        raise NonFiniteLossError(
+            f"epoch {epoch}: the training loss is {loss}: the run diverged (too high a "
+            f"learning rate? lr {lr:g}); stopped, nothing of epoch {epoch} saved: the "
+            f"checkpoint and history keep epoch {epoch - 1}"
+        )
     t_train = time.perf_counter() - t0
     run.scheduler.step()
     return loss, train_error, lr, t_train
@@ -599,6 +727,7 @@ def _save_checkpoint(run: _Run, epoch: int, checkpoint: Path | None, history_pat
             "scheduler": run.scheduler.state_dict(), "best_model": run.best_state,
             "history": run.history.to_dict(), "shuffle": run.shuffle.get_state(), "rng": rngs,
         }  # fmt: skip
+        state["sha256"] = _digest(state)  # checked by load_checkpoint
         atomic_save(state, checkpoint)
     if history_path is not None:
         run.history.to_json(history_path)
@@ -673,9 +802,12 @@ def fit(
     After every epoch: evaluate on ``val`` and ``test``, keep the best-validation
     weights (``history.best_epoch``; the net keeps its *final* weights), write
     ``history_path`` (JSON) and ``checkpoint`` (atomic), then call
-    ``callback(history)``. ``resume=True`` continues from ``checkpoint`` if it
-    exists, with the same settings. ``lr_halve_every=N`` replaces the exponential
-    decay by Torch7's halving every N epochs (``lr_end`` is then unused).
+    ``callback(history)``. ``resume=True`` continues from ``checkpoint``, with the
+    same settings: no checkpoint is an error (``FileNotFoundError``), and so is one of
+    another configuration (:class:`RunConfigError`, naming each differing setting).
+    ``lr_halve_every=N`` replaces the exponential decay by Torch7's halving every N
+    epochs (``lr_end`` is then unused). A non-finite epoch loss raises
+    :class:`NonFiniteLossError` (the checkpoint keeps the last good epoch).
     ``max_time`` (seconds) stops cleanly at the end of the epoch after which
     another one would not fit, and says so in ``history.stopped``; a resumed
     run gets the time again. Under ``torchrun`` the process group must be
@@ -688,24 +820,28 @@ def fit(
     """
     rank, world = _dist()
     device = _device(device)
-    _check_fit(num_epochs, batch_size, len(train), world)
+    _check_fit(
+        num_epochs, batch_size, len(train), world, lr_start=lr_start, lr_end=lr_end,
+        lr_halve_every=lr_halve_every, max_time=max_time, eval_batch_size=eval_batch_size,
+    )  # fmt: skip
+    checkpoint = Path(checkpoint) if checkpoint is not None else None
+    if resume and checkpoint is None:
+        raise ValueError("resume=True needs a checkpoint path")
+    if resume and not checkpoint.exists():
+        raise FileNotFoundError(f"{checkpoint}: no checkpoint: nothing to resume")
     fast = device.type == "cuda" if fast is None else bool(fast)
     if eval_batch_size is None:
         eval_batch_size = FAST_EVAL_BATCH if fast else 1000
     if fast and device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    config = {
-        "num_epochs": num_epochs, "batch_size": batch_size, "lr_start": lr_start,
-        "lr_end": lr_end, "optimizer": optimizer, "glorot_scale": glorot_scale,
-        "lr_halve_every": lr_halve_every, "seed": seed, "world_size": world,
-        "dataset": train.name, "n_train": len(train),
-        "n_val": len(val) if val is not None else 0,
-        "n_test": len(test) if test is not None else 0, "fast": fast, **(meta or {}),
-    }  # fmt: skip
+    config = run_config(
+        train, val, test, num_epochs=num_epochs, batch_size=batch_size, lr_start=lr_start,
+        lr_end=lr_end, optimizer=optimizer, glorot_scale=glorot_scale,
+        lr_halve_every=lr_halve_every, seed=seed, world_size=world, fast=fast, meta=meta,
+    )  # fmt: skip
     run = _start(net, config, device, rank, world)
     run.fast = fast
-    checkpoint = Path(checkpoint) if checkpoint is not None else None
-    if resume and checkpoint is not None and checkpoint.exists():
+    if resume:
         _restore(run, checkpoint)
     run.model = _parallel(net, device, world)
     data = _Data.on(device, train, val, test)
@@ -728,6 +864,22 @@ def fit(
     log.bar.close()
     run.history.best_state = run.best_state
     return run.history
+
+
+def run_config(
+    train, val, test, *, num_epochs, batch_size, lr_start, lr_end, optimizer, glorot_scale,
+    lr_halve_every, seed, world_size=1, fast=False, meta=None, **_ignored,
+) -> dict:  # fmt: skip
+    """The run configuration :func:`fit` records (``history.config``, the checkpoint's) and
+    compares on resume (:func:`config_differences`); ``meta``'s entries are added."""
+    return {
+        "num_epochs": num_epochs, "batch_size": batch_size, "lr_start": lr_start,
+        "lr_end": lr_end, "optimizer": optimizer, "glorot_scale": glorot_scale,
+        "lr_halve_every": lr_halve_every, "seed": seed, "world_size": world_size,
+        "dataset": train.name, "n_train": len(train),
+        "n_val": len(val) if val is not None else 0,
+        "n_test": len(test) if test is not None else 0, "fast": fast, **(meta or {}),
+    }  # fmt: skip
 
 
 # ------------------------------------------------------------------ the command line

@@ -26,13 +26,30 @@ LR 3e-3 -> 3e-5, no hidden dropout (short recipe)  1.92%
 ``--recipe paper`` (or ``--lr-end``/``--dropout-hidden``) restores the paper's
 values for any length. The short recipe was tuned on the MLP only; for the
 ConvNets it changes just the LR end.
+
+The run folder (``--out``). A folder that holds a run (``checkpoint.pt`` or
+``history.json``) is refused unless ``--resume`` (continue it: every setting
+that matters must be the same, :func:`bnnlib.train.config_differences`) or
+``--overwrite`` (remove that run's files and start again); ``--resume`` needs
+the checkpoint. While a run uses the folder it holds ``--out/.lock`` (its PID and
+host, created exclusively, removed at exit): a second run on the folder is
+refused; a lock left by a process that no longer runs (SIGKILL, a power cut) is
+taken over with a message. The folder is created and the lock written before
+any data are loaded, so an unwritable ``--out`` fails at once; temporary files
+of an interrupted write (``.checkpoint.pt.*.tmp`` ...) are removed then.
+Numbers are checked as they are parsed (a batch size, hidden units, epochs: >= 1;
+learning rates, width, time limit: finite and > 0; dropout in [0, 1)).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
 import os
+import platform
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -44,7 +61,10 @@ from . import models, paper
 from .machine import hardware, retain_freed_memory
 from .train import (
     OPTIMIZERS,
+    CheckpointError,
     History,
+    NonFiniteLossError,
+    RunConfigError,
     _cpu_state,
     _device,
     _dist,
@@ -87,6 +107,45 @@ PRESETS = {
 }  # fmt: skip
 
 
+# ------------------------------------------------------------------ checked numbers
+
+
+def _number(text: str, integer: bool) -> float | int:
+    try:
+        return int(text) if integer else float(text)
+    except ValueError:
+        kind = "an integer" if integer else "a number"
+        raise argparse.ArgumentTypeError(f"must be {kind}, got {text!r}") from None
+
+
+def _positive_int(text: str) -> int:
+    value = _number(text, True)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
+def _nonnegative_int(text: str) -> int:
+    value = _number(text, True)
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _number(text, False)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = _number(text, False)
+    if not 0 <= value < 1:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1), got {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bnnlib.train",
@@ -102,17 +161,21 @@ def _parser() -> argparse.ArgumentParser:
         "(default: mnist for mnist_mlp, cifar10 for cifar10_convnet, svhn for svhn_convnet)",
     )
     p.add_argument("--data-root", help=f"data folder (default: ${bdata.ENV_VAR}, else ~/.cache)")
-    p.add_argument("--hidden", type=int, help="MLP hidden units (paper: 4096)")
-    p.add_argument("--depth", type=int, default=3, help="MLP hidden layers (paper: 3)")
-    p.add_argument("--dropout-in", type=float, help="MLP input dropout (paper: 0.2)")
+    p.add_argument("--hidden", type=_positive_int, help="MLP hidden units (paper: 4096)")
+    p.add_argument("--depth", type=_nonnegative_int, default=3, help="MLP hidden layers (paper: 3)")
+    p.add_argument("--dropout-in", type=_fraction, help="MLP input dropout (paper: 0.2)")
     p.add_argument(
-        "--dropout-hidden", type=float, help="MLP hidden dropout (paper: 0.5; see --recipe)"
+        "--dropout-hidden", type=_fraction, help="MLP hidden dropout (paper: 0.5; see --recipe)"
     )
-    p.add_argument("--width", type=float, default=1.0, help="ConvNet width multiplier")
-    p.add_argument("--epochs", type=int, help="number of epochs (default: the paper's)")
-    p.add_argument("--batch-size", type=int, help="global mini-batch size (default: the paper's)")
-    p.add_argument("--lr-start", type=float, help="first epoch's LR (default: the paper's)")
-    p.add_argument("--lr-end", type=float, help="LR after the last epoch (see --recipe)")
+    p.add_argument("--width", type=_positive_float, default=1.0, help="ConvNet width multiplier")
+    p.add_argument("--epochs", type=_positive_int, help="number of epochs (default: the paper's)")
+    p.add_argument(
+        "--batch-size", type=_positive_int, help="global mini-batch size (default: the paper's)"
+    )
+    p.add_argument(
+        "--lr-start", type=_positive_float, help="first epoch's LR (default: the paper's)"
+    )
+    p.add_argument("--lr-end", type=_positive_float, help="LR after the last epoch (see --recipe)")
     p.add_argument(
         "--recipe",
         choices=("auto", "paper", "short"),
@@ -133,8 +196,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--optimizer", choices=OPTIMIZERS, help="default: adam")
     p.add_argument("--batchnorm", choices=("standard", "shift"), help="default: standard")
     p.add_argument(
-        "--lr-halve-every", type=int, help="halve the LR every N epochs (Torch7) instead of "
-        "the exponential decay",
+        "--lr-halve-every", type=_positive_int,
+        help="halve the LR every N epochs (Torch7) instead of the exponential decay",
     )  # fmt: skip
     p.add_argument(
         "--stochastic", action="store_true", help="stochastic binarization of both the "
@@ -149,7 +212,7 @@ def _parser() -> argparse.ArgumentParser:
         help="stochastic binarization of the weights (training only)",
     )  # fmt: skip
     p.add_argument(
-        "--max-time", type=float, help="seconds; stop cleanly at the last epoch boundary "
+        "--max-time", type=_positive_float, help="seconds; stop cleanly at the last epoch boundary "
         "that fits (history.json says so)",
     )  # fmt: skip
     p.add_argument("--float", action="store_true", help="train the float twin (no binarization)")
@@ -158,15 +221,24 @@ def _parser() -> argparse.ArgumentParser:
         "optimizer step and clipping, evaluation in batches of 10,000; the same parameters "
         "(default: on with a GPU)",
     )  # fmt: skip
-    p.add_argument("--eval-batch-size", type=int, help="default: 1000 (10,000 with --fast)")
     p.add_argument(
-        "--train-size", type=int, help="train on the first N training images only (a reduced "
-        "run, labelled so in the history's data line)",
+        "--eval-batch-size", type=_positive_int, help="default: 1000 (10,000 with --fast)"
+    )
+    p.add_argument(
+        "--train-size", type=_positive_int, help="train on the first N training images only "
+        "(a reduced run, labelled so in the history's data line)",
     )  # fmt: skip
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_nonnegative_int, default=0)
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--out", help="folder for history.json, checkpoint.pt, model.pt, best_model.pt")
-    p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in --out (its checkpoint.pt), "
+        "with the same settings",
+    )  # fmt: skip
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace the run in --out: its checkpoint, "
+        "history and models are removed first (without it, a folder holding a run is refused)",
+    )  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bars or epoch lines")
     return p
 
@@ -257,6 +329,127 @@ def _describe(st: dict, dataset: str) -> str:
     )
 
 
+# ------------------------------------------------------------------ the run folder
+
+#: The files of a run in --out (the first two mark a folder as holding one).
+RUN_FILES = ("checkpoint.pt", "history.json", "model.pt", "best_model.pt")
+LOCK = ".lock"
+
+
+def _fail(parser: argparse.ArgumentParser, message: str, status: int = 2):
+    """Exit with ``prog: error: message`` (no usage text: the flags were fine)."""
+    parser.exit(status, f"{parser.prog}: error: {message}\n")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _lock_holder(path: Path) -> tuple[int | None, str]:
+    """(PID, host) written in a lock file; PID None if unreadable."""
+    words = path.read_text(errors="replace").split()
+    try:
+        return int(words[0]), (words[1] if len(words) > 1 else "")
+    except (IndexError, ValueError):
+        return None, ""
+
+
+def _take_lock(parser, out: Path) -> Path:
+    """Create ``out/.lock`` exclusively with this process's PID and host, or exit."""
+    path, host = out / LOCK, platform.node()
+    for _ in range(5):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            try:
+                pid, holder_host = _lock_holder(path)
+                age = time.time() - path.stat().st_mtime
+            except FileNotFoundError:  # released meanwhile
+                continue
+            if pid is None and age < 10:
+                _fail(parser, f"{out} is being claimed by another run ({path}); try again")
+            if pid is not None and holder_host not in ("", host):
+                _fail(
+                    parser, f"{out} is in use by process {pid} on {holder_host} ({path}); if no "
+                    "run uses the folder any more, delete the lock file",
+                )  # fmt: skip
+            if pid is not None and _alive(pid):
+                _fail(
+                    parser, f"{out} is in use by process {pid} ({path}): another run trains "
+                    "in this folder; wait for it to end, or choose another --out",
+                )  # fmt: skip
+            print(
+                f"{path}: taking over the stale lock of process {pid}, which no longer runs",
+                file=sys.stderr, flush=True,
+            )  # fmt: skip
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            continue
+        except OSError as e:
+            _fail(parser, f"cannot write to --out {out}: {e.strerror or e}")
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()} {host}\n")
+        return path
+    _fail(parser, f"{out}: could not take the lock {path}; try again")
+
+
+def _claim_run_folder(parser, out: Path, resume: bool, overwrite: bool) -> Path:
+    """Create ``out``, take its lock, check it against --resume/--overwrite and clean it.
+
+    Returns the lock file (removed by the caller at exit)."""
+    if resume and overwrite:
+        _fail(parser, "--resume continues the run in --out, --overwrite replaces it: not both")
+    no_checkpoint = (
+        f"--resume: {out} holds no checkpoint.pt: nothing to resume; start a new run "
+        "without --resume"
+    )
+    if resume and not (out / "checkpoint.pt").exists():  # before creating anything
+        _fail(parser, no_checkpoint)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        _fail(parser, f"cannot write to --out {out}: {e.strerror or e}")
+    lock = _take_lock(parser, out)
+    try:
+        held = [n for n in RUN_FILES[:2] if (out / n).exists()]
+        if resume and not (out / "checkpoint.pt").exists():  # removed meanwhile
+            _fail(parser, no_checkpoint)
+        if held and not (resume or overwrite):
+            _fail(
+                parser, f"{out} holds a run ({', '.join(held)}): continue it with --resume, "
+                "replace it with --overwrite, or choose another --out",
+            )  # fmt: skip
+        if overwrite:
+            gone = [n for n in RUN_FILES if (out / n).exists()]
+            for name in gone:
+                (out / name).unlink()
+            if gone:
+                print(f"--overwrite: removed {', '.join(gone)} from {out}", file=sys.stderr)
+        for name in RUN_FILES:  # atomic_write's temporaries, left by a killed process
+            for tmp in out.glob(f".{name}.*.tmp"):
+                tmp.unlink()
+                print(
+                    f"{out}: removed a stale temporary file {tmp.name} (an interrupted write)",
+                    file=sys.stderr,
+                )  # fmt: skip
+    except BaseException:
+        _release(lock)
+        raise
+    return lock
+
+
+def _release(lock: Path | None) -> None:
+    if lock is not None:
+        with contextlib.suppress(FileNotFoundError):
+            lock.unlink()
+
+
 def _init_distributed(args) -> tuple[int, torch.device]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     device = _device(args.device)
@@ -274,10 +467,22 @@ def main(argv: list[str] | None = None) -> History:
     args = parser.parse_args(argv)
     if args.resume and not args.out:
         parser.error("--resume needs --out (the folder that holds checkpoint.pt)")
+    if args.overwrite and not args.out:
+        parser.error("--overwrite needs --out")
     try:
         st = resolve_settings(args)
     except ValueError as e:
         parser.error(str(e))
+    lock = None  # rank 0 owns the run folder (the only rank that writes)
+    if args.out and int(os.environ.get("RANK", "0")) == 0:
+        lock = _claim_run_folder(parser, Path(args.out), args.resume, args.overwrite)
+    try:
+        return _main(parser, args, st, argv)
+    finally:
+        _release(lock)
+
+
+def _main(parser, args, st: dict, argv) -> History:
     retain_freed_memory()  # glibc keeps big freed blocks: about 2x faster CPU steps
     world, device = _init_distributed(args)
     try:
@@ -298,19 +503,25 @@ def main(argv: list[str] | None = None) -> History:
         meta_keys += ("stochastic_activations", "stochastic_weights")
         meta = {k: st[k] for k in meta_keys}
         meta["dropout_hidden"] = st["dropout_hidden"] if st["model"] == "mnist_mlp" else None
+        meta.update(depth=args.depth, width=args.width, float=args.float)
         meta["argv"] = list(sys.argv[1:] if argv is None else argv)
         meta["hardware"] = hardware(device)
         meta["data"] = bdata.describe_splits(train, val, test)
-        history = fit(
-            net, train, val, test,
-            num_epochs=st["epochs"], batch_size=st["batch_size"], lr_start=st["lr_start"],
-            lr_end=st["lr_end"], optimizer=st["optimizer"], glorot_scale=st["glorot_scale"],
-            lr_halve_every=st["lr_halve_every"], max_time=args.max_time, seed=args.seed,
-            device=device, checkpoint=out / "checkpoint.pt" if out else None,
-            resume=args.resume, history_path=out / "history.json" if out else None,
-            progress=not args.no_progress, meta=meta, fast=args.fast,
-            eval_batch_size=args.eval_batch_size,
-        )  # fmt: skip
+        try:
+            history = fit(
+                net, train, val, test,
+                num_epochs=st["epochs"], batch_size=st["batch_size"], lr_start=st["lr_start"],
+                lr_end=st["lr_end"], optimizer=st["optimizer"], glorot_scale=st["glorot_scale"],
+                lr_halve_every=st["lr_halve_every"], max_time=args.max_time, seed=args.seed,
+                device=device, checkpoint=out / "checkpoint.pt" if out else None,
+                resume=args.resume, history_path=out / "history.json" if out else None,
+                progress=not args.no_progress, meta=meta, fast=args.fast,
+                eval_batch_size=args.eval_batch_size,
+            )  # fmt: skip
+        except (RunConfigError, CheckpointError) as e:
+            _fail(parser, str(e))
+        except NonFiniteLossError as e:
+            _fail(parser, str(e), status=1)
         if _dist()[0] == 0:
             if out is not None:
                 atomic_save(_cpu_state(net), out / "model.pt")
