@@ -3,6 +3,7 @@
 ::
 
     python -m bnnlib.book [--profile small|full|tests] [--only 01 [--only 03]] [--out build/book]
+                          [--timeout SECONDS]
 
 For each ``book/NN_*.ipynb``, in order:
 
@@ -16,9 +17,16 @@ For each ``book/NN_*.ipynb``, in order:
    directory being ``book/``, ``BNN_RECORD_FILE`` pointing at
    ``<out>/records/<notebook>.json`` (see :mod:`bnnlib.record`) and
    ``BNN_DATA_DIR`` made absolute. The executed copy is ``<out>/<notebook>.ipynb``.
-   A failing cell stops the run, naming the notebook and the cell.
+   A failing cell stops the run, naming the notebook and the cell; so does a cell
+   running longer than ``--timeout`` seconds (papermill's per-cell
+   ``execution_timeout``; default :data:`DEFAULT_TIMEOUT` for the ``small`` and
+   ``tests`` profiles, none for ``full``, whose training cells run for hours;
+   0 for none), so a hung cell cannot hang the book.
 3. results: every record goes to ``<out>/results.json`` and ``<out>/results.md``
-   (value, the paper's value, data, schedule, hardware, seed).
+   (value, the paper's value, data, schedule, hardware, seed). When a notebook
+   fails, the results of the notebooks finished before it are still written,
+   marked incomplete and naming the failed notebook and those not run (an older
+   ``results.md`` never stays in place looking current); the HTML is not exported.
 4. HTML: ``<out>/html/<notebook>.html`` and ``<out>/html/index.html``, with
    plotly.js embedded and no CDN reference (nbconvert's require.js, MathJax,
    mermaid and widget-manager script tags are left out; :func:`offline_problems`
@@ -65,10 +73,14 @@ __all__ = [
     "offline_problems",
     "write_results",
     "summary_rows",
+    "DEFAULT_TIMEOUT",
     "main",
 ]
 
 BOOK_DIR = Path(__file__).resolve().parent.parent / "book"
+#: Seconds one cell may run before the book stops it (``--timeout``; 0 for no limit), for the
+#: small and tests profiles; the full profile has no default limit (paper-scale training).
+DEFAULT_TIMEOUT = 1800
 PROFILES = ("small", "full", "tests")
 KERNEL = "bnnlib"
 _NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
@@ -492,10 +504,33 @@ def _markdown(runs: Sequence[Run], profile: str) -> str:
     return "\n".join(lines)
 
 
-def write_results(runs: Sequence[Run], out_dir: Path, profile: str) -> tuple[Path, Path]:
-    """``results.json`` and ``results.md`` in ``out_dir``, gathering every run's records."""
+def _incomplete_markdown(failed: str, error: str, not_run: Sequence[str]) -> str:
+    first = error.strip().splitlines()[0] if error.strip() else "see the log"
+    text = f"> **INCOMPLETE**: notebook `{failed}` failed ({first})."
+    if not_run:
+        text += " Not run: " + ", ".join(f"`{n}`" for n in not_run) + "."
+    return text + " The tables below hold only the notebooks that finished before it."
+
+
+def write_results(
+    runs: Sequence[Run],
+    out_dir: Path,
+    profile: str,
+    *,
+    failed: str | None = None,
+    error: str = "",
+    not_run: Sequence[str] = (),
+) -> tuple[Path, Path]:
+    """``results.json`` and ``results.md`` in ``out_dir``, gathering every run's records.
+
+    ``failed`` names a notebook that failed (``error`` its message, ``not_run`` the notebooks
+    after it): both files then say the book is incomplete (``"complete": false``).
+    """
     data = {
         "profile": profile,
+        "complete": failed is None,
+        "failed": None if failed is None else {"notebook": failed, "error": error},
+        "not_run": list(not_run),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "hardware": hardware(),
         "summary": summary_rows(runs),
@@ -511,7 +546,11 @@ def write_results(runs: Sequence[Run], out_dir: Path, profile: str) -> tuple[Pat
         ],
     }
     json_path = atomic_write(out_dir / "results.json", json.dumps(data, indent=1).encode())
-    md_path = atomic_write(out_dir / "results.md", _markdown(runs, profile).encode())
+    md = _markdown(runs, profile)
+    if failed is not None:
+        title_line, rest = md.split("\n\n", 1)  # the banner goes right under the title
+        md = "\n\n".join([title_line, _incomplete_markdown(failed, error, not_run), rest])
+    md_path = atomic_write(out_dir / "results.md", md.encode())
     return json_path, md_path
 
 
@@ -574,7 +613,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--book-dir", type=Path, default=BOOK_DIR)
     parser.add_argument("--no-html", action="store_true", help="skip the HTML export")
     parser.add_argument("--log-output", action="store_true", help="echo the notebooks' output")
+    parser.add_argument(
+        "--timeout",
+        type=int,
+        default=None,
+        metavar="SECONDS",
+        help=f"stop a cell running longer than this (0: no limit; default {DEFAULT_TIMEOUT}, "
+        "none for --profile full)",
+    )
     args = parser.parse_args(argv)
+    if args.timeout is None:
+        args.timeout = 0 if args.profile == "full" else DEFAULT_TIMEOUT
+    if args.timeout < 0:
+        parser.error(f"--timeout must be >= 0 seconds (0: no limit), got {args.timeout}")
 
     try:
         paths = notebooks(args.book_dir, args.only)
@@ -586,9 +637,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"book: {len(paths)} notebooks, profile {args.profile}, into {args.out}")
         for i, path in enumerate(paths, start=1):
             print(f"[{i}/{len(paths)}] {path.name} ...", flush=True)
-            run = run_notebook(
-                path, args.out, args.profile, kernel=kernel, log_output=args.log_output
-            )
+            try:
+                run = run_notebook(
+                    path,
+                    args.out,
+                    args.profile,
+                    kernel=kernel,
+                    log_output=args.log_output,
+                    timeout=args.timeout or None,
+                )
+            except BookError as err:
+                rest = [p.stem for p in paths[i:]]
+                json_path, md_path = write_results(
+                    runs, args.out, args.profile, failed=path.stem, error=str(err), not_run=rest
+                )
+                print(f"results (INCOMPLETE, without {path.stem}): {md_path} and {json_path}")
+                raise
             runs.append(run)
             print(f"    done in {run.seconds:.1f} s, {len(run.records)} results recorded")
         json_path, md_path = write_results(runs, args.out, args.profile)

@@ -23,6 +23,13 @@ same tenth as CIFAR-10. (The paper's SVHN also used the 531k ``extra`` images;
 :func:`load` reads ``train_32x32.mat`` only.) ``"train_full"`` is the whole
 training set (for MNIST the 60k images).
 
+Labels are checked when read: integers (never floats) in 0..9 for the paper's
+datasets; for an ``npz:`` file the classes are 0..K-1 with K = 1 + the largest
+``y_train`` label, every class used in ``y_train``, K <= :data:`MAX_CLASSES`, and
+the ``y_test`` labels among them. A file whose header claims more data than it
+holds, or more than a sane limit, is refused before anything that size is
+allocated (:data:`MAX_IDX_BYTES`; a CIFAR-10 pickle cannot ask for an array).
+
 Inputs are scaled to [-1, 1] as the paper does::
 
     x = 2 * pixel / 255 - 1        (pixel in 0..255)
@@ -57,6 +64,7 @@ import pickle
 import socket
 import struct
 import urllib.parse
+import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -84,6 +92,8 @@ __all__ = [
     "read_idx",
     "read_cifar_batch",
     "restricted_load",
+    "MAX_CLASSES",
+    "MAX_IDX_BYTES",
 ]
 
 ENV_VAR = "BNN_DATA_DIR"
@@ -228,18 +238,62 @@ def scale(pixels: torch.Tensor | np.ndarray) -> torch.Tensor:
     return x.to(torch.float32).mul_(2.0 / 255.0).sub_(1.0)
 
 
+# How far (in pixel units) a float input may sit from the grid of scale(): float32/float64
+# rounding is ~1e-5 here, float16's up to 0.06. bfloat16 (8 bits of mantissa) cannot hold the
+# grid: 2p/255 - 1 and 2(p+1)/255 - 1 may round to the same value, so it is refused.
+_GRID_TOLERANCE = {torch.float64: 1e-3, torch.float32: 1e-3, torch.float16: 0.1}
+
+
 def to_uint8(X: torch.Tensor | np.ndarray) -> torch.Tensor:
     """The exact inverse of :func:`scale`: round((X + 1) * 255 / 2) as uint8.
 
     uint8 input is already pixels and comes back unchanged; other integer types are refused
-    (are they pixels or ±1 values? convert them explicitly).
+    (are they pixels or ±1 values? convert them explicitly). Float input must be what
+    :func:`scale` gives: finite, in [-1, 1] and on its grid 2p/255 - 1 (p = 0..255);
+    anything else (pixels 0..255 or 0..1 as floats, NaN, inf) is refused with a ValueError
+    saying what the values look like, rather than clamped into wrong pixels.
     """
     X = torch.as_tensor(X)
     if X.dtype == torch.uint8:
         return X
-    if not X.is_floating_point():
-        raise ValueError(f"to_uint8 takes float inputs in [-1, 1] (or uint8 pixels), got {X.dtype}")
-    return ((X.float() + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
+    if not X.is_floating_point() or X.dtype not in _GRID_TOLERANCE:
+        raise ValueError(
+            f"to_uint8 takes uint8 pixels or float16/32/64 inputs scaled 2 * pixel / 255 - 1 "
+            f"(bnnlib.data.scale), got {X.dtype}"
+        )
+    pixels = (X.to(torch.float64 if X.dtype == torch.float64 else torch.float32) + 1.0) * 127.5
+    rounded = pixels.round()
+    _check_scaled(X, pixels, rounded, _GRID_TOLERANCE[X.dtype])
+    return rounded.to(torch.uint8)
+
+
+def _check_scaled(X: torch.Tensor, pixels, rounded, tol: float) -> None:
+    """One ValueError unless every entry of X is a finite 2p/255 - 1 with p in 0..255."""
+    finite = torch.isfinite(X)
+    off = ~finite | (pixels < -tol) | (pixels > 255 + tol) | ((pixels - rounded).abs() > tol)
+    n_off = int(off.sum())
+    if not n_off:
+        return
+    fix = (
+        "Pass uint8 pixels (0..255), or floats from bnnlib.data.scale(pixels) = "
+        "2 * pixel / 255 - 1; nothing is clamped or rounded silently."
+    )
+    if not bool(finite.all()):
+        n = int((~finite).sum())
+        raise ValueError(f"the input holds {n} NaN or infinite values of {X.numel()}. {fix}")
+    lo, hi = float(X.min()), float(X.max())
+    if hi > 1.0 and lo >= 0.0:
+        looks = "these look like pixels 0..255 stored as floats"
+    elif hi <= 1.0 and lo >= 0.0:
+        looks = "these look like pixels scaled to 0..1 (e.g. ToTensor), not to [-1, 1]"
+    elif lo < -1.0 or hi > 1.0:
+        looks = "outside [-1, 1] (normalized with another mean and std?)"
+    else:
+        looks = "in [-1, 1] but not on the grid 2p/255 - 1 of 8-bit pixels"
+    raise ValueError(
+        f"float input must be 8-bit pixels scaled 2 * pixel / 255 - 1, but {n_off} of "
+        f"{X.numel()} values are not (range [{lo:.4g}, {hi:.4g}]: {looks}). {fix}"
+    )
 
 
 def resolve_root(root: str | os.PathLike | None = None) -> Path:
@@ -262,62 +316,124 @@ def _root_origin(root) -> str:
 _IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-def _read_bytes(path: Path) -> bytes:
-    if path.suffix == ".gz":
-        try:
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        except (OSError, EOFError) as e:
-            raise CorruptDataError(
-                f"{path}: corrupt gzip file ({e}); delete it and download it again"
-            ) from e
-    return path.read_bytes()
+#: The most data bytes an IDX file may claim (MNIST's largest file holds 47 MB): a header
+#: claiming more is refused before anything is allocated or decompressed.
+MAX_IDX_BYTES = 1 << 30
+_CHUNK = 1 << 20
+
+
+def _read_at_most(f, n: int) -> bytes:
+    """Up to ``n`` bytes of ``f``, read in chunks: memory follows the bytes really there, not
+    ``n`` (a header's claim)."""
+    parts, left = [], n
+    while left > 0:
+        part = f.read(min(left, _CHUNK))
+        if not part:
+            break
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)
+
+
+def _idx_header(path: Path, head: bytes, f) -> tuple[np.dtype, tuple[int, ...], int, bytes]:
+    """(dtype, dims, data bytes, header bytes) from the first bytes of an IDX stream."""
+    if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in _IDX_TYPES:
+        raise CorruptDataError(
+            f"{path}: not an IDX file (magic bytes {head[:4].hex(' ') or 'missing'}, expected "
+            "00 00 08 0N); the file is corrupt or of another format: delete it and "
+            "download it again"
+        )
+    ndim = head[3]
+    header = head + _read_at_most(f, 4 * ndim)
+    if len(header) < 4 + 4 * ndim:
+        raise CorruptDataError(f"{path}: truncated IDX file (header cut short); download it again")
+    dims = struct.unpack(f">{ndim}I", header[4:])
+    dtype = np.dtype(_IDX_TYPES[head[2]])
+    expected = math.prod(dims) * dtype.itemsize
+    if expected > MAX_IDX_BYTES:
+        raise CorruptDataError(
+            f"{path}: the IDX header claims shape {dims} ({expected:,} bytes of data), more than "
+            f"this reader's limit of {MAX_IDX_BYTES:,} bytes (bnnlib.data.MAX_IDX_BYTES); the "
+            "file is corrupt: delete it and download it again"
+        )
+    return dtype, dims, expected, header
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
     """Read an IDX file (MNIST format; ``.gz`` is decompressed): magic 00 00 type ndim, dims, data.
 
-    Raises :class:`CorruptDataError` naming the file on a bad magic number or a
+    The header is read first; then at most the data bytes it implies (plus one, to see a
+    longer file) are read or decompressed, so a small file cannot force a huge allocation
+    (a header claiming more than :data:`MAX_IDX_BYTES` is refused). Raises
+    :class:`CorruptDataError` naming the file on a bad magic number, a corrupt gzip stream or a
     size that does not match the header (a truncated download).
     """
     path = Path(path)
-    data = _read_bytes(path)
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_TYPES:
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            dtype, dims, expected, header = _idx_header(path, _read_at_most(f, 4), f)
+            data = _read_at_most(f, expected + 1)
+    except (OSError, EOFError, zlib.error) as e:
+        if path.suffix != ".gz":
+            raise
         raise CorruptDataError(
-            f"{path}: not an IDX file (magic bytes {data[:4].hex(' ') or 'missing'}, expected "
-            "00 00 08 0N); the file is corrupt or of another format: delete it and "
-            "download it again"
-        )
-    ndim = data[3]
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise CorruptDataError(f"{path}: truncated IDX file (header cut short); download it again")
-    dims = struct.unpack(f">{ndim}I", data[4:header])
-    dtype = np.dtype(_IDX_TYPES[data[2]])
-    expected = math.prod(dims) * dtype.itemsize
-    if len(data) - header != expected:
+            f"{path}: corrupt gzip file ({e}); delete it and download it again"
+        ) from e
+    if len(data) != expected:
+        holds = f"{len(data)}" if len(data) <= expected else "more"
         raise CorruptDataError(
             f"{path}: truncated or corrupt IDX file: the header says shape {dims} "
-            f"({expected} bytes of data) but the file holds {len(data) - header}; "
+            f"({expected} bytes of data) but the file holds {holds}; "
             "delete it and download it again"
         )
-    return (
-        np.frombuffer(data, dtype, offset=header)
-        .reshape(dims)
-        .astype(dtype.newbyteorder("="), copy=False)
-    )
+    return np.frombuffer(data, dtype).reshape(dims).astype(dtype.newbyteorder("="), copy=False)
 
 
 # --------------------------------------------------------------------------- CIFAR-10 pickles
 
 
+class _NdarrayType:
+    """What ``numpy.ndarray`` unpickles to: numpy's pickles only pass the class to
+    ``_reconstruct``; calling it, ``ndarray(shape)``, would allocate an uninitialised array of
+    any size a few bytes ask for, so it is refused."""
+
+    def __repr__(self) -> str:
+        return "numpy.ndarray"
+
+    def __call__(self, *args, **kwargs):
+        raise pickle.UnpicklingError(
+            "refused to call numpy.ndarray(...): a numpy pickle never builds an array that way "
+            "(it would allocate uninitialised memory of a size the file asks for)"
+        )
+
+
+_NDARRAY = _NdarrayType()
+
+
+def _checked_reconstruct(reconstruct):
+    """numpy's ``_reconstruct(ndarray, (0,), b'b')``, refusing any other class or a non-empty
+    shape: numpy's pickles start from an empty array that ``__setstate__`` then fills with
+    the bytes the file really holds (and checks their size)."""
+
+    def _reconstruct(cls, shape, dtype):
+        if cls is not _NDARRAY or math.prod(tuple(shape)) != 0:
+            raise pickle.UnpicklingError(
+                f"refused numpy _reconstruct({cls!r}, {shape!r}): numpy's own pickles "
+                "rebuild an ndarray from an empty one"
+            )
+        return reconstruct(np.ndarray, shape, dtype)
+
+    return _reconstruct
+
+
 def _allowed_globals() -> dict[tuple[str, str], object]:
     # The callables numpy's own pickles use to rebuild an array, found through
     # numpy's public __reduce__ so that both numpy 1 and numpy 2 module names work.
-    reconstruct = np.zeros(1).__reduce__()[0]
+    reconstruct = _checked_reconstruct(np.zeros(1).__reduce__()[0])
     frombuffer = np.zeros(1).__reduce_ex__(5)[0]
     allowed: dict[tuple[str, str], object] = {
-        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "ndarray"): _NDARRAY,
         ("numpy", "dtype"): np.dtype,
         # Python 3 protocol-2 pickles store bytes as _codecs.encode(str, "latin1").
         ("_codecs", "encode"): codecs.encode,
@@ -349,7 +465,12 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 def restricted_load(data: bytes, source: str = "<bytes>"):
     """``pickle.loads`` that can only build containers, numbers, strings and numpy arrays."""
-    return _RestrictedUnpickler(io.BytesIO(data), source).load()
+    try:
+        return _RestrictedUnpickler(io.BytesIO(data), source).load()
+    except pickle.UnpicklingError as e:
+        if str(e).startswith(source):
+            raise
+        raise pickle.UnpicklingError(f"{source}: {e}") from e
 
 
 def _get(d: dict, key: str):
@@ -384,7 +505,7 @@ def read_cifar_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
             f"{path}: not a CIFAR-10 batch (expected a dict with 'data' uint8 N x 3072 "
             "and 'labels' of length N)"
         )
-    return data.reshape(-1, 3, 32, 32), np.asarray(labels, dtype=np.int64)
+    return data.reshape(-1, 3, 32, 32), _labels(labels, f"{path} labels", 0, 10)
 
 
 # --------------------------------------------------------------------------- the datasets
@@ -424,7 +545,7 @@ def _read_mnist(root: Path, name: str, train: bool) -> tuple[np.ndarray, np.ndar
             f"{img_path} and {lbl_path}: expected uint8 images N x H x W and N labels, "
             f"got {x.dtype} {x.shape} and {y.shape}"
         )
-    return x[:, None], y.astype(np.int64)
+    return x[:, None], _labels(y, str(lbl_path), 0, 10)
 
 
 def _read_cifar(root: Path, train: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -443,14 +564,16 @@ def _read_svhn(root: Path, train: bool) -> tuple[np.ndarray, np.ndarray]:
     X, y = mat.get("X"), mat.get("y")
     if X is None or y is None or X.ndim != 4 or X.shape[:3] != (32, 32, 3):
         raise CorruptDataError(f"{path}: expected X of shape 32 x 32 x 3 x N and y of N x 1")
-    y = y.reshape(-1).astype(np.int64)
+    y = y.reshape(-1)
     if y.shape[0] != X.shape[3]:
         raise CorruptDataError(f"{path}: X holds {X.shape[3]} images but y {y.shape[0]} labels")
-    # X is 32 x 32 x 3 x N (MATLAB order) and the digit 0 is stored as label 10.
+    # X is 32 x 32 x 3 x N (MATLAB order) and the digit 0 is stored as label 10 (or 0).
+    y = _labels(y, f"{path} y", 0, 11)
     return np.ascontiguousarray(X.transpose(3, 2, 0, 1), dtype=np.uint8), y % 10
 
 
 def _read_npz(path: Path, train: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) of one split of an npz dataset; y checked against y_train's classes."""
     keys = ("x_train", "y_train") if train else ("x_test", "y_test")
     try:
         with np.load(path, allow_pickle=False) as f:
@@ -471,7 +594,57 @@ def _read_npz(path: Path, train: bool) -> tuple[np.ndarray, np.ndarray]:
             f"got {x.dtype} {x.shape} and {y.shape}"
         )
     x = x[..., None] if x.ndim == 3 else x
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2)), y.astype(np.int64)
+    k = _npz_num_classes(path)
+    y = _labels(y, f"{path} {keys[1]}", 0, k, f"the classes of y_train, 0..{k - 1}")
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2)), y
+
+
+#: The most classes a dataset may have (labels 0..MAX_CLASSES - 1): a label beyond it is
+#: taken for a corrupt file rather than a model with that many outputs.
+MAX_CLASSES = 1000
+
+
+def _labels(y, source: str, low: int, high: int, what: str | None = None) -> np.ndarray:
+    """Labels as int64 (N,), refused unless integers in [low, high) (one clear error)."""
+    y = np.asarray(y)
+    if y.dtype.kind not in "iu":  # floats would be truncated, bools and objects are no labels
+        raise CorruptDataError(
+            f"{source}: labels must be integers, got {y.dtype}; store class indices 0..K-1 "
+            "as an integer array"
+        )
+    if y.size:
+        lo, hi = int(y.min()), int(y.max())
+        if lo < low or hi >= high:
+            bad = lo if lo < low else hi
+            raise CorruptDataError(
+                f"{source}: label {bad} is outside {what or f'{low}..{high - 1}'} (labels "
+                f"range over {lo}..{hi}); the file is corrupt or holds other labels"
+            )
+    return y.astype(np.int64)
+
+
+def _npz_num_classes(path: Path) -> int:
+    """K = 1 + the largest training label, with y_train integers using every class 0..K-1
+    and K <= MAX_CLASSES (a stray label of 200 would otherwise make a 201-class model)."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            y = f["y_train"]
+    except (OSError, ValueError, KeyError) as e:
+        raise CorruptDataError(f"{path}: cannot read y_train ({e})") from e
+    source = f"{path} y_train"
+    if y.size == 0:
+        raise CorruptDataError(f"{source}: no training labels; the classes come from y_train")
+    y = _labels(y, source, 0, MAX_CLASSES, f"0..{MAX_CLASSES - 1} (bnnlib.data.MAX_CLASSES)")
+    k = int(y.max()) + 1
+    used = np.unique(y)
+    if len(used) != k:
+        missing = sorted(set(range(k)) - set(used.tolist()))
+        raise CorruptDataError(
+            f"{source}: the labels go up to {k - 1} but {len(missing)} of the classes 0..{k - 1} "
+            f"never occur (e.g. {missing[:5]}); labels must be class indices 0..K-1, each used "
+            "in y_train"
+        )
+    return k
 
 
 def _npz_path(name: str, root) -> Path:
@@ -591,11 +764,11 @@ def _make(name: str, split: str, x: np.ndarray, y: np.ndarray, num_classes: int)
 
 
 def _num_classes(name: str, root) -> int:
-    """10 for the paper's datasets; for an npz file, 1 + the largest label of either split."""
+    """10 for the paper's datasets; for an npz file, 1 + the largest label of y_train (whose
+    labels must use every class 0..K-1; the test labels must lie among them)."""
     if not name.startswith("npz:"):
         return 10
-    with np.load(_npz_path(name, root), allow_pickle=False) as f:
-        return 1 + max(int(f[k].max()) for k in ("y_train", "y_test") if f[k].size)
+    return _npz_num_classes(_npz_path(name, root))
 
 
 def load(

@@ -14,6 +14,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 REPO = Path(__file__).resolve().parents[1]
 
+# A relative $BNN_DATA_DIR (e.g. ../shared/data) means relative to where pytest was started;
+# the notebook tests run kernels in book/, so it is made absolute once, at session start.
+if os.environ.get("BNN_DATA_DIR"):
+    os.environ["BNN_DATA_DIR"] = str(Path(os.environ["BNN_DATA_DIR"]).expanduser().resolve())
+
 
 @pytest.fixture(scope="session")
 def data_root() -> Path:

@@ -135,3 +135,79 @@ def test_summary_has_one_row_per_claim_with_status():
     assert by_claim["gpu_xnor_over_baseline"]["status"] == "not run yet: needs a GPU"
     assert by_claim["gpu_xnor_over_baseline"]["ours"] == "—"
     assert all(r["status"] in paper.STATUSES for r in rows)
+
+
+def _fake_book(tmp_path, monkeypatch, fail: str | None):
+    """Three notebooks run by a stand-in for papermill: each records one value, ``fail`` raises
+    the BookError a failing cell gives. Returns (args, the timeouts each run got)."""
+    book_dir, out = tmp_path / "book", tmp_path / "out"
+    book_dir.mkdir(parents=True)
+    for name in ("01_a", "02_b", "03_c"):
+        _tiny_notebook(book_dir / f"{name}.ipynb", "pass")
+    timeouts = []
+
+    def run_notebook(path, out_dir, profile="small", *, timeout=None, **kw):
+        timeouts.append(timeout)
+        if path.stem == fail:
+            raise book.BookError(f"{path.name} failed in cell 3 (execution count 2):\n  boom")
+        rec = [{"name": f"value_{path.stem}", "value": 1.0}]
+        return book.Run(path.stem, path.stem, Path(out_dir) / path.name, 0.5, {}, rec)
+
+    monkeypatch.setattr(book, "run_notebook", run_notebook)
+    monkeypatch.setattr(book, "kernel_name", lambda: "python3")
+    return ["--book-dir", str(book_dir), "--out", str(out), "--no-html"], timeouts
+
+
+def test_failed_notebook_still_writes_the_finished_results_marked_incomplete(
+    tmp_path, monkeypatch, capsys
+):
+    """A failing notebook used to throw away the finished notebooks' results and leave an older
+    results.md in place, looking current."""
+    args, _ = _fake_book(tmp_path, monkeypatch, fail=None)
+    assert book.main(args) == 0
+    out = tmp_path / "out"
+    assert json.loads((out / "results.json").read_text())["complete"] is True
+    assert "INCOMPLETE" not in (out / "results.md").read_text()
+
+    args, _ = _fake_book(tmp_path / "again", monkeypatch, fail="02_b")
+    args[args.index("--out") + 1] = str(out)  # over the complete results of the first run
+    assert book.main(args) == 1
+    assert "02_b.ipynb failed in cell 3" in capsys.readouterr().err
+    results = json.loads((out / "results.json").read_text())
+    assert results["complete"] is False
+    assert results["failed"]["notebook"] == "02_b" and "boom" in results["failed"]["error"]
+    assert results["not_run"] == ["03_c"]
+    assert [nb["notebook"] for nb in results["notebooks"]] == ["01_a"]
+    md = (out / "results.md").read_text()
+    banner = "> **INCOMPLETE**: notebook `02_b` failed (02_b.ipynb failed in cell 3"
+    assert banner in md and "Not run: `03_c`." in md
+    assert md.index("# Results of the book") < md.index("INCOMPLETE") < md.index("## The paper")
+    assert "value_01_a" in md and "value_03_c" not in md
+
+
+def test_timeout_option_reaches_papermill(tmp_path, monkeypatch):
+    args, timeouts = _fake_book(tmp_path, monkeypatch, fail=None)
+    assert book.main(args) == 0 and timeouts == [book.DEFAULT_TIMEOUT] * 3 == [1800] * 3
+    timeouts.clear()
+    assert book.main([*args, "--timeout", "5"]) == 0 and timeouts == [5] * 3
+    timeouts.clear()
+    assert book.main([*args, "--timeout", "0"]) == 0 and timeouts == [None] * 3
+    timeouts.clear()
+    assert book.main([*args, "--profile", "full"]) == 0 and timeouts == [None] * 3
+    with pytest.raises(SystemExit):
+        book.main([*args, "--timeout", "-1"])
+
+
+def test_run_notebook_passes_the_timeout_to_papermill(tmp_path, monkeypatch):
+    import papermill
+
+    seen = {}
+
+    def execute_notebook(src, dst, **kw):
+        seen.update(kw)
+
+    monkeypatch.setattr(papermill, "execute_notebook", execute_notebook)
+    path = tmp_path / "01_x.ipynb"
+    _tiny_notebook(path, "pass")
+    book.run_notebook(path, tmp_path / "out", kernel="python3", timeout=7)
+    assert seen["execution_timeout"] == 7

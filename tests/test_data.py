@@ -105,6 +105,19 @@ def test_scale_and_to_uint8_are_exact_inverses():
     assert torch.equal(data.to_uint8(X), pixels)
 
 
+def test_to_uint8_refuses_what_scale_cannot_give():
+    pixels = torch.arange(256, dtype=torch.uint8)
+    assert torch.equal(data.to_uint8(data.scale(pixels).double()), pixels)
+    assert torch.equal(data.to_uint8(data.scale(pixels).half()), pixels)
+    for bad in (pixels.float(), pixels.float() / 255, data.scale(pixels) * 2):
+        with pytest.raises(ValueError, match=r"not \(range"):
+            data.to_uint8(bad)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        data.to_uint8(torch.tensor([0.0, float("-inf")]))
+    with pytest.raises(ValueError, match="int64"):
+        data.to_uint8(torch.tensor([1, -1]))
+
+
 def test_scale_rejects_floats():
     with pytest.raises(ValueError, match="uint8"):
         data.scale(torch.zeros(3))
@@ -248,6 +261,110 @@ def test_npz_file(tmp_path):
     assert torch.equal(test.y, torch.from_numpy(arrays["y_test"]).long())
     # A relative path is looked up in the data root too.
     assert len(data.load("npz:tiny.npz", root=tmp_path, split="test")) == 8
+
+
+# ------------------------------------------------------------------ labels
+
+
+def _npz_with(path, **labels):
+    arrays = write_npz(path, n_train=30, n_test=8, classes=4)
+    arrays.update(labels)
+    np.savez(path, **arrays)
+    return f"npz:{path}"
+
+
+@pytest.mark.parametrize(
+    "labels, problem",
+    [
+        ({"y_train": np.r_[np.arange(29) % 4, 200].astype(np.int64)}, r"classes 0\.\.200 never"),
+        ({"y_train": np.r_[np.arange(29) % 4, 10**9].astype(np.int64)},
+         r"label 1000000000.*0\.\.999"),
+        ({"y_train": (np.arange(30) % 4).astype(np.float32)}, "integers, got float32"),
+        ({"y_train": np.r_[np.arange(29) % 4, -1].astype(np.int64)}, "label -1 is outside"),
+        ({"y_test": np.r_[np.arange(7) % 4, 7].astype(np.int64)},
+         r"y_test: label 7.*y_train, 0\.\.3"),
+    ],
+)  # fmt: skip
+def test_npz_labels_are_range_checked(tmp_path, labels, problem):
+    """A label of 200 made a 201-class model, 1e9 tried a 256 GB allocation, float labels were
+    truncated, a test label outside the training classes just counted as an error."""
+    name = _npz_with(tmp_path / "d.npz", **labels)
+    with pytest.raises(data.CorruptDataError, match=problem) as e:
+        data.load_splits(name)
+    assert str(tmp_path / "d.npz") in str(e.value)
+    split = "test" if "y_test" in labels else "train"
+    with pytest.raises(data.CorruptDataError, match=problem):
+        data.load(name, split=split)
+
+
+def test_paper_dataset_labels_are_range_checked(tmp_path):
+    write_mnist(tmp_path)
+    bad = tmp_path / "MNIST" / "raw" / "t10k-labels-idx1-ubyte"
+    write_idx(bad, np.r_[np.arange(11) % 10, 12].astype(np.uint8))
+    with pytest.raises(data.CorruptDataError, match=r"label 12 is outside 0\.\.9") as e:
+        data.load("mnist", tmp_path, "test", download=False)
+    assert str(bad) in str(e.value)
+    write_cifar(tmp_path)
+    batch = tmp_path / "cifar-10-batches-py" / "test_batch"
+    rows = RNG.integers(0, 256, (3, 3072), dtype=np.uint8)
+    for labels, problem in (([0, 1, 10], "label 10"), ([0.0, 1.5, 2.0], "integers, got float64")):
+        batch.write_bytes(pickle.dumps({b"data": rows, b"labels": labels}, protocol=2))
+        with pytest.raises(data.CorruptDataError, match=problem):
+            data.load("cifar10", tmp_path, "test", download=False)
+
+
+# ------------------------------------------------------------------ huge claims, small files
+
+
+def test_gz_idx_is_not_decompressed_past_its_header(tmp_path, monkeypatch):
+    """A small .gz whose header claims 10 bytes but which inflates to far more used to be
+    decompressed whole before the header was checked."""
+    raw = bytes([0, 0, 8, 1]) + struct.pack(">I", 10) + bytes(10)
+    path = tmp_path / "bomb-idx1-ubyte.gz"
+    with gzip.open(path, "wb") as f:
+        f.write(raw)
+        for _ in range(64):  # 64 MiB of zeros beyond the claimed 10 bytes: ~64 KB compressed
+            f.write(bytes(1 << 20))
+    assert path.stat().st_size < 200_000
+    read = []
+    real_read = gzip.GzipFile.read
+    monkeypatch.setattr(gzip.GzipFile, "read", lambda f, n=-1: read.append(n) or real_read(f, n))
+    with pytest.raises(data.CorruptDataError, match=r"shape \(10,\).*holds more"):
+        data.read_idx(path)
+    assert sum(read) <= 4 + 4 + 11 and all(0 < n <= 11 for n in read)
+    # A header claiming more than the limit is refused before reading any data.
+    big = tmp_path / "big-idx3-ubyte.gz"
+    with gzip.open(big, "wb") as f:
+        f.write(bytes([0, 0, 8, 3]) + struct.pack(">3I", 100_000, 4096, 4096) + bytes(100))
+    with pytest.raises(data.CorruptDataError, match="limit of 1,073,741,824 bytes"):
+        data.read_idx(big)
+
+
+class _Alloc:
+    """Pickles as a call that allocates an uninitialised array of any shape."""
+
+    def __init__(self, call, args):
+        self.call, self.args = call, args
+
+    def __reduce__(self):
+        return self.call, self.args
+
+
+def test_cifar_pickle_cannot_allocate_what_its_bytes_do_not_hold(tmp_path):
+    """A ~200-byte batch used to unpickle into 100k uninitialised images (2.4 GB)."""
+    reconstruct = np.zeros(1).__reduce__()[0]
+    for data_obj in (
+        _Alloc(np.ndarray, ((100_000, 3072), np.dtype(np.uint8))),
+        _Alloc(reconstruct, (np.ndarray, (100_000, 3072), b"B")),
+    ):
+        payload = pickle.dumps({b"data": data_obj, b"labels": [0] * 3}, protocol=2)
+        assert len(payload) < 400
+        with pytest.raises(pickle.UnpicklingError, match="refused"):
+            data.restricted_load(payload)
+    write_cifar(tmp_path)
+    (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(payload)
+    with pytest.raises(pickle.UnpicklingError, match="test_batch"):
+        data.load("cifar10", tmp_path, "test", download=False)
 
 
 # ------------------------------------------------------------------ errors

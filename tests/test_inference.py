@@ -258,6 +258,39 @@ def test_input_forms(trained_mlp, tmp_path):
         packed.predict(torch.zeros(3, 3, 32, 32, dtype=torch.uint8))
 
 
+def test_predict_refuses_floats_off_the_paper_scaling(trained_mlp, tmp_path):
+    """Float pixels 0..255 or 0..1 used to be clamped into [-1, 1] (31% / 26% accuracy instead
+    of the model's), NaN/inf predicted a class, batch_size=-1 returned nothing."""
+    net, xt, _ = trained_mlp
+    packed = _roundtrip(net, tmp_path)
+    x = xt[:40]
+    want = packed.predict(x)
+    assert torch.equal(packed.predict(_scaled(x).double()), want)  # on the grid: fine
+    assert torch.equal(packed.predict(_scaled(x).half()), want)
+    for bad, looks in (
+        (x.float(), "pixels 0..255 stored as floats"),
+        (x.float() / 255, "scaled to 0..1"),
+        (_scaled(x) * 1.5, r"outside \[-1, 1\]"),
+        ((_scaled(x) + 0.001).clamp(-1, 1), "not on the grid"),
+    ):
+        for call in (packed.predict, packed.scores, lambda v: inf.simulate(net, v)):
+            with pytest.raises(ValueError, match=f"2 \\* pixel / 255 - 1.*{looks}"):
+                call(bad)
+    for value in (float("nan"), float("inf")):
+        bad = _scaled(x)
+        bad[3, 0, 5, 5] = value
+        with pytest.raises(ValueError, match="1 NaN or infinite"):
+            packed.predict(bad)
+    with pytest.raises(ValueError, match="bfloat16"):
+        packed.predict(_scaled(x).bfloat16())
+    for size in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
+            packed.predict(x, batch_size=size)
+        with pytest.raises(ValueError, match="batch_size"):
+            inf.simulate(net, x, batch_size=size)
+    assert torch.equal(packed.predict(x, batch_size=np.int64(7)), want)
+
+
 def test_shift_batchnorm_model(tmp_path):
     x, y, xt, _ = _data(n_train=300, n_test=300)
     torch.manual_seed(1)
@@ -420,6 +453,111 @@ def test_inconsistent_header_with_valid_checksum(good_file, tmp_path):
     header["layers"][1]["out_features"] = 11  # the weights say 10
     p = _write(tmp_path / "bad_header.bnn", header, tensors)
     _expect_error(p, "inconsistent")
+
+
+def _st_bytes(header: str) -> bytes:
+    """A safetensors file of just this JSON header (no tensors)."""
+    raw = header.encode()
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def test_malformed_metadata_is_a_packed_model_error(good_file, tmp_path):
+    """A string __metadata__ or deeply nested JSON used to raise AttributeError or
+    RecursionError instead of PackedModelError."""
+    deep = "[" * 100_000 + "]" * 100_000
+    for i, header in enumerate(
+        ['{"__metadata__": "bnnlib.packed"}', '{"__metadata__": {"format": 1}}', "[1, 2]",
+         '{"__metadata__": {"format": ' + deep + "}}", deep]
+    ):  # fmt: skip
+        p = tmp_path / f"meta{i}.bnn"
+        p.write_bytes(_st_bytes(header))
+        _expect_error(p, "corrupted safetensors header")
+    # A deeply nested model header with a valid checksum.
+    header_json, tensors = deep, _read(good_file)[1]
+    from bnnlib.inference.format import _digest
+
+    meta = {"format": inf.FORMAT, "format_version": str(inf.FORMAT_VERSION)}
+    meta.update(header=header_json, sha256=_digest(header_json, tensors))
+    from safetensors.torch import save
+
+    p = tmp_path / "deep_model_header.bnn"
+    p.write_bytes(save(tensors, metadata=meta))
+    _expect_error(p, "corrupted model header")
+
+
+def test_bfloat16_tensor_is_a_packed_model_error(good_file, tmp_path):
+    from safetensors.torch import save
+
+    header, tensors = _read(good_file)
+    tensors["layers.1.a"] = tensors["layers.1.a"].to(torch.bfloat16)
+    meta = {"format": inf.FORMAT, "format_version": str(inf.FORMAT_VERSION)}
+    meta.update(header=json.dumps(header, sort_keys=True), sha256="0" * 64)
+    p = tmp_path / "bf16.bnn"
+    p.write_bytes(save(tensors, metadata=meta))
+    _expect_error(p, "layers.1.a has dtype torch.bfloat16")
+
+
+@pytest.fixture(scope="module")
+def conv_file(tmp_path_factory):
+    torch.manual_seed(0)
+    return inf.export(_small_convnet().eval(), tmp_path_factory.mktemp("conv") / "conv.bnn")
+
+
+def _resized(header: dict, side: int) -> dict:
+    """The conv net's header for side x side inputs, every shape consistent (the first
+    convolution keeps its weights; a valid checksum is recomputed by _write)."""
+    h = copy.deepcopy(header)
+    h["input"]["shape"][1:] = [side, side]
+    lay = h["layers"][0]
+    lay["in_hw"] = [side, side]
+    lay["out_hw"] = [side, side]  # 3x3, stride 1, padding 1
+    lay["pooled_hw"] = [side, side]
+    return h
+
+
+def test_huge_claimed_input_is_refused_before_allocating(conv_file, tmp_path):
+    """A 16 KB conv file claiming a 20000 x 20000 input used to allocate 5.6 GB at load."""
+    header, tensors = _read(conv_file)
+    assert header["layers"][0]["kind"] == "conv2d" and "pool" not in header["layers"][0]
+    p = _write(tmp_path / "huge.bnn", _resized(header, 20_000), tensors)
+    assert p.stat().st_size < 100_000
+    _expect_error(p, r"20000 x 20000 pixels.*up to 4096 x 4096")
+    # Within the side limit but with too many values per image for the layer tables.
+    _expect_error(_write(tmp_path / "big.bnn", _resized(header, 4000), tensors), "limit of")
+    # Shapes that disagree with each other (the next layer still expects 32 x 32).
+    _expect_error(_write(tmp_path / "mid.bnn", _resized(header, 64), tensors), "layer 1.*in_hw")
+
+
+@pytest.mark.parametrize(
+    "edit, problem",
+    [
+        (lambda h, t: h["layers"][0].update(k=9), "layer 0: k is 9"),
+        (lambda h, t: h["layers"][0].update(out_features=True), "out_features must be an integer"),
+        (lambda h, t: h["layers"][1].update(in_features=33), "layer 1: in_features 33"),
+        (lambda h, t: h.update(num_classes=11), "num_classes is 11"),
+        (lambda h, t: h["layers"][0].update(output="scores"), "layer 0: output"),
+        (lambda h, t: h["layers"][0].update(kind="conv2d"), "a convolution needs an image"),
+        (lambda h, t: t.update({"extra": torch.zeros(10**5, dtype=torch.uint8)}), "extra"),
+        (lambda h, t: t.update({"layers.0.threshold": torch.zeros(33, dtype=torch.int64)}),
+         r"layers.0.threshold is torch.int64 \(33,\)"),
+        (lambda h, t: t.update({"layers.1.a": t["layers.1.a"].long()}),
+         "layers.1.a is torch.int64"),
+        (lambda h, t: h.update(layers=[]), "layers must be a list"),
+        (lambda h, t: h["input"].update(shape=[-784]), "input shape must be an integer >= 1"),
+    ],
+)  # fmt: skip
+def test_header_shapes_checked_against_each_other_and_tensors(good_file, tmp_path, edit, problem):
+    header, tensors = _read(good_file)
+    edit(header, tensors)
+    _expect_error(_write(tmp_path / "edited.bnn", header, tensors), problem)
+
+
+def test_padding_bits_in_packed_weights_are_refused(good_file, tmp_path):
+    """784 inputs fill 12 words and 16 bits of a 13th; the 48 bits beyond must be 0 (the hidden
+    layers count padding bits as matches): a crafted file with a valid checksum was loaded."""
+    header, tensors = _read(good_file)
+    tensors["layers.0.weight"][5, -1] |= 1 << 40
+    _expect_error(_write(tmp_path / "pad.bnn", header, tensors), "layers.0.weight has padding bits")
 
 
 def test_empty_input(good_file):

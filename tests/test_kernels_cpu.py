@@ -6,6 +6,13 @@ naive Python loop over entries and Python's own bit counting for tiny sizes.
 
 from __future__ import annotations
 
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -111,6 +118,26 @@ def test_pack_rejects_non_pm1_with_count_and_fix(kernel_threads):
         K.pack(torch.ones(3), word_bits=16)
 
 
+@pytest.mark.parametrize(
+    "signed, unsigned",
+    [(torch.int8, torch.uint8), (torch.int16, torch.uint16), (torch.int32, torch.uint32),
+     (torch.int64, torch.uint64)],
+)  # fmt: skip
+def test_pack_refuses_unsigned_minus_one(signed, unsigned, kernel_threads):
+    """An unsigned tensor cannot hold -1: a ±1 tensor cast to uint8 stores -1 as 255, which
+    used to pack as +1 (bit 1) without a word."""
+    x = pm1(3, 100)
+    wrapped = x.to(signed).view(unsigned)  # -1 as 255, 65535, ...
+    with pytest.raises(ValueError, match=r"unsigned.*cannot hold -1.*150 of 300|unsigned"):
+        K.pack(wrapped)
+    ones = torch.ones(2, 70).to(signed).view(unsigned)  # all +1: still exactly ±1
+    assert torch.equal(K.pack(ones), K.pack(torch.ones(2, 70)))
+    assert torch.equal(K.pack(x.to(signed)), K.pack(x))  # signed integers are fine
+    for fn in (K.pack, K.pack_bits):  # complex: .float() would drop the imaginary part
+        with pytest.raises(ValueError, match="real values, got torch.complex64"):
+            fn(torch.tensor([1 + 1j, -1 + 0j]))
+
+
 def test_pack_bits_and_unpack_errors():
     assert K.pack_bits(torch.tensor([0, 1, 1, 0, 1], dtype=torch.uint8)).tolist() == [0b10110]
     with pytest.raises(ValueError, match="words"):
@@ -175,11 +202,32 @@ def test_xnor_gemm_empty_and_k0():
     assert torch.equal(zeros, torch.zeros(3, 2, dtype=torch.int32))  # empty dot products
 
 
-def test_xnor_gemm_ignores_stray_padding_bits():
+def test_xnor_gemm_refuses_bits_beyond_k():
+    """pack() leaves the bits beyond k at 0, so a set bit there means the operands are longer
+    than k (or were not made by pack): refused instead of silently dropped."""
     a, b = pm1(3, 70, seed=10), pm1(2, 70, seed=11)
     pa = K.pack(a)
-    pa[:, 1] |= 1 << 40  # beyond k = 70: not data
-    assert torch.equal(K.xnor_gemm(pa, K.pack(b), 70), ref_gemm(a, b))
+    pa[1, 1] |= 1 << 40  # beyond k = 70
+    with pytest.raises(ValueError, match=r"a_packed.*bits beyond k=70.*row 1"):
+        K.xnor_gemm(pa, K.pack(b), 70)
+    with pytest.raises(ValueError, match=r"b_packed.*beyond k=70"):
+        K.xnor_gemm(K.pack(b), pa, 70)
+
+
+def test_xnor_gemm_refuses_k_that_disagrees_with_the_operands():
+    """k = 70 for rows of true length 100 fits the same 2 words: it used to give a silently
+    wrong product; the +1 entries at 70..99 show up as set bits beyond k."""
+    a, b = pm1(3, 100, seed=1), pm1(2, 100, seed=2)
+    pa, pb = K.pack(a), K.pack(b)
+    assert torch.equal(K.xnor_gemm(pa, pb, 100), ref_gemm(a, b))
+    with pytest.raises(ValueError, match=r"bits beyond k=70.*longer than k"):
+        K.xnor_gemm(pa, pb, 70)
+    for k in (129, 64):  # more words than the rows hold / a whole word of padding
+        with pytest.raises(ValueError, match="words per row"):
+            K.xnor_gemm(pa, pb, k)
+    a90, b90 = a[:, :90], b[:, :90]  # 32-bit words too: 90 and 70 both need 3
+    with pytest.raises(ValueError, match=r"bits beyond k=70"):
+        K.xnor_gemm(K.pack(a90, word_bits=32), K.pack(b90, word_bits=32), 70)
 
 
 def test_xnor_gemm_bad_operands():
@@ -253,3 +301,58 @@ def test_cuda_module_reports_missing_gpu_clearly():
 
 def test_cuda_sources_are_found():
     assert (bc.source_dir() / "xnor_gemm.cu").is_file()
+
+
+# ---------------------------------------------------------------- numba's on-disk cache
+
+_USE_KERNELS = (
+    "import bnnlib, torch; from bnnlib import kernels as K; "
+    "a = bnnlib.sign(torch.randn(3, 70)); "
+    "print(bnnlib.__file__); print(K.xnor_gemm(K.pack(a), K.pack(a), 70).diagonal().tolist())"
+)
+
+
+def _blocked(path: Path) -> Path:
+    """A path nothing can be created under, even by root: a plain file where a folder goes."""
+    path.write_text("a file, not a folder")
+    return path
+
+
+@pytest.mark.slow
+def test_import_and_kernels_without_a_writable_cache_directory(tmp_path):
+    """numba's cache=True needs a writable folder: the package's __pycache__ (numba's first
+    choice, next to the source), else ~/.cache/numba ($XDG_CACHE_HOME). With neither, importing
+    bnnlib used to fail ("cannot cache function ...: no locator available"). Here both are
+    blocked; bnnlib falls back to a private folder under the temp dir, else to no cache."""
+    site = tmp_path / "site"
+    repo_pkg = Path(bnnlib.__file__).resolve().parent
+    shutil.copytree(repo_pkg, site / "bnnlib", ignore=shutil.ignore_patterns("__pycache__"))
+    for folder in [site / "bnnlib", *(p for p in (site / "bnnlib").rglob("*") if p.is_dir())]:
+        _blocked(folder / "__pycache__")
+    for folder in sorted((site / "bnnlib").rglob("*"), reverse=True):
+        if folder.is_dir():  # and read-only, for a non-root user
+            folder.chmod(stat.S_IRUSR | stat.S_IXUSR | stat.S_IRGRP | stat.S_IXGRP)
+    home = _blocked(tmp_path / "home")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_CACHE")}
+    env.update(HOME=str(home), XDG_CACHE_HOME=str(home / "cache"), PYTHONPATH=str(site))
+    env.update(PYTHONDONTWRITEBYTECODE="1", NUMBA_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    writable_tmp = tmp_path / "tmp"
+    writable_tmp.mkdir()
+    try:
+        for tmp in (writable_tmp, _blocked(tmp_path / "no_tmp")):
+            run = subprocess.run(
+                [sys.executable, "-c", _USE_KERNELS],
+                env={**env, "TMPDIR": str(tmp)},
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
+            assert run.returncode == 0, run.stderr[-3000:]
+            where, result = run.stdout.strip().splitlines()[-2:]
+            assert where.startswith(str(site)) and result == "[70, 70, 70]"
+        assert any(writable_tmp.rglob("*.nbi"))  # the fallback folder was used as the cache
+    finally:
+        for folder in (site / "bnnlib", *(site / "bnnlib").rglob("*")):
+            if folder.is_dir():
+                folder.chmod(stat.S_IRWXU)

@@ -5,6 +5,8 @@ After training only the binarized weights W_b = Sign(W) and the batch-norm stati
 as :func:`bnnlib.kernels.pack`), and :func:`load` returns a :class:`PackedNet` whose hidden
 layers run with XNOR-popcount (:func:`bnnlib.kernels.xnor_gemm`) and integer compares only.
 Its predictions equal those of the float simulation (:func:`simulate`) image for image.
+Inputs are uint8 pixels or floats exactly as :func:`bnnlib.data.scale` gives them; anything else
+(float pixels 0..255 or 0..1, NaN, inf) is refused by :func:`to_uint8`, never clamped.
 
 One module per job:
 
@@ -12,7 +14,9 @@ One module per job:
 * :mod:`~bnnlib.inference.graph`: the model walked into units (binary layer, pooling, batch
   norm, Sign), the input's shape and scaling;
 * :mod:`~bnnlib.inference.format`: the versioned safetensors file, :func:`export` and
-  :func:`load` (:class:`PackedModelError` for a bad file);
+  :func:`load` (:class:`PackedModelError` for a bad file: corrupted, or a header whose shapes
+  disagree with each other, the tensors or the limits of
+  :func:`~bnnlib.inference.runtime.check_header`);
 * :mod:`~bnnlib.inference.runtime`: :class:`PackedNet` and its back ends, one interface
   (:class:`Backend`) implemented by :class:`CpuBackend` (numba) and :class:`CudaBackend`;
 * :mod:`~bnnlib.inference.simulate`: the float simulation, the exact reference;

@@ -46,7 +46,13 @@ FORMAT_VERSION = 1
 
 
 class PackedModelError(ValueError):
-    """A packed-model file that cannot be read: truncated, corrupted, wrong format or version."""
+    """A packed-model file that cannot be read: truncated, corrupted, wrong format or version,
+    or a header whose shapes disagree with each other, with the tensors or with the limits of
+    :func:`bnnlib.inference.runtime.check_header`."""
+
+
+# The dtypes export writes: packed words and thresholds, flips, the last layer's affine.
+_DTYPES = (torch.int64, torch.uint8, torch.float64)
 
 
 # --------------------------------------------------------------------------------------------
@@ -198,9 +204,14 @@ def _metadata(data: bytes, bad) -> dict:
         )
     try:
         raw = json.loads(data[8 : 8 + n].decode("utf-8"))
-        meta = raw.get("__metadata__") or {}
-    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
-        raise bad(f"corrupted safetensors header ({e})") from e
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise bad(f"corrupted safetensors header ({type(e).__name__}: {e})") from e
+    meta = raw.get("__metadata__", {}) if isinstance(raw, dict) else None
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise bad(
+            "corrupted safetensors header: __metadata__ must be an object of strings, got "
+            f"{type(meta).__name__}"
+        )
     if meta.get("format") != FORMAT:
         raise bad(f"not a packed bnnlib model (format {meta.get('format')!r}, want {FORMAT!r})")
     version = meta.get("format_version")
@@ -228,21 +239,36 @@ def _read(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
         tensors = st_load(data)
     except Exception as e:  # safetensors raises its own error type on bad offsets/lengths
         raise bad(f"truncated or corrupted tensor data ({e})") from e
+    for name, t in tensors.items():
+        if t.dtype not in _DTYPES:
+            raise bad(
+                f"tensor {name} has dtype {t.dtype}; a packed model holds only "
+                f"{', '.join(str(d) for d in _DTYPES)} tensors"
+            )
     header_json = meta.get("header", "")
     if _digest(header_json, tensors) != meta.get("sha256"):
         raise bad("checksum mismatch: the file is corrupted (bytes changed since export)")
     try:
         header = json.loads(header_json)
-    except json.JSONDecodeError as e:
-        raise bad(f"corrupted model header ({e})") from e
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise bad(f"corrupted model header ({type(e).__name__}: {e})") from e
+    if not isinstance(header, dict):
+        raise bad(f"corrupted model header: a {type(header).__name__}, not a JSON object")
     return header, tensors
 
 
 def load(path: str | os.PathLike) -> PackedNet:
-    """Read a file written by :func:`export`; raises :class:`PackedModelError` if it is bad."""
+    """Read a file written by :func:`export`; raises :class:`PackedModelError` if it is bad.
+
+    Nothing in the file is trusted: the format, version and checksum are checked, then every
+    shape of the header against the others, the tensors and sane limits
+    (:func:`~bnnlib.inference.runtime.check_header`) before anything they size is allocated.
+    """
     path = Path(path)
     header, tensors = _read(path)
     try:
         return PackedNet(header, tensors, source=str(path))
-    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
+    except (
+        KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError, RecursionError
+    ) as e:  # fmt: skip
         raise PackedModelError(f"{path}: inconsistent model header or tensors ({e})") from e

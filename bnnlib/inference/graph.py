@@ -11,6 +11,8 @@ The input is the 8-bit image (paper Section 2.6), which the float model saw scal
 
 from __future__ import annotations
 
+import operator
+
 import torch
 from torch import nn
 
@@ -25,9 +27,22 @@ __all__ = [
     "infer_input_shape",
     "sign_weight",
     "pool_spec",
+    "check_batch_size",
 ]
 
 INPUT_SCALING = "2x/255-1"
+
+
+def check_batch_size(batch_size) -> int:
+    """``batch_size`` as an int >= 1, else one ValueError (a negative one gave no batches)."""
+    try:
+        n = operator.index(batch_size)  # ints and numpy ints, not floats
+    except TypeError:
+        n = None
+    if isinstance(batch_size, bool) or n is None or n < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    return n
+
 
 _SKIP = (nn.Dropout, nn.Identity)
 _BN = nn.modules.batchnorm._BatchNorm

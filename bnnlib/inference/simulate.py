@@ -27,7 +27,7 @@ from ..binarize import sign
 from ..data import to_uint8
 from ..layers import BinaryConv2d, BinaryLinear
 from .fold import EXACT_F32, fold_batchnorm
-from .graph import Unit, infer_input_shape, sign_weight, units
+from .graph import Unit, check_batch_size, infer_input_shape, sign_weight, units
 
 __all__ = ["simulate", "simulate_scores", "float32_nbytes"]
 
@@ -70,6 +70,7 @@ def simulate_scores(model: nn.Module, X, batch_size: int = 1000) -> torch.Tensor
     norm as the float64 affine map of :func:`~bnnlib.inference.fold_batchnorm`, Sign as
     ``+1 iff y >= 0``.
     """
+    batch_size = check_batch_size(batch_size)
     found = units(model)
     xu = to_uint8(X).cpu()
     if isinstance(found[0].layer, BinaryLinear):

@@ -23,6 +23,8 @@ import numba
 import numpy as np
 import torch
 
+from ._cache import CACHE
+
 __all__ = ["pack", "unpack", "pack_bits", "num_words", "check_pm1", "threshold_pack"]
 
 _WORD_DTYPES = {64: torch.int64, 32: torch.int32}
@@ -46,7 +48,7 @@ _NUMBA_DTYPES = {
 _SERIAL_ENTRIES = 1 << 16  # below this many entries, pack on the calling thread
 
 
-@numba.njit(inline="always", cache=True, boundscheck=False, nogil=True)
+@numba.njit(inline="always", cache=CACHE, boundscheck=False, nogil=True)
 def _pack_row(x, out, r, nonzero):
     """Pack row r of x (R, k) into out[r] (64-bit words, LSB-first); returns #non-±1.
 
@@ -68,7 +70,7 @@ def _pack_row(x, out, r, nonzero):
     return bad
 
 
-@numba.njit(parallel=True, cache=True, boundscheck=False, nogil=True)
+@numba.njit(parallel=True, cache=CACHE, boundscheck=False, nogil=True)
 def _pack_rows_kernel(x, out, nonzero):
     n_bad = 0
     for r in numba.prange(x.shape[0]):
@@ -76,7 +78,7 @@ def _pack_rows_kernel(x, out, nonzero):
     return n_bad
 
 
-@numba.njit(cache=True, boundscheck=False, nogil=True)
+@numba.njit(cache=CACHE, boundscheck=False, nogil=True)
 def _pack_rows_kernel_serial(x, out, nonzero):
     n_bad = 0
     for r in range(x.shape[0]):
@@ -84,7 +86,7 @@ def _pack_rows_kernel_serial(x, out, nonzero):
     return n_bad
 
 
-@numba.njit(parallel=True, cache=True, boundscheck=False, nogil=True)
+@numba.njit(parallel=True, cache=CACHE, boundscheck=False, nogil=True)
 def _unpack_rows_kernel(words, out):
     """out (R, k) float32 = ±1 from the LSB-first bits of words (R, W)."""
     R, k = out.shape
@@ -116,8 +118,28 @@ def _word_dtype(word_bits: int) -> torch.dtype:
     return _WORD_DTYPES[word_bits]
 
 
+_UNSIGNED = {torch.uint8, torch.uint16, torch.uint32, torch.uint64}
+
+
 def check_pm1(x: torch.Tensor, what: str = "pack") -> None:
-    """Raise one clear ValueError unless every entry of x is exactly +1 or -1."""
+    """Raise one clear ValueError unless every entry of x is exactly +1 or -1.
+
+    An unsigned tensor cannot hold -1: ``x == -1`` would compare with -1 wrapped to the
+    largest value (255 for uint8), so there every entry must be 1.
+    """
+    if x.dtype in _UNSIGNED:
+        bad = x != 1
+        n_bad = int(bad.sum())
+        if n_bad:
+            example = x[bad].flatten()[0].item()
+            raise ValueError(
+                f"{what} expects a tensor of ±1 values, but it is {x.dtype}, an unsigned type "
+                f"that cannot hold -1: {n_bad} of {x.numel()} entries are not 1 (for example "
+                f"{example!r}; -1 cast to {x.dtype} wraps to {torch.iinfo(x.dtype).max}). "
+                "Binarize in a signed or float dtype, e.g. bnnlib.sign(x.float()); if the "
+                "largest value stands for -1, reinterpret with x.view(torch.int8) (uint8)."
+            )
+        return
     bad = ~((x == 1) | (x == -1))
     n_bad = int(bad.sum())
     if n_bad:
@@ -183,7 +205,11 @@ def _pack(x: torch.Tensor, dim: int, word_bits: int, nonzero: bool, what: str) -
     x = torch.as_tensor(x)
     if x.dim() == 0:
         raise ValueError(f"{what} needs at least one dimension to pack along, got a scalar")
+    if x.is_complex():  # x.float() would drop the imaginary part without a word
+        raise ValueError(f"{what} expects real values, got {x.dtype}")
     xm = x.movedim(dim, -1)
+    if not nonzero and x.dtype in _UNSIGNED:
+        check_pm1(x, what)  # the kernels would read 255 as -1 (uint8) or > 0 as +1
     if xm.device.type == "cpu":
         words, n_bad = _pack_cpu(xm, word_bits, nonzero)
         if n_bad:

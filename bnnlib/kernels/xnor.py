@@ -24,8 +24,8 @@ Speed: the inner loop runs over the contiguous words of two rows of A and two ro
 vectorizes it (AVX2: XOR + a byte lookup popcount; ``ctpop`` is the LLVM intrinsic).
 Rows of B are taken in blocks that fit in the L2 cache and rows of A are split between
 threads (``prange``); products too small to be worth waking the threads run on the
-calling thread. Compiled functions are cached on disk (``cache=True``; numba falls back
-to a user cache directory when the package directory is read-only).
+calling thread. Compiled functions are cached on disk: next to the source, else in the user
+cache directory, else in a private temp folder, else not at all (:mod:`._cache`).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ import torch
 from numba import types
 from numba.extending import intrinsic
 
+from ._cache import CACHE
 from .packing import num_words, pack_bits, words_as_int64
 
 __all__ = ["xnor_gemm", "bitplane_dot", "hamming_gemm", "popcount_rows"]
@@ -58,7 +59,7 @@ def _popcount(typingctx, x):
     return x(x), codegen
 
 
-_JIT = {"fastmath": True, "boundscheck": False, "nogil": True, "cache": True}
+_JIT = {"fastmath": True, "boundscheck": False, "nogil": True, "cache": CACHE}
 
 
 @numba.njit(inline="always", **_JIT)
@@ -192,16 +193,20 @@ def _as_words64(t: torch.Tensor, name: str) -> torch.Tensor:
     return t.contiguous()
 
 
-def _mask_padding(t: torch.Tensor, k: int) -> torch.Tensor:
-    """Clear bits beyond k in the last word (pack() leaves them 0; foreign words may not)."""
+def _check_padding(t: torch.Tensor, k: int, name: str) -> None:
+    """Refuse set bits beyond k in the last word: pack() leaves them 0, so a set bit there
+    means the rows are longer than k (a wrong k that fits the same number of words)."""
     r = k % 64
     if r == 0 or t.shape[0] == 0:
-        return t
-    mask = (1 << r) - 1
-    if bool(((t[:, -1] & ~mask) != 0).any()):
-        t = t.clone()
-        t[:, -1] &= mask
-    return t
+        return
+    stray = (t[:, -1] & ~((1 << r) - 1)) != 0
+    if bool(stray.any()):
+        row = int(stray.nonzero()[0, 0])
+        raise ValueError(
+            f"{name} has bits beyond k={k} set in {int(stray.sum())} of {t.shape[0]} rows "
+            f"(first: row {row}); pack() leaves them 0, so the rows are longer than k: pass "
+            "the true length of the packed dimension as k"
+        )
 
 
 def _check_operands(a, b, k):
@@ -219,7 +224,9 @@ def _check_operands(a, b, k):
                 f"{name} has {t.shape[1]} words per row but k={k} needs ceil(k/{bits}) = "
                 f"{num_words(k, bits)}; pack both operands along their dimension of length k"
             )
-        checked.append(_mask_padding(_as_words64(t, name), k))
+        t = _as_words64(t, name)
+        _check_padding(t, k, name)
+        checked.append(t)
     return checked[0], checked[1], k
 
 
@@ -233,7 +240,7 @@ def hamming_gemm(
 ) -> torch.Tensor:
     """int32 (M, N): offset + scale * popcount(a_i XOR b_j) summed over the words.
 
-    :func:`xnor_gemm` is offset=k, scale=-2. Bits beyond k are ignored.
+    :func:`xnor_gemm` is offset=k, scale=-2. Bits beyond k must be 0 (see :func:`xnor_gemm`).
     """
     a, b, k = _check_operands(a_packed, b_packed, k)
     M, N = a.shape[0], b.shape[0]
@@ -258,6 +265,13 @@ def xnor_gemm(a_packed: torch.Tensor, b_packed: torch.Tensor, k: int) -> torch.T
     words with ``word_bits=32``), W = ceil(k / word_bits). Each entry is
     k - 2 * popcount(a_i XOR b_j). k = 0 gives zeros (empty dot products); M or N = 0
     gives an empty result. Runs multithreaded on the CPU.
+
+    A ``k`` that disagrees with the rows' true length is refused where it shows: a word count
+    other than ceil(k / word_bits) (k > 64 W, or k <= 64 (W - 1)), or a bit set beyond k in
+    the last word (pack() leaves the padding 0, so such a row is longer than k). What cannot
+    be detected: a k larger than the true length within the same word count (the padding
+    reads as -1 entries), or a smaller one when every entry beyond it is -1 (bit 0) — the
+    words alone do not say where the data ends.
     """
     return hamming_gemm(a_packed, b_packed, k, offset=k, scale=-2)
 
@@ -289,7 +303,7 @@ def bitplane_dot(x: torch.Tensor, w_packed: torch.Tensor, k: int) -> torch.Tenso
         raise ValueError(f"bitplane_dot expects x of shape (M, k={k}), got {tuple(x.shape)}")
     if 255 * k >= 2**31:
         raise ValueError(f"k={k} is too large for int32 results (|s| <= 255 k)")
-    # Validate w and mask its padding through the shared operand check.
+    # Validate w and its padding through the shared operand check.
     _, w, k = _check_operands(torch.zeros((0, num_words(k, 64)), dtype=torch.int64), w_packed, k)
     M, N = x.shape[0], w.shape[0]
     if M == 0 or N == 0:
