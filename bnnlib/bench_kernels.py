@@ -110,8 +110,32 @@ def bench_gpu_gemm(
 
     dev = torch.device("cuda")
     allow_tf32 = torch.backends.cuda.matmul.allow_tf32
-    say = log or (lambda msg: None)
-    res: dict = {
+    res = _gpu_gemm_meta(n, repeats, dev, allow_tf32)
+    record = _Recorder(res, n, repeats, on_result, log or (lambda msg: None))
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        A, B = _pm1(n, n, 0, dev), _pm1(n, n, 1, dev)
+        ref = torch.matmul(A, B)
+        exact = lambda out: torch.equal(out.float(), ref)  # noqa: E731
+        _record_cublas(record, A, B, exact)
+        if not bc.available():
+            res["kernels_unavailable"] = bc.reason()
+            record.emit()
+            return res
+        _record_bnn_kernels(record, bc, A, B, n, baseline, exact)
+        ours = [k for k in ("xnor_popc", "xnor_tensor_core") if k in record.times]
+        if ours:
+            res["fastest_xnor"] = min(ours, key=record.times.get)
+        return res
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+        _add_speedups(res, record.times, skip=("pack",))
+        record.emit()
+
+
+def _gpu_gemm_meta(n: int, repeats: int, dev: torch.device, allow_tf32: bool) -> dict:
+    """The GPU, versions, torch's TF32 setting as found, the timer."""
+    return {
         "n": n,
         "repeats": repeats,
         "gpu": torch.cuda.get_device_name(dev),
@@ -121,20 +145,28 @@ def bench_gpu_gemm(
         "allow_tf32": allow_tf32,
         "timer": "CUDA events, median of repeats after one warm-up call",
     }
-    times: dict[str, float] = {}
-    macs = n**3
 
-    def emit():
-        if on_result is not None:
-            on_result(res)
 
-    def record(name, fn, check, tf32=False):
+class _Recorder:
+    """Times one GPU figure after another into ``res`` (``<name>_s``, ``_times_s``, ``_macs``,
+    ``_exact``, or ``<name>_error``) and ``times``, calling ``on_result(res)`` after each."""
+
+    def __init__(self, res: dict, n: int, repeats: int, on_result, say):
+        self.res, self.times, self.macs, self.repeats = res, {}, n**3, repeats
+        self.on_result, self.say = on_result, say
+
+    def emit(self) -> None:
+        if self.on_result is not None:
+            self.on_result(self.res)
+
+    def __call__(self, name: str, fn, check, tf32: bool = False) -> None:
+        res, macs, say = self.res, self.macs, self.say
         say(f"  {name} ...")
         torch.backends.cuda.matmul.allow_tf32 = tf32
         try:
-            timed = cuda_timeit(fn, repeats)
+            timed = cuda_timeit(fn, self.repeats)
             t = timed["median_s"]
-            times[name] = t
+            self.times[name] = t
             res[f"{name}_s"] = t
             res[f"{name}_times_s"] = timed["times_s"]
             res[f"{name}_macs"] = macs / t
@@ -146,58 +178,56 @@ def bench_gpu_gemm(
             say(f"  {name}: FAILED {res[f'{name}_error']}")
         finally:
             torch.backends.cuda.matmul.allow_tf32 = False
-        emit()
+        self.emit()
 
-    try:
-        torch.backends.cuda.matmul.allow_tf32 = False
-        A, B = _pm1(n, n, 0, dev), _pm1(n, n, 1, dev)
-        ref = torch.matmul(A, B)
-        exact = lambda out: torch.equal(out.float(), ref)  # noqa: E731
-        record("cublas_fp32", lambda: torch.matmul(A, B), exact)
-        record("cublas_tf32", lambda: torch.matmul(A, B), exact, tf32=True)
-        Ab, Bb = A.bfloat16(), B.bfloat16()
-        record("cublas_bf16", lambda a=Ab, b=Bb: torch.matmul(a, b), exact)
-        del Ab, Bb
-        if hasattr(torch, "_int_mm"):
-            Ai, Bi = A.to(torch.int8), B.to(torch.int8)
-            record("cublas_int8", lambda a=Ai, b=Bi: torch._int_mm(a, b), exact)
-            del Ai, Bi
-        if not bc.available():
-            res["kernels_unavailable"] = bc.reason()
-            emit()
-            return res
-        if baseline:
-            record("baseline", lambda: bc.baseline_gemm(A, B), exact)
 
-        def pack32():
-            return bc.pack(A, word_bits=32, check=False), bc.pack_cols(B, 32, check=False)
+def _record_cublas(record: _Recorder, A: torch.Tensor, B: torch.Tensor, exact) -> None:
+    """cuBLAS float32 (TF32 off), TF32, bf16 and, where torch has it, int8."""
+    record("cublas_fp32", lambda: torch.matmul(A, B), exact)
+    record("cublas_tf32", lambda: torch.matmul(A, B), exact, tf32=True)
+    Ab, Bb = A.bfloat16(), B.bfloat16()
+    record("cublas_bf16", lambda a=Ab, b=Bb: torch.matmul(a, b), exact)
+    del Ab, Bb
+    if hasattr(torch, "_int_mm"):
+        Ai, Bi = A.to(torch.int8), B.to(torch.int8)
+        record("cublas_int8", lambda a=Ai, b=Bi: torch._int_mm(a, b), exact)
+        del Ai, Bi
 
-        def pack64():
-            return bc.pack(A, check=False), bc.pack_cols(B, check=False)
 
-        record("pack32_both", pack32, None)
-        record("pack64_both", pack64, None)
-        a32, b32 = pack32()
-        a64, b64 = pack64()
-        record("xnor_paper", lambda: bc.xnor_gemm(a32, b32, n), exact)
-        record("xnor_paper_with_packing", lambda: bc.xnor_gemm(*pack32(), n), exact)
-        popc = lambda a, b: bc.xnor_gemm_fast(a, b, n, method="popc")  # noqa: E731
-        record("xnor_popc", lambda: popc(a64, b64), exact)
-        record("xnor_popc_with_packing", lambda: popc(*pack64()), exact)
-        if tuple(res["capability"]) >= (8, 0):
-            tc = lambda a, b, **kw: bc.xnor_gemm_fast(a, b, n, "tensor_core", **kw)  # noqa: E731
-            record("xnor_tensor_core", lambda: tc(a64, b64), exact)
-            counts = (bc.popcount_rows(a64), bc.popcount_rows(b64))
-            record("xnor_tensor_core_kernel_only", lambda: tc(a64, b64, popcounts=counts), exact)
-            record("xnor_tensor_core_with_packing", lambda: tc(*pack64()), exact)
-        ours = [k for k in ("xnor_popc", "xnor_tensor_core") if k in times]
-        if ours:
-            res["fastest_xnor"] = min(ours, key=times.get)
-        return res
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = allow_tf32
-        for name in list(times):
-            for against in ("baseline", "cublas_fp32"):
-                if against in times and name != against and not name.startswith("pack"):
-                    res[f"speedup_{name}_vs_{against}"] = times[against] / times[name]
-        emit()
+def _record_bnn_kernels(record: _Recorder, bc, A, B, n: int, baseline: bool, exact) -> None:
+    """The baseline kernel, packing alone, and every XNOR kernel pre-packed and with packing."""
+    if baseline:
+        record("baseline", lambda: bc.baseline_gemm(A, B), exact)
+
+    def pack32():
+        return bc.pack(A, word_bits=32, check=False), bc.pack_cols(B, 32, check=False)
+
+    def pack64():
+        return bc.pack(A, check=False), bc.pack_cols(B, check=False)
+
+    record("pack32_both", pack32, None)
+    record("pack64_both", pack64, None)
+    a32, b32 = pack32()
+    a64, b64 = pack64()
+    record("xnor_paper", lambda: bc.xnor_gemm(a32, b32, n), exact)
+    record("xnor_paper_with_packing", lambda: bc.xnor_gemm(*pack32(), n), exact)
+    popc = lambda a, b: bc.xnor_gemm_fast(a, b, n, method="popc")  # noqa: E731
+    record("xnor_popc", lambda: popc(a64, b64), exact)
+    record("xnor_popc_with_packing", lambda: popc(*pack64()), exact)
+    if tuple(record.res["capability"]) >= (8, 0):
+        tc = lambda a, b, **kw: bc.xnor_gemm_fast(a, b, n, "tensor_core", **kw)  # noqa: E731
+        record("xnor_tensor_core", lambda: tc(a64, b64), exact)
+        counts = (bc.popcount_rows(a64), bc.popcount_rows(b64))
+        record("xnor_tensor_core_kernel_only", lambda: tc(a64, b64, popcounts=counts), exact)
+        record("xnor_tensor_core_with_packing", lambda: tc(*pack64()), exact)
+
+
+def _add_speedups(
+    res: dict, times: dict, against: tuple = ("baseline", "cublas_fp32"), skip: tuple = ()
+) -> None:
+    """``speedup_<name>_vs_<ref>`` = time of ``ref`` / time of ``name``, for every timed name
+    (but those starting with ``skip``) against each reference that was timed."""
+    for name in list(times):
+        for ref in against:
+            if ref in times and name != ref and not name.startswith(skip):
+                res[f"speedup_{name}_vs_{ref}"] = times[ref] / times[name]

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from bnnlib import bench
+from bnnlib import bench, bench_gpu
 
 
 def test_timeit_counts_calls():
@@ -84,7 +84,7 @@ def test_gpu_mlp_paths_on_cpu_stand_ins(monkeypatch):
     from bnnlib import inference
     from bnnlib.models import mnist_mlp
 
-    monkeypatch.setattr(bench, "bcuda", _CpuStandIns)
+    monkeypatch.setattr(bench_gpu, "bcuda", _CpuStandIns)  # the module that holds the paths
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(1)
     x = torch.randint(0, 256, (300, 784), generator=g, dtype=torch.uint8)

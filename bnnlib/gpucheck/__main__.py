@@ -1,0 +1,8 @@
+"""``python -m bnnlib.gpucheck``: see :mod:`bnnlib.gpucheck`."""
+
+import sys
+
+from . import main
+
+if __name__ == "__main__":
+    sys.exit(main())
