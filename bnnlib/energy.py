@@ -286,41 +286,18 @@ def energy(
     cost = cost or BinaryCost()
     w_pj = memory_pj(weight_memory, dram)
     a_pj = memory_pj(activation_memory, dram)
-    fmac = FP32_MUL + FP32_ADD
     counts = count_layers(model, input_shape)
     out: list[LayerEnergy] = []
     b_in_bits = 8  # the BNN's current activation width: the 8-bit image, then 1 bit
     for c in counts:
-        fc = bc = fmem = bmem = fw = bw = 0.0
         if c.kind in ("linear", "conv2d"):
-            words = math.ceil(c.fan_in / cost.word_bits)
-            rows = c.weights // c.fan_in  # output units / channels, each a packed row
-            fc = c.macs * fmac
-            if not c.first:
-                bc = c.outputs * words * cost.word
-            elif first_layer == "bitplanes":
-                bc = c.outputs * (8 * words * cost.word + 8 * INT32_ADD)
-            else:
-                bc = c.macs * INT8_ADD
-            fw = _words(c.weights, 32) / batch_size
-            bw = rows * words / batch_size
-            f_in_bits = 8 if c.first else 32  # both read the 8-bit image
-            fmem = fw * w_pj + _words(c.in_elements, f_in_bits) * a_pj
-            bmem = bw * w_pj + _words(c.in_elements, b_in_bits) * a_pj
+            priced = _weighted_layer(c, cost, first_layer, w_pj, a_pj, b_in_bits, batch_size)
         elif c.kind == "batchnorm":  # + Sign, or the last layer's scores; writes the output
-            fc = c.outputs * fmac
-            bc = c.outputs * (fmac if c.last else INT32_ADD)
-            b_out_bits = 32 if c.last else 1
-            fmem = (_words(2 * c.channels, 32) * w_pj) / batch_size + _words(c.outputs, 32) * a_pj
-            b_param_bits = 64 if c.last else 32  # float32 (a, b), or one int32 threshold
-            bmem = (_words(c.channels, b_param_bits) * w_pj) / batch_size + _words(
-                c.outputs, b_out_bits
-            ) * a_pj
-            b_in_bits = b_out_bits
+            priced = _batchnorm_layer(c, w_pj, a_pj, batch_size)
+            b_in_bits = 32 if c.last else 1
         else:  # max-pooling of the pre-activation: float, or the integer s of the BNN
-            fc = c.compares * FP32_ADD
-            bc = c.compares * INT32_ADD
-        out.append(LayerEnergy(c.name, c.kind, fc, bc, fmem, bmem, fw, bw))
+            priced = (c.compares * FP32_ADD, c.compares * INT32_ADD, 0.0, 0.0, 0.0, 0.0)
+        out.append(LayerEnergy(c.name, c.kind, *priced))
     settings = {
         "input_shape": list(input_shape),
         "weight_memory": weight_memory,
@@ -336,9 +313,45 @@ def energy(
             "word": cost.word,
             "word_bits": cost.word_bits,
         },
-        "float32_mac_pJ": fmac,
+        "float32_mac_pJ": FP32_MUL + FP32_ADD,
     }
     return EnergyReport(out, counts, settings)
+
+
+def _weighted_layer(c, cost, first_layer, w_pj, a_pj, b_in_bits, batch_size) -> tuple:
+    """(float, binary) compute, (float, binary) memory and (float, binary) weight reads of
+    a linear or convolutional layer, in pJ and 64-bit words per image."""
+    fmac = FP32_MUL + FP32_ADD
+    words = math.ceil(c.fan_in / cost.word_bits)
+    rows = c.weights // c.fan_in  # output units / channels, each a packed row
+    fc = c.macs * fmac
+    if not c.first:
+        bc = c.outputs * words * cost.word
+    elif first_layer == "bitplanes":
+        bc = c.outputs * (8 * words * cost.word + 8 * INT32_ADD)
+    else:
+        bc = c.macs * INT8_ADD
+    fw = _words(c.weights, 32) / batch_size
+    bw = rows * words / batch_size
+    f_in_bits = 8 if c.first else 32  # both read the 8-bit image
+    fmem = fw * w_pj + _words(c.in_elements, f_in_bits) * a_pj
+    bmem = bw * w_pj + _words(c.in_elements, b_in_bits) * a_pj
+    return fc, bc, fmem, bmem, fw, bw
+
+
+def _batchnorm_layer(c, w_pj, a_pj, batch_size) -> tuple:
+    """:func:`_weighted_layer`'s numbers for a batch norm (+ Sign, or the last layer's
+    scores), which writes its output: 1 bit a value in the BNN, 32 after the last layer."""
+    fmac = FP32_MUL + FP32_ADD
+    fc = c.outputs * fmac
+    bc = c.outputs * (fmac if c.last else INT32_ADD)
+    b_out_bits = 32 if c.last else 1
+    fmem = (_words(2 * c.channels, 32) * w_pj) / batch_size + _words(c.outputs, 32) * a_pj
+    b_param_bits = 64 if c.last else 32  # float32 (a, b), or one int32 threshold
+    bmem = (_words(c.channels, b_param_bits) * w_pj) / batch_size + _words(
+        c.outputs, b_out_bits
+    ) * a_pj
+    return fc, bc, fmem, bmem, 0.0, 0.0
 
 
 def _words(n: int, bits: int) -> int:

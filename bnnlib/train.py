@@ -19,20 +19,7 @@ The recipe of the paper's Theano code (Section 2), for every model:
 * the reported test error is the one *at the epoch of best validation error*,
   not the best test error.
 
-What each epoch records (:class:`History`, errors are fractions in [0, 1]):
-
-``loss``
-    the mean training loss over the epoch's mini-batches;
-``train_error``
-    the error on the mini-batches *as they were trained on*: train mode, so with
-    dropout and batch statistics, before each update. This is the training curve
-    of the paper's Figure 1 and costs no extra pass; the error of the final
-    weights on the training set in eval mode is lower;
-``val_error``, ``test_error``
-    eval mode (running batch-norm statistics, no dropout, deterministic Sign);
-``lr``, ``time``
-    the base LR of the epoch (binary layers use it times their Glorot scale)
-    and the seconds of the training passes (``eval_time``: of the evaluation).
+What each epoch records: :class:`bnnlib.history.History` (errors are fractions in [0, 1]).
 
 Speed. The whole dataset is moved to the training device once; a batch is an
 index slice of the epoch's permutation. Losses and error counts are summed on
@@ -51,24 +38,18 @@ measured on a GPU here yet.
 
 Reproducibility. ``seed`` seeds a CPU ``torch.Generator`` for the shuffling
 and the global torch RNG (dropout, stochastic binarization; ``seed + rank``
-under DDP). A checkpoint is written atomically after every epoch (temporary
-file in the same folder, fsync, ``os.replace``) and holds the model,
-optimizer, scheduler, best-validation weights, history and all RNG states, so
-``resume=True`` ends with the same weights and history, bit for bit, as an
-uninterrupted run. Checkpoints load with ``torch.load(weights_only=True)``:
-tensors and plain containers only, never arbitrary pickles.
+under DDP). A checkpoint (:mod:`bnnlib.checkpoint`: atomic, with a SHA-256 of its
+contents, loaded with ``weights_only=True``) is written after every epoch and
+holds the model, optimizer, scheduler, best-validation weights, history and all
+RNG states, so ``resume=True`` ends with the same weights and history, bit for
+bit, as an uninterrupted run.
 
 Safety. ``resume=True`` needs the checkpoint, and refuses one whose run
-configuration differs (:func:`config_differences`: every setting that changes
-the result, each differing one named; settings missing from an older
-checkpoint count as their defaults, :data:`CONFIG_DEFAULTS`) or whose model has
-other parameter shapes. A checkpoint carries the SHA-256 of its contents
-(``sha256``: every tensor's dtype, shape and bytes, every key and value, in
-order), checked on load: a damaged file gives :class:`CheckpointError`.
-Checkpoints of format 1, written before the checksum, have none and still load
-unchecked. A non-finite training loss stops the run with
-:class:`NonFiniteLossError` before that epoch is recorded, so the checkpoint
-and history keep the last good epoch.
+configuration differs or whose model has other parameter shapes
+(:mod:`bnnlib.runfolder`: :func:`config_differences`, :class:`RunConfigError`); a
+damaged checkpoint gives :class:`CheckpointError`. A non-finite training loss
+stops the run with :class:`NonFiniteLossError` before that epoch is recorded, so
+the checkpoint and history keep the last good epoch.
 
 Several processes. ``torchrun --nproc_per_node=N -m bnnlib.train ...`` runs
 DistributedDataParallel (gloo on CPU, nccl on GPU, detected from
@@ -87,14 +68,12 @@ Command line: ``python -m bnnlib.train --model mnist_mlp --epochs 10``, in
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import math
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -104,191 +83,31 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import data as bdata
+from .checkpoint import (
+    CHECKPOINT_FORMAT,
+    CheckpointError,
+    _cpu_state,
+    _rng_state,
+    _set_rng_state,
+    atomic_save,
+    load_checkpoint,
+    save_checkpoint,
+)
+from .fast_step import fast_step, shift_adamax_foreach
+from .history import History, _pct
 from .losses import pm1_targets, square_hinge
-from .machine import atomic_write
 from .optim import Adam, ShiftAdaMax, exponential_lr, step_lr
+from .runfolder import CONFIG_DEFAULTS, RunConfigError, check_resume, config_differences, run_config
 
 __all__ = ["History", "fit", "evaluate", "predict", "make_optimizer", "atomic_save"]
 __all__ += ["shift_adamax_foreach", "fast_step"]
 __all__ += ["load_checkpoint", "PAPER_DEFAULTS", "main"]  # noqa: F822 (see __getattr__)
-__all__ += ["CheckpointError", "RunConfigError", "NonFiniteLossError"]
+__all__ += ["CheckpointError", "RunConfigError", "NonFiniteLossError", "CHECKPOINT_FORMAT"]
 __all__ += ["config_differences", "run_config", "CONFIG_DEFAULTS"]
-
-#: 2: with the ``sha256`` of the contents (format 1, without, still loads).
-CHECKPOINT_FORMAT = 2
-_READABLE_FORMATS = (1, 2)
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used: unreadable, not ours, or damaged."""
-
-
-class RunConfigError(ValueError):
-    """A checkpoint of another run configuration than the one asked to resume."""
 
 
 class NonFiniteLossError(FloatingPointError):
     """The training loss of an epoch is NaN or infinite: the run stops there."""
-
-
-# --------------------------------------------------------------------------- History
-
-
-@dataclass
-class History:
-    """Per-epoch records (``epoch`` counts from 1) and the paper's best-validation summary."""
-
-    epochs: list[dict] = field(default_factory=list)
-    config: dict = field(default_factory=dict)
-    #: Why training ended before ``num_epochs`` (e.g. the time limit), else None.
-    stopped: str | None = None
-    #: The best-validation weights (CPU state dict) after :func:`fit`; not written to JSON.
-    best_state: dict | None = field(default=None, repr=False, compare=False)
-
-    @property
-    def best_epoch(self) -> int | None:
-        """The epoch of lowest validation error (the first one on ties; the last if no val)."""
-        if not self.epochs:
-            return None
-        scored = [r for r in self.epochs if r.get("val_error") is not None]
-        if not scored:
-            return self.epochs[-1]["epoch"]
-        return min(scored, key=lambda r: (r["val_error"], r["epoch"]))["epoch"]
-
-    def _at_best(self, key: str) -> float | None:
-        best = self.best_epoch
-        return None if best is None else next(r[key] for r in self.epochs if r["epoch"] == best)
-
-    @property
-    def best_val_error(self) -> float | None:
-        return self._at_best("val_error")
-
-    @property
-    def test_error_at_best(self) -> float | None:
-        """The test error at the best-validation epoch: the number the paper reports."""
-        return self._at_best("test_error")
-
-    def to_dict(self) -> dict:
-        return {
-            "config": dict(self.config),
-            "epochs": [dict(r) for r in self.epochs],
-            "best_epoch": self.best_epoch,
-            "best_val_error": self.best_val_error,
-            "test_error_at_best": self.test_error_at_best,
-            "stopped": self.stopped,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict) -> History:
-        return cls(
-            epochs=[dict(r) for r in d.get("epochs", [])],
-            config=dict(d.get("config", {})),
-            stopped=d.get("stopped"),
-        )
-
-    def to_json(self, path: str | os.PathLike) -> None:
-        """Write :meth:`to_dict` as JSON, atomically."""
-        text = json.dumps(self.to_dict(), indent=1)
-        atomic_write(path, text.encode())
-
-    def __str__(self) -> str:
-        if not self.epochs:
-            return "History(no epochs)"
-        best = self.best_epoch
-        return (
-            f"{len(self.epochs)} epochs; best validation epoch {best}: "
-            f"val error {_pct(self.best_val_error)}, test error {_pct(self.test_error_at_best)}"
-        )
-
-
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.2f}%"
-
-
-# --------------------------------------------------------------------------- checkpoints
-
-
-def atomic_save(obj, path: str | os.PathLike) -> None:
-    """``torch.save`` that leaves the previous file intact if anything fails mid-write."""
-    atomic_write(path, lambda f: torch.save(obj, f))
-
-
-def _digest(obj) -> str:
-    """SHA-256 of a checkpoint's contents: keys, values, tensors' dtype, shape and bytes,
-    in order (the same after a ``torch.save``/``torch.load`` round trip)."""
-    h = hashlib.sha256()
-
-    def feed(x) -> None:
-        if isinstance(x, torch.Tensor):
-            t = x.detach().to("cpu").contiguous()
-            h.update(f"T{t.dtype}{tuple(t.shape)};".encode())
-            if t.numel():
-                h.update(t.reshape(-1).view(torch.uint8).numpy().data)
-        elif isinstance(x, Mapping):
-            h.update(f"M{len(x)};".encode())
-            for k, v in x.items():
-                feed(k)
-                feed(v)
-        elif isinstance(x, (list, tuple)):
-            h.update(f"{'L' if isinstance(x, list) else 'U'}{len(x)};".encode())
-            for v in x:
-                feed(v)
-        elif isinstance(x, str):
-            b = x.encode()
-            h.update(f"S{len(b)};".encode() + b)
-        elif isinstance(x, (bytes, bytearray)):
-            h.update(f"B{len(x)};".encode() + bytes(x))
-        else:  # None, bool, int, float (repr is exact), torch.dtype ...
-            h.update(f"{type(x).__name__}:{x!r};".encode())
-
-    feed(obj)
-    return h.hexdigest()
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Load a checkpoint with ``weights_only=True`` (tensors and plain containers only)
-    and check its SHA-256 (format 2; format 1, older, has none and loads unchecked)."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(
-            f"{path}: not a readable bnnlib checkpoint, damaged or of another kind "
-            f"({type(e).__name__}: {e}); delete it or choose another --out folder"
-        ) from e
-    if not isinstance(ckpt, dict) or ckpt.get("format") not in _READABLE_FORMATS:
-        raise CheckpointError(f"{path}: not a bnnlib checkpoint (format {CHECKPOINT_FORMAT})")
-    if ckpt["format"] >= 2:
-        recorded = ckpt.get("sha256")
-        if not isinstance(recorded, str):
-            raise CheckpointError(
-                f"{path}: damaged checkpoint: no checksum (format {ckpt['format']} has one); "
-                "restore it from a copy, or start again with --overwrite"
-            )
-        actual = _digest({k: v for k, v in ckpt.items() if k != "sha256"})
-        if actual != recorded:
-            raise CheckpointError(
-                f"{path}: damaged checkpoint: the SHA-256 of its contents ({actual[:16]}...) "
-                f"is not the one written with it ({recorded[:16]}...); restore it from a "
-                "copy, or start again with --overwrite"
-            )
-    return ckpt
-
-
-def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _cpu_state(net: nn.Module) -> dict:
-    return {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -397,104 +216,6 @@ def _base_lr(opt: torch.optim.Optimizer) -> float:
     return g["lr"] / g.get("lr_scale", 1.0)
 
 
-# ------------------------------------------------------------------ the fast path's step
-
-
-@torch.no_grad()
-def _clip_foreach(groups) -> None:
-    """:func:`bnnlib.optim.clip_binary_weights` as two multi-tensor calls (the same values)."""
-    params = [p for g in groups if g.get("clip") for p in g["params"]]
-    if params:
-        torch._foreach_clamp_min_(params, -1.0)
-        torch._foreach_clamp_max_(params, 1.0)
-
-
-def _ap2_nonnegative(xs: list[torch.Tensor]) -> list[torch.Tensor]:
-    """AP2 of tensors with no negative entries: 2^round(log2 x), and 0 where x == 0
-    (exp2(-inf) = +0), the values :func:`bnnlib.shift.ap2` gives."""
-    e = torch._foreach_log2(xs)
-    torch._foreach_round_(e)
-    return torch._foreach_pow(2.0, e)
-
-
-@torch.no_grad()
-def shift_adamax_foreach(opt: ShiftAdaMax) -> None:
-    """One :class:`bnnlib.optim.ShiftAdaMax` step (either variant) with multi-tensor ops.
-
-    The same arithmetic as ``ShiftAdaMax.step`` per parameter (tested bit for bit on
-    the CPU), then the clipping; a group whose parameters are at different step counts
-    (some had no gradient) takes ``ShiftAdaMax.step``'s loop instead.
-    """
-    from .optim import _ap2_scalar
-
-    for group in opt.param_groups:
-        params = [p for p in group["params"] if p.grad is not None]
-        if not params:
-            continue
-        beta1, beta2 = group["betas"]
-        for p in params:
-            state = opt.state[p]
-            if not state:
-                state["step"] = 0
-                state["exp_avg"] = torch.zeros_like(p)
-                state["exp_inf"] = torch.zeros_like(p)
-            state["step"] += 1
-        steps = {opt.state[p]["step"] for p in params}
-        if len(steps) > 1:
-            for p in params:
-                opt.state[p]["step"] -= 1
-            _shift_adamax_loop(opt, group, params)
-            continue
-        bias1 = 1 - beta1 ** steps.pop()
-        grads = [p.grad for p in params]
-        ms = [opt.state[p]["exp_avg"] for p in params]
-        vs = [opt.state[p]["exp_inf"] for p in params]
-        torch._foreach_lerp_(ms, grads, 1 - beta1)
-        torch._foreach_mul_(vs, beta2)
-        torch._foreach_maximum_(vs, torch._foreach_abs(grads))
-        if group.get("variant", "paper") == "torch7":
-            rounded = _ap2_nonnegative(vs)
-            torch._foreach_add_(rounded, group["eps"])
-            torch._foreach_copy_(vs, rounded)
-            step_size = _ap2_scalar(group["lr"] / group["lr_scale"] / bias1)
-            torch._foreach_sub_(
-                params, torch._foreach_div(ms, vs), alpha=step_size * group["lr_scale"]
-            )
-        else:
-            denom = _ap2_nonnegative(torch._foreach_add(vs, group["eps"]))
-            alpha = _ap2_scalar(group["lr"] / bias1)
-            torch._foreach_sub_(params, torch._foreach_div(ms, denom), alpha=alpha)
-    _clip_foreach(opt.param_groups)
-
-
-def _shift_adamax_loop(opt: ShiftAdaMax, group: dict, params: list) -> None:
-    """``ShiftAdaMax.step`` restricted to one group (the rare mixed-step case)."""
-    saved = opt.param_groups
-    opt.param_groups = [{**group, "params": params, "clip": False}]
-    try:
-        ShiftAdaMax.step(opt)
-    finally:
-        opt.param_groups = saved
-
-
-def fast_step(opt: torch.optim.Optimizer) -> None:
-    """The optimizer step of the fast path: the same update as ``opt.step()``.
-
-    :class:`bnnlib.optim.Adam`: PyTorch's Adam step (fused or foreach, as built), then
-    the clipping as two multi-tensor clamps; :class:`bnnlib.optim.ShiftAdaMax`:
-    :func:`shift_adamax_foreach`; any other optimizer: ``opt.step()``.
-    """
-    if isinstance(opt, Adam):
-        torch.optim.Adam.step(opt)
-        _clip_foreach(opt.param_groups)
-    elif isinstance(opt, ShiftAdaMax):
-        shift_adamax_foreach(opt)
-    else:
-        opt.step()
-        return
-    opt._opt_called = True  # what the LR scheduler's wrapper of opt.step() would mark
-
-
 # ------------------------------------------------------------------ the training epoch
 
 
@@ -523,52 +244,6 @@ def _train_epoch(model, opt, X, Y, T, perm, batch_size, rank, world, bar, fast=F
         dist.all_reduce(loss_sum)
         dist.all_reduce(errors)
     return loss_sum, errors, steps * batch_size
-
-
-#: Settings recorded for the record only: they may change when a run is resumed.
-NOT_COMPARED = ("argv", "hardware", "data", "fast")
-#: The values of settings that older checkpoints did not record (the CLI's defaults then).
-CONFIG_DEFAULTS = {"depth": 3, "width": 1.0, "float": False}
-_MISSING = "<not recorded>"
-
-
-def config_differences(saved: dict, now: dict) -> dict[str, tuple]:
-    """``{setting: (saved value, value now)}`` for every setting of a run's configuration
-    that differs, but those in :data:`NOT_COMPARED`; a setting missing on one side counts
-    as its :data:`CONFIG_DEFAULTS` value (settings added after ``saved`` was written)."""
-    diff = {}
-    for k in dict.fromkeys([*saved, *now]):
-        if k in NOT_COMPARED:
-            continue
-        a = saved.get(k, CONFIG_DEFAULTS.get(k, _MISSING))
-        b = now.get(k, CONFIG_DEFAULTS.get(k, _MISSING))
-        if a != b:
-            diff[k] = (a, b)
-    return diff
-
-
-def _check_resume(ckpt: dict, config: dict, net: nn.Module, path) -> None:
-    """Refuse a checkpoint of another run configuration, or of another model's shapes."""
-    diff = config_differences(ckpt["config"], config)
-    if diff:
-        shown = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
-        raise RunConfigError(
-            f"{path}: cannot resume with different settings ({shown}); "
-            "resume with the same settings, or start a new run in another folder "
-            "(or replace this one with --overwrite)"
-        )
-    saved = {k: tuple(v.shape) for k, v in ckpt["model"].items()}
-    mine = {k: tuple(v.shape) for k, v in net.state_dict().items()}
-    if saved != mine:
-        shown = [
-            f"{k}: checkpoint {saved.get(k, 'none')} vs now {mine.get(k, 'none')}"
-            for k in dict.fromkeys([*saved, *mine])
-            if saved.get(k) != mine.get(k)
-        ]
-        raise RunConfigError(
-            f"{path}: cannot resume: the checkpoint holds another model "
-            f"({', '.join(shown[:5])}{', ...' if len(shown) > 5 else ''})"
-        )
 
 
 # ------------------------------------------------- the pieces of fit, in the order it calls them
@@ -647,7 +322,7 @@ def _start(net: nn.Module, config: dict, device: torch.device, rank: int, world:
 def _restore(run: _Run, path: Path) -> None:
     """Continue ``run`` from the checkpoint at ``path``, refused if the settings differ."""
     ckpt = load_checkpoint(path)
-    _check_resume(ckpt, run.config, run.net, path)
+    check_resume(ckpt, run.config, run.net, path)
     run.net.load_state_dict(ckpt["model"])
     run.opt.load_state_dict(ckpt["optimizer"])
     run.scheduler.load_state_dict(ckpt["scheduler"])
@@ -722,13 +397,12 @@ def _save_checkpoint(run: _Run, epoch: int, checkpoint: Path | None, history_pat
         return
     if checkpoint is not None:
         state = {
-            "format": CHECKPOINT_FORMAT, "epoch": epoch, "config": run.config,
+            "epoch": epoch, "config": run.config,
             "model": run.net.state_dict(), "optimizer": run.opt.state_dict(),
             "scheduler": run.scheduler.state_dict(), "best_model": run.best_state,
             "history": run.history.to_dict(), "shuffle": run.shuffle.get_state(), "rng": rngs,
         }  # fmt: skip
-        state["sha256"] = _digest(state)  # checked by load_checkpoint
-        atomic_save(state, checkpoint)
+        save_checkpoint(state, checkpoint)  # with the format and the SHA-256, first and last
     if history_path is not None:
         run.history.to_json(history_path)
 
@@ -824,16 +498,8 @@ def fit(
         num_epochs, batch_size, len(train), world, lr_start=lr_start, lr_end=lr_end,
         lr_halve_every=lr_halve_every, max_time=max_time, eval_batch_size=eval_batch_size,
     )  # fmt: skip
-    checkpoint = Path(checkpoint) if checkpoint is not None else None
-    if resume and checkpoint is None:
-        raise ValueError("resume=True needs a checkpoint path")
-    if resume and not checkpoint.exists():
-        raise FileNotFoundError(f"{checkpoint}: no checkpoint: nothing to resume")
-    fast = device.type == "cuda" if fast is None else bool(fast)
-    if eval_batch_size is None:
-        eval_batch_size = FAST_EVAL_BATCH if fast else 1000
-    if fast and device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    checkpoint = _checkpoint_path(checkpoint, resume)
+    fast, eval_batch_size = _fast_path(device, fast, eval_batch_size)
     config = run_config(
         train, val, test, num_epochs=num_epochs, batch_size=batch_size, lr_start=lr_start,
         lr_end=lr_end, optimizer=optimizer, glorot_scale=glorot_scale,
@@ -846,7 +512,38 @@ def fit(
     run.model = _parallel(net, device, world)
     data = _Data.on(device, train, val, test)
     log = _Progress(progress and rank == 0, num_epochs, run.start, len(train) // batch_size)
-    for epoch in range(run.start, num_epochs):
+    _epochs(run, data, log, batch_size, eval_batch_size, checkpoint, history_path, callback,
+            max_time)  # fmt: skip
+    log.bar.close()
+    run.history.best_state = run.best_state
+    return run.history
+
+
+def _checkpoint_path(checkpoint, resume: bool) -> Path | None:
+    """``checkpoint`` as a Path; ``resume=True`` needs one that exists."""
+    checkpoint = Path(checkpoint) if checkpoint is not None else None
+    if resume and checkpoint is None:
+        raise ValueError("resume=True needs a checkpoint path")
+    if resume and not checkpoint.exists():
+        raise FileNotFoundError(f"{checkpoint}: no checkpoint: nothing to resume")
+    return checkpoint
+
+
+def _fast_path(device: torch.device, fast: bool | None, eval_batch_size: int | None):
+    """(fast, evaluation batch): the fast path's defaults (module docstring); on a GPU
+    it lets cuDNN pick its convolution algorithms."""
+    fast = device.type == "cuda" if fast is None else bool(fast)
+    if eval_batch_size is None:
+        eval_batch_size = FAST_EVAL_BATCH if fast else 1000
+    if fast and device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    return fast, eval_batch_size
+
+
+def _epochs(run: _Run, data: _Data, log, batch_size, eval_batch_size, checkpoint, history_path,
+            callback, max_time) -> None:  # fmt: skip
+    """The epochs of :func:`fit` from ``run.start``: train, evaluate, record, save, report."""
+    for epoch in range(run.start, run.config["num_epochs"]):
         t0 = time.perf_counter()
         loss, train_error, lr, t_train = _run_epoch(run, data, batch_size, log.batches(epoch), t0)
         val_error, test_error = _evaluate_epoch(run, data, eval_batch_size)
@@ -861,25 +558,6 @@ def fit(
             callback(run.history)
         if _out_of_time(run, max_time, t0, epoch + 1, history_path, log):
             break
-    log.bar.close()
-    run.history.best_state = run.best_state
-    return run.history
-
-
-def run_config(
-    train, val, test, *, num_epochs, batch_size, lr_start, lr_end, optimizer, glorot_scale,
-    lr_halve_every, seed, world_size=1, fast=False, meta=None, **_ignored,
-) -> dict:  # fmt: skip
-    """The run configuration :func:`fit` records (``history.config``, the checkpoint's) and
-    compares on resume (:func:`config_differences`); ``meta``'s entries are added."""
-    return {
-        "num_epochs": num_epochs, "batch_size": batch_size, "lr_start": lr_start,
-        "lr_end": lr_end, "optimizer": optimizer, "glorot_scale": glorot_scale,
-        "lr_halve_every": lr_halve_every, "seed": seed, "world_size": world_size,
-        "dataset": train.name, "n_train": len(train),
-        "n_val": len(val) if val is not None else 0,
-        "n_test": len(test) if test is not None else 0, "fast": fast, **(meta or {}),
-    }  # fmt: skip
 
 
 # ------------------------------------------------------------------ the command line

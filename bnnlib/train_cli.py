@@ -32,8 +32,8 @@ LR 3e-3 -> 3e-5, no hidden dropout (short recipe)  1.84%       2.00%
 values for any length. The short recipe was tuned on the MLP only; for the
 ConvNets it changes just the LR end.
 
-The run folder (``--out``). A folder that holds a run (``checkpoint.pt`` or
-``history.json``) is refused unless ``--resume`` (continue it: every setting
+The run folder (``--out``, :mod:`bnnlib.runfolder`). A folder that holds a run
+(``checkpoint.pt`` or ``history.json``) is refused unless ``--resume`` (continue it: every setting
 that matters must be the same, :func:`bnnlib.train.config_differences`) or
 ``--overwrite`` (remove that run's files and start again); ``--resume`` needs
 the checkpoint. While a run uses the folder it holds ``--out/.lock`` (its PID and
@@ -49,12 +49,9 @@ learning rates, width, time limit: finite and > 0; dropout in [0, 1)).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import os
-import platform
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -63,19 +60,12 @@ from torch import nn
 
 from . import data as bdata
 from . import models, paper
+from .checkpoint import CheckpointError, _cpu_state, atomic_save
+from .history import History
 from .machine import hardware, retain_freed_memory
-from .train import (
-    OPTIMIZERS,
-    CheckpointError,
-    History,
-    NonFiniteLossError,
-    RunConfigError,
-    _cpu_state,
-    _device,
-    _dist,
-    atomic_save,
-    fit,
-)
+from .runfolder import RunConfigError, claim_run_folder, release
+from .runfolder import fail as _fail
+from .train import OPTIMIZERS, NonFiniteLossError, _device, _dist, fit
 
 __all__ = [
     "main",
@@ -159,6 +149,16 @@ def _parser() -> argparse.ArgumentParser:
         "50, 1e-3 -> 3e-7; svhn_convnet: 200, 50, 1e-3 -> 1e-6). Run under "
         "`torchrun --nproc_per_node=N` for data-parallel training.",
     )
+    _data_and_model_options(p)
+    _schedule_options(p)
+    _method_options(p)
+    _variant_options(p)
+    _run_options(p)
+    return p
+
+
+def _data_and_model_options(p: argparse.ArgumentParser) -> None:
+    """The dataset and the model's shape."""
     p.add_argument("--model", choices=sorted(models.MODELS), help="required unless --preset")
     p.add_argument(
         "--dataset",
@@ -173,6 +173,10 @@ def _parser() -> argparse.ArgumentParser:
         "--dropout-hidden", type=_fraction, help="MLP hidden dropout (paper: 0.5; see --recipe)"
     )
     p.add_argument("--width", type=_positive_float, default=1.0, help="ConvNet width multiplier")
+
+
+def _schedule_options(p: argparse.ArgumentParser) -> None:
+    """Epochs, batch and learning rates, and which defaults they take."""
     p.add_argument("--epochs", type=_positive_int, help="number of epochs (default: the paper's)")
     p.add_argument(
         "--batch-size", type=_positive_int, help="global mini-batch size (default: the paper's)"
@@ -190,6 +194,10 @@ def _parser() -> argparse.ArgumentParser:
         f"for runs of a few epochs; auto (default): short below {SHORT_RUN_EPOCHS} epochs, "
         "else paper",
     )
+
+
+def _method_options(p: argparse.ArgumentParser) -> None:
+    """The preset, optimizer, batch norm and LR schedule."""
     p.add_argument(
         "--preset",
         choices=sorted(PRESETS),
@@ -204,6 +212,10 @@ def _parser() -> argparse.ArgumentParser:
         "--lr-halve-every", type=_positive_int,
         help="halve the LR every N epochs (Torch7) instead of the exponential decay",
     )  # fmt: skip
+
+
+def _variant_options(p: argparse.ArgumentParser) -> None:
+    """Stochastic binarization, the float twin, the fast path, a time limit, a subset."""
     p.add_argument(
         "--stochastic", action="store_true", help="stochastic binarization of both the "
         "activations and the weights (training only)",
@@ -233,6 +245,10 @@ def _parser() -> argparse.ArgumentParser:
         "--train-size", type=_positive_int, help="train on the first N training images only "
         "(a reduced run, labelled so in the history's data line)",
     )  # fmt: skip
+
+
+def _run_options(p: argparse.ArgumentParser) -> None:
+    """Seed, device, and the run folder."""
     p.add_argument("--seed", type=_nonnegative_int, default=0)
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--out", help="folder for history.json, checkpoint.pt, model.pt, best_model.pt")
@@ -245,7 +261,6 @@ def _parser() -> argparse.ArgumentParser:
         "history and models are removed first (without it, a folder holding a run is refused)",
     )  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bars or epoch lines")
-    return p
 
 
 def resolve_settings(args: argparse.Namespace) -> dict:
@@ -334,127 +349,6 @@ def _describe(st: dict, dataset: str) -> str:
     )
 
 
-# ------------------------------------------------------------------ the run folder
-
-#: The files of a run in --out (the first two mark a folder as holding one).
-RUN_FILES = ("checkpoint.pt", "history.json", "model.pt", "best_model.pt")
-LOCK = ".lock"
-
-
-def _fail(parser: argparse.ArgumentParser, message: str, status: int = 2):
-    """Exit with ``prog: error: message`` (no usage text: the flags were fine)."""
-    parser.exit(status, f"{parser.prog}: error: {message}\n")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
-def _lock_holder(path: Path) -> tuple[int | None, str]:
-    """(PID, host) written in a lock file; PID None if unreadable."""
-    words = path.read_text(errors="replace").split()
-    try:
-        return int(words[0]), (words[1] if len(words) > 1 else "")
-    except (IndexError, ValueError):
-        return None, ""
-
-
-def _take_lock(parser, out: Path) -> Path:
-    """Create ``out/.lock`` exclusively with this process's PID and host, or exit."""
-    path, host = out / LOCK, platform.node()
-    for _ in range(5):
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            try:
-                pid, holder_host = _lock_holder(path)
-                age = time.time() - path.stat().st_mtime
-            except FileNotFoundError:  # released meanwhile
-                continue
-            if pid is None and age < 10:
-                _fail(parser, f"{out} is being claimed by another run ({path}); try again")
-            if pid is not None and holder_host not in ("", host):
-                _fail(
-                    parser, f"{out} is in use by process {pid} on {holder_host} ({path}); if no "
-                    "run uses the folder any more, delete the lock file",
-                )  # fmt: skip
-            if pid is not None and _alive(pid):
-                _fail(
-                    parser, f"{out} is in use by process {pid} ({path}): another run trains "
-                    "in this folder; wait for it to end, or choose another --out",
-                )  # fmt: skip
-            print(
-                f"{path}: taking over the stale lock of process {pid}, which no longer runs",
-                file=sys.stderr, flush=True,
-            )  # fmt: skip
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-            continue
-        except OSError as e:
-            _fail(parser, f"cannot write to --out {out}: {e.strerror or e}")
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{os.getpid()} {host}\n")
-        return path
-    _fail(parser, f"{out}: could not take the lock {path}; try again")
-
-
-def _claim_run_folder(parser, out: Path, resume: bool, overwrite: bool) -> Path:
-    """Create ``out``, take its lock, check it against --resume/--overwrite and clean it.
-
-    Returns the lock file (removed by the caller at exit)."""
-    if resume and overwrite:
-        _fail(parser, "--resume continues the run in --out, --overwrite replaces it: not both")
-    no_checkpoint = (
-        f"--resume: {out} holds no checkpoint.pt: nothing to resume; start a new run "
-        "without --resume"
-    )
-    if resume and not (out / "checkpoint.pt").exists():  # before creating anything
-        _fail(parser, no_checkpoint)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        _fail(parser, f"cannot write to --out {out}: {e.strerror or e}")
-    lock = _take_lock(parser, out)
-    try:
-        held = [n for n in RUN_FILES[:2] if (out / n).exists()]
-        if resume and not (out / "checkpoint.pt").exists():  # removed meanwhile
-            _fail(parser, no_checkpoint)
-        if held and not (resume or overwrite):
-            _fail(
-                parser, f"{out} holds a run ({', '.join(held)}): continue it with --resume, "
-                "replace it with --overwrite, or choose another --out",
-            )  # fmt: skip
-        if overwrite:
-            gone = [n for n in RUN_FILES if (out / n).exists()]
-            for name in gone:
-                (out / name).unlink()
-            if gone:
-                print(f"--overwrite: removed {', '.join(gone)} from {out}", file=sys.stderr)
-        for name in RUN_FILES:  # atomic_write's temporaries, left by a killed process
-            for tmp in out.glob(f".{name}.*.tmp"):
-                tmp.unlink()
-                print(
-                    f"{out}: removed a stale temporary file {tmp.name} (an interrupted write)",
-                    file=sys.stderr,
-                )  # fmt: skip
-    except BaseException:
-        _release(lock)
-        raise
-    return lock
-
-
-def _release(lock: Path | None) -> None:
-    if lock is not None:
-        with contextlib.suppress(FileNotFoundError):
-            lock.unlink()
-
-
 def _init_distributed(args) -> tuple[int, torch.device]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     device = _device(args.device)
@@ -480,11 +374,11 @@ def main(argv: list[str] | None = None) -> History:
         parser.error(str(e))
     lock = None  # rank 0 owns the run folder (the only rank that writes)
     if args.out and int(os.environ.get("RANK", "0")) == 0:
-        lock = _claim_run_folder(parser, Path(args.out), args.resume, args.overwrite)
+        lock = claim_run_folder(parser, Path(args.out), args.resume, args.overwrite)
     try:
         return _main(parser, args, st, argv)
     finally:
-        _release(lock)
+        release(lock)
 
 
 def _main(parser, args, st: dict, argv) -> History:
