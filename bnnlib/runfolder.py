@@ -59,9 +59,30 @@ def config_differences(saved: dict, now: dict) -> dict[str, tuple]:
     return diff
 
 
+def extends_step_schedule(ckpt: dict, config: dict) -> bool:
+    """True when ``config`` only asks for more epochs of a run on the step schedule.
+
+    Torch7's schedule (halve the LR every N epochs) does not depend on the run's
+    length, so such a run may be extended on resume (the Torch7 code itself trains
+    with no epoch limit); the exponential schedule ends at ``lr_end`` after exactly
+    ``num_epochs`` and may not.
+    """
+    saved = ckpt["config"]
+    return (
+        bool(saved.get("lr_halve_every"))
+        and saved.get("lr_halve_every") == config.get("lr_halve_every")
+        and config["num_epochs"] > saved["num_epochs"]
+    )
+
+
 def check_resume(ckpt: dict, config: dict, net: nn.Module, path) -> None:
-    """Refuse a checkpoint of another run configuration, or of another model's shapes."""
+    """Refuse a checkpoint of another run configuration, or of another model's shapes.
+
+    More epochs are allowed for a run on the step schedule (:func:`extends_step_schedule`).
+    """
     diff = config_differences(ckpt["config"], config)
+    if extends_step_schedule(ckpt, config):
+        diff.pop("num_epochs", None)
     if diff:
         shown = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
         raise RunConfigError(

@@ -97,7 +97,14 @@ from .fast_step import fast_step, shift_adamax_foreach
 from .history import History, _pct
 from .losses import pm1_targets, square_hinge
 from .optim import Adam, ShiftAdaMax, exponential_lr, step_lr
-from .runfolder import CONFIG_DEFAULTS, RunConfigError, check_resume, config_differences, run_config
+from .runfolder import (
+    CONFIG_DEFAULTS,
+    RunConfigError,
+    check_resume,
+    config_differences,
+    extends_step_schedule,
+    run_config,
+)
 
 __all__ = ["History", "fit", "evaluate", "predict", "make_optimizer", "atomic_save"]
 __all__ += ["shift_adamax_foreach", "fast_step"]
@@ -327,6 +334,12 @@ def _restore(run: _Run, path: Path) -> None:
     run.opt.load_state_dict(ckpt["optimizer"])
     run.scheduler.load_state_dict(ckpt["scheduler"])
     run.history = History.from_dict(ckpt["history"])
+    if extends_step_schedule(ckpt, run.config):  # more epochs of a step schedule: say so
+        old = ckpt["config"]["num_epochs"]
+        run.history.config["num_epochs"] = run.config["num_epochs"]
+        run.history.config.setdefault("extended", []).append(
+            {"from_epochs": old, "to_epochs": run.config["num_epochs"], "at_epoch": ckpt["epoch"]}
+        )
     run.best_state, run.start = ckpt["best_model"], ckpt["epoch"]
     run.shuffle.set_state(ckpt["shuffle"])
     _set_rng_state(ckpt["rng"][run.rank])

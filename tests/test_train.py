@@ -401,3 +401,22 @@ def test_shift_adamax_foreach_equals_its_step_with_mixed_steps():
         opts[0].step()
         T.shift_adamax_foreach(opts[1])
     _same_params(*nets)
+
+
+def test_a_step_schedule_run_may_be_extended_on_resume(tmp_path):
+    # Torch7's schedule does not depend on the run's length: 3 epochs then 2 more equal 5.
+    kw = {"lr_halve_every": 2, "optimizer": "shift_adamax_torch7", "glorot_scale": "torch7"}
+    full = run(tiny_net(), epochs=5, lr_start=2.0**-6, **kw)
+    ckpt = tmp_path / "c.pt"
+    run(tiny_net(), epochs=3, lr_start=2.0**-6, checkpoint=ckpt, **kw)
+    longer = run(tiny_net(), epochs=5, lr_start=2.0**-6, checkpoint=ckpt, resume=True, **kw)
+    assert no_times(longer) == no_times(full)
+    assert longer.config["num_epochs"] == 5
+    assert longer.config["extended"] == [{"from_epochs": 3, "to_epochs": 5, "at_epoch": 3}]
+    # Fewer epochs, or more epochs of the exponential schedule, are still refused.
+    with pytest.raises(ValueError, match="num_epochs"):
+        run(tiny_net(), epochs=4, lr_start=2.0**-6, checkpoint=ckpt, resume=True, **kw)
+    exp = tmp_path / "e.pt"
+    run(tiny_net(), epochs=2, checkpoint=exp)
+    with pytest.raises(ValueError, match="num_epochs"):
+        run(tiny_net(), epochs=4, checkpoint=exp, resume=True)
