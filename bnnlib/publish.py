@@ -62,8 +62,12 @@ def _schedule(config: dict, history: dict) -> str:
     return f"{ran}, batch {config['batch_size']}, {config['optimizer']}, {lr}"
 
 
-def publish(run_dir: str | Path, dest: str | Path) -> dict:
-    """Write ``dest``'s history.json, run.json and model.safetensors from ``run_dir``."""
+def publish(run_dir: str | Path, dest: str | Path, note: str | None = None) -> dict:
+    """Write ``dest``'s history.json, run.json and model.safetensors from ``run_dir``.
+
+    ``note`` (free text, e.g. which code version trained it and on what machine) goes into
+    run.json; ``code_at_publish`` is the git commit of the code that published it.
+    """
     run_dir, dest = Path(run_dir), Path(dest)
     history = json.loads((run_dir / "history.json").read_text())
     config = history["config"]
@@ -99,7 +103,8 @@ def publish(run_dir: str | Path, dest: str | Path) -> dict:
         "hardware": config.get("hardware") or hardware(),
         "seed": config["seed"],
         "date": datetime.date.today().isoformat(),
-        "code": _git_commit(),
+        "code_at_publish": _git_commit(),
+        "note": note,
         "best_epoch": history["best_epoch"],
         "test_error_at_best": at_best,
         "packed_check": {
@@ -121,11 +126,12 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m bnnlib.publish", description=__doc__.split("\n")[0])
     p.add_argument("run_dir", help="the --out folder of a finished python -m bnnlib.train run")
     p.add_argument("dest", help="e.g. results/torch7_mnist")
+    p.add_argument("--note", help="free text for run.json (training code version, machine, ...)")
     args = p.parse_args(argv)
     if not (Path(args.run_dir) / "checkpoint.pt").exists():
         p.error(f"{args.run_dir}: no checkpoint.pt; is it a python -m bnnlib.train --out folder?")
     try:
-        run = publish(args.run_dir, args.dest)
+        run = publish(args.run_dir, args.dest, args.note)
     except (ValueError, FileNotFoundError) as e:
         p.error(str(e))
     print(json.dumps(run, indent=1))
