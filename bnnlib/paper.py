@@ -238,13 +238,14 @@ def reduced_reasons(
     batch_size: int | None = None,
     hidden: int | None = None,
     width: float | None = None,
+    dropout_hidden: float | None = None,
     data_reduced: bool = False,
 ) -> list[str]:
     """Why a run of ``model`` is smaller than the paper's (Theano) run; empty when it is not.
 
     Data (``data_reduced``: a subset or the first images of a split), units
-    (``hidden`` for the MLP, ``width`` for the ConvNets), epochs, the LR
-    schedule and the batch size are each compared with :data:`SCHEDULES`.
+    (``hidden`` for the MLP, ``width`` for the ConvNets), the MLP's hidden dropout,
+    epochs, the LR schedule and the batch size are each compared with :data:`SCHEDULES`.
     """
     paper = SCHEDULES[model]
     reasons = ["fewer images than the paper's split"] if data_reduced else []
@@ -252,6 +253,8 @@ def reduced_reasons(
         reasons.append(f"{hidden} hidden units (paper: 4096)")
     if model != "mnist_mlp" and width is not None and width < 1:
         reasons.append(f"width {width:g} of the paper's units")
+    if model == "mnist_mlp" and dropout_hidden is not None and dropout_hidden != 0.5:
+        reasons.append(f"hidden dropout {dropout_hidden:g} (paper: 0.5)")
     if num_epochs < paper["epochs"]:
         reasons.append(f"{num_epochs} epochs (paper: {paper['epochs']})")
     if (lr_start, lr_end) != paper["lr"]:

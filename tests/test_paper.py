@@ -52,6 +52,9 @@ def test_reduced_reasons_trip_on_units_epochs_lr_and_data():
     )
     lr = paper.reduced_reasons("mnist_mlp", **{**full, "lr_end": 3e-5})
     assert lr == ["LR 0.003 -> 3e-05 (paper: 0.003 -> 3e-07)"]
+    assert paper.reduced_reasons("mnist_mlp", dropout_hidden=0.0, **full) == [
+        "hidden dropout 0 (paper: 0.5)"
+    ]
     assert paper.reduced_reasons("mnist_mlp", data_reduced=True, **full) == [
         "fewer images than the paper's split"
     ]
