@@ -96,7 +96,8 @@ def publish(run_dir: str | Path, dest: str | Path, note: str | None = None) -> d
     run = {
         "command": "python -m bnnlib.train " + " ".join(config["argv"]),
         "argv": config["argv"],
-        "data": bdata.describe_splits(train, val, test),
+        # What the run trained on (it records it, e.g. after --train-size), else the splits.
+        "data": config.get("data") or bdata.describe_splits(train, val, test),
         "schedule": _schedule(config, history),
         "stopped": history.get("stopped"),
         # Published on the machine that trained it (a session's CPU may change later).
