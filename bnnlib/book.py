@@ -22,15 +22,16 @@ For each ``book/NN_*.ipynb``, in order:
    ``execution_timeout``; default :data:`DEFAULT_TIMEOUT` for the ``small`` and
    ``tests`` profiles, none for ``full``, whose training cells run for hours;
    0 for none), so a hung cell cannot hang the book.
-3. results: every record goes to ``<out>/results.json`` and ``<out>/results.md``
-   (value, the paper's value, data, schedule, hardware, seed). When a notebook
+3. results: ``<out>/results.md`` and ``<out>/results.json`` open with "the paper vs
+   this book" (one row per :data:`bnnlib.paper.CLAIMS`), then every record (value, the
+   paper's value, status, data, schedule, hardware, seed) as an appendix. When a notebook
    fails, the results of the notebooks finished before it are still written,
    marked incomplete and naming the failed notebook and those not run (an older
    ``results.md`` never stays in place looking current); the HTML is not exported.
-4. HTML: ``<out>/html/<notebook>.html`` and ``<out>/html/index.html``, with
-   plotly.js embedded and no CDN reference (nbconvert's require.js, MathJax,
-   mermaid and widget-manager script tags are left out; :func:`offline_problems`
-   checks the result).
+4. HTML: ``<out>/html/<notebook>.html`` and ``<out>/html/index.html`` (the summary
+   table first), sharing one offline ``plotly.min.js`` beside them and no CDN
+   reference (nbconvert's require.js, MathJax, mermaid and widget-manager script tags
+   are left out; :func:`offline_problems` checks the result).
 
 The pieces: :mod:`bnnlib.book_notebooks` (the notebooks and their parameters),
 :mod:`bnnlib.book_results` (step 3), :mod:`bnnlib.book_html` (step 4); this module runs
