@@ -51,6 +51,7 @@ from .bench_common import (
     _plain,
     calibrate_batchnorm,
     machine_info,
+    mlp_options,
 )
 from .bench_gpu import (
     _bench_gpu,
@@ -167,16 +168,7 @@ def _run_sections(args, res: dict, save) -> None:
         save()
     if "mlp" not in args.skip:
         _log("MNIST MLP inference on the CPU ...")
-        res["mnist_mlp_cpu"] = bench_mnist_mlp(
-            hidden=args.hidden,
-            data_root=args.data_root,
-            model_path=args.model_path,
-            batchnorm=args.batchnorm,
-            n_test=args.n_test,
-            n_calib=args.n_calib,
-            repeats=args.repeats,
-            log=_log,
-        )
+        res["mnist_mlp_cpu"] = bench_mnist_mlp(**mlp_options(args), log=_log)
         save()
     if "train" not in args.skip:
         res["train_step_cpu"] = []

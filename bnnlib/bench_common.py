@@ -146,6 +146,13 @@ def _mlp_model(
 # --------------------------------------------------------------------------- results
 
 
+def mlp_options(args) -> dict:
+    """The MNIST MLP benchmark's keyword arguments from ``python -m bnnlib.bench``'s flags
+    (the CPU and the GPU benchmark take the same ones)."""
+    keys = ("hidden", "data_root", "model_path", "batchnorm", "n_test", "n_calib", "repeats")
+    return {k: getattr(args, k) for k in keys}
+
+
 def _plain(obj):
     """JSON-able form of a result (dataclass, dict, tensor, number)."""
     import dataclasses

@@ -14,7 +14,7 @@ from torch import nn
 
 from . import cuda as bcuda
 from . import data
-from .bench_common import _mlp_model, _mnist, _plain
+from .bench_common import _mlp_model, _mnist, _plain, mlp_options
 from .bench_kernels import _add_speedups, bench_gpu_gemm
 from .timing import timeit
 
@@ -50,17 +50,7 @@ def _bench_gpu(args, log, on_result: Callable[[dict], None] | None = None) -> di
         log(f"  GPU gemm FAILED: {out['gemm_error']}")
     log("  GPU MNIST MLP ...")
     try:
-        out["mnist_mlp"] = bench_gpu_mlp(
-            hidden=args.hidden,
-            data_root=args.data_root,
-            model_path=args.model_path,
-            batchnorm=args.batchnorm,
-            n_test=args.n_test,
-            n_calib=args.n_calib,
-            repeats=args.repeats,
-            on_result=emit("mnist_mlp"),
-            log=log,
-        )
+        out["mnist_mlp"] = bench_gpu_mlp(**mlp_options(args), on_result=emit("mnist_mlp"), log=log)
     except Exception as e:
         out["mnist_mlp_error"] = f"{type(e).__name__}: {e}"
         log(f"  GPU MNIST MLP FAILED: {out['mnist_mlp_error']}")

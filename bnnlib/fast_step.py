@@ -38,7 +38,7 @@ def shift_adamax_foreach(opt: ShiftAdaMax) -> None:
 
     The same arithmetic as ``ShiftAdaMax.step`` per parameter (tested bit for bit on
     the CPU), then the clipping; a group whose parameters are at different step counts
-    (some had no gradient) takes ``ShiftAdaMax.step``'s loop instead.
+    (some had no gradient) takes ``ShiftAdaMax.step_group``'s loop instead.
     """
     from .optim import _ap2_scalar
 
@@ -47,20 +47,13 @@ def shift_adamax_foreach(opt: ShiftAdaMax) -> None:
         if not params:
             continue
         beta1, beta2 = group["betas"]
-        for p in params:
-            state = opt.state[p]
-            if not state:
-                state["step"] = 0
-                state["exp_avg"] = torch.zeros_like(p)
-                state["exp_inf"] = torch.zeros_like(p)
-            state["step"] += 1
-        steps = {opt.state[p]["step"] for p in params}
-        if len(steps) > 1:
-            for p in params:
-                opt.state[p]["step"] -= 1
-            _shift_adamax_loop(opt, group, params)
+        steps = {opt.state_of(p)["step"] for p in params}
+        if len(steps) > 1:  # some parameters missed a step: the per-parameter loop
+            opt.step_group(group)
             continue
-        bias1 = 1 - beta1 ** steps.pop()
+        for p in params:
+            opt.state[p]["step"] += 1
+        bias1 = 1 - beta1 ** (steps.pop() + 1)
         grads = [p.grad for p in params]
         ms = [opt.state[p]["exp_avg"] for p in params]
         vs = [opt.state[p]["exp_inf"] for p in params]
@@ -80,16 +73,6 @@ def shift_adamax_foreach(opt: ShiftAdaMax) -> None:
             alpha = _ap2_scalar(group["lr"] / bias1)
             torch._foreach_sub_(params, torch._foreach_div(ms, denom), alpha=alpha)
     _clip_foreach(opt.param_groups)
-
-
-def _shift_adamax_loop(opt: ShiftAdaMax, group: dict, params: list) -> None:
-    """``ShiftAdaMax.step`` restricted to one group (the rare mixed-step case)."""
-    saved = opt.param_groups
-    opt.param_groups = [{**group, "params": params, "clip": False}]
-    try:
-        ShiftAdaMax.step(opt)
-    finally:
-        opt.param_groups = saved
 
 
 def fast_step(opt: torch.optim.Optimizer) -> None:

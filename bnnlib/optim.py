@@ -166,6 +166,36 @@ class ShiftAdaMax(torch.optim.Optimizer):
         defaults = {"lr": lr, "betas": betas, "eps": eps, "variant": variant}
         super().__init__(param_groups(net, lr, glorot_scale), defaults)
 
+    def state_of(self, p: torch.Tensor) -> dict:
+        """The state of parameter ``p``, created (step 0, m = v = 0) on first use."""
+        state = self.state[p]
+        if not state:
+            state["step"] = 0
+            state["exp_avg"] = torch.zeros_like(p)
+            state["exp_inf"] = torch.zeros_like(p)
+        return state
+
+    @torch.no_grad()
+    def step_group(self, group: dict) -> None:
+        """Algorithm 4 (or the Torch7 variant) on one group's parameters that have a
+        gradient; the clipping is :meth:`step`'s."""
+        beta1, beta2 = group["betas"]
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            state = self.state_of(p)
+            state["step"] += 1
+            m, v = state["exp_avg"], state["exp_inf"]
+            m.lerp_(p.grad, 1 - beta1)
+            torch.maximum(v * beta2, p.grad.abs(), out=v)
+            bias1 = 1 - beta1 ** state["step"]
+            if group.get("variant", "paper") == "torch7":
+                v.copy_(ap2(v) + group["eps"])
+                step_size = _ap2_scalar(group["lr"] / group["lr_scale"] / bias1)
+                p.sub_(m / v, alpha=step_size * group["lr_scale"])
+            else:
+                p.sub_(m / ap2(v + group["eps"]), alpha=_ap2_scalar(group["lr"] / bias1))
+
     @torch.no_grad()
     def step(self, closure=None):
         loss = None
@@ -173,26 +203,7 @@ class ShiftAdaMax(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p)
-                    state["exp_inf"] = torch.zeros_like(p)
-                state["step"] += 1
-                m, v = state["exp_avg"], state["exp_inf"]
-                m.lerp_(p.grad, 1 - beta1)
-                torch.maximum(v * beta2, p.grad.abs(), out=v)
-                bias1 = 1 - beta1 ** state["step"]
-                if group.get("variant", "paper") == "torch7":
-                    v.copy_(ap2(v) + group["eps"])
-                    step_size = _ap2_scalar(group["lr"] / group["lr_scale"] / bias1)
-                    p.sub_(m / v, alpha=step_size * group["lr_scale"])
-                else:
-                    p.sub_(m / ap2(v + group["eps"]), alpha=_ap2_scalar(group["lr"] / bias1))
+            self.step_group(group)
         clip_binary_weights(self.param_groups)
         return loss
 

@@ -127,28 +127,25 @@ def check_pm1(x: torch.Tensor, what: str = "pack") -> None:
     An unsigned tensor cannot hold -1: ``x == -1`` would compare with -1 wrapped to the
     largest value (255 for uint8), so there every entry must be 1.
     """
-    if x.dtype in _UNSIGNED:
-        bad = x != 1
-        n_bad = int(bad.sum())
-        if n_bad:
-            example = x[bad].flatten()[0].item()
-            raise ValueError(
-                f"{what} expects a tensor of ±1 values, but it is {x.dtype}, an unsigned type "
-                f"that cannot hold -1: {n_bad} of {x.numel()} entries are not 1 (for example "
-                f"{example!r}; -1 cast to {x.dtype} wraps to {torch.iinfo(x.dtype).max}). "
-                "Binarize in a signed or float dtype, e.g. bnnlib.sign(x.float()); if the "
-                "largest value stands for -1, reinterpret with x.view(torch.int8) (uint8)."
-            )
-        return
-    bad = ~((x == 1) | (x == -1))
+    unsigned = x.dtype in _UNSIGNED
+    bad = (x != 1) if unsigned else ~((x == 1) | (x == -1))
     n_bad = int(bad.sum())
-    if n_bad:
-        example = x[bad].flatten()[0].item()
+    if not n_bad:
+        return
+    example = x[bad].flatten()[0].item()
+    if unsigned:
         raise ValueError(
-            f"{what} expects a tensor of ±1 values, but {n_bad} of {x.numel()} entries are not "
-            f"±1 (for example {example!r}). Binarize first with bnnlib.sign(x) "
-            "(Sign(x) = +1 where x >= 0, else -1)."
+            f"{what} expects a tensor of ±1 values, but it is {x.dtype}, an unsigned type "
+            f"that cannot hold -1: {n_bad} of {x.numel()} entries are not 1 (for example "
+            f"{example!r}; -1 cast to {x.dtype} wraps to {torch.iinfo(x.dtype).max}). "
+            "Binarize in a signed or float dtype, e.g. bnnlib.sign(x.float()); if the "
+            "largest value stands for -1, reinterpret with x.view(torch.int8) (uint8)."
         )
+    raise ValueError(
+        f"{what} expects a tensor of ±1 values, but {n_bad} of {x.numel()} entries are not "
+        f"±1 (for example {example!r}). Binarize first with bnnlib.sign(x) "
+        "(Sign(x) = +1 where x >= 0, else -1)."
+    )
 
 
 def _pack_cpu(x: torch.Tensor, word_bits: int, nonzero: bool) -> tuple[torch.Tensor, int]:
