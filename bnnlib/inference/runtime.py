@@ -39,11 +39,13 @@ import math
 from dataclasses import dataclass, field
 from types import ModuleType
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
 from .. import kernels
 from ..data import to_uint8
+from . import fused
 from .fold import EXACT_F32, Affine, kernel_thresholds
 from .graph import INPUT_SCALING, check_batch_size
 from .header import MAX_ELEMENTS, MAX_SIDE, check_header
@@ -60,6 +62,10 @@ __all__ = [
     "MAX_SIDE",
     "MAX_ELEMENTS",
 ]
+
+
+#: ``first_layer`` of :meth:`PackedNet.scores` / :meth:`PackedNet.predict`.
+FIRST_LAYER_CHOICES = ("auto", "real", "bitplanes", "int8")
 
 
 # --------------------------------------------------------------------------------------------
@@ -123,6 +129,7 @@ class PackedNet:
             raise ValueError(f"input scaling {header['input']['scaling']!r} is not supported")
         self.num_classes = int(header["num_classes"])
         self.layers: list[_Layer] = [self._layer(spec, tensors) for spec in header["layers"]]
+        self._fused: fused.FusedMLP | None = None  # the small-batch CPU path, made on first use
 
     @classmethod
     def _layer(cls, spec: dict, tensors: dict[str, torch.Tensor]) -> _Layer:
@@ -235,31 +242,80 @@ class PackedNet:
         self,
         X,
         device: str = "cpu",
-        first_layer: str = "real",
+        first_layer: str = "auto",
         batch_size: int = 2000,
         kernel: str = "fast",
+        path: str = "auto",
     ) -> torch.Tensor:
-        """The last layer's scores a * (s - mu) + beta in float64, (N, num_classes), on CPU."""
-        if first_layer not in ("real", "bitplanes"):
-            raise ValueError(f"first_layer must be 'real' or 'bitplanes', got {first_layer!r}")
+        """The last layer's scores a * (s - mu) + beta in float64, (N, num_classes), on CPU.
+
+        ``path="layers"`` runs a layer at a time; ``"fused"`` the whole MLP in one compiled
+        call (:mod:`bnnlib.inference.fused`, CPU only); ``"auto"`` takes the fused path for an
+        MLP on the CPU when the input has at most ``FUSED_MAX_BATCH`` images. ``first_layer``:
+        ``"real"`` (a float matmul with +/-1 weights, layers path), ``"bitplanes"`` (both
+        paths), ``"int8"`` (int8 rows of the nonzero pixels, fused path) or ``"auto"`` (real on
+        the layers path; per image on the fused path). All give the same integers.
+        """
         batch_size = check_batch_size(batch_size)
-        ops = backend(device, kernel)
         x = self._images(X)
+        if self._use_fused(path, device, first_layer, len(x)):
+            if not len(x):
+                return torch.zeros(0, self.num_classes, dtype=torch.float64)
+            return torch.from_numpy(self._fused_scores(x, first_layer, batch_size))
+        if first_layer == "int8":
+            raise ValueError('first_layer="int8" runs on the fused path only (CPU, MLPs)')
+        ops = backend(device, kernel)
+        mode = "real" if first_layer == "auto" else first_layer
         out = [
-            self._forward(x[i : i + batch_size].to(ops.device), ops, first_layer)
+            self._forward(x[i : i + batch_size].to(ops.device), ops, mode)
             for i in range(0, len(x), batch_size)
         ]
         if not out:
             return torch.zeros(0, self.num_classes, dtype=torch.float64)
         return torch.cat(out)
 
+    def _use_fused(self, path: str, device: str, first_layer: str, n: int) -> bool:
+        """Whether this call takes the fused path; ValueError for a bad or impossible choice."""
+        if first_layer not in FIRST_LAYER_CHOICES:
+            raise ValueError(
+                f"first_layer must be one of {FIRST_LAYER_CHOICES}, got {first_layer!r}"
+            )
+        if path not in ("auto", "fused", "layers"):
+            raise ValueError(f"path must be 'auto', 'fused' or 'layers', got {path!r}")
+        possible = torch.device(device).type == "cpu" and fused.supports(self)
+        if path == "fused":
+            if not possible:
+                raise ValueError(
+                    'path="fused" runs MLPs (linear layers only) on the CPU; use path="layers"'
+                )
+            if first_layer == "real":
+                raise ValueError('path="fused" has no float first layer: use first_layer="auto"')
+            return True
+        if path == "layers":
+            return False
+        small = n <= fused.FUSED_MAX_BATCH or first_layer == "int8"  # int8: fused only
+        return possible and first_layer != "real" and small
+
+    def _fused_scores(self, x: torch.Tensor, first_layer: str, batch_size: int) -> np.ndarray:
+        """float64 scores (N >= 1, classes) by :class:`fused.FusedMLP`, as a numpy array."""
+        if self._fused is None:
+            self._fused = fused.FusedMLP(self)
+        xn = x.cpu().reshape(len(x), -1).numpy()
+        batch_size = check_batch_size(batch_size)
+        parts = [
+            self._fused.scores(xn[i : i + batch_size], first_layer)
+            for i in range(0, len(xn), batch_size)
+        ]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
     def predict(
         self,
         X,
         device: str = "cpu",
-        first_layer: str = "real",
+        first_layer: str = "auto",
         batch_size: int = 2000,
         kernel: str = "fast",
+        path: str = "auto",
     ) -> torch.Tensor:
         """Classes (int64, N) of uint8 images or of floats scaled 2x/255 - 1.
 
@@ -269,11 +325,17 @@ class PackedNet:
 
         Hidden layers use only XNOR-popcount and integer compares. ``first_layer="real"`` takes
         the 8-bit input through a float matmul with +/-1 weights (exact integers), ``"bitplanes"``
-        through the paper's bit planes with XNOR-popcount. ``device="cuda"`` runs the GPU
-        kernels of :mod:`bnnlib.cuda` (RuntimeError if they are not available), with
-        ``kernel="fast"`` (our 64-bit / tensor-core XNOR kernel) or ``"paper"`` (the paper's).
+        through the paper's bit planes with XNOR-popcount, ``"int8"`` through int8 +/-1 rows
+        with integer sums (fused path). Small CPU batches of an MLP run fused
+        (``path``, see :meth:`scores`). ``device="cuda"`` runs the GPU kernels of
+        :mod:`bnnlib.cuda` (RuntimeError if they are not available), with ``kernel="fast"``
+        (our 64-bit / tensor-core XNOR kernel) or ``"paper"`` (the paper's).
         """
-        return self.scores(X, device, first_layer, batch_size, kernel).argmax(1)
+        x = self._images(X)
+        if self._use_fused(path, device, first_layer, len(x)) and len(x):
+            # batch 1 costs ~0.1 ms: numpy's argmax spares a torch round trip
+            return torch.from_numpy(self._fused_scores(x, first_layer, batch_size).argmax(1))
+        return self.scores(x, device, first_layer, batch_size, kernel, path).argmax(1)
 
     def _forward(self, x: torch.Tensor, ops: Backend, first_layer: str) -> torch.Tensor:
         h = None

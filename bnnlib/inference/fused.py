@@ -1,0 +1,165 @@
+"""The small-batch CPU path of a packed MLP: the whole net in one compiled call.
+
+:class:`PackedNet` runs a layer at a time (torch operations and one numba kernel per layer),
+which is fast per image on large batches but spends most of a batch-1 call outside the XNOR
+arithmetic. :class:`FusedMLP` holds an MLP's packed arrays in the layout of
+:func:`bnnlib.kernels.fused.mlp_forward` (converted once) and reuses its buffers across calls
+of the same batch size, so a call is: check the images, one compiled call, the last batch
+norm in float64 (numpy, the simulation's three rounded operations), argmax.
+
+:meth:`PackedNet.scores` takes this path by itself (``path="auto"``) on the CPU for an MLP and
+batches of at most :data:`FUSED_MAX_BATCH` images; batches of :data:`PARALLEL_MIN_BATCH` or
+more images use every thread. The first layer's product is chosen per image
+(``first_layer="auto"``): int8 rows of the nonzero pixels when fewer than
+:data:`INT8_MAX_NONZERO_FRACTION` of the pixels are nonzero, else bit planes. Both are exact.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import numpy as np
+import torch
+
+from ..kernels import fused as kfused
+
+__all__ = [
+    "FusedMLP",
+    "supports",
+    "FUSED_MAX_BATCH",
+    "PARALLEL_MIN_BATCH",
+    "INT8_MAX_NONZERO_FRACTION",
+    "FIRST_LAYER_MODES",
+]
+
+#: Batches up to this size take the fused path under ``path="auto"``; larger ones the
+#: layer-at-a-time path, whose blocked XNOR gemm reuses each weight across many images.
+FUSED_MAX_BATCH = 64
+#: From this batch size the fused path splits each layer's output words between threads.
+PARALLEL_MIN_BATCH = 4
+#: ``first_layer="auto"`` takes the int8 product for images with fewer nonzero pixels than
+#: this fraction, bit planes otherwise (measured on this project's CPUs: the int8 rows cost
+#: about 2x the bit planes on an image with no zero pixel).
+INT8_MAX_NONZERO_FRACTION = 0.4
+
+FIRST_LAYER_MODES = {
+    "bitplanes": kfused.FIRST_BITPLANES,
+    "int8": kfused.FIRST_INT8,
+    "auto": kfused.FIRST_AUTO,
+}
+
+
+def supports(net) -> bool:
+    """Whether ``net`` (a :class:`PackedNet`) is an MLP the fused path runs: linear layers
+    only, Sign after every layer but the last, at least two layers."""
+    layers = net.layers
+    return (
+        len(layers) >= 2
+        and all(lay.spec["kind"] == "linear" for lay in layers)
+        and all(lay.spec["output"] == "sign" for lay in layers[:-1])
+        and layers[-1].spec["output"] == "scores"
+    )
+
+
+def _i64(t: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(t.numpy().astype(np.int64))
+
+
+def _flat(tensors: list[torch.Tensor]) -> np.ndarray:
+    """The tensors' entries one after the other, as one int64 array (never empty)."""
+    parts = [t.numpy().astype(np.int64).ravel() for t in tensors]
+    return np.concatenate(parts) if parts else np.zeros(1, np.int64)
+
+
+class FusedMLP:
+    """A packed MLP (a :class:`PackedNet` for which :func:`supports` holds) as the arrays of
+    :func:`bnnlib.kernels.fused.mlp_forward`; see the module docstring."""
+
+    def __init__(self, net):
+        if not supports(net):
+            raise ValueError("the fused path runs MLPs only (linear layers, Sign between them)")
+        first, hidden, last = net.layers[0], net.layers[1:-1], net.layers[-1]
+        self.k = first.spec["k"]
+        self.num_classes = last.spec["out_features"]
+        self.w0 = first.weight.numpy()
+        self.wsum = _i64(first.wsum)
+        self.thr0, self.dir0 = _i64(first.threshold), _i64(first.direction)
+        self._wb0 = first.wb  # for the int8 rows, made on first use (3.2 MB for 784 x 4096)
+        self._w8t: np.ndarray | None = None
+        # hidden layers flattened into plain arrays (numba dispatches those fast)
+        self.table = np.array(
+            [[lay.spec["out_features"], lay.spec["groups"] * lay.spec["words_per_group"],
+              lay.spec["in_features"], 0, 0] for lay in hidden],
+            dtype=np.int64,
+        ).reshape(len(hidden), 5)  # fmt: skip
+        self.table[1:, 3] = np.cumsum(self.table[:-1, 0] * self.table[:-1, 1])
+        self.table[1:, 4] = np.cumsum(self.table[:-1, 0])
+        self.w_flat = _flat([lay.weight for lay in hidden])
+        self.thr_flat = _flat([lay.threshold for lay in hidden])
+        self.dir_flat = _flat([lay.direction for lay in hidden])
+        self.w_last, self.k_last = last.weight.numpy(), last.spec["in_features"]
+        aff = last.affine
+        self.a, self.mu, self.beta = (
+            t.numpy().astype(np.float64) for t in (aff.a, aff.mu, aff.beta)
+        )
+        self.widths = [lay.spec["out_features"] for lay in net.layers[:-1]]
+        self._buffers: dict[int, tuple] = {}
+        self._lock = threading.Lock()  # buffers are shared: one call at a time per net
+
+    @property
+    def int8_rows(self) -> np.ndarray:
+        """The first layer's +/-1 weights as int8 (k, out), read row by nonzero pixel."""
+        if self._w8t is None:
+            self._w8t = np.ascontiguousarray(self._wb0.numpy().T.astype(np.int8))
+        return self._w8t
+
+    def _buffers_for(self, m: int) -> tuple:
+        buf = self._buffers.get(m)
+        if buf is None:
+            if len(self._buffers) > 8:
+                self._buffers.clear()  # bounded: a caller cycling through sizes
+            buf = (
+                np.zeros((m, 8, self.w0.shape[1]), np.int64),  # bit planes
+                np.zeros((m, self.k), np.int64),  # nonzero pixel indices
+                np.zeros(m, np.int64),  # their counts
+                np.zeros(m, np.int64),  # pixel sums
+                np.zeros(m, np.bool_),  # int8 product chosen
+                np.zeros((len(self.widths), m * math.ceil(max(self.widths) / 64)), np.int64),
+                np.zeros((m, self.num_classes), np.int64),  # last layer's s
+            )
+            self._buffers[m] = buf
+        return buf
+
+    def preactivations(self, x: np.ndarray, first_layer: str = "auto") -> np.ndarray:
+        """The last layer's integer pre-activations s (M, classes) of uint8 images (M, k).
+
+        The returned array is a reused buffer: copy it to keep it past the next call.
+        """
+        mode = FIRST_LAYER_MODES.get(first_layer)
+        if mode is None:
+            raise ValueError(
+                f"first_layer must be one of {sorted(FIRST_LAYER_MODES)} on the fused path, "
+                f"got {first_layer!r}"
+            )
+        if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != self.k:
+            raise ValueError(f"expected uint8 images (M, {self.k}), got {x.dtype} {x.shape}")
+        x = np.ascontiguousarray(x)
+        m = x.shape[0]
+        w8t = self.int8_rows if mode != kfused.FIRST_BITPLANES else np.zeros((0, 0), np.int8)
+        max_nonzero = int(INT8_MAX_NONZERO_FRACTION * self.k)
+        with self._lock:
+            planes, nonzero, nnz, sumx, use_int8, acts, s = self._buffers_for(m)
+            kfused.mlp_forward(
+                m >= PARALLEL_MIN_BATCH, x, mode, max_nonzero,
+                planes, nonzero, nnz, sumx, use_int8,
+                self.w0, w8t, self.wsum, self.thr0, self.dir0,
+                self.table, self.w_flat, self.thr_flat, self.dir_flat, acts,
+                self.w_last, self.k_last, s,
+            )  # fmt: skip
+            return s
+
+    def scores(self, x: np.ndarray, first_layer: str = "auto") -> np.ndarray:
+        """float64 scores a * (s - mu) + beta (M, classes): the simulation's rounding."""
+        s = self.preactivations(x, first_layer).astype(np.float64)
+        return self.a * (s - self.mu) + self.beta  # numpy: three separately rounded ops

@@ -1,0 +1,199 @@
+"""A whole packed MLP in one compiled call: the small-batch CPU path (paper Sections 2.6 and 4).
+
+At batch 1 every packed weight is read once per image, so a BNN's latency is bounded below by
+the time to stream its packed weights (4.6 MB for the 784 -> 3 x 4096 -> 10 MLP). Running the
+net one torch operation at a time costs far more than that: per-layer Python and tensor
+overhead, a float32 first layer (12.8 MB of weights), allocations. :func:`mlp_forward` runs
+every layer of an MLP in one numba call, on buffers allocated once by the caller:
+
+* **First layer** (8-bit input, paper Section 2.6), one of two exact integer products:
+
+  - *bit planes*: with x = sum_n 2^n x^n (x^n in {0, 1}^k) and w = 2 b - 1 (b the packed bits),
+    ``W_b . x = 2 sum_n 2^n popcount(x^n AND b) - sum(x)``: AND-popcount on the packed weights
+    (425 kB for 784 x 4096), whatever the image;
+  - *int8*: ``W_b . x = sum over nonzero pixels i of x_i W_b[:, i]`` with the +/-1 weights as
+    int8 rows (784 x 4096 = 3.2 MB), reading only the rows of the nonzero pixels (about 15%
+    of an MNIST digit).
+
+  ``first_mode`` 0 takes bit planes, 1 int8, 2 chooses per image: int8 when the image has
+  fewer than ``int8_max_nonzero`` nonzero pixels.
+* **Hidden layers**: ``s = k - 2 popcount(a XOR w)`` (padding bits are 0 in both operands).
+* **Batch norm + Sign** as one integer compare per neuron (:mod:`bnnlib.inference.fold`),
+  fused with the packing: 64 neurons make one output word, written once.
+* **Last layer**: its integer pre-activations ``s``; the caller applies the float64 batch norm.
+
+Work is split by output words (64 neurons): with ``parallel`` the words of a layer are shared
+between threads (``prange``), otherwise the call stays on the calling thread (batch 1: waking
+threads costs more than a layer's work). Every rule above is exact: the results equal
+:meth:`bnnlib.inference.PackedNet.scores` bit for bit (tested on the MNIST test set).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from ._cache import CACHE
+from .xnor import _popcount
+
+__all__ = ["mlp_forward", "FIRST_BITPLANES", "FIRST_INT8", "FIRST_AUTO"]
+
+FIRST_BITPLANES, FIRST_INT8, FIRST_AUTO = 0, 1, 2
+
+_JIT = {"fastmath": True, "boundscheck": False, "nogil": True, "cache": CACHE}
+
+
+@numba.njit(inline="always", **_JIT)
+def _bit(t, thr, direction):
+    """Sign(BN) of an integer pre-activation: the compare of kernels.threshold_pack."""
+    return t >= thr if direction >= 0 else t <= thr
+
+
+@numba.njit(**_JIT)
+def _prepare_input(x, planes, nonzero, nnz, sumx):
+    """Bit planes (M, 8, W) of the uint8 images (M, K), their nonzero pixels and pixel sums."""
+    M, K = x.shape
+    for m in range(M):
+        planes[m, :, :] = 0
+        count = 0
+        total = 0
+        for i in range(K):
+            v = np.int64(x[m, i])
+            total += v
+            if v != 0:
+                nonzero[m, count] = i
+                count += 1
+                b = i & 63
+                for n in range(8):
+                    planes[m, n, i >> 6] |= ((v >> n) & 1) << b
+        nnz[m] = count
+        sumx[m] = total
+
+
+@numba.njit(**_JIT)
+def _first_word(m, planes, sumx, w, wsum, thr, dirn, out, c):
+    """Output word c (neurons 64c .. 64c+63) of the first layer for image m, by bit planes."""
+    N, W = w.shape
+    word = 0
+    for j in range(64 * c, min(64 * c + 64, N)):
+        ones = 0
+        for n in range(8):
+            h = 0
+            for u in range(W):
+                h += _popcount(planes[m, n, u] & w[j, u])
+            ones += h << n
+        dot = 2 * ones - sumx[m]  # W_b . x
+        if _bit(2 * dot - 255 * wsum[j], thr[j], dirn[j]):  # t = 255 * pre-activation
+            word |= np.int64(1) << (j - 64 * c)
+    out[m, c] = word
+
+
+@numba.njit(**_JIT)
+def _first_block_int8(x, m, nonzero, nnz, w8t, wsum, thr, dirn, out, b):
+    """Output words 8b .. 8b+7 of the first layer for image m, from the int8 rows of its
+    nonzero pixels."""
+    N = w8t.shape[1]
+    lo = 512 * b
+    width = min(512, N - lo)
+    acc = np.zeros(512, np.int32)  # |W_b . x| <= 255 k < 2^31 (header limit)
+    out[m, 8 * b : min(8 * b + 8, out.shape[1])] = 0
+    for q in range(nnz[m]):
+        v = np.int32(x[m, nonzero[m, q]])
+        row = w8t[nonzero[m, q], lo : lo + width]
+        for jj in range(width):  # from 0: no negative-index check, vectorized
+            acc[jj] += v * np.int32(row[jj])
+    for jj in range(width):
+        j = lo + jj
+        if _bit(2 * np.int64(acc[jj]) - 255 * wsum[j], thr[j], dirn[j]):
+            out[m, j >> 6] |= np.int64(1) << (j & 63)
+
+
+@numba.njit(**_JIT)
+def _hidden_word(a, w, k, thr, dirn, out, c):
+    """Output word c of a hidden layer: s = k - 2 popcount(a XOR w), compared, packed."""
+    N, W = w.shape
+    for m in range(a.shape[0]):
+        word = 0
+        for j in range(64 * c, min(64 * c + 64, N)):
+            h = 0
+            for u in range(W):  # contiguous: vectorized popcount
+                h += _popcount(a[m, u] ^ w[j, u])
+            if _bit(k - 2 * h, thr[j], dirn[j]):
+                word |= np.int64(1) << (j - 64 * c)
+        out[m, c] = word
+
+
+@numba.njit(inline="always", **_JIT)
+def _forward(x, first_mode, int8_max_nonzero, planes, nonzero, nnz, sumx, use_int8,
+             w0, w8t, wsum, thr0, dir0, table, w_flat, thr_flat, dir_flat, acts,
+             w_last, k_last, s):  # fmt: skip
+    """The whole MLP; arguments as :func:`mlp_forward` documents."""
+    M = x.shape[0]
+    _prepare_input(x, planes, nonzero, nnz, sumx)
+    words = (w0.shape[0] + 63) // 64
+    out = acts[0, : M * words].reshape(M, words)
+    for m in range(M):
+        use_int8[m] = first_mode == 1 or (first_mode == 2 and nnz[m] < int8_max_nonzero)
+        if use_int8[m]:
+            for b in numba.prange((words + 7) // 8):
+                _first_block_int8(x, m, nonzero, nnz, w8t, wsum, thr0, dir0, out, b)
+        else:
+            for c in numba.prange(words):
+                _first_word(m, planes, sumx, w0, wsum, thr0, dir0, out, c)
+    for layer in range(table.shape[0]):
+        n, w_in, k = table[layer, 0], table[layer, 1], table[layer, 2]
+        w_off, t_off = table[layer, 3], table[layer, 4]
+        a = acts[layer, : M * w_in].reshape(M, w_in)
+        w = w_flat[w_off : w_off + n * w_in].reshape(n, w_in)
+        th, di = thr_flat[t_off : t_off + n], dir_flat[t_off : t_off + n]
+        words = (n + 63) // 64
+        o = acts[layer + 1, : M * words].reshape(M, words)
+        for c in numba.prange(words):
+            _hidden_word(a, w, k, th, di, o, c)
+    w_in = w_last.shape[1]
+    a = acts[table.shape[0], : M * w_in].reshape(M, w_in)
+    for m in range(M):
+        for j in range(w_last.shape[0]):
+            h = 0
+            for u in range(w_in):
+                h += _popcount(a[m, u] ^ w_last[j, u])
+            s[m, j] = k_last - 2 * h
+
+
+@numba.njit(**_JIT)
+def _forward_serial(x, first_mode, int8_max_nonzero, planes, nonzero, nnz, sumx, use_int8,
+                    w0, w8t, wsum, thr0, dir0, table, w_flat, thr_flat, dir_flat, acts,
+                    w_last, k_last, s):  # fmt: skip
+    _forward(x, first_mode, int8_max_nonzero, planes, nonzero, nnz, sumx, use_int8,
+             w0, w8t, wsum, thr0, dir0, table, w_flat, thr_flat, dir_flat, acts,
+             w_last, k_last, s)  # fmt: skip
+
+
+@numba.njit(parallel=True, **_JIT)
+def _forward_parallel(x, first_mode, int8_max_nonzero, planes, nonzero, nnz, sumx, use_int8,
+                      w0, w8t, wsum, thr0, dir0, table, w_flat, thr_flat, dir_flat, acts,
+                      w_last, k_last, s):  # fmt: skip
+    _forward(x, first_mode, int8_max_nonzero, planes, nonzero, nnz, sumx, use_int8,
+             w0, w8t, wsum, thr0, dir0, table, w_flat, thr_flat, dir_flat, acts,
+             w_last, k_last, s)  # fmt: skip
+
+
+def mlp_forward(parallel: bool, *args) -> None:
+    """Run the MLP on uint8 images, on one thread or on all of them. The arguments, in order
+    (integers int64 unless said; buffers filled in place; plain arrays, so that numba's
+    dispatch stays a few microseconds):
+
+    * ``x`` uint8 (M, k); ``first_mode`` (0 bit planes, 1 int8, 2 per image) and
+      ``int8_max_nonzero`` (the per-image rule);
+    * scratch: bit planes (M, 8, W0), nonzero pixel indices (M, k), their counts (M,), pixel
+      sums (M,), bool (M,) int8 chosen;
+    * first layer: packed weights (N0, W0), int8 +/-1 weights (k, N0) (or empty when never
+      used), sum of W_b (N0,), threshold (N0,), direction (N0,);
+    * hidden layers: ``table`` (L, 5) rows (out, in words, in k, weight offset, threshold
+      offset) into the flat ``w_flat``, ``thr_flat``, ``dir_flat``; ``acts`` (L + 1, M *
+      max words) the packed activations after each Sign layer;
+    * last layer: packed weights (classes, words), k, output ``s`` (M, classes).
+
+    Validated by the caller (:class:`bnnlib.inference.fused.FusedMLP`): no bounds checks here.
+    """
+    (_forward_parallel if parallel else _forward_serial)(*args)

@@ -1,0 +1,137 @@
+"""The fused small-batch CPU path (bnnlib.inference.fused, bnnlib.kernels.fused).
+
+Oracle: :func:`bnnlib.inference.simulate` (float products, float64 batch norm, no packing),
+and the layer-at-a-time path whose scores must be equal bit for bit.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bnnlib import data, inference, results
+from bnnlib.bench_common import calibrate_batchnorm
+from bnnlib.inference import fused
+from bnnlib.models import cifar10_convnet, mnist_mlp
+
+
+def _packed(net):
+    with tempfile.TemporaryDirectory() as tmp:
+        return inference.load(inference.export(net, Path(tmp) / "m.bnn"))
+
+
+@pytest.fixture(scope="module")
+def mnist(data_root):
+    tr, te = data.load("mnist", data_root, "train"), data.load("mnist", data_root, "test")
+    return data.to_uint8(tr.X[:2000]), data.to_uint8(te.X), te.y
+
+
+@pytest.fixture(scope="module")
+def mlp(mnist):
+    """A 784 -> 3 x 1024 -> 10 MLP, random weights, BN statistics from 2000 training images
+    (its thresholds sit inside the data, so every compare is exercised), and its packed net."""
+    torch.manual_seed(0)
+    net = calibrate_batchnorm(mnist_mlp(hidden=1024), mnist[0])
+    return net, _packed(net)
+
+
+def test_fused_equals_simulation_on_all_mnist_test_images(mlp, mnist):
+    """Every one of the 10,000 test images at batch 1 (serial path, per-image first layer),
+    and in batches of 16 (threads): predictions identical to the simulation, scores equal to
+    the layer-at-a-time path's bit for bit."""
+    net, packed = mlp
+    xt = mnist[1]
+    assert len(xt) == 10_000
+    sim = inference.simulate(net, xt)
+    layers = packed.scores(xt, path="layers")
+    one = torch.cat([packed.scores(xt[i : i + 1]) for i in range(len(xt))])
+    assert torch.equal(one, layers)
+    assert torch.equal(one.argmax(1), sim)
+    batched = packed.scores(xt, path="fused", batch_size=16)
+    assert torch.equal(batched, layers)
+    preds = torch.cat([packed.predict(xt[i : i + 1]) for i in range(0, 2000)])
+    assert torch.equal(preds, sim[:2000])
+
+
+@pytest.mark.parametrize("first_layer", ["bitplanes", "int8"])
+@pytest.mark.parametrize("batch", [1, 3, 5, 64])
+def test_first_layer_modes_equal(mlp, mnist, first_layer, batch):
+    """Both first-layer products, serial (batch < 4) and threaded, on dark and bright images
+    (an all-255 image has no zero pixel: the int8 rows of every pixel are read)."""
+    _, packed = mlp
+    x = torch.cat([mnist[1][:200], torch.full((8, 1, 28, 28), 255, dtype=torch.uint8)])
+    x[-4:] = torch.randint(0, 256, (4, 1, 28, 28), dtype=torch.uint8)
+    ref = packed.scores(x, path="layers")
+    got = packed.scores(x, first_layer=first_layer, path="fused", batch_size=batch)
+    assert torch.equal(got, ref)
+
+
+def test_auto_path_choice(mlp, mnist):
+    _, packed = mlp
+    x = mnist[1][:200]
+    packed._fused = None
+    packed.predict(x[:1])
+    assert packed._fused is not None  # batch 1 went fused
+    packed._fused = None
+    packed.predict(x[: fused.FUSED_MAX_BATCH + 1])
+    assert packed._fused is None  # a large batch runs a layer at a time
+    packed.predict(x[:2], first_layer="real")
+    assert packed._fused is None  # the float first layer exists on the layers path only
+
+
+def test_two_layer_mlp_and_odd_widths(mnist):
+    """No hidden-to-hidden layer (784 -> 100 -> 10) and widths that are not multiples of 64."""
+    torch.manual_seed(1)
+    for hidden, depth in ((100, 1), (70, 2)):
+        net = calibrate_batchnorm(mnist_mlp(hidden=hidden, depth=depth), mnist[0])
+        packed = _packed(net)
+        x = mnist[1][:300]
+        assert torch.equal(
+            packed.predict(x, path="fused", batch_size=7), inference.simulate(net, x)
+        )
+
+
+def test_committed_model_fused_equals_history(data_root):
+    """The committed Torch7-preset model: the fused path makes the same errors as the history."""
+    run = results.load_run(results.TORCH7_MNIST_RUN)
+    assert run is not None and run.model_path is not None
+    te = data.load("mnist", data_root, "test")
+    packed = inference.load(run.model_path)
+    x = data.to_uint8(te.X)
+    errors = int((packed.predict(x, path="fused", batch_size=50) != te.y).sum())
+    assert errors == round(run.test_error * len(te.y))
+
+
+def test_errors_are_clear(mlp, mnist):
+    _, packed = mlp
+    x = mnist[1][:2]
+    with pytest.raises(ValueError, match="first_layer must be one of"):
+        packed.predict(x, first_layer="float")
+    with pytest.raises(ValueError, match="path must be"):
+        packed.predict(x, path="fast")
+    with pytest.raises(ValueError, match="no float first layer"):
+        packed.predict(x, path="fused", first_layer="real")
+    with pytest.raises(ValueError, match="batch_size"):
+        packed.predict(x, batch_size=0)
+    with pytest.raises(ValueError, match="does not match"):
+        packed.predict(torch.zeros(1, 27, 28, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="look like pixels"):
+        packed.predict(x.float())
+    conv = _packed(cifar10_convnet(width=0.125).eval())
+    with pytest.raises(ValueError, match="runs MLPs"):
+        conv.predict(torch.zeros(1, 3, 32, 32, dtype=torch.uint8), path="fused")
+    with pytest.raises(ValueError, match="fused path only"):
+        conv.predict(torch.zeros(1, 3, 32, 32, dtype=torch.uint8), first_layer="int8")
+    with pytest.raises(ValueError, match="uint8 images"):
+        fused.FusedMLP(packed).preactivations(np.zeros((1, 784), np.int64))
+
+
+def test_empty_batch(mlp):
+    _, packed = mlp
+    empty = torch.zeros(0, 1, 28, 28, dtype=torch.uint8)
+    assert packed.predict(empty).shape == (0,)
+    assert packed.scores(empty, path="fused").shape == (0, 10)
