@@ -20,6 +20,10 @@ Sections:
   of the BNN MLP over that of its float twin, batch 100, steps of the two alternated so that
   other load on a shared machine hits both alike; the ratio is the median of the ratios of
   adjacent (BNN, float) steps (the ratio of the two medians is reported too).
+* ``latency_cpu`` -- only with ``--latency``: ms per image of the packed MLP at batch 1 / 100 /
+  10,000 against torch float32 and the time to stream the packed weights once, and the
+  CIFAR-10 ConvNet at batch 1 (:mod:`bnnlib.bench_latency`). Written to
+  ``results/bench_latency_<device>.json`` unless ``--out`` says otherwise.
 * ``gpu`` -- run first, with a CUDA GPU: :func:`bnnlib.bench_kernels.bench_gpu_gemm` (8192^3,
   the XNOR kernels with and without the packing of both operands) and :func:`bench_gpu_mlp`
   (the MLP with every layer on the baseline kernel against the XNOR path, per-layer times,
@@ -62,6 +66,7 @@ from .bench_gpu import (
     bench_gpu_mlp,
 )
 from .bench_kernels import bench_cpu_gemm, bench_gpu_gemm
+from .bench_latency import bench_latency
 from .bench_mlp import bench_mnist_mlp, bench_train_step
 from .bench_report import _table, _x, gpu_table
 from .machine import atomic_write
@@ -73,6 +78,7 @@ __all__ = [
     "bench_mnist_mlp",
     "bench_gpu_mlp",
     "bench_train_step",
+    "bench_latency",
     "gpu_table",
     "main",
 ]
@@ -99,6 +105,16 @@ def _parser() -> argparse.ArgumentParser:
         "repeats after warm-up; ratios measured in one run). Writes JSON.",
     )
     p.add_argument("--quick", action="store_true", help="fewer repeats and smaller sizes")
+    p.add_argument(
+        "--latency",
+        action="store_true",
+        help="only the latency section: ms per image at batch 1 / 100 / 10,000 against the "
+        "weight-streaming floor and torch float32 (results/bench_latency_<device>.json)",
+    )
+    p.add_argument(
+        "--batches", type=int, nargs="+", default=[1, 100, 10_000], help="latency batch sizes"
+    )
+    p.add_argument("--no-conv", action="store_true", help="latency: leave out the ConvNet")
     p.add_argument("--out", help="JSON path (default results/bench_<device>.json)")
     p.add_argument("--sizes", type=int, nargs="+", help="CPU gemm sizes M = N = K")
     p.add_argument("--data-root", help="data folder (default: $BNN_DATA_DIR)")
@@ -143,6 +159,8 @@ def _settings(args) -> dict:
         "train_hidden": args.train_hidden,
         "train_repeats": args.train_repeats,
         "skip": args.skip,
+        "latency": args.latency,
+        "batches": args.batches if args.latency else None,
     }
 
 
@@ -153,6 +171,15 @@ def _log(msg: str) -> None:
 def _run_sections(args, res: dict, save) -> None:
     """The sections not skipped, GPU first (the figures that need the rare machine), each
     saved as soon as it exists."""
+    if args.latency:
+        _log("latency, CPU ...")
+        res["latency_cpu"] = bench_latency(
+            hidden=args.hidden, data_root=args.data_root, model_path=args.model_path,
+            batchnorm=args.batchnorm, batches=tuple(args.batches),
+            repeats=2 if args.quick else 5, conv=not args.no_conv, log=_log,
+        )  # fmt: skip
+        save()
+        return
     if "gpu" not in args.skip:
         _log("GPU ...")
 
@@ -189,7 +216,8 @@ def main(argv: list[str] | None = None) -> dict:
     _defaults(args)
     res: dict = {"meta": machine_info(argv)}
     res["settings"] = _settings(args)
-    out = Path(args.out or f"results/bench_{res['meta']['device']}.json")
+    kind = "bench_latency" if args.latency else "bench"
+    out = Path(args.out or f"results/{kind}_{res['meta']['device']}.json")
 
     def save(_partial=None) -> None:  # after every figure: a later crash loses nothing
         atomic_write(out, json.dumps(_plain(res), indent=1).encode())

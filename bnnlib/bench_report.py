@@ -11,6 +11,7 @@ def _table(res: dict) -> str:
     lines += _gemm_cpu_lines(res.get("gemm_cpu", {}))
     lines += _mlp_cpu_lines(res.get("mnist_mlp_cpu"))
     lines += _train_step_lines(res.get("train_step_cpu", []))
+    lines += _latency_lines(res.get("latency_cpu"))
     gpu = res.get("gpu", {})
     if "skipped" in gpu:
         lines.append(f"GPU: skipped ({gpu['skipped']})")
@@ -65,6 +66,31 @@ def _train_step_lines(steps: list[dict]) -> list[str]:
         f"ratio of medians {t['ratio_of_medians']:.3f})"
         for t in steps
     ]
+
+
+def _latency_lines(lat: dict | None) -> list[str]:
+    if not lat:
+        return []
+    f, r = lat["floor"], lat["ratios"]
+    lines = [
+        f"Latency, MNIST MLP, CPU, ms per image ({lat['model'].split(';')[0]}):",
+        f"  weight-streaming floor {f['ms']:.4f} ms ({f['bytes']:,} B, {f['GB_per_s']:.1f} GB/s)",
+        "   batch    packed  packed(layers)   float32",
+    ]
+    for b, row in lat["ms_per_image"].items():
+        lines.append(
+            f"  {b:>6s}  {row['packed']:8.4f}  {row['packed_layers']:14.4f}  {row['float32']:8.4f}"
+        )
+    lines += [f"  {k}: {v:.2f}" for k, v in r.items()]
+    e = lat["exactness"]
+    lines.append(f"  identical to the simulation, all {e['n_images']} images: {e['all_identical']}")
+    if "conv" in lat:
+        c = lat["conv"]["batch1_ms"]
+        lines.append(
+            f"CIFAR-10 ConvNet, batch 1, ms: packed {c['packed']:.3f}, layers path "
+            f"{c['packed_layers']:.3f}, float32 {c['float32']:.3f}"
+        )
+    return lines
 
 
 def _x(ratio: float | None, width: int) -> str:

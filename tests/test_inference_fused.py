@@ -12,10 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from bnnlib import data, inference, results
 from bnnlib.bench_common import calibrate_batchnorm
 from bnnlib.inference import fused
+from bnnlib.layers import BinaryConv2d, BinaryLinear, SignActivation
 from bnnlib.models import cifar10_convnet, mnist_mlp
 
 
@@ -113,7 +115,7 @@ def test_errors_are_clear(mlp, mnist):
         packed.predict(x, first_layer="float")
     with pytest.raises(ValueError, match="path must be"):
         packed.predict(x, path="fast")
-    with pytest.raises(ValueError, match="no float first layer"):
+    with pytest.raises(ValueError, match="no real first layer"):
         packed.predict(x, path="fused", first_layer="real")
     with pytest.raises(ValueError, match="batch_size"):
         packed.predict(x, batch_size=0)
@@ -122,10 +124,14 @@ def test_errors_are_clear(mlp, mnist):
     with pytest.raises(ValueError, match="look like pixels"):
         packed.predict(x.float())
     conv = _packed(cifar10_convnet(width=0.125).eval())
-    with pytest.raises(ValueError, match="runs MLPs"):
-        conv.predict(torch.zeros(1, 3, 32, 32, dtype=torch.uint8), path="fused")
+    with pytest.raises(ValueError, match="no bitplanes first layer"):
+        conv.predict(
+            torch.zeros(1, 3, 32, 32, dtype=torch.uint8), path="fused", first_layer="bitplanes"
+        )
     with pytest.raises(ValueError, match="fused path only"):
-        conv.predict(torch.zeros(1, 3, 32, 32, dtype=torch.uint8), first_layer="int8")
+        conv.predict(
+            torch.zeros(1, 3, 32, 32, dtype=torch.uint8), path="layers", first_layer="int8"
+        )
     with pytest.raises(ValueError, match="uint8 images"):
         fused.FusedMLP(packed).preactivations(np.zeros((1, 784), np.int64))
 
@@ -135,3 +141,57 @@ def test_empty_batch(mlp):
     empty = torch.zeros(0, 1, 28, 28, dtype=torch.uint8)
     assert packed.predict(empty).shape == (0,)
     assert packed.scores(empty, path="fused").shape == (0, 10)
+
+
+# ---------------------------------------------------------------- ConvNets
+
+
+@pytest.mark.parametrize("parallel", [True, False])
+def test_fused_convnet_equals_simulation(parallel):
+    """The CIFAR-10 ConvNet (narrow) on images with zero and nonzero pixels, batch 1 and 5,
+    threads or not: scores equal to the layer-at-a-time path, predictions to the simulation."""
+    torch.manual_seed(3)
+    net = cifar10_convnet(width=0.25)
+    x = torch.randint(0, 256, (140, 3, 32, 32), dtype=torch.uint8)
+    x[:, :, :10] = 0  # zero pixels are skipped by the first layer
+    calibrate_batchnorm(net, x[:100], batch=50)
+    packed = _packed(net)
+    xt = x[100:]
+    packed.predict(xt[:1])
+    assert isinstance(packed._fused, fused.FusedConvNet)
+    packed._fused.parallel = parallel
+    ref = packed.scores(xt, path="layers")
+    one = torch.cat([packed.scores(xt[i : i + 1]) for i in range(len(xt))])
+    assert torch.equal(one, ref)
+    assert torch.equal(packed.scores(xt, path="fused", batch_size=5), ref)
+    assert torch.equal(one.argmax(1), inference.simulate(net, xt))
+
+
+def test_fused_conv_pool_after_bn_stride_and_odd_channels():
+    """Conv -> BN -> MaxPool -> Sign with gamma < 0 on half the channels (the pool becomes a
+    min), stride 2 with padding 2, 70 and 5 channels (not multiples of 64)."""
+    torch.manual_seed(7)
+    net = nn.Sequential(
+        BinaryConv2d(1, 70, 3, padding=1, binarize_input=False),
+        nn.BatchNorm2d(70),
+        nn.MaxPool2d(2),
+        SignActivation(),
+        BinaryConv2d(70, 5, 3, stride=2, padding=2, binarize_input=False),
+        nn.BatchNorm2d(5),
+        SignActivation(),
+        nn.Flatten(),
+        BinaryLinear(5 * 4 * 4, 10, binarize_input=True),
+        nn.BatchNorm1d(10),
+    )
+    x = torch.randint(0, 256, (300, 1, 12, 12), generator=torch.Generator().manual_seed(8),
+                      dtype=torch.uint8)  # fmt: skip
+    calibrate_batchnorm(net, x, batch=100)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.weight[::2] *= -1
+    with tempfile.TemporaryDirectory() as tmp:
+        packed = inference.load(inference.export(net, Path(tmp) / "c.bnn", input_shape=(1, 12, 12)))
+    sim = inference.simulate_scores(net, x[:100])
+    for b in (1, 7):
+        assert torch.equal(packed.scores(x[:100], path="fused", batch_size=b), sim)

@@ -66,6 +66,12 @@ def _i64(t: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(t.numpy().astype(np.int64))
 
 
+def _k(lay) -> int:
+    """The k of ``s = k - 2 popcount(a XOR w)``: the packed bits less the padding bits (which
+    are 0 in both operands, so XOR-popcount never counts them), i.e. the layer's inputs."""
+    return lay.spec["packed_bits"] - lay.pad_bits
+
+
 def _flat(tensors: list[torch.Tensor]) -> np.ndarray:
     """The tensors' entries one after the other, as one int64 array (never empty)."""
     parts = [t.numpy().astype(np.int64).ravel() for t in tensors]
@@ -90,7 +96,7 @@ class FusedMLP:
         # hidden layers flattened into plain arrays (numba dispatches those fast)
         self.table = np.array(
             [[lay.spec["out_features"], lay.spec["groups"] * lay.spec["words_per_group"],
-              lay.spec["in_features"], 0, 0] for lay in hidden],
+              _k(lay), 0, 0] for lay in hidden],
             dtype=np.int64,
         ).reshape(len(hidden), 5)  # fmt: skip
         self.table[1:, 3] = np.cumsum(self.table[:-1, 0] * self.table[:-1, 1])
@@ -98,7 +104,7 @@ class FusedMLP:
         self.w_flat = _flat([lay.weight for lay in hidden])
         self.thr_flat = _flat([lay.threshold for lay in hidden])
         self.dir_flat = _flat([lay.direction for lay in hidden])
-        self.w_last, self.k_last = last.weight.numpy(), last.spec["in_features"]
+        self.w_last, self.k_last = last.weight.numpy(), _k(last)
         aff = last.affine
         self.a, self.mu, self.beta = (
             t.numpy().astype(np.float64) for t in (aff.a, aff.mu, aff.beta)
@@ -163,3 +169,123 @@ class FusedMLP:
         """float64 scores a * (s - mu) + beta (M, classes): the simulation's rounding."""
         s = self.preactivations(x, first_layer).astype(np.float64)
         return self.a * (s - self.mu) + self.beta  # numpy: three separately rounded ops
+
+
+# --------------------------------------------------------------------------------------------
+# Convolutional nets: one compiled call per layer (direct convolutions, bnnlib.kernels.fused_conv)
+# --------------------------------------------------------------------------------------------
+
+
+#: Whether the fused ConvNet path shares each layer between threads, even at batch 1 (a
+#: convolution layer of one image is enough work to split).
+CONV_PARALLEL = True
+
+
+def supports_conv(net) -> bool:
+    """Whether ``net`` is a ConvNet the fused path runs: an 8-bit convolution first, Sign after
+    every layer but the last, a linear last layer giving the scores."""
+    layers = net.layers
+    return (
+        len(layers) >= 2
+        and layers[0].spec["kind"] == "conv2d"
+        and all(lay.spec["output"] == "sign" for lay in layers[:-1])
+        and layers[-1].spec["kind"] == "linear"
+        and layers[-1].spec["output"] == "scores"
+    )
+
+
+def _geometry(spec: dict) -> tuple[int, ...]:
+    (kh, kw), (sh, sw), (ph, pw) = spec["kernel"], spec["stride"], spec["padding"]
+    return (kh, kw, sh, sw, ph, pw)
+
+
+class FusedConvNet:
+    """A packed ConvNet (:func:`supports_conv`) run by the direct kernels of
+    :mod:`bnnlib.kernels.fused_conv`: no im2col, no padding correction, one compiled call per
+    layer (first layer: int8 +/-1 weights, zero pixels skipped)."""
+
+    def __init__(self, net):
+        from ..kernels import fused_conv
+
+        if not supports_conv(net):
+            raise ValueError("the fused conv path runs ConvNets with an 8-bit first convolution")
+        self.kernels = fused_conv
+        #: threads share each layer's output rows (:data:`CONV_PARALLEL`); False: one thread
+        self.parallel = CONV_PARALLEL
+        self.steps = [self._step(lay) for lay in net.layers]
+        self.input_shape = tuple(net.input_shape)
+        aff = net.layers[-1].affine
+        self.a, self.mu, self.beta = (
+            t.numpy().astype(np.float64) for t in (aff.a, aff.mu, aff.beta)
+        )
+
+    @staticmethod
+    def _step(lay) -> dict:
+        spec = lay.spec
+        step: dict = {"spec": spec}
+        if lay.threshold is not None:
+            step["thr"], step["dir"] = _i64(lay.threshold), _i64(lay.direction)
+        else:
+            step["thr"] = step["dir"] = np.zeros(0, np.int64)
+        if spec["kind"] == "linear":
+            step["w"], step["k"] = lay.weight.numpy(), _k(lay)
+            return step
+        step["geometry"] = np.array(_geometry(spec), np.int64)
+        pool = spec.get("pool")
+        step["pool"] = np.array(_geometry(pool) if pool else (1, 1, 1, 1, 0, 0), np.int64)
+        step["after_bn"] = bool(pool and pool["after_bn"])
+        out = spec["out_channels"]
+        if spec["first"]:
+            step["w8"] = np.ascontiguousarray(lay.wb.numpy().T.astype(np.int8))  # (k, out)
+            step["wsum"] = np.ascontiguousarray(lay.wsum.numpy())
+        else:
+            groups, words = spec["groups"], spec["words_per_group"]
+            w = lay.weight.numpy().reshape(out, groups, words)
+            step["wt"] = np.ascontiguousarray(w.transpose(1, 2, 0))  # (kh*kw, words, out)
+        return step
+
+    def _conv(self, step: dict, h: np.ndarray, par: bool) -> np.ndarray:
+        spec, m = step["spec"], h.shape[0]
+        ho, wo = spec["out_hw"]
+        s = np.empty((m, ho, wo, spec["out_channels"]), np.int32)
+        if spec["first"]:
+            self.kernels.first_conv(par, h, step["w8"], step["wsum"], step["geometry"], s)
+        else:
+            channels = spec["in_channels"]
+            self.kernels.binary_conv(par, h, step["wt"], channels, step["geometry"], s)
+        hp, wp = spec["pooled_hw"]
+        out = np.empty((m, hp, wp, math.ceil(spec["out_channels"] / 64)), np.int64)
+        self.kernels.pool_threshold_pack(
+            par, s, step["pool"], step["after_bn"], step["thr"], step["dir"], out
+        )
+        return out
+
+    def scores(self, x: np.ndarray, first_layer: str = "auto") -> np.ndarray:
+        """float64 scores (M, classes) of uint8 images (M, C * H * W)."""
+        if first_layer not in ("auto", "int8"):
+            raise ValueError(
+                f"the fused ConvNet path has an int8 first layer only, got {first_layer!r}"
+            )
+        h = np.ascontiguousarray(x.reshape(x.shape[0], *self.input_shape))
+        par = self.parallel
+        for step in self.steps:
+            if step["spec"]["kind"] == "conv2d":
+                h = self._conv(step, h, par)
+                continue
+            a = np.ascontiguousarray(h.reshape(h.shape[0], -1))
+            n = step["w"].shape[0]
+            out = np.empty((a.shape[0], math.ceil(n / 64)), np.int64)
+            s = np.empty((a.shape[0], n), np.int64)
+            self.kernels.dense(par, a, step["w"], step["k"], step["thr"], step["dir"], out, s)
+            h = out
+        return self.a * (s.astype(np.float64) - self.mu) + self.beta
+
+
+def for_net(net):
+    """The fused runner of a :class:`PackedNet`: :class:`FusedMLP`, :class:`FusedConvNet`, or
+    None when neither runs it."""
+    if supports(net):
+        return FusedMLP(net)
+    if supports_conv(net):
+        return FusedConvNet(net)
+    return None

@@ -129,7 +129,7 @@ class PackedNet:
             raise ValueError(f"input scaling {header['input']['scaling']!r} is not supported")
         self.num_classes = int(header["num_classes"])
         self.layers: list[_Layer] = [self._layer(spec, tensors) for spec in header["layers"]]
-        self._fused: fused.FusedMLP | None = None  # the small-batch CPU path, made on first use
+        self._fused = None  # the small-batch CPU path (fused.for_net), made on first use
 
     @classmethod
     def _layer(cls, spec: dict, tensors: dict[str, torch.Tensor]) -> _Layer:
@@ -263,7 +263,7 @@ class PackedNet:
                 return torch.zeros(0, self.num_classes, dtype=torch.float64)
             return torch.from_numpy(self._fused_scores(x, first_layer, batch_size))
         if first_layer == "int8":
-            raise ValueError('first_layer="int8" runs on the fused path only (CPU, MLPs)')
+            raise ValueError('first_layer="int8" runs on the fused path only (CPU)')
         ops = backend(device, kernel)
         mode = "real" if first_layer == "auto" else first_layer
         out = [
@@ -282,24 +282,30 @@ class PackedNet:
             )
         if path not in ("auto", "fused", "layers"):
             raise ValueError(f"path must be 'auto', 'fused' or 'layers', got {path!r}")
-        possible = torch.device(device).type == "cpu" and fused.supports(self)
+        cpu = torch.device(device).type == "cpu"
+        mlp, conv = cpu and fused.supports(self), cpu and fused.supports_conv(self)
         if path == "fused":
-            if not possible:
+            if not (mlp or conv):
                 raise ValueError(
-                    'path="fused" runs MLPs (linear layers only) on the CPU; use path="layers"'
+                    'path="fused" runs MLPs and ConvNets with a Sign after every hidden layer '
+                    'on the CPU; use path="layers"'
                 )
-            if first_layer == "real":
-                raise ValueError('path="fused" has no float first layer: use first_layer="auto"')
+            if first_layer == "real" or (conv and first_layer == "bitplanes"):
+                raise ValueError(
+                    f'path="fused" has no {first_layer} first layer for this net: use '
+                    'first_layer="auto"'
+                )
             return True
         if path == "layers":
             return False
         small = n <= fused.FUSED_MAX_BATCH or first_layer == "int8"  # int8: fused only
-        return possible and first_layer != "real" and small
+        modes = ("auto", "bitplanes", "int8") if mlp else ("auto", "int8")
+        return (mlp or conv) and first_layer in modes and small
 
     def _fused_scores(self, x: torch.Tensor, first_layer: str, batch_size: int) -> np.ndarray:
-        """float64 scores (N >= 1, classes) by :class:`fused.FusedMLP`, as a numpy array."""
+        """float64 scores (N >= 1, classes) by the fused path (:func:`fused.for_net`), numpy."""
         if self._fused is None:
-            self._fused = fused.FusedMLP(self)
+            self._fused = fused.for_net(self)
         xn = x.cpu().reshape(len(x), -1).numpy()
         batch_size = check_batch_size(batch_size)
         parts = [

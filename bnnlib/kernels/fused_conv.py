@@ -1,0 +1,227 @@
+"""Direct packed convolutions for small batches on the CPU (paper Sections 2.6 and 4).
+
+The layer-at-a-time path of :class:`bnnlib.inference.PackedNet` builds im2col copies of the
+packed activations, pads them with words that must be corrected afterwards, and round-trips
+every layer through torch. At batch 1 that overhead is most of the time. These kernels work on
+the packed NHWC activations (M, H, W, ceil(C/64) words) in place:
+
+* :func:`binary_conv`: for each output position, ``s = sum over the kernel positions inside the
+  image of (C - 2 popcount(a XOR w))``. The model pads its binarized input with zeros, which
+  contribute nothing, so positions outside the image are skipped (no correction table). The
+  weights are laid out (kernel position, word, out channel) so that the innermost loop runs
+  over output channels, contiguous and vectorized.
+* :func:`first_conv`: the 8-bit first layer, ``t = 2 W_b . x - 255 sum(W_b)`` over the valid
+  inputs (``t / 255`` is the pre-activation), with int8 +/-1 weights and zero pixels skipped.
+* :func:`pool_threshold_pack`: max-pooling of the integers (the min for channels whose batch
+  norm, applied before the pool, flips the order), batch norm + Sign as one integer compare,
+  and packing, in one pass.
+
+Each kernel runs with its output rows shared between threads (``prange``) or on the calling
+thread (the first argument of the public functions). All of it is exact: the same integers as
+the layer-at-a-time path, whose bits equal the float simulation's.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from ._cache import CACHE
+from .xnor import _popcount
+
+__all__ = ["binary_conv", "first_conv", "pool_threshold_pack", "dense"]
+
+_JIT = {"fastmath": True, "boundscheck": False, "nogil": True, "cache": CACHE}
+
+
+@numba.njit(inline="always", **_JIT)
+def _binary_conv(act, wt, channels, geometry, s):
+    """s (M, Ho, Wo, out) int32 of packed activations ``act`` (M, H, W, words) and weights
+    ``wt`` (kh * kw, words, out) int64; ``geometry`` = (kh, kw, sh, sw, ph, pw)."""
+    M, H, W = act.shape[0], act.shape[1], act.shape[2]
+    words, out = wt.shape[1], wt.shape[2]
+    kh, kw, sh, sw, ph, pw = geometry
+    Ho, Wo = s.shape[1], s.shape[2]
+    for r in numba.prange(M * Ho):
+        m, ho = r // Ho, r % Ho
+        acc = np.empty(out, np.int32)
+        for wo in range(Wo):
+            acc[:] = 0
+            valid = 0
+            for i in range(kh):
+                hi = ho * sh - ph + i
+                if hi < 0 or hi >= H:
+                    continue
+                for j in range(kw):
+                    wi = wo * sw - pw + j
+                    if wi < 0 or wi >= W:
+                        continue
+                    valid += 1
+                    for u in range(words):
+                        a = act[m, hi, wi, u]
+                        row = wt[i * kw + j, u]
+                        for o in range(out):  # contiguous: vectorized popcount
+                            acc[o] += np.int32(_popcount(a ^ row[o]))
+            for o in range(out):
+                s[m, ho, wo, o] = valid * channels - 2 * acc[o]
+
+
+@numba.njit(inline="always", **_JIT)
+def _first_conv(x, w8, wsum, geometry, s):
+    """s (M, Ho, Wo, out) int32: t = 2 W_b . x - 255 sum(W_b) over the valid inputs, for uint8
+    images ``x`` (M, C, H, W); ``w8`` (C * kh * kw, out) int8 +/-1 in torch's (c, i, j) order;
+    ``wsum`` (Ho * Wo, out) the sum of W_b over each position's valid inputs."""
+    M, C, H, W = x.shape
+    out = w8.shape[1]
+    kh, kw, sh, sw, ph, pw = geometry
+    Ho, Wo = s.shape[1], s.shape[2]
+    for r in numba.prange(M * Ho):
+        m, ho = r // Ho, r % Ho
+        acc = np.empty(out, np.int32)
+        for wo in range(Wo):
+            acc[:] = 0
+            for c in range(C):
+                for i in range(kh):
+                    hi = ho * sh - ph + i
+                    if hi < 0 or hi >= H:
+                        continue
+                    for j in range(kw):
+                        wi = wo * sw - pw + j
+                        if wi < 0 or wi >= W or x[m, c, hi, wi] == 0:
+                            continue
+                        v = np.int32(x[m, c, hi, wi])
+                        row = w8[(c * kh + i) * kw + j]
+                        for o in range(out):
+                            acc[o] += v * np.int32(row[o])
+            p = ho * Wo + wo
+            for o in range(out):
+                s[m, ho, wo, o] = 2 * acc[o] - 255 * wsum[p, o]
+
+
+@numba.njit(inline="always", **_JIT)
+def _bit(t, thr, direction):
+    return t >= thr if direction >= 0 else t <= thr
+
+
+@numba.njit(inline="always", **_JIT)
+def _pool_threshold_pack(s, pool, after_bn, thr, dirn, out):
+    """Packed bits ``out`` (M, Hp, Wp, words) of Sign(BN(pool(s))) for s (M, Ho, Wo, C) int32;
+    ``pool`` = (kh, kw, sh, sw, ph, pw), (1, 1, 1, 1, 0, 0) for none. With ``after_bn`` and
+    a flipped channel (direction < 0) the pool takes the min (BN reverses the order): the max
+    of -s, negated back."""
+    M, Ho, Wo, C = s.shape
+    Hp, Wp = out.shape[1], out.shape[2]
+    kh, kw, sh, sw, ph, pw = pool
+    sg = np.ones(C, np.int64)  # -1 where the pool takes the min
+    if after_bn:
+        for c in range(C):
+            if dirn[c] < 0:
+                sg[c] = -1
+    for r in numba.prange(M * Hp):
+        m, hp = r // Hp, r % Hp
+        best = np.empty(C, np.int64)
+        for wp in range(Wp):
+            best[:] = np.iinfo(np.int64).min
+            for i in range(kh):
+                hi = hp * sh - ph + i
+                if hi < 0 or hi >= Ho:
+                    continue
+                for j in range(kw):
+                    wi = wp * sw - pw + j
+                    if wi < 0 or wi >= Wo:
+                        continue
+                    for c in range(C):  # contiguous channels: vectorized
+                        best[c] = max(best[c], sg[c] * np.int64(s[m, hi, wi, c]))
+            for u in range(out.shape[3]):
+                word = np.int64(0)
+                for c in range(64 * u, min(64 * u + 64, C)):
+                    # Sign(BN): t >= thr (direction +1) or t <= thr (-1), branch-free
+                    bit = (sg[c] * best[c] - thr[c]) * dirn[c] >= 0
+                    word |= np.int64(bit) << (c - 64 * u)
+                out[m, hp, wp, u] = word
+
+
+@numba.njit(inline="always", **_JIT)
+def _dense(a, w, k, thr, dirn, out, s):
+    """A linear layer on packed rows ``a`` (M, words): ``s = k - 2 popcount(a XOR w)``; with
+    ``thr`` non-empty, Sign(BN(s)) packed into ``out`` (M, ceil(N/64)), else s into ``s``."""
+    M, W = a.shape
+    N = w.shape[0]
+    sign = thr.shape[0] > 0
+    for c in numba.prange((N + 63) // 64):
+        for m in range(M):
+            word = 0
+            for j in range(64 * c, min(64 * c + 64, N)):
+                h = 0
+                for u in range(W):
+                    h += _popcount(a[m, u] ^ w[j, u])
+                if not sign:
+                    s[m, j] = k - 2 * h
+                elif _bit(k - 2 * h, thr[j], dirn[j]):
+                    word |= np.int64(1) << (j - 64 * c)
+            if sign:
+                out[m, c] = word
+
+
+# Each kernel twice: threads share the output rows, or the calling thread does all of them
+# (under other load, waking threads for a layer of a single image can cost a time slice).
+
+
+@numba.njit(parallel=True, **_JIT)
+def _binary_conv_par(act, wt, channels, geometry, s):
+    _binary_conv(act, wt, channels, geometry, s)
+
+
+@numba.njit(**_JIT)
+def _binary_conv_one(act, wt, channels, geometry, s):
+    _binary_conv(act, wt, channels, geometry, s)
+
+
+@numba.njit(parallel=True, **_JIT)
+def _first_conv_par(x, w8, wsum, geometry, s):
+    _first_conv(x, w8, wsum, geometry, s)
+
+
+@numba.njit(**_JIT)
+def _first_conv_one(x, w8, wsum, geometry, s):
+    _first_conv(x, w8, wsum, geometry, s)
+
+
+@numba.njit(parallel=True, **_JIT)
+def _pool_threshold_pack_par(s, pool, after_bn, thr, dirn, out):
+    _pool_threshold_pack(s, pool, after_bn, thr, dirn, out)
+
+
+@numba.njit(**_JIT)
+def _pool_threshold_pack_one(s, pool, after_bn, thr, dirn, out):
+    _pool_threshold_pack(s, pool, after_bn, thr, dirn, out)
+
+
+@numba.njit(parallel=True, **_JIT)
+def _dense_par(a, w, k, thr, dirn, out, s):
+    _dense(a, w, k, thr, dirn, out, s)
+
+
+@numba.njit(**_JIT)
+def _dense_one(a, w, k, thr, dirn, out, s):
+    _dense(a, w, k, thr, dirn, out, s)
+
+
+def binary_conv(parallel: bool, *args) -> None:
+    """:func:`_binary_conv` on all threads or on the calling one."""
+    (_binary_conv_par if parallel else _binary_conv_one)(*args)
+
+
+def first_conv(parallel: bool, *args) -> None:
+    """:func:`_first_conv` on all threads or on the calling one."""
+    (_first_conv_par if parallel else _first_conv_one)(*args)
+
+
+def pool_threshold_pack(parallel: bool, *args) -> None:
+    """:func:`_pool_threshold_pack` on all threads or on the calling one."""
+    (_pool_threshold_pack_par if parallel else _pool_threshold_pack_one)(*args)
+
+
+def dense(parallel: bool, *args) -> None:
+    """:func:`_dense` on all threads or on the calling one."""
+    (_dense_par if parallel else _dense_one)(*args)
