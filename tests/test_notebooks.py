@@ -126,6 +126,10 @@ def check_06(r: dict) -> None:
     assert r["cpu_gemm_xnor_over_float32"] > 0 and r["cpu_gemm_xnor_over_float32_with_packing"] > 0
     assert r["cpu_mlp_packed_over_float32"] > 0 and r["cpu_mlp_bitplanes_over_float32"] > 0
     assert isinstance(r["gpu_results"], str) and r["gpu_results"]
+    # One image at a time: packed predictions identical to the simulation on every test image.
+    assert r["cpu_latency_exact"] is True
+    assert r["cpu_latency_batch1_over_floor"] > 0
+    assert r["cpu_latency_batch1_float32_over_packed"] > 0
 
 
 def check_07(r: dict) -> None:
