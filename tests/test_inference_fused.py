@@ -195,3 +195,41 @@ def test_fused_conv_pool_after_bn_stride_and_odd_channels():
     sim = inference.simulate_scores(net, x[:100])
     for b in (1, 7):
         assert torch.equal(packed.scores(x[:100], path="fused", batch_size=b), sim)
+
+
+_AVX2_SCRIPT = """
+import tempfile, torch
+from pathlib import Path
+from numba.core import config
+from bnnlib import inference
+from bnnlib.bench_common import calibrate_batchnorm
+from bnnlib.models import cifar10_convnet, mnist_mlp
+assert config.CPU_NAME == "haswell", config.CPU_NAME
+torch.manual_seed(0)
+nets = ((mnist_mlp(hidden=200), (1, 28, 28)), (cifar10_convnet(width=0.125), (3, 32, 32)))
+for net, shape in nets:
+    x = torch.randint(0, 256, (60, *shape), dtype=torch.uint8)
+    calibrate_batchnorm(net, x[:40], batch=20)
+    with tempfile.TemporaryDirectory() as tmp:
+        p = inference.load(inference.export(net, Path(tmp) / "m.bnn"))
+    ref = p.scores(x[40:], path="layers")
+    for b in (1, 5):
+        assert torch.equal(p.scores(x[40:], path="fused", batch_size=b), ref), (net, b)
+print("ok")
+"""
+
+
+def test_fused_kernels_exact_when_compiled_for_avx2_only(tmp_path):
+    """The fallback for CPUs without AVX-512: the kernels compiled for Haswell (AVX2, popcount
+    by byte lookup) give the same integers. numba's cache is keyed by the target CPU, so code
+    compiled here is never loaded on a machine that lacks its instructions."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": ""}
+    env["NUMBA_CACHE_DIR"] = str(tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-c", _AVX2_SCRIPT], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
