@@ -11,8 +11,10 @@ For the MNIST MLP (784 -> 3 x ``hidden`` -> 10) and each batch size, ms per imag
 * ``packed``: :meth:`PackedNet.predict` as a user calls it (``path="auto"``: the fused path of
   :mod:`bnnlib.inference.fused` up to ``FUSED_MAX_BATCH`` images, layer at a time above);
 * ``packed_layers``: the layer-at-a-time path alone (what batch 1 cost before the fused path);
+* ``packed_fused`` (batches above ``FUSED_MAX_BATCH``): the fused path on chunks of that size;
 * ``float32``: the torch float32 model in eval mode (torch's threads, input already scaled);
-* at batch 1, the fused path with each first layer: ``bitplanes`` and ``int8``.
+* at batch 1, the fused path with each first layer (``packed_bitplanes``, ``packed_int8``) and
+  with its layers split between threads (``packed_threads``; by default batch 1 runs on one).
 
 Batch 1 cycles through different test images (one call, one image, timed alone); larger
 batches are timed whole. Ratios (``ratios``) compare figures of this run only. The packed
@@ -35,6 +37,7 @@ import torch
 from . import data
 from .bench_common import _mlp_model, _mnist, calibrate_batchnorm
 from .bench_mlp import _export_and_load
+from .inference.fused import FUSED_MAX_BATCH
 
 __all__ = ["bench_latency", "weight_stream_floor"]
 
@@ -65,32 +68,34 @@ def weight_stream_floor(packed, repeats: int = 2000) -> dict:
 
 
 def _mlp_rows(net, packed, xt, batches, repeats) -> dict:
+    """ms per image of every path at every batch size (module docstring)."""
     xs = data.scale(xt)
     rows = {}
     for b in batches:
-        r1 = b == 1
-        n_img = len(xt) if r1 else len(xt) // b
-        reps = repeats * 400 if r1 else max(3, repeats * (20 if b <= 100 else 1))
+        n_batches = len(xt) // b
+        reps = repeats * 400 if b == 1 else max(3, repeats * (20 if b <= 100 else 1))
 
-        def take(i, b=b, n_img=n_img):
-            j = (i % n_img) * b
-            return slice(j, j + b)
+        def per_image(call, b=b, n=n_batches, reps=reps) -> float:
+            # call(slice of the batch): batch i of the test images, cycling
+            return _median_ms(lambda i: call(slice((i % n) * b, (i % n + 1) * b)), reps,
+                              max(1, reps // 10)) / b  # fmt: skip
 
         with torch.no_grad():
-            f32 = _median_ms(lambda i, t=take: net(xs[t(i)]), reps, max(2, reps // 10))
-        row = {
-            "float32": f32 / b,
-            "packed": _median_ms(lambda i, t=take: packed.predict(xt[t(i)]), reps, reps // 10) / b,
-            "packed_layers": _median_ms(
-                lambda i, t=take: packed.predict(xt[t(i)], path="layers"), reps, max(1, reps // 10)
+            row = {"float32": per_image(lambda sl: net(xs[sl]))}
+        row["packed"] = per_image(lambda sl: packed.predict(xt[sl]))
+        row["packed_layers"] = per_image(lambda sl: packed.predict(xt[sl], path="layers"))
+        if b > FUSED_MAX_BATCH:  # the fused path on chunks of FUSED_MAX_BATCH images
+            row["packed_fused"] = per_image(
+                lambda sl: packed.predict(xt[sl], path="fused", batch_size=FUSED_MAX_BATCH)
             )
-            / b,
-        }
-        if r1:
+        if b == 1:
             for mode in ("bitplanes", "int8"):
-                row[f"packed_{mode}"] = _median_ms(
-                    lambda i, m=mode, t=take: packed.predict(xt[t(i)], first_layer=m), reps, 100
+                row[f"packed_{mode}"] = per_image(
+                    lambda sl, m=mode: packed.predict(xt[sl], first_layer=m)
                 )
+            packed._fused.parallel = True  # batch 1 on every thread (default: one)
+            row["packed_threads"] = per_image(lambda sl: packed.predict(xt[sl]))
+            packed._fused.parallel = None
         rows[str(b)] = {k: round(v, 5) for k, v in row.items()} | {"repeats": reps}
     return rows
 

@@ -19,6 +19,8 @@ One module per job:
   :func:`~bnnlib.inference.runtime.check_header`);
 * :mod:`~bnnlib.inference.runtime`: :class:`PackedNet` and its back ends, one interface
   (:class:`Backend`) implemented by :class:`CpuBackend` (numba) and :class:`CudaBackend`;
+* :mod:`~bnnlib.inference.fused`: the small-batch CPU path :class:`PackedNet` takes by itself
+  (a whole MLP in one compiled call; direct packed convolutions for ConvNets);
 * :mod:`~bnnlib.inference.simulate`: the float simulation, the exact reference;
 * :mod:`~bnnlib.inference.cli`: ``python -m bnnlib.inference MODEL --dataset NAME``, the test
   error of a packed model.

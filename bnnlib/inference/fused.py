@@ -1,4 +1,4 @@
-"""The small-batch CPU path of a packed MLP: the whole net in one compiled call.
+"""The small-batch CPU path: a packed MLP in one compiled call, a ConvNet in one per layer.
 
 :class:`PackedNet` runs a layer at a time (torch operations and one numba kernel per layer),
 which is fast per image on large batches but spends most of a batch-1 call outside the XNOR
@@ -12,6 +12,10 @@ batches of at most :data:`FUSED_MAX_BATCH` images; batches of :data:`PARALLEL_MI
 more images use every thread. The first layer's product is chosen per image
 (``first_layer="auto"``): int8 rows of the nonzero pixels when fewer than
 :data:`INT8_MAX_NONZERO_FRACTION` of the pixels are nonzero, else bit planes. Both are exact.
+
+:class:`FusedConvNet` does the same for a ConvNet whose first layer is an 8-bit convolution:
+direct packed convolutions on NHWC words (no im2col), pooling, threshold and packing in one
+pass per layer (:mod:`bnnlib.kernels.fused_conv`). :func:`for_net` picks the runner.
 """
 
 from __future__ import annotations
@@ -26,7 +30,11 @@ from ..kernels import fused as kfused
 
 __all__ = [
     "FusedMLP",
+    "FusedConvNet",
+    "for_net",
     "supports",
+    "supports_conv",
+    "CONV_PARALLEL",
     "FUSED_MAX_BATCH",
     "PARALLEL_MIN_BATCH",
     "INT8_MAX_NONZERO_FRACTION",
@@ -112,6 +120,8 @@ class FusedMLP:
         self.widths = [lay.spec["out_features"] for lay in net.layers[:-1]]
         self._buffers: dict[int, tuple] = {}
         self._lock = threading.Lock()  # buffers are shared: one call at a time per net
+        #: None: threads from PARALLEL_MIN_BATCH images on; True / False: always / never
+        self.parallel: bool | None = None
 
     @property
     def int8_rows(self) -> np.ndarray:
@@ -157,7 +167,8 @@ class FusedMLP:
         with self._lock:
             planes, nonzero, nnz, sumx, use_int8, acts, s = self._buffers_for(m)
             kfused.mlp_forward(
-                m >= PARALLEL_MIN_BATCH, x, mode, max_nonzero,
+                m >= PARALLEL_MIN_BATCH if self.parallel is None else self.parallel,
+                x, mode, max_nonzero,
                 planes, nonzero, nnz, sumx, use_int8,
                 self.w0, w8t, self.wsum, self.thr0, self.dir0,
                 self.table, self.w_flat, self.thr_flat, self.dir_flat, acts,

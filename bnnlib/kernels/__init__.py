@@ -4,7 +4,9 @@ A ±1 vector is stored one bit per entry (bit 1 = +1, LSB-first, :func:`pack`); 
 product of two such vectors of length k is k - 2 * popcount(a XOR b), so one 64-bit
 XOR + popcount replaces 64 multiply-accumulates. :func:`xnor_gemm` multiplies packed
 matrices exactly on all CPU cores (numba), :func:`bitplane_dot` handles the 8-bit first
-layer with bit planes. The GPU versions are in :mod:`bnnlib.cuda`.
+layer with bit planes. :mod:`.fused` and :mod:`.fused_conv` run whole small batches (a
+packed MLP in one call, direct packed convolutions) for :mod:`bnnlib.inference.fused`. The GPU
+versions are in :mod:`bnnlib.cuda`.
 
 >>> import torch, bnnlib
 >>> a = bnnlib.sign(torch.randn(3, 100)); b = bnnlib.sign(torch.randn(5, 100))
