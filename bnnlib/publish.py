@@ -62,6 +62,29 @@ def _schedule(config: dict, history: dict) -> str:
     return f"{ran}, batch {config['batch_size']}, {config['optimizer']}, {lr}"
 
 
+def _resume_argv(argv: list[str], epochs: int) -> list[str]:
+    """``argv`` with ``--epochs`` set to ``epochs``, and ``--resume``."""
+    out = list(argv)
+    if "--epochs" in out[:-1]:
+        out[out.index("--epochs") + 1] = str(epochs)
+    else:
+        out += ["--epochs", str(epochs)]
+    return [*out, "--resume"]
+
+
+def _command(config: dict) -> str:
+    """The command line that trained the run; a run extended on resume names each resume (its
+    own command line when recorded, else the one the extension implies)."""
+    cmd = "python -m bnnlib.train " + " ".join(config["argv"])
+    for ext in config.get("extended", []):
+        argv = ext.get("argv") or _resume_argv(config["argv"], ext["to_epochs"])
+        cmd += (
+            f" && python -m bnnlib.train {' '.join(argv)}  # resumed at epoch "
+            f"{ext['at_epoch']}, {ext['from_epochs']} -> {ext['to_epochs']} epochs"
+        )
+    return cmd
+
+
 def publish(run_dir: str | Path, dest: str | Path, note: str | None = None) -> dict:
     """Write ``dest``'s history.json, run.json and model.safetensors from ``run_dir``.
 
@@ -94,7 +117,7 @@ def publish(run_dir: str | Path, dest: str | Path, note: str | None = None) -> d
     errors_float = int((pred_float != test.y).sum())
     at_best = history["test_error_at_best"]
     run = {
-        "command": "python -m bnnlib.train " + " ".join(config["argv"]),
+        "command": _command(config),
         "argv": config["argv"],
         # What the run trained on (it records it, e.g. after --train-size), else the splits.
         "data": config.get("data") or bdata.describe_splits(train, val, test),

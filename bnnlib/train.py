@@ -338,7 +338,12 @@ def _restore(run: _Run, path: Path) -> None:
         old = ckpt["config"]["num_epochs"]
         run.history.config["num_epochs"] = run.config["num_epochs"]
         run.history.config.setdefault("extended", []).append(
-            {"from_epochs": old, "to_epochs": run.config["num_epochs"], "at_epoch": ckpt["epoch"]}
+            {
+                "from_epochs": old,
+                "to_epochs": run.config["num_epochs"],
+                "at_epoch": ckpt["epoch"],
+                "argv": run.config.get("argv"),
+            }  # fmt: skip
         )
     run.best_state, run.start = ckpt["best_model"], ckpt["epoch"]
     run.shuffle.set_state(ckpt["shuffle"])

@@ -53,3 +53,20 @@ def test_publish_cli_refuses_a_folder_without_checkpoint(tmp_path, capsys):
     with pytest.raises(SystemExit):
         publish.main([str(tmp_path), str(tmp_path / "dest")])
     assert "no checkpoint.pt" in capsys.readouterr().err
+
+
+def test_command_names_each_resume_that_extended_the_run():
+    argv = ["--preset", "torch7", "--epochs", "80", "--seed", "0", "--out", "runs/t7"]
+    config = {"argv": argv, "extended": [{"from_epochs": 80, "to_epochs": 120, "at_epoch": 80}]}
+    cmd = publish._command(config)
+    assert cmd.startswith("python -m bnnlib.train --preset torch7 --epochs 80 --seed 0")
+    assert "&& python -m bnnlib.train --preset torch7 --epochs 120 --seed 0 --out runs/t7 " in cmd
+    assert "--resume  # resumed at epoch 80, 80 -> 120 epochs" in cmd
+    recorded = [*argv[:3], "120", "--resume"]  # the resume's own command line, when recorded
+    config["extended"][0]["argv"] = recorded
+    assert (
+        publish._command(config)
+        .split(" && ")[1]
+        .startswith("python -m bnnlib.train " + " ".join(recorded) + "  #")
+    )
+    assert publish._command({"argv": argv}) == "python -m bnnlib.train " + " ".join(argv)

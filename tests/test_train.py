@@ -412,7 +412,8 @@ def test_a_step_schedule_run_may_be_extended_on_resume(tmp_path):
     longer = run(tiny_net(), epochs=5, lr_start=2.0**-6, checkpoint=ckpt, resume=True, **kw)
     assert no_times(longer) == no_times(full)
     assert longer.config["num_epochs"] == 5
-    assert longer.config["extended"] == [{"from_epochs": 3, "to_epochs": 5, "at_epoch": 3}]
+    ext = {"from_epochs": 3, "to_epochs": 5, "at_epoch": 3, "argv": None}  # argv: from the CLI
+    assert longer.config["extended"] == [ext]
     # Fewer epochs, or more epochs of the exponential schedule, are still refused.
     with pytest.raises(ValueError, match="num_epochs"):
         run(tiny_net(), epochs=4, lr_start=2.0**-6, checkpoint=ckpt, resume=True, **kw)
