@@ -148,10 +148,7 @@ class FusedMLP:
         return buf
 
     def preactivations(self, x: np.ndarray, first_layer: str = "auto") -> np.ndarray:
-        """The last layer's integer pre-activations s (M, classes) of uint8 images (M, k).
-
-        The returned array is a reused buffer: copy it to keep it past the next call.
-        """
+        """The last layer's integer pre-activations s (M, classes) of uint8 images (M, k)."""
         mode = FIRST_LAYER_MODES.get(first_layer)
         if mode is None:
             raise ValueError(
@@ -174,7 +171,7 @@ class FusedMLP:
                 self.table, self.w_flat, self.thr_flat, self.dir_flat, acts,
                 self.w_last, self.k_last, s,
             )  # fmt: skip
-            return s
+            return s.copy()  # the buffer is reused by the next call
 
     def scores(self, x: np.ndarray, first_layer: str = "auto") -> np.ndarray:
         """float64 scores a * (s - mu) + beta (M, classes): the simulation's rounding."""
