@@ -233,3 +233,16 @@ def test_fused_kernels_exact_when_compiled_for_avx2_only(tmp_path):
         [sys.executable, "-c", _AVX2_SCRIPT], env=env, capture_output=True, text=True, timeout=600
     )
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
+
+
+def test_threads_sharing_one_packed_net(mlp, mnist):
+    """Callers on several threads share one PackedNet (and its fused buffers): each gets its
+    own images' predictions."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    _, packed = mlp
+    x = mnist[1][:400]
+    ref = packed.predict(x, path="layers")
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda i: packed.predict(x[i : i + 1]), range(len(x))))
+    assert torch.equal(torch.cat(got), ref)
