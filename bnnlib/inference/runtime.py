@@ -130,6 +130,9 @@ class PackedNet:
         self.num_classes = int(header["num_classes"])
         self.layers: list[_Layer] = [self._layer(spec, tensors) for spec in header["layers"]]
         self._fused = None  # the small-batch CPU path (fused.for_net), made on first use
+        self._fused_kind = (
+            "mlp" if fused.supports(self) else "conv" if fused.supports_conv(self) else None
+        )
 
     @classmethod
     def _layer(cls, spec: dict, tensors: dict[str, torch.Tensor]) -> _Layer:
@@ -261,6 +264,7 @@ class PackedNet:
         if self._use_fused(path, device, first_layer, len(x)):
             if not len(x):
                 return torch.zeros(0, self.num_classes, dtype=torch.float64)
+            x = x.cpu().reshape(len(x), -1).numpy()
             return torch.from_numpy(self._fused_scores(x, first_layer, batch_size))
         if first_layer == "int8":
             raise ValueError('first_layer="int8" runs on the fused path only (CPU)')
@@ -282,8 +286,8 @@ class PackedNet:
             )
         if path not in ("auto", "fused", "layers"):
             raise ValueError(f"path must be 'auto', 'fused' or 'layers', got {path!r}")
-        cpu = torch.device(device).type == "cpu"
-        mlp, conv = cpu and fused.supports(self), cpu and fused.supports_conv(self)
+        cpu = device == "cpu" or torch.device(device).type == "cpu"
+        mlp, conv = cpu and self._fused_kind == "mlp", cpu and self._fused_kind == "conv"
         if path == "fused":
             if not (mlp or conv):
                 raise ValueError(
@@ -302,11 +306,11 @@ class PackedNet:
         modes = ("auto", "bitplanes", "int8") if mlp else ("auto", "int8")
         return (mlp or conv) and first_layer in modes and small
 
-    def _fused_scores(self, x: torch.Tensor, first_layer: str, batch_size: int) -> np.ndarray:
-        """float64 scores (N >= 1, classes) by the fused path (:func:`fused.for_net`), numpy."""
+    def _fused_scores(self, xn: np.ndarray, first_layer: str, batch_size: int) -> np.ndarray:
+        """float64 scores (N >= 1, classes) of uint8 images (N, pixels) by the fused path
+        (:func:`fused.for_net`), as a numpy array."""
         if self._fused is None:
             self._fused = fused.for_net(self)
-        xn = x.cpu().reshape(len(x), -1).numpy()
         batch_size = check_batch_size(batch_size)
         parts = [
             self._fused.scores(xn[i : i + batch_size], first_layer)
@@ -337,11 +341,31 @@ class PackedNet:
         :mod:`bnnlib.cuda` (RuntimeError if they are not available), with ``kernel="fast"``
         (our 64-bit / tensor-core XNOR kernel) or ``"paper"`` (the paper's).
         """
+        a = self._plain_pixels(X, device, path)
+        if a is not None and self._use_fused(path, device, first_layer, len(a)):
+            # Batch 1 costs ~0.3 ms: each torch operation on the way (~10 us each, more with
+            # the caches cold after the weights streamed through) is worth avoiding.
+            return torch.from_numpy(self._fused_scores(a, first_layer, batch_size).argmax(1))
         x = self._images(X)
         if self._use_fused(path, device, first_layer, len(x)) and len(x):
-            # batch 1 costs ~0.1 ms: numpy's argmax spares a torch round trip
+            x = x.cpu().reshape(len(x), -1).numpy()
             return torch.from_numpy(self._fused_scores(x, first_layer, batch_size).argmax(1))
         return self.scores(x, device, first_layer, batch_size, kernel, path).argmax(1)
+
+    def _plain_pixels(self, X, device: str, path: str) -> np.ndarray | None:
+        """uint8 CPU images of this model's shape as a numpy (N >= 1, pixels) view, for the
+        fused path without torch operations; None for anything else (the general path)."""
+        if device != "cpu" or path == "layers":
+            return None
+        if isinstance(X, torch.Tensor):
+            if X.dtype != torch.uint8 or X.device.type != "cpu" or X.requires_grad:
+                return None
+            X = X.numpy()
+        if not isinstance(X, np.ndarray) or X.dtype != np.uint8 or X.ndim < 1 or not len(X):
+            return None
+        if math.prod(X.shape[1:]) != math.prod(self.input_shape):
+            return None  # the general path says what is wrong
+        return X.reshape(len(X), -1)
 
     def _forward(self, x: torch.Tensor, ops: Backend, first_layer: str) -> torch.Tensor:
         h = None

@@ -45,8 +45,9 @@ _JIT = {"fastmath": True, "boundscheck": False, "nogil": True, "cache": CACHE}
 
 @numba.njit(inline="always", **_JIT)
 def _bit(t, thr, direction):
-    """Sign(BN) of an integer pre-activation: the compare of kernels.threshold_pack."""
-    return t >= thr if direction >= 0 else t <= thr
+    """Sign(BN) of an integer pre-activation, 1 or 0: the compare of kernels.threshold_pack
+    (t >= thr for direction +1, t <= thr for -1), without a branch."""
+    return np.int64((t - thr) * direction >= 0)
 
 
 @numba.njit(**_JIT)
@@ -108,17 +109,42 @@ def _first_block_int8(x, m, nonzero, nnz, w8t, wsum, thr, dirn, out, b):
             out[m, j >> 6] |= np.int64(1) << (j & 63)
 
 
+@numba.njit(inline="always", **_JIT)
+def _xor_popcount(a, m, w, j, W):
+    """sum over the words of popcount(a[m] XOR w[j])."""
+    h = 0
+    for u in range(W):
+        h += _popcount(a[m, u] ^ w[j, u])
+    return h
+
+
 @numba.njit(**_JIT)
 def _hidden_word(a, w, k, thr, dirn, out, c):
-    """Output word c of a hidden layer: s = k - 2 popcount(a XOR w), compared, packed."""
+    """Output word c of a hidden layer: s = k - 2 popcount(a XOR w), compared, packed.
+    Four weight rows per pass over the activation words (each loaded word used four times)."""
     N, W = w.shape
+    j_hi = min(64 * c + 64, N)
+    j4 = 64 * c + (j_hi - 64 * c) // 4 * 4
     for m in range(a.shape[0]):
         word = 0
-        for j in range(64 * c, min(64 * c + 64, N)):
-            h = 0
+        for j in range(64 * c, j4, 4):
+            h0 = 0
+            h1 = 0
+            h2 = 0
+            h3 = 0
             for u in range(W):  # contiguous: vectorized popcount
-                h += _popcount(a[m, u] ^ w[j, u])
-            if _bit(k - 2 * h, thr[j], dirn[j]):
+                x = a[m, u]
+                h0 += _popcount(x ^ w[j, u])
+                h1 += _popcount(x ^ w[j + 1, u])
+                h2 += _popcount(x ^ w[j + 2, u])
+                h3 += _popcount(x ^ w[j + 3, u])
+            bits = _bit(k - 2 * h0, thr[j], dirn[j])
+            bits |= _bit(k - 2 * h1, thr[j + 1], dirn[j + 1]) << 1
+            bits |= _bit(k - 2 * h2, thr[j + 2], dirn[j + 2]) << 2
+            bits |= _bit(k - 2 * h3, thr[j + 3], dirn[j + 3]) << 3
+            word |= np.int64(bits) << (j - 64 * c)
+        for j in range(j4, j_hi):  # a last partial group of rows
+            if _bit(k - 2 * _xor_popcount(a, m, w, j, W), thr[j], dirn[j]):
                 word |= np.int64(1) << (j - 64 * c)
         out[m, c] = word
 
