@@ -9,9 +9,9 @@ the caches between calls.
 For the MNIST MLP (784 -> 3 x ``hidden`` -> 10) and each batch size, ms per image of:
 
 * ``packed``: :meth:`PackedNet.predict` as a user calls it (``path="auto"``: the fused path of
-  :mod:`bnnlib.inference.fused` up to ``FUSED_MAX_BATCH`` images, layer at a time above);
-* ``packed_layers``: the layer-at-a-time path alone (what batch 1 cost before the fused path);
-* ``packed_fused`` (batches above ``FUSED_MAX_BATCH``): the fused path on chunks of that size;
+  :mod:`bnnlib.inference.fused`, in chunks of ``FUSED_CHUNK`` images);
+* ``packed_layers``: the layer-at-a-time path (what every batch size took before the fused
+  path existed);
 * ``float32``: the torch float32 model in eval mode (torch's threads, input already scaled);
 * at batch 1, the fused path with each first layer (``packed_bitplanes``, ``packed_int8``) and
   on the calling thread only (``packed_one_thread``; by default its layers are split between
@@ -38,7 +38,6 @@ import torch
 from . import data
 from .bench_common import _mlp_model, _mnist, calibrate_batchnorm
 from .bench_mlp import _export_and_load
-from .inference.fused import FUSED_MAX_BATCH
 
 __all__ = ["bench_latency", "weight_stream_floor"]
 
@@ -85,10 +84,6 @@ def _mlp_rows(net, packed, xt, batches, repeats) -> dict:
             row = {"float32": per_image(lambda sl: net(xs[sl]))}
         row["packed"] = per_image(lambda sl: packed.predict(xt[sl]))
         row["packed_layers"] = per_image(lambda sl: packed.predict(xt[sl], path="layers"))
-        if b > FUSED_MAX_BATCH:  # the fused path on chunks of FUSED_MAX_BATCH images
-            row["packed_fused"] = per_image(
-                lambda sl: packed.predict(xt[sl], path="fused", batch_size=FUSED_MAX_BATCH)
-            )
         if b == 1:
             for mode in ("bitplanes", "int8"):
                 row[f"packed_{mode}"] = per_image(
@@ -188,6 +183,7 @@ def bench_latency(
             "batch1_layers_over_packed": b1["packed_layers"] / b1["packed"],
             "batch1_one_thread_over_floor": b1["packed_one_thread"] / floor["ms"],
             f"batch{max(batches)}_float32_over_packed": big["float32"] / big["packed"],
+            f"batch{max(batches)}_layers_over_packed": big["packed_layers"] / big["packed"],
         },
         "exactness": exact,
     }

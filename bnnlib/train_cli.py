@@ -428,6 +428,10 @@ def _main(parser, args, st: dict, argv) -> History:
                     atomic_save(history.best_state, out / "best_model.pt")
             times = sorted(r["time"] for r in history.epochs)
             print(f"{history}; median {times[len(times) // 2]:.1f} s per training epoch")
+        if world > 1:
+            # Leave together: a rank that tears gloo down while rank 0 still writes its files
+            # can abort ("terminate called without an active exception"), failing the run.
+            dist.barrier()
         return history
     finally:
         if world > 1 and dist.is_initialized():

@@ -76,13 +76,19 @@ def test_auto_path_choice(mlp, mnist):
     _, packed = mlp
     x = mnist[1][:200]
     packed._fused = None
-    packed.predict(x[:1])
-    assert packed._fused is not None  # batch 1 went fused
-    packed._fused = None
-    packed.predict(x[: fused.FUSED_MAX_BATCH + 1])
-    assert packed._fused is None  # a large batch runs a layer at a time
     packed.predict(x[:2], first_layer="real")
     assert packed._fused is None  # the float first layer exists on the layers path only
+    packed.predict(x[:1])
+    assert packed._fused is not None  # batch 1 went fused
+    calls = []
+    real = packed._fused.scores
+    packed._fused.scores = lambda xs, mode: calls.append(len(xs)) or real(xs, mode)
+    try:
+        out = packed.predict(x[:150], batch_size=100)
+    finally:
+        del packed._fused.scores
+    assert calls == [64, 64, 22]  # chunks of FUSED_CHUNK (batch_size only caps them)
+    assert torch.equal(out, packed.predict(x[:150], path="layers"))
 
 
 def test_two_layer_mlp_and_odd_widths(mnist):

@@ -252,9 +252,9 @@ class PackedNet:
     ) -> torch.Tensor:
         """The last layer's scores a * (s - mu) + beta in float64, (N, num_classes), on CPU.
 
-        ``path="layers"`` runs a layer at a time; ``"fused"`` the whole MLP in one compiled
-        call (:mod:`bnnlib.inference.fused`, CPU only); ``"auto"`` takes the fused path for an
-        MLP on the CPU when the input has at most ``FUSED_MAX_BATCH`` images. ``first_layer``:
+        ``path="layers"`` runs a layer at a time; ``"fused"`` an MLP in one compiled call, a
+        ConvNet in one per layer (:mod:`bnnlib.inference.fused`, CPU only, chunks of
+        ``FUSED_CHUNK`` images); ``"auto"`` the fused path where it runs. ``first_layer``:
         ``"real"`` (a float matmul with +/-1 weights, layers path), ``"bitplanes"`` (both
         paths), ``"int8"`` (int8 rows of the nonzero pixels, fused path) or ``"auto"`` (real on
         the layers path; per image on the fused path). All give the same integers.
@@ -302,19 +302,17 @@ class PackedNet:
             return True
         if path == "layers":
             return False
-        small = n <= fused.FUSED_MAX_BATCH or first_layer == "int8"  # int8: fused only
         modes = ("auto", "bitplanes", "int8") if mlp else ("auto", "int8")
-        return (mlp or conv) and first_layer in modes and small
+        return (mlp or conv) and first_layer in modes
 
     def _fused_scores(self, xn: np.ndarray, first_layer: str, batch_size: int) -> np.ndarray:
         """float64 scores (N >= 1, classes) of uint8 images (N, pixels) by the fused path
         (:func:`fused.for_net`), as a numpy array."""
         if self._fused is None:
             self._fused = fused.for_net(self)
-        batch_size = check_batch_size(batch_size)
+        chunk = min(check_batch_size(batch_size), fused.FUSED_CHUNK)
         parts = [
-            self._fused.scores(xn[i : i + batch_size], first_layer)
-            for i in range(0, len(xn), batch_size)
+            self._fused.scores(xn[i : i + chunk], first_layer) for i in range(0, len(xn), chunk)
         ]
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
