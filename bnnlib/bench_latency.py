@@ -175,6 +175,7 @@ def bench_latency(
         "model": model_note,
         "data": data_note,
         "threads": {"torch": torch.get_num_threads(), "numba": _numba_threads()},
+        "codegen": _codegen(),
         "floor": floor,
         "ms_per_image": rows,
         "ratios": {
@@ -196,3 +197,25 @@ def _numba_threads() -> int:
     import numba
 
     return numba.get_num_threads()
+
+
+def _codegen() -> dict:
+    """The CPU numba compiles for: this machine's, unless NUMBA_CPU_NAME / NUMBA_CPU_FEATURES
+    say otherwise (e.g. ``haswell`` to measure the AVX2 code on an AVX-512 machine)."""
+    import llvmlite.binding as ll
+    from numba.core import config
+
+    features = (
+        config.CPU_FEATURES
+        if config.CPU_FEATURES is not None
+        else ll.get_host_cpu_features().flatten()
+    )
+    wanted = ("avx2", "avx512f", "avx512bw", "avx512vpopcntdq")
+    name = config.CPU_NAME or ll.get_host_cpu_name()
+    return {
+        "cpu_name": name,
+        "features": [f for f in wanted if f"+{f}" in features.split(",")]
+        if features
+        else f"those of {name}",
+        "from_environment": config.CPU_NAME is not None,
+    }
