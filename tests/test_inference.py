@@ -46,6 +46,9 @@ def _ref_pack(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
 
 # ---------------------------------------------------------------- helpers
 
+#: Both CPU paths of PackedNet: a layer at a time, and the fused small-batch kernels.
+PATHS = ("layers", "fused")
+
 
 def _data(n_train=3000, n_test=1000, seed=0):
     """MNIST (uint8 images) when BNN_DATA_DIR has it, else separable synthetic digits."""
@@ -203,10 +206,11 @@ def trained_mlp():
 def test_mlp_packed_equals_simulation(trained_mlp, tmp_path):
     net, xt, yt = trained_mlp
     packed = _roundtrip(net, tmp_path)
-    sim = inf.simulate(net, xt)
-    assert torch.equal(packed.predict(xt), sim)
-    # Scores of the last layer are the same float64 numbers, not just the same argmax.
-    assert torch.equal(packed.scores(xt), inf.simulate_scores(net, xt))
+    sim, sim_scores = inf.simulate(net, xt), inf.simulate_scores(net, xt)
+    for path in PATHS:
+        assert torch.equal(packed.predict(xt, path=path), sim)
+        # Scores of the last layer are the same float64 numbers, not just the same argmax.
+        assert torch.equal(packed.scores(xt, path=path), sim_scores)
     # A trained model: clearly better than chance (the oracle itself is sane).
     assert (sim == yt).float().mean() > 0.5
 
@@ -215,8 +219,8 @@ def test_mlp_first_layer_modes_identical(trained_mlp, tmp_path):
     net, xt, _ = trained_mlp
     packed = _roundtrip(net, tmp_path)
     real = packed.scores(xt[:300], first_layer="real")
-    planes = packed.scores(xt[:300], first_layer="bitplanes")
-    assert torch.equal(real, planes)
+    for path, mode in (("layers", "bitplanes"), ("fused", "bitplanes"), ("fused", "int8")):
+        assert torch.equal(packed.scores(xt[:300], first_layer=mode, path=path), real)
     with pytest.raises(ValueError, match="first_layer"):
         packed.predict(xt[:2], first_layer="float")
 
@@ -242,7 +246,8 @@ def test_mlp_ties_and_flips(trained_mlp, tmp_path):
         bns[0].running_mean.normal_(0, 3)
         bns[0].running_var.uniform_(1, 20)
     packed = _roundtrip(net, tmp_path)
-    assert torch.equal(packed.predict(xt), inf.simulate(net, xt))
+    for path in PATHS:
+        assert torch.equal(packed.predict(xt, path=path), inf.simulate(net, xt))
     flips = [lay.flip for lay in packed.layers if lay.flip is not None]
     assert any(f.any() for f in flips) and any((~f).any() for f in flips)
 
@@ -298,7 +303,8 @@ def test_shift_batchnorm_model(tmp_path):
     _randomize_bn(net, seed=4)
     packed = _roundtrip(net, tmp_path)
     assert packed.header["layers"][0]["batchnorm"] == "shift"
-    assert torch.equal(packed.predict(xt), inf.simulate(net, xt))
+    for path in PATHS:
+        assert torch.equal(packed.predict(xt, path=path), inf.simulate(net, xt))
 
 
 def test_nbytes_ratio_paper_mlp(tmp_path):
@@ -333,8 +339,9 @@ def test_convnet_packed_equals_simulation(tmp_path):
     assert packed.header["input"]["shape"] == [3, 32, 32]
     xt = x[:60]
     sim = inf.simulate_scores(net, xt)
-    assert torch.equal(packed.scores(xt), sim)
-    assert torch.equal(packed.scores(xt, first_layer="bitplanes"), sim)
+    for path in PATHS:
+        assert torch.equal(packed.scores(xt, path=path), sim)
+    assert torch.equal(packed.scores(xt, first_layer="bitplanes"), sim)  # layers path
     assert any(lay.flip is not None and lay.flip.any() for lay in packed.layers)
     with torch.no_grad():
         f32 = net.eval()(_scaled(xt)).argmax(1)
@@ -351,9 +358,10 @@ def _calibrate_bn_keep_affine(net, x):
     return net
 
 
-def test_conv_pool_after_bn_and_odd_shapes(tmp_path):
-    """Conv -> BN -> MaxPool -> Sign with gamma < 0 (the pool of a decreasing map is a min),
-    stride 2, channel counts that are not multiples of 64 and more than 64 channels."""
+def pool_after_bn_net():
+    """Conv -> BN -> MaxPool -> Sign with gamma < 0 on every other channel (the pool of a
+    decreasing map is a min), stride 2 with padding 2, 70 and 5 channels (not multiples of
+    64, one more than 64), BN statistics from 300 random 12 x 12 images: (net, images)."""
     torch.manual_seed(7)
     net = nn.Sequential(
         BinaryConv2d(1, 70, 3, padding=1, binarize_input=False),
@@ -374,10 +382,16 @@ def test_conv_pool_after_bn_and_odd_shapes(tmp_path):
         for m in net.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.weight[::2] *= -1
+    return net, x
+
+
+def test_conv_pool_after_bn_and_odd_shapes(tmp_path):
+    """The layers path on :func:`pool_after_bn_net`: bit planes and the real first layer."""
+    net, x = pool_after_bn_net()
     packed = _roundtrip(net, tmp_path, input_shape=(1, 12, 12))
     sim = inf.simulate_scores(net, x[:100])
-    assert torch.equal(packed.scores(x[:100]), sim)
-    assert torch.equal(packed.scores(x[:100], first_layer="bitplanes"), sim)
+    assert torch.equal(packed.scores(x[:100], path="layers"), sim)
+    assert torch.equal(packed.scores(x[:100], path="layers", first_layer="bitplanes"), sim)
 
 
 def test_export_refuses_float_model(tmp_path):

@@ -12,12 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from test_inference import pool_after_bn_net
 
 from bnnlib import data, inference, results
 from bnnlib.bench_common import calibrate_batchnorm
 from bnnlib.inference import fused
-from bnnlib.layers import BinaryConv2d, BinaryLinear, SignActivation
 from bnnlib.models import cifar10_convnet, mnist_mlp
 
 
@@ -152,10 +151,9 @@ def test_empty_batch(mlp):
 # ---------------------------------------------------------------- ConvNets
 
 
-@pytest.mark.parametrize("parallel", [True, False])
-def test_fused_convnet_equals_simulation(parallel):
-    """The CIFAR-10 ConvNet (narrow) on images with zero and nonzero pixels, batch 1 and 5,
-    threads or not: scores equal to the layer-at-a-time path, predictions to the simulation."""
+def test_fused_convnet_equals_simulation():
+    """The CIFAR-10 ConvNet (narrow) on images with zero and nonzero pixels, batch 1 and 5:
+    scores equal to the layer-at-a-time path, predictions to the simulation."""
     torch.manual_seed(3)
     net = cifar10_convnet(width=0.25)
     x = torch.randint(0, 256, (140, 3, 32, 32), dtype=torch.uint8)
@@ -165,7 +163,6 @@ def test_fused_convnet_equals_simulation(parallel):
     xt = x[100:]
     packed.predict(xt[:1])
     assert isinstance(packed._fused, fused.FusedConvNet)
-    packed._fused.parallel = parallel
     ref = packed.scores(xt, path="layers")
     one = torch.cat([packed.scores(xt[i : i + 1]) for i in range(len(xt))])
     assert torch.equal(one, ref)
@@ -176,26 +173,7 @@ def test_fused_convnet_equals_simulation(parallel):
 def test_fused_conv_pool_after_bn_stride_and_odd_channels():
     """Conv -> BN -> MaxPool -> Sign with gamma < 0 on half the channels (the pool becomes a
     min), stride 2 with padding 2, 70 and 5 channels (not multiples of 64)."""
-    torch.manual_seed(7)
-    net = nn.Sequential(
-        BinaryConv2d(1, 70, 3, padding=1, binarize_input=False),
-        nn.BatchNorm2d(70),
-        nn.MaxPool2d(2),
-        SignActivation(),
-        BinaryConv2d(70, 5, 3, stride=2, padding=2, binarize_input=False),
-        nn.BatchNorm2d(5),
-        SignActivation(),
-        nn.Flatten(),
-        BinaryLinear(5 * 4 * 4, 10, binarize_input=True),
-        nn.BatchNorm1d(10),
-    )
-    x = torch.randint(0, 256, (300, 1, 12, 12), generator=torch.Generator().manual_seed(8),
-                      dtype=torch.uint8)  # fmt: skip
-    calibrate_batchnorm(net, x, batch=100)
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.weight[::2] *= -1
+    net, x = pool_after_bn_net()
     with tempfile.TemporaryDirectory() as tmp:
         packed = inference.load(inference.export(net, Path(tmp) / "c.bnn", input_shape=(1, 12, 12)))
     sim = inference.simulate_scores(net, x[:100])

@@ -34,7 +34,6 @@ __all__ = [
     "for_net",
     "supports",
     "supports_conv",
-    "CONV_PARALLEL",
     "FUSED_CHUNK",
     "PARALLEL_MIN_BATCH",
     "INT8_MAX_NONZERO_FRACTION",
@@ -190,11 +189,6 @@ class FusedMLP:
 # --------------------------------------------------------------------------------------------
 
 
-#: Whether the fused ConvNet path shares each layer between threads, even at batch 1 (a
-#: convolution layer of one image is enough work to split).
-CONV_PARALLEL = True
-
-
 def supports_conv(net) -> bool:
     """Whether ``net`` is a ConvNet the fused path runs: an 8-bit convolution first, Sign after
     every layer but the last, a linear last layer giving the scores."""
@@ -224,8 +218,6 @@ class FusedConvNet:
         if not supports_conv(net):
             raise ValueError("the fused conv path runs ConvNets with an 8-bit first convolution")
         self.kernels = fused_conv
-        #: threads share each layer's output rows (:data:`CONV_PARALLEL`); False: one thread
-        self.parallel = CONV_PARALLEL
         self.steps = [self._step(lay) for lay in net.layers]
         self.input_shape = tuple(net.input_shape)
         aff = net.layers[-1].affine
@@ -258,19 +250,19 @@ class FusedConvNet:
             step["wt"] = np.ascontiguousarray(w.transpose(1, 2, 0))  # (kh*kw, words, out)
         return step
 
-    def _conv(self, step: dict, h: np.ndarray, par: bool) -> np.ndarray:
+    def _conv(self, step: dict, h: np.ndarray) -> np.ndarray:
         spec, m = step["spec"], h.shape[0]
         ho, wo = spec["out_hw"]
         s = np.empty((m, ho, wo, spec["out_channels"]), np.int32)
         if spec["first"]:
-            self.kernels.first_conv(par, h, step["w8"], step["wsum"], step["geometry"], s)
+            self.kernels.first_conv(h, step["w8"], step["wsum"], step["geometry"], s)
         else:
             channels = spec["in_channels"]
-            self.kernels.binary_conv(par, h, step["wt"], channels, step["geometry"], s)
+            self.kernels.binary_conv(h, step["wt"], channels, step["geometry"], s)
         hp, wp = spec["pooled_hw"]
         out = np.empty((m, hp, wp, math.ceil(spec["out_channels"] / 64)), np.int64)
         self.kernels.pool_threshold_pack(
-            par, s, step["pool"], step["after_bn"], step["thr"], step["dir"], out
+            s, step["pool"], step["after_bn"], step["thr"], step["dir"], out
         )
         return out
 
@@ -281,16 +273,15 @@ class FusedConvNet:
                 f"the fused ConvNet path has an int8 first layer only, got {first_layer!r}"
             )
         h = np.ascontiguousarray(x.reshape(x.shape[0], *self.input_shape))
-        par = self.parallel
         for step in self.steps:
             if step["spec"]["kind"] == "conv2d":
-                h = self._conv(step, h, par)
+                h = self._conv(step, h)
                 continue
             a = np.ascontiguousarray(h.reshape(h.shape[0], -1))
             n = step["w"].shape[0]
             out = np.empty((a.shape[0], math.ceil(n / 64)), np.int64)
             s = np.empty((a.shape[0], n), np.int64)
-            self.kernels.dense(par, a, step["w"], step["k"], step["thr"], step["dir"], out, s)
+            self.kernels.dense(a, step["w"], step["k"], step["thr"], step["dir"], out, s)
             h = out
         return self.a * (s.astype(np.float64) - self.mu) + self.beta
 

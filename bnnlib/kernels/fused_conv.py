@@ -16,8 +16,8 @@ the packed NHWC activations (M, H, W, ceil(C/64) words) in place:
   norm, applied before the pool, flips the order), batch norm + Sign as one integer compare,
   and packing, in one pass.
 
-Each kernel runs with its output rows shared between threads (``prange``) or on the calling
-thread (the first argument of the public functions). All of it is exact: the same integers as
+Output rows are shared between threads (``prange``; ``numba.set_num_threads(1)`` keeps a
+busy machine's other work undisturbed). All of it is exact: the same integers as
 the layer-at-a-time path, whose bits equal the float simulation's.
 """
 
@@ -27,6 +27,7 @@ import numba
 import numpy as np
 
 from ._cache import CACHE
+from .fused import _bit
 from .xnor import _popcount
 
 __all__ = ["binary_conv", "first_conv", "pool_threshold_pack", "dense"]
@@ -34,8 +35,8 @@ __all__ = ["binary_conv", "first_conv", "pool_threshold_pack", "dense"]
 _JIT = {"fastmath": True, "boundscheck": False, "nogil": True, "cache": CACHE}
 
 
-@numba.njit(inline="always", **_JIT)
-def _binary_conv(act, wt, channels, geometry, s):
+@numba.njit(parallel=True, **_JIT)
+def binary_conv(act, wt, channels, geometry, s):
     """s (M, Ho, Wo, out) int32 of packed activations ``act`` (M, H, W, words) and weights
     ``wt`` (kh * kw, words, out) int64; ``geometry`` = (kh, kw, sh, sw, ph, pw)."""
     M, H, W = act.shape[0], act.shape[1], act.shape[2]
@@ -66,8 +67,8 @@ def _binary_conv(act, wt, channels, geometry, s):
                 s[m, ho, wo, o] = valid * channels - 2 * acc[o]
 
 
-@numba.njit(inline="always", **_JIT)
-def _first_conv(x, w8, wsum, geometry, s):
+@numba.njit(parallel=True, **_JIT)
+def first_conv(x, w8, wsum, geometry, s):
     """s (M, Ho, Wo, out) int32: t = 2 W_b . x - 255 sum(W_b) over the valid inputs, for uint8
     images ``x`` (M, C, H, W); ``w8`` (C * kh * kw, out) int8 +/-1 in torch's (c, i, j) order;
     ``wsum`` (Ho * Wo, out) the sum of W_b over each position's valid inputs."""
@@ -98,13 +99,8 @@ def _first_conv(x, w8, wsum, geometry, s):
                 s[m, ho, wo, o] = 2 * acc[o] - 255 * wsum[p, o]
 
 
-@numba.njit(inline="always", **_JIT)
-def _bit(t, thr, direction):
-    return t >= thr if direction >= 0 else t <= thr
-
-
-@numba.njit(inline="always", **_JIT)
-def _pool_threshold_pack(s, pool, after_bn, thr, dirn, out):
+@numba.njit(parallel=True, **_JIT)
+def pool_threshold_pack(s, pool, after_bn, thr, dirn, out):
     """Packed bits ``out`` (M, Hp, Wp, words) of Sign(BN(pool(s))) for s (M, Ho, Wo, C) int32;
     ``pool`` = (kh, kw, sh, sw, ph, pw), (1, 1, 1, 1, 0, 0) for none. With ``after_bn`` and
     a flipped channel (direction < 0) the pool takes the min (BN reverses the order): the max
@@ -141,8 +137,8 @@ def _pool_threshold_pack(s, pool, after_bn, thr, dirn, out):
                 out[m, hp, wp, u] = word
 
 
-@numba.njit(inline="always", **_JIT)
-def _dense(a, w, k, thr, dirn, out, s):
+@numba.njit(parallel=True, **_JIT)
+def dense(a, w, k, thr, dirn, out, s):
     """A linear layer on packed rows ``a`` (M, words): ``s = k - 2 popcount(a XOR w)``; with
     ``thr`` non-empty, Sign(BN(s)) packed into ``out`` (M, ceil(N/64)), else s into ``s``."""
     M, W = a.shape
@@ -161,67 +157,3 @@ def _dense(a, w, k, thr, dirn, out, s):
                     word |= np.int64(1) << (j - 64 * c)
             if sign:
                 out[m, c] = word
-
-
-# Each kernel twice: threads share the output rows, or the calling thread does all of them
-# (under other load, waking threads for a layer of a single image can cost a time slice).
-
-
-@numba.njit(parallel=True, **_JIT)
-def _binary_conv_par(act, wt, channels, geometry, s):
-    _binary_conv(act, wt, channels, geometry, s)
-
-
-@numba.njit(**_JIT)
-def _binary_conv_one(act, wt, channels, geometry, s):
-    _binary_conv(act, wt, channels, geometry, s)
-
-
-@numba.njit(parallel=True, **_JIT)
-def _first_conv_par(x, w8, wsum, geometry, s):
-    _first_conv(x, w8, wsum, geometry, s)
-
-
-@numba.njit(**_JIT)
-def _first_conv_one(x, w8, wsum, geometry, s):
-    _first_conv(x, w8, wsum, geometry, s)
-
-
-@numba.njit(parallel=True, **_JIT)
-def _pool_threshold_pack_par(s, pool, after_bn, thr, dirn, out):
-    _pool_threshold_pack(s, pool, after_bn, thr, dirn, out)
-
-
-@numba.njit(**_JIT)
-def _pool_threshold_pack_one(s, pool, after_bn, thr, dirn, out):
-    _pool_threshold_pack(s, pool, after_bn, thr, dirn, out)
-
-
-@numba.njit(parallel=True, **_JIT)
-def _dense_par(a, w, k, thr, dirn, out, s):
-    _dense(a, w, k, thr, dirn, out, s)
-
-
-@numba.njit(**_JIT)
-def _dense_one(a, w, k, thr, dirn, out, s):
-    _dense(a, w, k, thr, dirn, out, s)
-
-
-def binary_conv(parallel: bool, *args) -> None:
-    """:func:`_binary_conv` on all threads or on the calling one."""
-    (_binary_conv_par if parallel else _binary_conv_one)(*args)
-
-
-def first_conv(parallel: bool, *args) -> None:
-    """:func:`_first_conv` on all threads or on the calling one."""
-    (_first_conv_par if parallel else _first_conv_one)(*args)
-
-
-def pool_threshold_pack(parallel: bool, *args) -> None:
-    """:func:`_pool_threshold_pack` on all threads or on the calling one."""
-    (_pool_threshold_pack_par if parallel else _pool_threshold_pack_one)(*args)
-
-
-def dense(parallel: bool, *args) -> None:
-    """:func:`_dense` on all threads or on the calling one."""
-    (_dense_par if parallel else _dense_one)(*args)
