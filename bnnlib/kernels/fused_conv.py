@@ -35,6 +35,14 @@ __all__ = ["binary_conv", "first_conv", "pool_threshold_pack", "dense"]
 _JIT = {"fastmath": True, "boundscheck": False, "nogil": True, "cache": CACHE}
 
 
+@numba.njit(inline="always", **_JIT)
+def _tap(out_pos, stride, pad, k, size):
+    """The input index that kernel tap k of output position ``out_pos`` reads, or -1 where
+    it falls in the padding."""
+    p = out_pos * stride - pad + k
+    return p if 0 <= p < size else -1
+
+
 @numba.njit(parallel=True, **_JIT)
 def binary_conv(act, wt, channels, geometry, s):
     """s (M, Ho, Wo, out) int32 of packed activations ``act`` (M, H, W, words) and weights
@@ -50,12 +58,10 @@ def binary_conv(act, wt, channels, geometry, s):
             acc[:] = 0
             valid = 0
             for i in range(kh):
-                hi = ho * sh - ph + i
-                if hi < 0 or hi >= H:
-                    continue
+                hi = _tap(ho, sh, ph, i, H)
                 for j in range(kw):
-                    wi = wo * sw - pw + j
-                    if wi < 0 or wi >= W:
+                    wi = _tap(wo, sw, pw, j, W)
+                    if hi < 0 or wi < 0:
                         continue
                     valid += 1
                     for u in range(words):
@@ -83,12 +89,10 @@ def first_conv(x, w8, wsum, geometry, s):
             acc[:] = 0
             for c in range(C):
                 for i in range(kh):
-                    hi = ho * sh - ph + i
-                    if hi < 0 or hi >= H:
-                        continue
+                    hi = _tap(ho, sh, ph, i, H)
                     for j in range(kw):
-                        wi = wo * sw - pw + j
-                        if wi < 0 or wi >= W or x[m, c, hi, wi] == 0:
+                        wi = _tap(wo, sw, pw, j, W)
+                        if hi < 0 or wi < 0 or x[m, c, hi, wi] == 0:
                             continue
                         v = np.int32(x[m, c, hi, wi])
                         row = w8[(c * kh + i) * kw + j]
@@ -119,21 +123,17 @@ def pool_threshold_pack(s, pool, after_bn, thr, dirn, out):
         for wp in range(Wp):
             best[:] = np.iinfo(np.int64).min
             for i in range(kh):
-                hi = hp * sh - ph + i
-                if hi < 0 or hi >= Ho:
-                    continue
+                hi = _tap(hp, sh, ph, i, Ho)
                 for j in range(kw):
-                    wi = wp * sw - pw + j
-                    if wi < 0 or wi >= Wo:
+                    wi = _tap(wp, sw, pw, j, Wo)
+                    if hi < 0 or wi < 0:
                         continue
                     for c in range(C):  # contiguous channels: vectorized
                         best[c] = max(best[c], sg[c] * np.int64(s[m, hi, wi, c]))
             for u in range(out.shape[3]):
                 word = np.int64(0)
                 for c in range(64 * u, min(64 * u + 64, C)):
-                    # Sign(BN): t >= thr (direction +1) or t <= thr (-1), branch-free
-                    bit = (sg[c] * best[c] - thr[c]) * dirn[c] >= 0
-                    word |= np.int64(bit) << (c - 64 * u)
+                    word |= _bit(sg[c] * best[c], thr[c], dirn[c]) << (c - 64 * u)
                 out[m, hp, wp, u] = word
 
 
