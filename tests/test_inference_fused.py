@@ -59,15 +59,21 @@ def test_fused_equals_simulation_on_all_mnist_test_images(mlp, mnist):
 
 
 @pytest.mark.parametrize("first_layer", ["bitplanes", "int8"])
-@pytest.mark.parametrize("batch", [1, 3, 5, 64])
-def test_first_layer_modes_equal(mlp, mnist, first_layer, batch):
-    """Both first-layer products, serial (batch < 4) and threaded, on dark and bright images
+@pytest.mark.parametrize("batch", [1, 5, 64])
+@pytest.mark.parametrize("parallel", [True, False])
+def test_first_layer_modes_equal(mlp, mnist, first_layer, batch, parallel):
+    """Both first-layer products, on one thread and on all of them, on dark and bright images
     (an all-255 image has no zero pixel: the int8 rows of every pixel are read)."""
     _, packed = mlp
     x = torch.cat([mnist[1][:200], torch.full((8, 1, 28, 28), 255, dtype=torch.uint8)])
     x[-4:] = torch.randint(0, 256, (4, 1, 28, 28), dtype=torch.uint8)
     ref = packed.scores(x, path="layers")
-    got = packed.scores(x, first_layer=first_layer, path="fused", batch_size=batch)
+    packed.predict(x[:1])
+    default, packed._fused.parallel = packed._fused.parallel, parallel
+    try:
+        got = packed.scores(x, first_layer=first_layer, path="fused", batch_size=batch)
+    finally:
+        packed._fused.parallel = default
     assert torch.equal(got, ref)
 
 
@@ -230,3 +236,13 @@ def test_threads_sharing_one_packed_net(mlp, mnist):
     with ThreadPoolExecutor(4) as pool:
         got = list(pool.map(lambda i: packed.predict(x[i : i + 1]), range(len(x))))
     assert torch.equal(torch.cat(got), ref)
+
+
+def test_one_thread_when_openmp_threads_sleep(mlp, monkeypatch):
+    """With OMP_WAIT_POLICY=PASSIVE every parallel region wakes sleeping threads, which costs
+    more than a layer of a small batch: the fused MLP then stays on the calling thread."""
+    _, packed = mlp
+    monkeypatch.setenv("OMP_WAIT_POLICY", "passive")
+    assert fused.FusedMLP(packed).parallel is False
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert fused.FusedMLP(packed).parallel is None

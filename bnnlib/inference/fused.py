@@ -21,6 +21,7 @@ pass per layer (:mod:`bnnlib.kernels.fused_conv`). :func:`for_net` picks the run
 from __future__ import annotations
 
 import math
+import os
 import threading
 
 import numpy as np
@@ -47,8 +48,11 @@ __all__ = [
 FUSED_CHUNK = 64
 #: From this batch size the fused path splits each layer's output words between threads.
 #: Measured on a quiet 2-core Xeon (3 x 4096 MLP): threads win from batch 1 (0.26 vs 0.40 ms
-#: per image). On a machine busy with other work a thread may wait for a time slice: there,
-#: set ``FusedMLP.parallel = False`` (``PackedNet._fused``) or ``NUMBA_NUM_THREADS=1``.
+#: per image) while idle threads spin between layers, OpenMP's default. With
+#: ``OMP_WAIT_POLICY=PASSIVE`` (which the Makefile sets for the tests and the book) they sleep,
+#: and waking them for every layer lost at every batch size up to 64 (batch 1: 0.50 vs 0.42
+#: ms): the fused MLP then stays on one thread. On a machine busy with other work a thread may
+#: also wait for a time slice: set ``FusedMLP.parallel = False`` or ``NUMBA_NUM_THREADS=1``.
 PARALLEL_MIN_BATCH = 1
 #: ``first_layer="auto"`` takes the int8 product for images with fewer nonzero pixels than
 #: this fraction, bit planes otherwise. Measured for 784 -> 4096 (Xeon, AVX-512): the int8
@@ -73,6 +77,12 @@ def supports(net) -> bool:
         and all(lay.spec["output"] == "sign" for lay in layers[:-1])
         and layers[-1].spec["output"] == "scores"
     )
+
+
+def _threads_sleep() -> bool:
+    """Whether idle OpenMP threads sleep at once (``OMP_WAIT_POLICY=PASSIVE``), so that every
+    parallel region pays for waking them."""
+    return os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE"
 
 
 def _i64(t: torch.Tensor) -> np.ndarray:
@@ -125,8 +135,9 @@ class FusedMLP:
         self.widths = [lay.spec["out_features"] for lay in net.layers[:-1]]
         self._buffers: dict[int, tuple] = {}
         self._lock = threading.Lock()  # buffers are shared: one call at a time per net
-        #: None: threads from PARALLEL_MIN_BATCH images on; True / False: always / never
-        self.parallel: bool | None = None
+        #: None: threads from PARALLEL_MIN_BATCH images on, unless OpenMP threads sleep
+        #: between regions (OMP_WAIT_POLICY=PASSIVE); True / False: always / never
+        self.parallel: bool | None = False if _threads_sleep() else None
 
     @property
     def int8_rows(self) -> np.ndarray:
