@@ -261,7 +261,7 @@ class PackedNet:
         """
         batch_size = check_batch_size(batch_size)
         x = self._images(X)
-        if self._use_fused(path, device, first_layer, len(x)):
+        if self._use_fused(path, device, first_layer):
             if not len(x):
                 return torch.zeros(0, self.num_classes, dtype=torch.float64)
             x = x.cpu().reshape(len(x), -1).numpy()
@@ -278,7 +278,7 @@ class PackedNet:
             return torch.zeros(0, self.num_classes, dtype=torch.float64)
         return torch.cat(out)
 
-    def _use_fused(self, path: str, device: str, first_layer: str, n: int) -> bool:
+    def _use_fused(self, path: str, device: str, first_layer: str) -> bool:
         """Whether this call takes the fused path; ValueError for a bad or impossible choice."""
         if first_layer not in FIRST_LAYER_CHOICES:
             raise ValueError(
@@ -334,18 +334,18 @@ class PackedNet:
         Hidden layers use only XNOR-popcount and integer compares. ``first_layer="real"`` takes
         the 8-bit input through a float matmul with +/-1 weights (exact integers), ``"bitplanes"``
         through the paper's bit planes with XNOR-popcount, ``"int8"`` through int8 +/-1 rows
-        with integer sums (fused path). Small CPU batches of an MLP run fused
-        (``path``, see :meth:`scores`). ``device="cuda"`` runs the GPU kernels of
+        with integer sums (fused path). On the CPU, MLPs and ConvNets run fused unless told
+        otherwise (``path``, see :meth:`scores`). ``device="cuda"`` runs the GPU kernels of
         :mod:`bnnlib.cuda` (RuntimeError if they are not available), with ``kernel="fast"``
         (our 64-bit / tensor-core XNOR kernel) or ``"paper"`` (the paper's).
         """
         a = self._plain_pixels(X, device, path)
-        if a is not None and self._use_fused(path, device, first_layer, len(a)):
+        if a is not None and self._use_fused(path, device, first_layer):
             # Batch 1 costs ~0.3 ms: each torch operation on the way (~10 us each, more with
             # the caches cold after the weights streamed through) is worth avoiding.
             return torch.from_numpy(self._fused_scores(a, first_layer, batch_size).argmax(1))
         x = self._images(X)
-        if self._use_fused(path, device, first_layer, len(x)) and len(x):
+        if self._use_fused(path, device, first_layer) and len(x):
             x = x.cpu().reshape(len(x), -1).numpy()
             return torch.from_numpy(self._fused_scores(x, first_layer, batch_size).argmax(1))
         return self.scores(x, device, first_layer, batch_size, kernel, path).argmax(1)

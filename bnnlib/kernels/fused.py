@@ -23,9 +23,10 @@ every layer of an MLP in one numba call, on buffers allocated once by the caller
 * **Last layer**: its integer pre-activations ``s``; the caller applies the float64 batch norm.
 
 Work is split by output words (64 neurons): with ``parallel`` the words of a layer are shared
-between threads (``prange``), otherwise the call stays on the calling thread (batch 1: waking
-threads costs more than a layer's work). Every rule above is exact: the results equal
-:meth:`bnnlib.inference.PackedNet.scores` bit for bit (tested on the MNIST test set).
+between threads (``prange``), otherwise the call stays on the calling thread (when waking
+threads would cost more than a layer's work; :mod:`bnnlib.inference.fused` decides). Every
+rule above is exact: the results equal :meth:`bnnlib.inference.PackedNet.scores` with
+``path="layers"`` bit for bit (tested on the MNIST test set).
 """
 
 from __future__ import annotations
