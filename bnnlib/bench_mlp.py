@@ -37,16 +37,18 @@ def _time_cpu_paths(net, packed, xt, repeats: int, batch_size: int, log) -> dict
 
     log("  timing float32 model ...")
     t_float = timeit(float_forward, repeats)
+    # A layer at a time, as labelled: the fused path has no float first layer, and its own
+    # figures are bnnlib.bench_latency's.
+    real = {"first_layer": "real", "batch_size": batch_size, "path": "layers"}
+    planes = {**real, "first_layer": "bitplanes"}
     log("  timing packed (first layer: real) ...")
-    t_packed = timeit(lambda: packed.predict(xt, batch_size=batch_size), repeats)
+    t_packed = timeit(lambda: packed.predict(xt, **real), repeats)
     log("  timing packed (first layer: bit planes) ...")
-    t_planes = timeit(
-        lambda: packed.predict(xt, first_layer="bitplanes", batch_size=batch_size), repeats
-    )
+    t_planes = timeit(lambda: packed.predict(xt, **planes), repeats)
     return {
         "times": {"float32": t_float, "packed": t_packed, "packed_bitplanes": t_planes},
-        "packed": packed.predict(xt, batch_size=batch_size),
-        "planes": packed.predict(xt, first_layer="bitplanes", batch_size=batch_size),
+        "packed": packed.predict(xt, **real),
+        "planes": packed.predict(xt, **planes),
         "float": float_forward().argmax(1),
     }
 

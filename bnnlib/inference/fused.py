@@ -240,10 +240,8 @@ class FusedConvNet:
     def _step(lay) -> dict:
         spec = lay.spec
         step: dict = {"spec": spec}
-        if lay.threshold is not None:
+        if lay.threshold is not None:  # every layer but the last (supports_conv)
             step["thr"], step["dir"] = _i64(lay.threshold), _i64(lay.direction)
-        else:
-            step["thr"] = step["dir"] = np.zeros(0, np.int64)
         if spec["kind"] == "linear":
             step["w"], step["k"] = lay.weight.numpy(), _k(lay)
             return step
@@ -290,11 +288,13 @@ class FusedConvNet:
                 continue
             a = np.ascontiguousarray(h.reshape(h.shape[0], -1))
             n = step["w"].shape[0]
-            out = np.empty((a.shape[0], math.ceil(n / 64)), np.int64)
-            s = np.empty((a.shape[0], n), np.int64)
-            self.kernels.dense(a, step["w"], step["k"], step["thr"], step["dir"], out, s)
-            h = out
-        return self.a * (s.astype(np.float64) - self.mu) + self.beta
+            if step["spec"]["output"] == "scores":
+                s = np.empty((a.shape[0], n), np.int64)
+                self.kernels.last_layer(a, step["w"], step["k"], s)
+                return self.a * (s.astype(np.float64) - self.mu) + self.beta
+            h = np.empty((a.shape[0], math.ceil(n / 64)), np.int64)
+            self.kernels.dense_sign(a, step["w"], step["k"], step["thr"], step["dir"], h)
+        raise AssertionError("unreachable: the last layer gives scores")
 
 
 def for_net(net):

@@ -344,11 +344,7 @@ class PackedNet:
             # Batch 1 costs ~0.3 ms: each torch operation on the way (~10 us each, more with
             # the caches cold after the weights streamed through) is worth avoiding.
             return torch.from_numpy(self._fused_scores(a, first_layer, batch_size).argmax(1))
-        x = self._images(X)
-        if self._use_fused(path, device, first_layer) and len(x):
-            x = x.cpu().reshape(len(x), -1).numpy()
-            return torch.from_numpy(self._fused_scores(x, first_layer, batch_size).argmax(1))
-        return self.scores(x, device, first_layer, batch_size, kernel, path).argmax(1)
+        return self.scores(X, device, first_layer, batch_size, kernel, path).argmax(1)
 
     def _plain_pixels(self, X, device: str, path: str) -> np.ndarray | None:
         """uint8 CPU images of this model's shape as a numpy (N >= 1, pixels) view, for the

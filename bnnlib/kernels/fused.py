@@ -150,6 +150,14 @@ def _hidden_word(a, w, k, thr, dirn, out, c):
         out[m, c] = word
 
 
+@numba.njit(**_JIT)
+def _last_layer(a, w, k, s):
+    """The last layer's integer pre-activations s (M, N) = k - 2 popcount(a XOR w)."""
+    for m in range(a.shape[0]):
+        for j in range(w.shape[0]):
+            s[m, j] = k - 2 * _xor_popcount(a, m, w, j, w.shape[1])
+
+
 @numba.njit(inline="always", **_JIT)
 def _forward(x, first_mode, int8_max_nonzero, planes, nonzero, nnz, sumx, use_int8,
              w0, w8t, wsum, thr0, dir0, table, w_flat, thr_flat, dir_flat, acts,
@@ -178,13 +186,7 @@ def _forward(x, first_mode, int8_max_nonzero, planes, nonzero, nnz, sumx, use_in
         for c in numba.prange(words):
             _hidden_word(a, w, k, th, di, o, c)
     w_in = w_last.shape[1]
-    a = acts[table.shape[0], : M * w_in].reshape(M, w_in)
-    for m in range(M):
-        for j in range(w_last.shape[0]):
-            h = 0
-            for u in range(w_in):
-                h += _popcount(a[m, u] ^ w_last[j, u])
-            s[m, j] = k_last - 2 * h
+    _last_layer(acts[table.shape[0], : M * w_in].reshape(M, w_in), w_last, k_last, s)
 
 
 @numba.njit(**_JIT)

@@ -27,10 +27,13 @@ import numba
 import numpy as np
 
 from ._cache import CACHE
-from .fused import _bit
+from .fused import _bit, _hidden_word, _last_layer
 from .xnor import _popcount
 
-__all__ = ["binary_conv", "first_conv", "pool_threshold_pack", "dense"]
+__all__ = ["binary_conv", "first_conv", "pool_threshold_pack", "dense_sign", "last_layer"]
+
+#: The last layer's integer pre-activations, as the fused MLP computes them.
+last_layer = _last_layer
 
 _JIT = {"fastmath": True, "boundscheck": False, "nogil": True, "cache": CACHE}
 
@@ -138,22 +141,8 @@ def pool_threshold_pack(s, pool, after_bn, thr, dirn, out):
 
 
 @numba.njit(parallel=True, **_JIT)
-def dense(a, w, k, thr, dirn, out, s):
-    """A linear layer on packed rows ``a`` (M, words): ``s = k - 2 popcount(a XOR w)``; with
-    ``thr`` non-empty, Sign(BN(s)) packed into ``out`` (M, ceil(N/64)), else s into ``s``."""
-    M, W = a.shape
-    N = w.shape[0]
-    sign = thr.shape[0] > 0
-    for c in numba.prange((N + 63) // 64):
-        for m in range(M):
-            word = 0
-            for j in range(64 * c, min(64 * c + 64, N)):
-                h = 0
-                for u in range(W):
-                    h += _popcount(a[m, u] ^ w[j, u])
-                if not sign:
-                    s[m, j] = k - 2 * h
-                elif _bit(k - 2 * h, thr[j], dirn[j]):
-                    word |= np.int64(1) << (j - 64 * c)
-            if sign:
-                out[m, c] = word
+def dense_sign(a, w, k, thr, dirn, out):
+    """A hidden linear layer on packed rows ``a`` (M, words): Sign(BN(k - 2 popcount(a XOR w)))
+    packed into ``out`` (M, ceil(N/64)), the MLP path's kernel shared between threads."""
+    for c in numba.prange(out.shape[1]):
+        _hidden_word(a, w, k, thr, dirn, out, c)
