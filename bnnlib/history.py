@@ -41,13 +41,14 @@ class History:
 
     @property
     def best_epoch(self) -> int | None:
-        """The epoch of lowest validation error (the first one on ties; the last if no val)."""
+        """The epoch of lowest validation error; on ties the *later* epoch (the Theano code's
+        ``val_err <= best``), the last epoch if there is no validation set."""
         if not self.epochs:
             return None
         scored = [r for r in self.epochs if r.get("val_error") is not None]
         if not scored:
             return self.epochs[-1]["epoch"]
-        return min(scored, key=lambda r: (r["val_error"], r["epoch"]))["epoch"]
+        return min(scored, key=lambda r: (r["val_error"], -r["epoch"]))["epoch"]
 
     def _at_best(self, key: str) -> float | None:
         best = self.best_epoch

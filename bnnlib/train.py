@@ -393,11 +393,11 @@ def _evaluate_epoch(run: _Run, data: _Data, batch_size: int) -> tuple[float | No
 
 
 def _record(run: _Run, record: dict) -> None:
-    """Append the epoch's record; keep the weights if the validation error is a new best."""
+    """Append the epoch's record; keep the weights if the validation error is a new best or ties it."""
     best_before = run.history.best_val_error
     run.history.epochs.append(record)
     val_error = record["val_error"]
-    if val_error is None or best_before is None or val_error < best_before:
+    if val_error is None or best_before is None or val_error <= best_before:
         run.best_state = _cpu_state(run.net)
 
 
