@@ -33,7 +33,7 @@ book: $(STAMP)
 OUT ?= runs/reproduce
 MINUTES ?= 60
 reproduce: $(STAMP)
-	$(PY) -m bnnlib.reproduce --out $(OUT) --max-minutes $(MINUTES) $(ARGS)
+	$(PY) -m bnnlib.repro.reproduce --out $(OUT) --max-minutes $(MINUTES) $(ARGS)
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab book/

@@ -1,52 +1,31 @@
 """bnnlib: Binarized Neural Networks (Courbariaux, Hubara, Soudry, El-Yaniv, Bengio, 2016).
 
-One module per idea of the paper: :mod:`~bnnlib.binarize`, :mod:`~bnnlib.ste`,
-:mod:`~bnnlib.shift`, :mod:`~bnnlib.layers`, :mod:`~bnnlib.optim`,
-:mod:`~bnnlib.losses`, :mod:`~bnnlib.models`, :mod:`~bnnlib.data`,
-:mod:`~bnnlib.train` (imported on use, as it is also ``python -m bnnlib.train``),
-:func:`~bnnlib.summary`, :mod:`~bnnlib.kernels`,
-:mod:`~bnnlib.inference`, :mod:`~bnnlib.energy`, :mod:`~bnnlib.filters`, and for the book
-:mod:`~bnnlib.record` and :mod:`~bnnlib.viz`. GPU code lives in :mod:`bnnlib.cuda`, imported
-on demand: importing bnnlib never touches a GPU.
+The packages, by job:
+
+* :mod:`bnnlib.nn`: the paper's ideas as torch modules (binarization, the STE, shift-based
+  batch norm and AdaMax, binary layers, the models);
+* :mod:`bnnlib.data`: the data sets; :mod:`bnnlib.train`: training and its run folders;
+* :mod:`bnnlib.kernels`: XNOR-popcount kernels (CPU, and the CUDA loader);
+* :mod:`bnnlib.inference`: packed models and their runtime;
+* :mod:`bnnlib.analysis`: memory, energy and filter repetition;
+* :mod:`bnnlib.bench`: benchmarks; :mod:`bnnlib.book`: the book's runner, records, figures;
+* :mod:`bnnlib.repro`: committed runs (publish) and the GPU schedule (reproduce);
+* :mod:`bnnlib.gpucheck`: the prepared GPU check.
+
+Cross-cutting modules: :mod:`bnnlib.paper` (the paper's figures), :mod:`bnnlib.results`
+(committed results), :mod:`bnnlib.hardware`, :mod:`bnnlib.files`, :mod:`bnnlib.settings`.
+Importing bnnlib never touches a GPU; the paper's main names are importable from here.
 """
 
-from . import (
-    binarize,
-    data,
-    energy,
-    filters,
-    inference,
-    kernels,
-    layers,
-    losses,
-    models,
-    optim,
-    record,
-    shift,
-    ste,
-)
-from .binarize import hard_sigmoid, sign, stochastic_sign
-from .layers import BinaryConv2d, BinaryLinear, SignActivation
-from .losses import square_hinge
-from .models import cifar10_convnet, mnist_mlp, svhn_convnet
-from .shift import ShiftBatchNorm1d, ShiftBatchNorm2d, ap2
-from .ste import ste_sign
-from .summary import summary
+from bnnlib.analysis.summary import summary
+from bnnlib.nn.binarize import hard_sigmoid, sign, stochastic_sign
+from bnnlib.nn.layers import BinaryConv2d, BinaryLinear, SignActivation
+from bnnlib.nn.losses import square_hinge
+from bnnlib.nn.models import cifar10_convnet, mnist_mlp, svhn_convnet
+from bnnlib.nn.shift import ShiftBatchNorm1d, ShiftBatchNorm2d, ap2
+from bnnlib.nn.ste import ste_sign
 
 __all__ = [
-    "binarize",
-    "data",
-    "energy",
-    "filters",
-    "inference",
-    "kernels",
-    "layers",
-    "losses",
-    "models",
-    "optim",
-    "record",
-    "shift",
-    "ste",
     "sign",
     "hard_sigmoid",
     "stochastic_sign",

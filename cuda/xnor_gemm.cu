@@ -164,7 +164,7 @@ __device__ __forceinline__ void bnn_mma_b1_and_popc(int c[4], const unsigned a[4
         : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 #else
-    // No 1-bit MMA before sm_80: bnnlib.cuda launches xnor_gemm_fast there instead.
+    // No 1-bit MMA before sm_80: bnnlib.kernels.cuda launches xnor_gemm_fast there instead.
     __trap();
 #endif
 }

@@ -7,7 +7,9 @@ import json
 import pytest
 import torch
 
-from bnnlib import bench, bench_gpu
+from bnnlib.bench import cli as bench
+from bnnlib.bench import common as bench_common
+from bnnlib.bench import gpu as bench_gpu
 
 
 def test_timeit_counts_calls():
@@ -48,7 +50,7 @@ def test_bench_quick_smoke(tmp_path, monkeypatch):
 
 
 class _CpuStandIns:
-    """bnnlib.cuda's functions computed on the CPU (checks the GPU MLP paths' own logic)."""
+    """bnnlib.kernels.cuda's functions computed on the CPU (checks the GPU MLP paths' own logic)."""
 
     @staticmethod
     def available():
@@ -82,13 +84,13 @@ def test_gpu_mlp_paths_on_cpu_stand_ins(monkeypatch):
     bit-plane first layer) run on CPU stand-ins: the XNOR paths predict exactly as the baseline
     path, and agree with the float simulation."""
     from bnnlib import inference
-    from bnnlib.models import mnist_mlp
+    from bnnlib.nn.models import mnist_mlp
 
     monkeypatch.setattr(bench_gpu, "bcuda", _CpuStandIns)  # the module that holds the paths
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(1)
     x = torch.randint(0, 256, (300, 784), generator=g, dtype=torch.uint8)
-    net = bench.calibrate_batchnorm(mnist_mlp(hidden=96, depth=3), x, batch=100)
+    net = bench_common.calibrate_batchnorm(mnist_mlp(hidden=96, depth=3), x, batch=100)
     xs = x.float() * (2 / 255) - 1
 
     def run(stages, h):
@@ -97,14 +99,14 @@ def test_gpu_mlp_paths_on_cpu_stand_ins(monkeypatch):
                 h = fn(h)
         return h.argmax(1)
 
-    base = run(bench._stages_float(net, _CpuStandIns.baseline_gemm), xs)
-    assert [n for n, _ in bench._stages_float(net, torch.matmul)] == [
+    base = run(bench_gpu.stages_float(net, _CpuStandIns.baseline_gemm), xs)
+    assert [n for n, _ in bench_gpu.stages_float(net, torch.matmul)] == [
         f"layer{i}" for i in (1, 2, 3, 4)
     ]
     for kernel in ("paper", "fast"):
-        stages = bench._stages_xnor(net, kernel, "baseline")
+        stages = bench_gpu.stages_xnor(net, kernel, "baseline")
         assert torch.equal(run(stages, xs), base), kernel
-    planes = run(bench._stages_xnor(net, "fast", "bitplanes"), x)
+    planes = run(bench_gpu.stages_xnor(net, "fast", "bitplanes"), x)
     sim = inference.simulate(net, x)
     assert (planes == sim).float().mean() >= 0.99
     assert (base == sim).float().mean() >= 0.99

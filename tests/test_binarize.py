@@ -1,4 +1,4 @@
-"""Tests of bnnlib.binarize: Sign (paper Eq. 1), hard sigmoid (Eq. 3), stochastic Sign (Eq. 2).
+"""Tests of bnnlib.nn.binarize: Sign (paper Eq. 1), hard sigmoid (Eq. 3), stochastic Sign (Eq. 2).
 
 References are written out here: a Python loop for Sign and hard_sigmoid, and the
 expectation E[x_b] = 2 * hard_sigmoid(x) - 1 for the stochastic binarization.
@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from bnnlib.binarize import hard_sigmoid, sign, stochastic_sign
+from bnnlib.nn.binarize import hard_sigmoid, sign, stochastic_sign
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16]
 

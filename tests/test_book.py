@@ -8,7 +8,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from bnnlib import book, paper
+from bnnlib import paper
+from bnnlib.book import runner as book
 
 
 def _tiny_notebook(path: Path, body: str) -> None:
@@ -17,7 +18,7 @@ def _tiny_notebook(path: Path, body: str) -> None:
     params.metadata["tags"] = ["parameters"]
     nb.cells = [
         nbformat.v4.new_markdown_cell(f"# {path.stem}"),
-        nbformat.v4.new_code_cell("from bnnlib.record import record"),
+        nbformat.v4.new_code_cell("from bnnlib.book.record import record"),
         params,
         nbformat.v4.new_code_cell(body),
     ]

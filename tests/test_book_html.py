@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from bnnlib import book, data
+from bnnlib import data
+from bnnlib.book import runner as book
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 NOTEBOOK = book.BOOK_DIR / "01_binarization.ipynb"

@@ -3,7 +3,7 @@
 1. Every cuda/*.cu compiles with ``nvcc --cubin`` for sm_75, sm_80 and sm_90 (skipped,
    with the reason, where nvcc is missing).
 2. The kernels run on the CPU under tests/host_emulation.h (one std::thread per CUDA
-   thread, g++ -std=c++20), driven through bnnlib.cuda's own Python wrappers (shape
+   thread, g++ -std=c++20), driven through bnnlib.kernels.cuda's own Python wrappers (shape
    checks, grid geometry, argument order), and must equal the independent CPU references
    (bnnlib.kernels, torch float64 matmul) exactly. The 1-bit tensor-core MMA is emulated
    from its documented fragment layout, so this checks our indexing around it; the
@@ -22,8 +22,8 @@ import pytest
 import torch
 
 import bnnlib
-import bnnlib.cuda as bc
 from bnnlib import kernels as K
+from bnnlib.kernels import cuda as bc
 
 CUDA_DIR = bc.source_dir()
 EMULATION_DIR = Path(__file__).parent  # host_emulation.h: test-only, not shipped with the kernels
@@ -32,7 +32,7 @@ ARCHS = ["sm_75", "sm_80", "sm_90"]
 
 
 def _nvcc():
-    return bc._nvcc()
+    return bc.nvcc_path()
 
 
 @functools.cache
@@ -93,7 +93,7 @@ def _wrapper_source(file: str) -> str:
 
 
 class EmulatedBackend:
-    """bnnlib.cuda's backend interface, launching the kernels on the CPU."""
+    """bnnlib.kernels.cuda's backend interface, launching the kernels on the CPU."""
 
     device = torch.device("cpu")
     capability = (8, 0)
@@ -135,10 +135,10 @@ def emulated(tmp_path_factory):
         assert proc.returncode == 0, f"{' '.join(cmd)}\n{err}"
         libs[file] = ctypes.CDLL(str(lib))
     backend = EmulatedBackend(libs)
-    saved = bc._OVERRIDE
-    bc._OVERRIDE = backend
+    saved = bc.BACKEND_OVERRIDE
+    bc.BACKEND_OVERRIDE = backend
     yield backend
-    bc._OVERRIDE = saved
+    bc.BACKEND_OVERRIDE = saved
 
 
 def _pm1(*shape, seed):

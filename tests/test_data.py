@@ -18,6 +18,7 @@ import scipy.io
 import torch
 
 from bnnlib import data
+from bnnlib.data import loaders
 
 RNG = np.random.default_rng(0)
 
@@ -380,7 +381,7 @@ def test_missing_root_says_where_and_how(tmp_path):
 
 
 def test_missing_files_offline_says_offline(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "_online", lambda url, timeout=3.0: (False, "example.org"))
+    monkeypatch.setattr(loaders, "probe_online", lambda url, timeout=3.0: (False, "example.org"))
     monkeypatch.setenv("BNN_DATA_DIR", str(tmp_path))
     with pytest.raises(data.DataNotFoundError, match="offline") as e:
         data.load("cifar10")
@@ -390,9 +391,9 @@ def test_missing_files_offline_says_offline(tmp_path, monkeypatch):
 
 def test_download_only_when_missing_and_online(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(data, "_online", lambda url, timeout=3.0: (True, "example.org"))
+    monkeypatch.setattr(loaders, "probe_online", lambda url, timeout=3.0: (True, "example.org"))
     monkeypatch.setattr(
-        data, "_download", lambda name, root: calls.append(name) or write_mnist(root)
+        loaders, "download_files", lambda name, root: calls.append(name) or write_mnist(root)
     )
     assert len(data.load("mnist", tmp_path, "test")) == 12
     assert len(data.load("mnist", tmp_path, "test")) == 12  # files present: no second download

@@ -1,13 +1,13 @@
-"""Energy accounting (bnnlib.energy) against the paper's tables and hand-computed counts."""
+"""Energy accounting (bnnlib.analysis.energy) against the paper's tables and hand counts."""
 
 from __future__ import annotations
 
 import pytest
 from torch import nn
 
-from bnnlib import energy as E
-from bnnlib.layers import BinaryConv2d, BinaryLinear, SignActivation
-from bnnlib.models import cifar10_convnet, mnist_mlp
+from bnnlib.analysis import energy as E
+from bnnlib.nn.layers import BinaryConv2d, BinaryLinear, SignActivation
+from bnnlib.nn.models import cifar10_convnet, mnist_mlp
 
 
 def test_tables_equal_the_paper():

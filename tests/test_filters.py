@@ -1,4 +1,4 @@
-"""bnnlib.filters: unique binary kernels per input channel, against naive Python loops."""
+"""bnnlib.analysis.filters: unique binary kernels per input channel, against naive Python loops."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import bnnlib
-from bnnlib import filters
+from bnnlib.analysis import filters
 
 
 def naive_unique(weight: torch.Tensor, negation: bool = True) -> list[int]:

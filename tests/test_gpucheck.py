@@ -17,8 +17,10 @@ from pathlib import Path
 
 import pytest
 
-import bnnlib.cuda as bc
 from bnnlib import gpucheck
+from bnnlib.gpucheck import config as gpucheck_config
+from bnnlib.gpucheck import report as gpucheck_report
+from bnnlib.kernels import cuda as bc
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -75,15 +77,15 @@ def test_dry_run_plan_and_skeleton(dry_run):
 
 
 def test_timeouts_and_skips_are_arguments(tmp_path):
-    args = gpucheck._parse(
+    args = gpucheck_config.parse_args(
         ["--out", str(tmp_path), "--timeout", "pytest=120", "--skip", "bench_mlp"]
     )
     steps = {s["step"]: s for s in gpucheck.plan(args)}
     assert steps["pytest"]["timeout_s"] == 120 and steps["bench_mlp"]["skip"] is True
     with pytest.raises(SystemExit):
-        gpucheck._parse(["--out", str(tmp_path), "--timeout", "nope=3"])
-    quick = gpucheck._parse(["--out", str(tmp_path), "--quick"])
-    assert "--n 2048" in " ".join(gpucheck._self_cmd("bench-gemm", quick))
+        gpucheck_config.parse_args(["--out", str(tmp_path), "--timeout", "nope=3"])
+    quick = gpucheck_config.parse_args(["--out", str(tmp_path), "--quick"])
+    assert "--n 2048" in " ".join(gpucheck_config.self_command("bench-gemm", quick))
 
 
 def test_every_gpu_test_module_is_run():
@@ -171,18 +173,18 @@ def test_run_step_process_streams_times_out_and_names_abort():
 
 def test_judging_bench_results():
     g = {"xnor_paper_exact": True, "cublas_bf16_exact": False, "baseline_exact": True}
-    assert gpucheck._gemm_ok(g)
-    assert not gpucheck._gemm_ok({**g, "xnor_popc_exact": False})
-    assert not gpucheck._gemm_ok({**g, "baseline_error": "RuntimeError: boom"})
+    assert gpucheck_report.gemm_ok(g)
+    assert not gpucheck_report.gemm_ok({**g, "xnor_popc_exact": False})
+    assert not gpucheck_report.gemm_ok({**g, "baseline_error": "RuntimeError: boom"})
     m = {
         "n_images": 10,
         "identical_xnor_paper_vs_baseline": 10,
         "identical_xnor_fast_vs_baseline": 10,
         "packed_predict_identical_to_simulation": True,
     }
-    assert gpucheck._mlp_ok(m)
-    assert not gpucheck._mlp_ok({**m, "identical_xnor_fast_vs_baseline": 9})
-    acc = gpucheck.acceptance(
+    assert gpucheck_report.mlp_ok(m)
+    assert not gpucheck_report.mlp_ok({**m, "identical_xnor_fast_vs_baseline": 9})
+    acc = gpucheck_report.acceptance(
         {
             "speedup_xnor_paper_with_packing_vs_baseline": 25.0,
             "fastest_xnor": "xnor_tensor_core",

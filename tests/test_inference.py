@@ -21,11 +21,11 @@ from torch import nn
 
 import bnnlib.kernels as kernels
 from bnnlib import inference as inf
-from bnnlib.inference.format import _read, _write
-from bnnlib.layers import BinaryConv2d, BinaryLinear, SignActivation
-from bnnlib.losses import pm1_targets, square_hinge
-from bnnlib.models import cifar10_convnet, mnist_mlp
-from bnnlib.optim import Adam
+from bnnlib.inference.format import read_packed, write_packed
+from bnnlib.nn.layers import BinaryConv2d, BinaryLinear, SignActivation
+from bnnlib.nn.losses import pm1_targets, square_hinge
+from bnnlib.nn.models import cifar10_convnet, mnist_mlp
+from bnnlib.nn.optim import Adam
 
 # ---------------------------------------------------------------- an independent packing
 
@@ -463,9 +463,9 @@ def test_wrong_version(good_file, tmp_path):
 
 
 def test_inconsistent_header_with_valid_checksum(good_file, tmp_path):
-    header, tensors = _read(good_file)
+    header, tensors = read_packed(good_file)
     header["layers"][1]["out_features"] = 11  # the weights say 10
-    p = _write(tmp_path / "bad_header.bnn", header, tensors)
+    p = write_packed(tmp_path / "bad_header.bnn", header, tensors)
     _expect_error(p, "inconsistent")
 
 
@@ -487,11 +487,11 @@ def test_malformed_metadata_is_a_packed_model_error(good_file, tmp_path):
         p.write_bytes(_st_bytes(header))
         _expect_error(p, "corrupted safetensors header")
     # A deeply nested model header with a valid checksum.
-    header_json, tensors = deep, _read(good_file)[1]
-    from bnnlib.inference.format import _digest
+    header_json, tensors = deep, read_packed(good_file)[1]
+    from bnnlib.inference.format import packed_digest
 
     meta = {"format": inf.FORMAT, "format_version": str(inf.FORMAT_VERSION)}
-    meta.update(header=header_json, sha256=_digest(header_json, tensors))
+    meta.update(header=header_json, sha256=packed_digest(header_json, tensors))
     from safetensors.torch import save
 
     p = tmp_path / "deep_model_header.bnn"
@@ -502,7 +502,7 @@ def test_malformed_metadata_is_a_packed_model_error(good_file, tmp_path):
 def test_bfloat16_tensor_is_a_packed_model_error(good_file, tmp_path):
     from safetensors.torch import save
 
-    header, tensors = _read(good_file)
+    header, tensors = read_packed(good_file)
     tensors["layers.1.a"] = tensors["layers.1.a"].to(torch.bfloat16)
     meta = {"format": inf.FORMAT, "format_version": str(inf.FORMAT_VERSION)}
     meta.update(header=json.dumps(header, sort_keys=True), sha256="0" * 64)
@@ -519,7 +519,7 @@ def conv_file(tmp_path_factory):
 
 def _resized(header: dict, side: int) -> dict:
     """The conv net's header for side x side inputs, every shape consistent (the first
-    convolution keeps its weights; a valid checksum is recomputed by _write)."""
+    convolution keeps its weights; a valid checksum is recomputed by write_packed)."""
     h = copy.deepcopy(header)
     h["input"]["shape"][1:] = [side, side]
     lay = h["layers"][0]
@@ -531,15 +531,17 @@ def _resized(header: dict, side: int) -> dict:
 
 def test_huge_claimed_input_is_refused_before_allocating(conv_file, tmp_path):
     """A 16 KB conv file claiming a 20000 x 20000 input used to allocate 5.6 GB at load."""
-    header, tensors = _read(conv_file)
+    header, tensors = read_packed(conv_file)
     assert header["layers"][0]["kind"] == "conv2d" and "pool" not in header["layers"][0]
-    p = _write(tmp_path / "huge.bnn", _resized(header, 20_000), tensors)
+    p = write_packed(tmp_path / "huge.bnn", _resized(header, 20_000), tensors)
     assert p.stat().st_size < 100_000
     _expect_error(p, r"20000 x 20000 pixels.*up to 4096 x 4096")
     # Within the side limit but with too many values per image for the layer tables.
-    _expect_error(_write(tmp_path / "big.bnn", _resized(header, 4000), tensors), "limit of")
+    _expect_error(write_packed(tmp_path / "big.bnn", _resized(header, 4000), tensors), "limit of")
     # Shapes that disagree with each other (the next layer still expects 32 x 32).
-    _expect_error(_write(tmp_path / "mid.bnn", _resized(header, 64), tensors), "layer 1.*in_hw")
+    _expect_error(
+        write_packed(tmp_path / "mid.bnn", _resized(header, 64), tensors), "layer 1.*in_hw"
+    )
 
 
 @pytest.mark.parametrize(
@@ -561,17 +563,19 @@ def test_huge_claimed_input_is_refused_before_allocating(conv_file, tmp_path):
     ],
 )  # fmt: skip
 def test_header_shapes_checked_against_each_other_and_tensors(good_file, tmp_path, edit, problem):
-    header, tensors = _read(good_file)
+    header, tensors = read_packed(good_file)
     edit(header, tensors)
-    _expect_error(_write(tmp_path / "edited.bnn", header, tensors), problem)
+    _expect_error(write_packed(tmp_path / "edited.bnn", header, tensors), problem)
 
 
 def test_padding_bits_in_packed_weights_are_refused(good_file, tmp_path):
     """784 inputs fill 12 words and 16 bits of a 13th; the 48 bits beyond must be 0 (the hidden
     layers count padding bits as matches): a crafted file with a valid checksum was loaded."""
-    header, tensors = _read(good_file)
+    header, tensors = read_packed(good_file)
     tensors["layers.0.weight"][5, -1] |= 1 << 40
-    _expect_error(_write(tmp_path / "pad.bnn", header, tensors), "layers.0.weight has padding bits")
+    _expect_error(
+        write_packed(tmp_path / "pad.bnn", header, tensors), "layers.0.weight has padding bits"
+    )
 
 
 def test_empty_input(good_file):
@@ -598,7 +602,7 @@ def test_not_a_packed_model(tmp_path):
 
 
 class _CpuStandInForCuda:
-    """bnnlib.cuda's documented functions, computed on the CPU (checks the GPU adapter)."""
+    """bnnlib.kernels.cuda's documented functions, computed on the CPU (checks the GPU adapter)."""
 
     @staticmethod
     def pack(x, dim=-1, word_bits=64, check=True):
@@ -618,7 +622,7 @@ class _CpuStandInForCuda:
 
 def test_gpu_adapter_logic_on_cpu_stand_ins(tmp_path):
     """The CUDA back end's own logic (threshold/direction, bit planes, pooling in float64),
-    run with CPU stand-ins that follow bnnlib.cuda's documented semantics."""
+    run with CPU stand-ins that follow bnnlib.kernels.cuda's documented semantics."""
 
     class Ops(inf.CudaBackend):
         device = "cpu"
@@ -650,10 +654,10 @@ def test_one_backend_interface_no_per_device_thresholds():
 
 @pytest.mark.gpu
 def test_cuda_backend_equals_simulation(tmp_path):
-    import bnnlib.cuda as bc
+    from bnnlib.kernels import cuda as bc
 
     if not bc.available():
-        pytest.skip(f"bnnlib.cuda unavailable: {bc.reason()}")
+        pytest.skip(f"bnnlib.kernels.cuda unavailable: {bc.reason()}")
     g = torch.Generator().manual_seed(10)
     x = torch.randint(0, 256, (120, 3, 32, 32), generator=g, dtype=torch.uint8)
     net = _calibrate_bn(_small_convnet(seed=3), x)

@@ -15,9 +15,9 @@ import torch
 from test_inference import pool_after_bn_net
 
 from bnnlib import data, inference, results
-from bnnlib.bench_common import calibrate_batchnorm
+from bnnlib.bench.common import calibrate_batchnorm
 from bnnlib.inference import fused
-from bnnlib.models import cifar10_convnet, mnist_mlp
+from bnnlib.nn.models import cifar10_convnet, mnist_mlp
 
 
 def _packed(net):
@@ -192,8 +192,8 @@ import tempfile, torch
 from pathlib import Path
 from numba.core import config
 from bnnlib import inference
-from bnnlib.bench_common import calibrate_batchnorm
-from bnnlib.models import cifar10_convnet, mnist_mlp
+from bnnlib.bench.common import calibrate_batchnorm
+from bnnlib.nn.models import cifar10_convnet, mnist_mlp
 assert config.CPU_NAME == "haswell", config.CPU_NAME
 torch.manual_seed(0)
 nets = ((mnist_mlp(hidden=200), (1, 28, 28)), (cifar10_convnet(width=0.125), (3, 32, 32)))

@@ -19,8 +19,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import bnnlib
-import bnnlib.cuda as bc
 from bnnlib import kernels as K
+from bnnlib.kernels import cuda as bc
 from bnnlib.kernels import packing as packing_module
 from bnnlib.kernels import xnor as xnor_module
 
@@ -41,8 +41,8 @@ def kernel_threads(request, monkeypatch):
     """Run a test with the single-thread kernels, then with the multithreaded ones
     (small products normally take the single-thread path)."""
     limit = 1 << 62 if request.param == "serial" else 0
-    monkeypatch.setattr(xnor_module, "_SERIAL_WORDS", limit)
-    monkeypatch.setattr(packing_module, "_SERIAL_ENTRIES", limit)
+    monkeypatch.setattr(xnor_module, "SERIAL_WORDS", limit)
+    monkeypatch.setattr(packing_module, "SERIAL_ENTRIES", limit)
     return request.param
 
 
@@ -188,8 +188,8 @@ def test_xnor_gemm_naive_loop():
 
 def test_xnor_gemm_cache_blocks_and_odd_edges(monkeypatch, kernel_threads):
     # A tiny cache budget forces several B blocks, the last of odd size.
-    monkeypatch.setattr(xnor_module, "_L2_BYTES", 1024)
-    assert xnor_module._block_rows(16) == 8
+    monkeypatch.setattr(xnor_module, "L2_BYTES", 1024)
+    assert xnor_module.block_rows(16) == 8
     a, b = pm1(31, 1000, seed=8), pm1(29, 1000, seed=9)
     assert torch.equal(K.xnor_gemm(K.pack(a), K.pack(b), 1000), ref_gemm(a, b))
     assert torch.equal(K.xnor_gemm(K.pack(b), K.pack(a), 1000), ref_gemm(b, a))
@@ -281,7 +281,7 @@ def test_threshold_pack():
     assert torch.equal(K.unpack(K.threshold_pack(acc, thr, direction), 4), expected)
 
 
-# ---------------------------------------------------------------- bnnlib.cuda without a GPU
+# ---------------------------------------------------------------- bnnlib.kernels.cuda without a GPU
 
 
 def test_cuda_module_reports_missing_gpu_clearly():

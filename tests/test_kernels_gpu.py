@@ -1,4 +1,4 @@
-"""bnnlib.cuda on a real GPU: every kernel equals the CPU reference exactly on ±1 data.
+"""bnnlib.kernels.cuda on a real GPU: every kernel equals the CPU reference exactly on ±1 data.
 
 Skipped, test by test, without a CUDA GPU, PyCUDA (``pip install 'bnnlib[cuda]'``) or nvcc;
 every test is collected and marked ``gpu`` everywhere, and ``python -m bnnlib.gpucheck``
@@ -14,14 +14,14 @@ import torch
 from torch import nn
 
 import bnnlib
-import bnnlib.cuda as bc
 from bnnlib import inference as inf
 from bnnlib import kernels as K
-from bnnlib.layers import BinaryConv2d, BinaryLinear, SignActivation
+from bnnlib.kernels import cuda as bc
+from bnnlib.nn.layers import BinaryConv2d, BinaryLinear, SignActivation
 
 pytestmark = [
     pytest.mark.gpu,
-    pytest.mark.skipif(not bc.available(), reason=f"bnnlib.cuda unavailable: {bc.reason()}"),
+    pytest.mark.skipif(not bc.available(), reason=f"no bnnlib.kernels.cuda: {bc.reason()}"),
 ]
 
 DEV = torch.device("cuda")

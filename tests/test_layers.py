@@ -1,4 +1,4 @@
-"""Tests of bnnlib.layers: binary layers with latent weights (paper Section 1.2-1.5, Algorithm 1).
+"""bnnlib.nn.layers: binary layers with latent weights (paper Section 1.2-1.5, Algorithm 1).
 
 Oracles: ``F.linear`` / ``F.conv2d`` and float ``nn.Linear`` / ``nn.Conv2d`` evaluated at the
 binarized weights, with Sign written out as ``torch.where(w >= 0, 1, -1)``. Products of
@@ -12,12 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bnnlib.binarize import stochastic_sign
-from bnnlib.layers import BinaryConv2d, BinaryLinear, SignActivation, is_binary_layer
+from bnnlib.nn.binarize import stochastic_sign
+from bnnlib.nn.layers import BinaryConv2d, BinaryLinear, SignActivation, is_binary_layer
 
 
 def _sgn(t: torch.Tensor) -> torch.Tensor:
-    """Reference Sign (paper Eq. 1), independent of bnnlib.binarize."""
+    """Reference Sign (paper Eq. 1), independent of bnnlib.nn.binarize."""
     return torch.where(t >= 0, 1.0, -1.0).to(t.dtype)
 
 

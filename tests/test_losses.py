@@ -1,4 +1,4 @@
-"""Tests of bnnlib.losses: the square hinge loss of the L2-SVM output and ±1 targets.
+"""Tests of bnnlib.nn.losses: the square hinge loss of the L2-SVM output and ±1 targets.
 
 Oracle: L = mean over samples and classes of max(0, 1 - t * y)^2, as a Python loop.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bnnlib.losses import pm1_targets, square_hinge
+from bnnlib.nn.losses import pm1_targets, square_hinge
 
 
 def _naive_square_hinge(y: list[list[float]], t: list[list[float]]) -> float:

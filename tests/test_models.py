@@ -1,4 +1,4 @@
-"""Tests of bnnlib.models: the paper's MLP and ConvNets (Section 2) and their float twins.
+"""Tests of bnnlib.nn.models: the paper's MLP and ConvNets (Section 2) and their float twins.
 
 Structures are checked layer by layer against the paper's description; parameter counts
 against the formula written out here.
@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from bnnlib.layers import BinaryConv2d, BinaryLinear, SignActivation, is_binary_layer
-from bnnlib.models import MODELS, build, cifar10_convnet, mnist_mlp, svhn_convnet
-from bnnlib.shift import ShiftBatchNorm1d, ShiftBatchNorm2d
+from bnnlib.nn.layers import BinaryConv2d, BinaryLinear, SignActivation, is_binary_layer
+from bnnlib.nn.models import MODELS, build, cifar10_convnet, mnist_mlp, svhn_convnet
+from bnnlib.nn.shift import ShiftBatchNorm1d, ShiftBatchNorm2d
 
 BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, ShiftBatchNorm1d, ShiftBatchNorm2d)
 

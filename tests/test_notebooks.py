@@ -22,15 +22,16 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from bnnlib import book, data, results
-from bnnlib import record as rec
+from bnnlib import data, results
+from bnnlib.book import record as rec
+from bnnlib.book import runner as book
 
 ROOT = Path(__file__).resolve().parent.parent
 BOOK = ROOT / "book"
 NOTEBOOKS = sorted(BOOK.glob("[0-9][0-9]_*.ipynb"))
 IDS = [p.stem for p in NOTEBOOKS]
 # Notebooks import bnnlib, torch or numpy where needed, and the standard library; plotly and
-# ipywidgets only through bnnlib.viz.
+# ipywidgets only through bnnlib.book.viz.
 ALLOWED_IMPORTS = {"bnnlib", "torch", "numpy"} | set(sys.stdlib_module_names)
 
 
@@ -148,7 +149,7 @@ def check_07(r: dict) -> None:
 
 def check_08(r: dict) -> None:
     import bnnlib
-    from bnnlib import energy
+    from bnnlib.analysis import energy
 
     s = r["energy_settings"]
     kw = {
@@ -158,7 +159,7 @@ def check_08(r: dict) -> None:
         "mlp": (bnnlib.mnist_mlp(hidden=s["HIDDEN"]), (1, 28, 28)),
         "convnet": (bnnlib.cifar10_convnet(width=s["WIDTH"]), (3, 32, 32)),
     }
-    for key, (net, shape) in nets.items():  # the recorded ratios are bnnlib.energy's
+    for key, (net, shape) in nets.items():  # the recorded ratios are bnnlib.analysis.energy's
         rep = energy.energy(net, shape, **kw)
         for part in ("total", "compute", "memory", "weight_accesses"):
             assert r[f"energy_ratio_{part}_{key}"] == pytest.approx(rep.ratios[part], rel=1e-9)
@@ -251,7 +252,7 @@ def test_notebook_shape(path):
     assert "torch.manual_seed(SEED)" in code, "seed the notebook"
     assert "record(" in code, "record the results"
     for forbidden in ("import plotly", "import ipywidgets", ".show()"):
-        assert forbidden not in code, f"{forbidden!r}: go through bnnlib.viz"
+        assert forbidden not in code, f"{forbidden!r}: go through bnnlib.book.viz"
     if "fit(" in code:
         assert "DEVICE" in declared and "select_device(DEVICE)" in code
 
@@ -302,7 +303,7 @@ def test_notebook_runs_and_records(path, tmp_path, monkeypatch):
 _PROBE = """
 import json
 import plotly.utils
-from bnnlib.viz import WidgetView
+from bnnlib.book.viz import WidgetView
 
 def _dump(fig):
     traces = [{k: v for k, v in t.items() if k != "uid"} for t in fig.to_plotly_json()["data"]]

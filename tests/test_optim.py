@@ -1,4 +1,4 @@
-"""Tests of bnnlib.optim: Glorot LR scale, clipping, Adam, shift-based AdaMax, LR schedule.
+"""Tests of bnnlib.nn.optim: Glorot LR scale, clipping, Adam, shift-based AdaMax, LR schedule.
 
 Oracles: ``torch.optim.Adam`` with the scaled learning rates (then clamp), Algorithm 4
 (shift-based AdaMax) computed by hand with a Python AP2, the Glorot scales written out
@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from bnnlib.layers import BinaryConv2d, BinaryLinear, SignActivation
-from bnnlib.optim import (
+from bnnlib.nn.layers import BinaryConv2d, BinaryLinear, SignActivation
+from bnnlib.nn.optim import (
     Adam,
     ShiftAdaMax,
     clip_binary_weights,

@@ -1,4 +1,4 @@
-"""bnnlib.publish: a finished run becomes a committed result, checked packed on its test split."""
+"""bnnlib.repro.publish: a finished run becomes a committed result, checked packed."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import json
 import pytest
 from test_train import write_tiny_npz
 
-from bnnlib import inference, publish, results
-from bnnlib import train as T
+from bnnlib import inference, results
+from bnnlib.repro import publish
+from bnnlib.train import cli as train_cli
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +18,7 @@ def finished_run(tmp_path_factory):
     name = write_tiny_npz(tmp / "tiny.npz", n_train=120, n_test=60)
     argv = ["--preset", "torch7", "--dataset", name, "--hidden", "16", "--depth", "1"]
     argv += ["--epochs", "3", "--batch-size", "30", "--out", str(tmp / "run"), "--no-progress"]
-    history = T.main(argv)
+    history = train_cli.main(argv)
     return tmp, argv, history
 
 
@@ -58,15 +59,15 @@ def test_publish_cli_refuses_a_folder_without_checkpoint(tmp_path, capsys):
 def test_command_names_each_resume_that_extended_the_run():
     argv = ["--preset", "torch7", "--epochs", "80", "--seed", "0", "--out", "runs/t7"]
     config = {"argv": argv, "extended": [{"from_epochs": 80, "to_epochs": 120, "at_epoch": 80}]}
-    cmd = publish._command(config)
+    cmd = publish.command_line(config)
     assert cmd.startswith("python -m bnnlib.train --preset torch7 --epochs 80 --seed 0")
     assert "&& python -m bnnlib.train --preset torch7 --epochs 120 --seed 0 --out runs/t7 " in cmd
     assert "--resume  # resumed at epoch 80, 80 -> 120 epochs" in cmd
     recorded = [*argv[:3], "120", "--resume"]  # the resume's own command line, when recorded
     config["extended"][0]["argv"] = recorded
     assert (
-        publish._command(config)
+        publish.command_line(config)
         .split(" && ")[1]
         .startswith("python -m bnnlib.train " + " ".join(recorded) + "  #")
     )
-    assert publish._command({"argv": argv}) == "python -m bnnlib.train " + " ".join(argv)
+    assert publish.command_line({"argv": argv}) == "python -m bnnlib.train " + " ".join(argv)

@@ -1,4 +1,4 @@
-"""bnnlib.recipes: the short-run recipe is chosen on validation error, never on test error."""
+"""bnnlib.train.recipes: the short-run recipe is chosen on validation error, never on test error."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import pytest
 from test_train import write_tiny_npz
 
-from bnnlib import recipes
+from bnnlib.train import recipes
 
 
 def test_winner_is_the_lowest_validation_error_not_test():
@@ -34,7 +34,7 @@ def test_compare_trains_each_candidate_writes_json_and_resumes(tmp_path, monkeyp
     for row in saved["rows"]:
         assert 0 <= row["val_error"] <= 1 and 0 <= row["test_error_at_best"] <= 1
     # A second call trains nothing again: the rows are already there.
-    monkeypatch.setattr(recipes.train, "main", lambda argv: pytest.fail("retrained"))
+    monkeypatch.setattr(recipes, "train_main", lambda argv: pytest.fail("retrained"))
     assert recipes.compare(base, out, candidates)["rows"] == saved["rows"]
     with pytest.raises(ValueError, match="other flags"):
         recipes.compare([*base[:-1], "1"], out, candidates)

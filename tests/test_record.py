@@ -1,4 +1,4 @@
-"""Tests of bnnlib.record: what notebooks record, in a file (the runner) or in memory."""
+"""Tests of bnnlib.book.record: what notebooks record, in a file (the runner) or in memory."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from bnnlib import machine
-from bnnlib import record as rec
+from bnnlib import files, hardware
+from bnnlib.book import record as rec
 
 
 @pytest.fixture
@@ -109,40 +109,40 @@ def test_read_errors_name_the_file(tmp_path):
 
 
 def test_hardware_and_device(capsys):
-    assert machine.hardware().startswith("CPU: ")
-    assert machine.select_device("cpu").type == "cpu"
+    assert hardware.hardware().startswith("CPU: ")
+    assert hardware.select_device("cpu").type == "cpu"
     assert "CPU path" in capsys.readouterr().out
     with pytest.raises(ValueError, match="auto"):
-        machine.select_device("tpu")
+        hardware.select_device("tpu")
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="no CUDA GPU"):
-            machine.select_device("cuda")
-        assert machine.select_device("auto").type == "cpu"
+            hardware.select_device("cuda")
+        assert hardware.select_device("auto").type == "cpu"
     else:
-        assert machine.hardware("cuda").startswith("GPU: ")
+        assert hardware.hardware("cuda").startswith("GPU: ")
 
 
 def test_cpu_flags_match_proc_cpuinfo():
     flags = set()
     with open("/proc/cpuinfo") as f:
         flags = set(next(line for line in f if line.startswith("flags")).split(":")[1].split())
-    assert machine.cpu_flags() == [f for f in machine.POPCOUNT_FLAGS if f in flags]
-    assert all(f in machine.hardware() for f in machine.cpu_flags())
-    d = machine.describe_machine()
-    assert d["cpu_flags"] == machine.cpu_flags() and d["cpu"] == machine.cpu_model()
+    assert hardware.cpu_flags() == [f for f in hardware.POPCOUNT_FLAGS if f in flags]
+    assert all(f in hardware.hardware() for f in hardware.cpu_flags())
+    d = hardware.describe_machine()
+    assert d["cpu_flags"] == hardware.cpu_flags() and d["cpu"] == hardware.cpu_model()
 
 
 def test_atomic_write_keeps_the_old_file_when_the_writer_fails(tmp_path):
     path = tmp_path / "a" / "f.json"
-    machine.atomic_write(path, b"old")
+    files.atomic_write(path, b"old")
 
     def broken(f):
         f.write(b"half")
         raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
-        machine.atomic_write(path, broken)
+        files.atomic_write(path, broken)
     assert path.read_bytes() == b"old"
     assert [p.name for p in path.parent.iterdir()] == ["f.json"]  # no temporary left
-    machine.atomic_write(path, lambda f: f.write(b"new"))
+    files.atomic_write(path, lambda f: f.write(b"new"))
     assert path.read_bytes() == b"new"

@@ -1,4 +1,4 @@
-"""bnnlib.reproduce: the one-command GPU reproduction, rehearsed on the CPU with a tiny schedule."""
+"""bnnlib.repro.reproduce: the one-command GPU reproduction, rehearsed on the CPU."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from bnnlib import data, reproduce
+from bnnlib import data
+from bnnlib.repro import reproduce
 
 
 def _have(name: str) -> bool:

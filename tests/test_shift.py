@@ -1,4 +1,4 @@
-"""Tests of bnnlib.shift: AP2 and shift-based batch norm (paper Section 1.4, Algorithm 3).
+"""Tests of bnnlib.nn.shift: AP2 and shift-based batch norm (paper Section 1.4, Algorithm 3).
 
 Oracles: AP2 written out with Python's math module, ``nn.BatchNorm1d/2d`` for the
 normalization (within AP2's error bound) and for the running statistics, and
@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from bnnlib.shift import ShiftBatchNorm1d, ShiftBatchNorm2d, ap2, ap2_ste
+from bnnlib.nn.shift import ShiftBatchNorm1d, ShiftBatchNorm2d, ap2, ap2_ste
 
 SQRT2 = math.sqrt(2.0)
 BOUND = 2.0 ** (5 / 4)  # AP2(gamma) * AP2(1/std) * sqrt(apx_var) error: 2^(1/2+1/2+1/4)

@@ -1,4 +1,4 @@
-"""Tests of bnnlib.ste: the straight-through estimator, paper Eq. 4.
+"""Tests of bnnlib.nn.ste: the straight-through estimator, paper Eq. 4.
 
 forward q = Sign(r); backward g_r = g_q * 1{|r| <= 1}. Oracles: torch.autograd of
 hardtanh (away from the kinks at ±1, where torch's convention differs), central finite
@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bnnlib.ste import ESTIMATORS, identity_ste_sign, ste_sign
+from bnnlib.nn.ste import ESTIMATORS, identity_ste_sign, ste_sign
 
 
 def _inputs(n: int = 2000, seed: int = 0) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""bnnlib.summary: parameter counts, packed memory and MACs against independent arithmetic."""
+"""bnnlib.analysis.summary: parameter counts, packed memory and MACs against hand arithmetic."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from bnnlib import models
-from bnnlib.layers import is_binary_layer
-from bnnlib.summary import summary
+from bnnlib.analysis.summary import summary
+from bnnlib.nn import models
+from bnnlib.nn.layers import is_binary_layer
 
 
 def test_paper_mlp_packs_at_least_31x():

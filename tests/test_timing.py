@@ -1,11 +1,13 @@
-"""bnnlib.timing: median of repeats after warm-up, device synchronized before each clock read."""
+"""bnnlib.bench.timing: median of repeats after warm-up, device synchronized per read."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from bnnlib import bench, bench_kernels, timing
+from bnnlib.bench import cli as bench
+from bnnlib.bench import kernels as bench_kernels
+from bnnlib.bench import timing
 
 
 def test_fake_clock_median_and_call_order():

@@ -1,4 +1,4 @@
-"""bnnlib.trace: one forward pass recording each layer's shapes, shared by summary, energy
+"""bnnlib.analysis.trace: one forward pass recording each layer's shapes, shared by summary, energy
 and filters; and the guess of a model's input shape."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from bnnlib import models
-from bnnlib.layers import BinaryConv2d, BinaryLinear, SignActivation
-from bnnlib.trace import Call, guess_input_shape, layers, trace
+from bnnlib.analysis.trace import Call, guess_input_shape, layers, trace
+from bnnlib.nn import models
+from bnnlib.nn.layers import BinaryConv2d, BinaryLinear, SignActivation
 
 
 def test_shapes_names_and_order_of_an_mlp():
@@ -96,7 +96,7 @@ def test_layers_and_guess_input_shape():
 
 
 def test_image_side_is_the_smallest_fitting_square():
-    from bnnlib.trace import image_side
+    from bnnlib.analysis.trace import image_side
 
     assert image_side(models.cifar10_convnet(width=1 / 16)) == 32
     assert image_side(models.cifar10_convnet(width=1 / 16, image_size=16)) == 16

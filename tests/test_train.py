@@ -13,9 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from bnnlib import data, models
+from bnnlib import data
 from bnnlib import train as T
-from bnnlib.optim import lr_at_epoch
+from bnnlib.data import loaders
+from bnnlib.nn import models
+from bnnlib.nn.optim import lr_at_epoch
+from bnnlib.train import cli as train_cli
+from bnnlib.train import fast_step, loop
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -81,7 +85,7 @@ def test_fit_learns_and_records_history():
 def test_best_state_is_the_best_validation_weights(monkeypatch):
     vals = iter([0.5, 0.2, 0.3, 0.2, 0.4])  # ties: the later epoch (4) wins, Theano's <=
     snapshots = []
-    real = T._dist_errors
+    real = loop.dist_errors
 
     def fake(net, ds, bs, rank, world):
         if ds is not None and ds.split == "val":
@@ -89,7 +93,7 @@ def test_best_state_is_the_best_validation_weights(monkeypatch):
             return next(vals)
         return real(net, ds, bs, rank, world)
 
-    monkeypatch.setattr(T, "_dist_errors", fake)
+    monkeypatch.setattr(loop, "dist_errors", fake)
     h = run(tiny_net(), epochs=5)
     assert h.best_epoch == 4 and h.best_val_error == 0.2
     for k, v in h.best_state.items():
@@ -214,7 +218,7 @@ def test_cli_run_and_resume(tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["--model", "mnist_mlp", "--dataset", name, "--hidden", "16", "--depth", "1"]
     argv += ["--epochs", "2", "--batch-size", "30", "--out", str(out), "--no-progress"]
-    h = T.main(argv)
+    h = train_cli.main(argv)
     assert {p.name for p in out.iterdir()} == {
         "history.json",
         "checkpoint.pt",
@@ -231,7 +235,7 @@ def test_cli_run_and_resume(tmp_path, capsys):
     assert state["2.weight"].shape == (16, 16)
     assert "best validation epoch" in capsys.readouterr().out
     # Resuming a finished run trains nothing more and gives the same history.
-    again = T.main([*argv, "--resume"])
+    again = train_cli.main([*argv, "--resume"])
     assert no_times(again) == no_times(h)
 
 
@@ -239,16 +243,18 @@ def test_cli_paper_recipe(tmp_path):
     name = write_tiny_npz(tmp_path / "tiny.npz")
     argv = ["--model", "mnist_mlp", "--dataset", name, "--hidden", "16", "--depth", "1"]
     argv += ["--epochs", "1", "--batch-size", "30", "--no-progress", "--recipe", "paper"]
-    h = T.main(argv)
+    h = train_cli.main(argv)
     assert h.config["lr_end"] == 3e-7 and h.config["dropout_hidden"] == 0.5
-    h = T.main([*argv, "--lr-end", "1e-4", "--dropout-hidden", "0.1"])  # explicit values win
+    h = train_cli.main(
+        [*argv, "--lr-end", "1e-4", "--dropout-hidden", "0.1"]
+    )  # explicit values win
     assert h.config["lr_end"] == 1e-4 and h.config["dropout_hidden"] == 0.1
 
 
 def test_cli_torch7_preset_sets_the_torch7_setup(tmp_path):
     name = write_tiny_npz(tmp_path / "tiny.npz")
     argv = ["--preset", "torch7", "--dataset", name, "--hidden", "16", "--depth", "1"]
-    h = T.main([*argv, "--epochs", "1", "--batch-size", "30", "--no-progress"])
+    h = train_cli.main([*argv, "--epochs", "1", "--batch-size", "30", "--no-progress"])
     c = h.config
     assert c["preset"] == "torch7" and c["model"] == "mnist_mlp" and c["recipe"] == "preset"
     assert c["optimizer"] == "shift_adamax_torch7" and c["glorot_scale"] == "torch7"
@@ -257,27 +263,27 @@ def test_cli_torch7_preset_sets_the_torch7_setup(tmp_path):
     assert c["batchnorm"] == "shift" and c["dropout_in"] == 0 and c["dropout_hidden"] == 0
     assert c["hidden"] == 16 and c["batch_size"] == 30  # explicit flags win over the preset
     # Without overrides: 2048 hidden units, batch 100, 100 epochs.
-    st = T.resolve_settings(T._parser().parse_args(["--preset", "torch7"]))
-    assert (st["hidden"], st["batch_size"], st["epochs"]) == (2048, 100, 100)
-    assert st["last_batchnorm"] == "standard" and st["bn_momentum"] == 0.125
+    st = train_cli.resolve_settings(train_cli.build_parser().parse_args(["--preset", "torch7"]))
+    assert (st.hidden, st.batch_size, st.epochs) == (2048, 100, 100)
+    assert st.last_batchnorm == "standard" and st.bn_momentum == 0.125
 
 
 def test_cli_stochastic_flags_separately():
-    parse = T._parser().parse_args
-    st = T.resolve_settings(parse(["--model", "mnist_mlp", "--stochastic-activations"]))
-    assert st["stochastic_activations"] and not st["stochastic_weights"]
-    st = T.resolve_settings(parse(["--model", "mnist_mlp", "--stochastic-weights"]))
-    assert st["stochastic_weights"] and not st["stochastic_activations"]
-    st = T.resolve_settings(parse(["--model", "mnist_mlp", "--stochastic"]))
-    assert st["stochastic_weights"] and st["stochastic_activations"]
+    parse = train_cli.build_parser().parse_args
+    st = train_cli.resolve_settings(parse(["--model", "mnist_mlp", "--stochastic-activations"]))
+    assert st.stochastic_activations and not st.stochastic_weights
+    st = train_cli.resolve_settings(parse(["--model", "mnist_mlp", "--stochastic-weights"]))
+    assert st.stochastic_weights and not st.stochastic_activations
+    st = train_cli.resolve_settings(parse(["--model", "mnist_mlp", "--stochastic"]))
+    assert st.stochastic_weights and st.stochastic_activations
 
 
 def test_cli_preset_with_another_model_or_no_model(capsys):
     with pytest.raises(SystemExit):
-        T.main(["--preset", "torch7", "--model", "cifar10_convnet"])
+        train_cli.main(["--preset", "torch7", "--model", "cifar10_convnet"])
     assert "--preset torch7 trains mnist_mlp, not cifar10_convnet" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        T.main([])
+        train_cli.main([])
     assert "choose a model with --model" in capsys.readouterr().err
 
 
@@ -303,20 +309,20 @@ def test_max_time_stops_at_an_epoch_boundary_and_says_so(tmp_path):
 
 def test_cli_unknown_model(capsys):
     with pytest.raises(SystemExit):
-        T.main(["--model", "resnet50"])
+        train_cli.main(["--model", "resnet50"])
     assert "invalid choice: 'resnet50'" in capsys.readouterr().err
 
 
 def test_cli_unknown_dataset(capsys):
     with pytest.raises(SystemExit):
-        T.main(["--model", "mnist_mlp", "--dataset", "imagenet"])
+        train_cli.main(["--model", "mnist_mlp", "--dataset", "imagenet"])
     assert "unknown dataset 'imagenet'" in capsys.readouterr().err
 
 
 def test_cli_missing_data(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(data, "_online", lambda url, timeout=3.0: (False, "example.org"))
+    monkeypatch.setattr(loaders, "probe_online", lambda url, timeout=3.0: (False, "example.org"))
     with pytest.raises(SystemExit):
-        T.main(["--model", "mnist_mlp", "--data-root", str(tmp_path), "--epochs", "1"])
+        train_cli.main(["--model", "mnist_mlp", "--data-root", str(tmp_path), "--epochs", "1"])
     err = capsys.readouterr().err
     assert str(tmp_path / "MNIST" / "raw") in err and "BNN_DATA_DIR" in err and "offline" in err
 
@@ -388,7 +394,7 @@ def test_fast_path_resumes_bit_exact_from_either_path(tmp_path):
 
 def test_shift_adamax_foreach_equals_its_step_with_mixed_steps():
     """A group whose parameters are at different steps takes the per-parameter loop."""
-    from bnnlib.optim import ShiftAdaMax
+    from bnnlib.nn.optim import ShiftAdaMax
 
     nets = [tiny_net(batchnorm="shift") for _ in range(2)]
     opts = [ShiftAdaMax(n, lr=2.0**-6) for n in nets]
@@ -400,7 +406,7 @@ def test_shift_adamax_foreach_equals_its_step_with_mixed_steps():
                 # the last parameter has no gradient in the first step: steps differ after
                 p.grad = None if (step == 0 and i == len(grads) - 1) else gr.clone()
         opts[0].step()
-        T.shift_adamax_foreach(opts[1])
+        fast_step.shift_adamax_foreach(opts[1])
     _same_params(*nets)
 
 

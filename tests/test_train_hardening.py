@@ -15,8 +15,12 @@ import pytest
 import torch
 from test_train import _Stop, _stop_after, run, tiny_net, write_tiny_npz
 
-from bnnlib import data, train_cli
+from bnnlib import data
 from bnnlib import train as T
+from bnnlib.nn.losses import square_hinge
+from bnnlib.train import cli as train_cli
+from bnnlib.train import loop, runfolder
+from bnnlib.train import run as train_run
 
 
 def _argv(name: str, out: Path, *extra: str) -> list[str]:
@@ -42,7 +46,7 @@ def tiny(tmp_path):
 
 def _cli_error(argv, capsys) -> str:
     with pytest.raises(SystemExit) as e:
-        T.main(argv)
+        train_cli.main(argv)
     assert e.value.code != 0
     return capsys.readouterr().err
 
@@ -74,7 +78,7 @@ def _no_data(monkeypatch):
 )
 def test_cli_resume_with_another_model_setting_is_refused(tiny, capsys, change, names):
     name, out = tiny
-    T.main(_argv(name, out, "--max-time", "1e-9"))  # stops after epoch 1 of 2
+    train_cli.main(_argv(name, out, "--max-time", "1e-9"))  # stops after epoch 1 of 2
     before = (out / "checkpoint.pt").read_bytes()
     err = _cli_error([*_argv(name, out), *change, "--resume"], capsys)
     assert "cannot resume" in err
@@ -86,7 +90,7 @@ def test_cli_resume_with_another_model_setting_is_refused(tiny, capsys, change, 
 
 def test_cli_resume_on_another_dataset_is_refused(tiny, tmp_path, capsys):
     name, out = tiny
-    T.main(_argv(name, out, "--max-time", "1e-9"))
+    train_cli.main(_argv(name, out, "--max-time", "1e-9"))
     other = write_tiny_npz(tmp_path / "other.npz")
     err = _cli_error([*_argv(other, out), "--resume"], capsys)
     assert "cannot resume" in err and "dataset: checkpoint" in err
@@ -95,8 +99,10 @@ def test_cli_resume_on_another_dataset_is_refused(tiny, tmp_path, capsys):
 
 def test_cli_resume_with_the_same_settings_continues(tiny):
     name, out = tiny
-    T.main(_argv(name, out, "--max-time", "1e-9"))
-    h = T.main([*_argv(name, out), "--resume", "--max-time", "1e6", "--eval-batch-size", "7"])
+    train_cli.main(_argv(name, out, "--max-time", "1e-9"))
+    h = train_cli.main(
+        [*_argv(name, out), "--resume", "--max-time", "1e6", "--eval-batch-size", "7"]
+    )
     assert [r["epoch"] for r in h.epochs] == [1, 2]  # argv, max time, eval batch: not compared
 
 
@@ -117,7 +123,7 @@ def test_fit_resume_without_a_checkpoint_is_an_error(tmp_path):
 def test_fit_resume_with_another_architecture_names_it(tmp_path):
     run(tiny_net(), epochs=1, checkpoint=tmp_path / "c.pt")
     torch.manual_seed(0)
-    from bnnlib import models
+    from bnnlib.nn import models
 
     wider = models.mnist_mlp(hidden=40, depth=2, in_features=16, num_classes=3)
     with pytest.raises(T.RunConfigError, match="other model"):
@@ -149,16 +155,16 @@ def test_the_running_torch7_checkpoint_still_resumes(data_root, tmp_path, monkey
     got = {}
 
     def fake_fit(net, train, val, test, **kw):
-        got.update(T.run_config(train, val, test, **kw))
+        got.update(runfolder.run_config(train, val, test, **kw))
         raise _Stop
 
-    monkeypatch.setattr(train_cli, "fit", fake_fit)
+    monkeypatch.setattr(train_run, "fit", fake_fit)
     out = tmp_path / "torch7"
     out.mkdir()
     (out / "checkpoint.pt").write_bytes(b"")  # --resume needs one; fit is replaced
     argv = ["--preset", "torch7", "--epochs", "80", "--max-time", "3000", "--seed", "0"]
     with pytest.raises(_Stop):
-        T.main([*argv, "--out", str(out), "--resume", "--data-root", str(data_root)])
+        train_cli.main([*argv, "--out", str(out), "--resume", "--data-root", str(data_root)])
     assert T.config_differences(TORCH7_RUN_CONFIG, got) == {}
 
 
@@ -167,12 +173,12 @@ def test_the_running_torch7_checkpoint_still_resumes(data_root, tmp_path, monkey
 
 def test_cli_refuses_an_existing_run_folder(tiny, capsys):
     name, out = tiny
-    T.main(_argv(name, out))
+    train_cli.main(_argv(name, out))
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     err = _cli_error(_argv(name, out), capsys)
     assert "holds a run" in err and "--resume" in err and "--overwrite" in err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
-    h = T.main([*_argv(name, out, "--epochs", "1"), "--overwrite"])
+    h = train_cli.main([*_argv(name, out, "--epochs", "1"), "--overwrite"])
     assert len(h.epochs) == 1
     assert len(json.loads((out / "history.json").read_text())["epochs"]) == 1
     assert {p.name for p in out.iterdir()} == set(before)  # the lock is gone
@@ -200,7 +206,7 @@ def test_cli_lock_refuses_a_concurrent_run(tiny, capsys, monkeypatch):
         sleeper.kill()
         sleeper.wait()
     # Its process is gone: the stale lock is taken over, with a message, and removed at the end.
-    T.main(_argv(name, out))
+    train_cli.main(_argv(name, out))
     assert f"stale lock of process {sleeper.pid}" in capsys.readouterr().err
     assert not (out / ".lock").exists()
 
@@ -208,15 +214,15 @@ def test_cli_lock_refuses_a_concurrent_run(tiny, capsys, monkeypatch):
 def test_cli_two_runs_at_once_on_one_folder(tiny, monkeypatch, capsys):
     """While a run trains (its fit is here), a second one on the same folder is refused."""
     name, out = tiny
-    real_fit = train_cli.fit
+    real_fit = train_run.fit
     errors = []
 
     def fit_with_a_second_run(*a, **kw):
         errors.append(_cli_error(_argv(name, out, "--overwrite"), capsys))
         return real_fit(*a, **kw)
 
-    monkeypatch.setattr(train_cli, "fit", fit_with_a_second_run)
-    T.main(_argv(name, out))
+    monkeypatch.setattr(train_run, "fit", fit_with_a_second_run)
+    train_cli.main(_argv(name, out))
     assert f"in use by process {os.getpid()}" in errors[0]
     assert not (out / ".lock").exists()
 
@@ -227,9 +233,9 @@ def test_cli_lock_is_released_when_the_run_fails(tiny, monkeypatch):
     def boom(*a, **kw):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(train_cli, "fit", boom)
+    monkeypatch.setattr(train_run, "fit", boom)
     with pytest.raises(RuntimeError, match="boom"):
-        T.main(_argv(name, out))
+        train_cli.main(_argv(name, out))
     assert not (out / ".lock").exists()
 
 
@@ -270,7 +276,7 @@ def test_fit_refuses_bad_values(kw, message):
 
 
 def _nan_from_epoch(monkeypatch, epoch: int, steps_per_epoch: int = 6):
-    real = T.square_hinge
+    real = square_hinge
     calls = []
 
     def hinge(out, target):
@@ -278,7 +284,7 @@ def _nan_from_epoch(monkeypatch, epoch: int, steps_per_epoch: int = 6):
         loss = real(out, target)
         return loss * float("nan") if len(calls) > (epoch - 1) * steps_per_epoch else loss
 
-    monkeypatch.setattr(T, "square_hinge", hinge)
+    monkeypatch.setattr(loop, "square_hinge", hinge)
 
 
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
@@ -390,11 +396,11 @@ def test_a_checksum_is_required_from_format_2_on(tmp_path):
 
 def test_a_run_removes_stale_checkpoint_temporaries(tiny, capsys):
     name, out = tiny
-    T.main(_argv(name, out, "--max-time", "1e-9"))
+    train_cli.main(_argv(name, out, "--max-time", "1e-9"))
     stale = [out / ".checkpoint.pt.k1ll3d.tmp", out / ".history.json.x.tmp"]
     for p in stale:
         p.write_bytes(b"half a checkpoint")
     (out / "notes.tmp").write_text("not ours")
-    T.main([*_argv(name, out), "--resume"])
+    train_cli.main([*_argv(name, out), "--resume"])
     assert not any(p.exists() for p in stale) and (out / "notes.tmp").exists()
     assert "removed a stale temporary file" in capsys.readouterr().err

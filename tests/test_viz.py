@@ -1,4 +1,4 @@
-"""bnnlib.viz: figures, widgets with a static fallback, plotly.js handling, probes (no kernel)."""
+"""bnnlib.book.viz: figures, widgets with a static fallback, plotly.js, probes."""
 
 from __future__ import annotations
 
@@ -7,14 +7,15 @@ import json
 import plotly.graph_objects as go
 import pytest
 
-from bnnlib import book, viz
+from bnnlib.book import runner as book
+from bnnlib.book import viz
 
 
 def test_sign_probes_see_what_each_estimator_passes_back():
     import torch
 
     import bnnlib
-    from bnnlib import viz
+    from bnnlib.book import viz
 
     torch.manual_seed(0)
     net = bnnlib.mnist_mlp(hidden=32, dropout_in=0, dropout_hidden=0)
@@ -43,7 +44,7 @@ def test_sign_probes_see_what_each_estimator_passes_back():
 def test_switchable_figure_has_one_button_per_option():
     import plotly.graph_objects as go
 
-    from bnnlib import viz
+    from bnnlib.book import viz
 
     figures = {
         "a": go.Figure([go.Scatter(y=[1, 2]), go.Scatter(y=[2, 1])], layout={"title": "A"}),
@@ -66,7 +67,7 @@ def test_figure_html_never_embeds_plotly_js_nor_a_cdn():
 
 def test_show_in_a_live_kernel_emits_only_plotlys_own_mimetype(monkeypatch):
     shown = []
-    monkeypatch.setattr(viz, "_display", shown.append)
+    monkeypatch.setattr(viz, "show_figure", shown.append)
     monkeypatch.delenv(viz.BOOK_ENV, raising=False)
     viz.show(go.Figure(go.Scatter(y=[1, 2]), layout={"title": "t"}))
     assert set(shown[-1]) == {viz.PLOTLY_MIME, "text/plain"}  # a saved notebook stays small

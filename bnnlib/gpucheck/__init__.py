@@ -11,10 +11,10 @@ On a GPU machine, within about 6 minutes (a per-step timeout and an overall budg
 3. ``pytest``: ``pytest -m gpu`` on the GPU test modules (:data:`GPU_TEST_MODULES`); passes only
    with 0 failed, 0 errors and **0 skipped** (a module skipped for "no GPU" still exits 0);
 4. ``sanitizer``: ``compute-sanitizer --tool memcheck`` over a driver (``--step
-   sanitize-driver``) that launches every kernel of :data:`bnnlib.cuda.KERNELS` once on small
+   sanitize-driver``) that launches every kernel of :data:`bnnlib.kernels.cuda.KERNELS` once on small
    odd shapes, each checked exactly against the CPU reference; errors are reported per kernel
    (torch's caching allocator is off there, so an out-of-bounds access hits no neighbour);
-5. ``bench_gemm``: :func:`bnnlib.bench_kernels.bench_gpu_gemm` at 8192^3 (baseline kernel,
+5. ``bench_gemm``: :func:`bnnlib.bench.kernels.bench_gpu_gemm` at 8192^3 (baseline kernel,
    the paper's XNOR kernel, ours incl. the 1-bit tensor-core one, cuBLAS float32 with TF32
    off, TF32 / bf16 / int8 cuBLAS for context; the XNOR kernels with and without the
    packing of both operands);
@@ -52,42 +52,14 @@ its own process), :mod:`.report` (judging output and results, the summary) and
 :mod:`.orchestrate` (:func:`main`: the steps in order, results written as they come).
 """
 
-# ruff: noqa: E501, F401  (the docstring's GPU session command is long on purpose; the imports
-# are re-exports: every name stays importable from bnnlib.gpucheck, as before the split)
+# ruff: noqa: E501  (the docstring's GPU session command is long on purpose)
 from __future__ import annotations
 
-from .config import (
-    BEGIN_TAG,
-    BUDGET_S,
-    END_TAG,
-    GPU_TEST_MODULES,
-    REPO,
-    RESULT_TAG,
-    STEPS,
-    Step,
-    _now,
-    _parse,
-    _parser,
-    _sanitizer,
-    _self_cmd,
-    _write_json,
-    plan,
-)
-from .env import _PROBE, _env
-from .orchestrate import main
-from .report import (
-    _ge,
-    _gemm_ok,
-    _mlp_ok,
-    _result_line,
-    _summary_lines,
-    acceptance,
-    pytest_counts,
-    sanitizer_report,
-)
-from .runner import ABORT_HINT, _child_env, _quick_run, run_step_process
-from .sanitize import SANITIZE_CASES, _step_sanitize_driver
-from .steps import _step_bench_gemm, _step_bench_mlp, _step_pycuda, _worker
+from bnnlib.gpucheck.config import GPU_TEST_MODULES, STEPS, plan
+from bnnlib.gpucheck.orchestrate import main
+from bnnlib.gpucheck.report import pytest_counts, sanitizer_report
+from bnnlib.gpucheck.runner import run_step_process
+from bnnlib.gpucheck.sanitize import SANITIZE_CASES
 
 __all__ = [
     "STEPS",

@@ -44,17 +44,17 @@ BUDGET_S = 340
 # --------------------------------------------------------------------------- small helpers
 
 
-def _now() -> str:
+def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _write_json(path: Path, obj: dict) -> None:
-    from ..machine import atomic_write
+def write_json(path: Path, obj: dict) -> None:
+    from bnnlib.files import atomic_write
 
     atomic_write(path, (json.dumps(obj, indent=1, default=str) + "\n").encode())
 
 
-def _self_cmd(step: str, args) -> list[str]:
+def self_command(step: str, args) -> list[str]:
     cmd = [sys.executable, "-m", "bnnlib.gpucheck", "--step", step, "--out", str(args.out)]
     for flag in ("n", "hidden", "repeats", "n_test", "n_calib"):
         v = getattr(args, flag)
@@ -67,7 +67,7 @@ def _self_cmd(step: str, args) -> list[str]:
     return cmd
 
 
-def _sanitizer() -> str:
+def sanitizer_path() -> str:
     found = shutil.which("compute-sanitizer")
     if found:
         return found
@@ -86,13 +86,13 @@ def _step_commands(args) -> dict[str, list[str]]:
     out = Path(args.out)
     return {
         "env": ["(in process)", "nvidia-smi", "nvcc --version", "compute-sanitizer --version"],
-        "pycuda": _self_cmd("pycuda", args),
+        "pycuda": self_command("pycuda", args),
         "pytest": [sys.executable, "-m", "pytest", "-m", "gpu", "-p", "no:cacheprovider"]
         + ["-q", f"--junitxml={out / 'pytest.xml'}", *GPU_TEST_MODULES],
-        "sanitizer": [_sanitizer(), "--tool", "memcheck", "--error-exitcode", "86"]
-        + ["--print-limit", "200", *_self_cmd("sanitize-driver", args)],
-        "bench_gemm": _self_cmd("bench-gemm", args),
-        "bench_mlp": _self_cmd("bench-mlp", args),
+        "sanitizer": [sanitizer_path(), "--tool", "memcheck", "--error-exitcode", "86"]
+        + ["--print-limit", "200", *self_command("sanitize-driver", args)],
+        "bench_gemm": self_command("bench-gemm", args),
+        "bench_mlp": self_command("bench-mlp", args),
     }
 
 
@@ -160,7 +160,7 @@ def _parse_timeouts(items: list[str]) -> dict[str, float]:
     return timeouts
 
 
-def _parse(argv: list[str] | None):
+def parse_args(argv: list[str] | None):
     args = _parser().parse_args(argv)
     args.timeouts = _parse_timeouts(args.timeout)
     if args.quick:

@@ -9,8 +9,8 @@ import platform
 import shutil
 import sys
 
-from .config import _sanitizer
-from .runner import _quick_run
+from bnnlib.gpucheck.config import sanitizer_path
+from bnnlib.gpucheck.runner import quick_run
 
 _PROBE = r"""
 import json, sys
@@ -21,7 +21,7 @@ try:
 except Exception as e:
     out["pycuda"] = {"imports": False, "error": f"{type(e).__name__}: {e}"}
 try:
-    import bnnlib, bnnlib.bench, bnnlib.inference, bnnlib.cuda as bc
+    import bnnlib, bnnlib.bench, bnnlib.inference, bnnlib.kernels.cuda as bc
     out["bnnlib"] = {"imports": True, "path": bnnlib.__file__}
     out["bnnlib_cuda_reason"] = bc.reason()
 except Exception as e:
@@ -49,7 +49,7 @@ def _versions() -> dict:
 def _gpu() -> dict:
     """The GPU as nvidia-smi names it: name, driver, memory, compute capability."""
     q = "--query-gpu=name,driver_version,memory.total,compute_cap"
-    rc, text = _quick_run(["nvidia-smi", q, "--format=csv,noheader"])
+    rc, text = quick_run(["nvidia-smi", q, "--format=csv,noheader"])
     gpu = {"nvidia_smi": text if rc is not None else None}
     if rc == 0 and text:
         fields = [f.strip() for f in text.splitlines()[0].split(",")]
@@ -61,12 +61,12 @@ def _gpu() -> dict:
 
 def _tools() -> dict:
     """nvcc and compute-sanitizer: where they are, their versions."""
-    from ..cuda import _nvcc
+    from bnnlib.kernels.cuda import nvcc_path
 
-    nvcc = _nvcc()
-    version = _quick_run([nvcc, "--version"])[1].splitlines()[-1:] if nvcc else None
-    san = _sanitizer()
-    rc, text = _quick_run([san, "--version"])
+    nvcc = nvcc_path()
+    version = quick_run([nvcc, "--version"])[1].splitlines()[-1:] if nvcc else None
+    san = sanitizer_path()
+    rc, text = quick_run([san, "--version"])
     return {
         "nvcc": {"path": nvcc, "version": version},
         "compute_sanitizer": {"path": shutil.which(san), "version": text.splitlines()[-1:]},
@@ -75,7 +75,7 @@ def _tools() -> dict:
 
 def _probe(timeout: float) -> dict:
     """Whether PyCUDA and bnnlib import, checked in a child process (:data:`_PROBE`)."""
-    rc, text = _quick_run([sys.executable, "-c", _PROBE], timeout=timeout)
+    rc, text = quick_run([sys.executable, "-c", _PROBE], timeout=timeout)
     try:
         return json.loads(text.splitlines()[-1])
     except (json.JSONDecodeError, IndexError):
@@ -84,7 +84,7 @@ def _probe(timeout: float) -> dict:
 
 def _mnist(root) -> dict:
     """Whether the MNIST test set is found under ``root`` (no download)."""
-    from .. import data
+    from bnnlib import data
 
     try:
         test = data.load("mnist", root, "test", download=False)
@@ -100,19 +100,20 @@ def _log_env(info: dict, log) -> None:
         f"{info['torch_cuda']}), allow_tf32={info['allow_tf32']}; nvcc {info['nvcc']['path']}; "
         f"compute-sanitizer {info['compute_sanitizer']['path']}\n"
         f"PyCUDA: {'imports ' + p.get('version', '') if p.get('imports') else p.get('error')}\n"
-        f"bnnlib: {info.get('bnnlib')}; bnnlib.cuda: {info.get('bnnlib_cuda_reason') or 'ok'}\n"
+        f"bnnlib: {info.get('bnnlib')}; "
+        f"bnnlib.kernels.cuda: {info.get('bnnlib_cuda_reason') or 'ok'}\n"
         f"MNIST: {info['mnist']}\n"
     )
 
 
-def _env(args, log) -> dict:
+def env_step(args, log) -> dict:
     """Machine, versions, TF32, PyCUDA and bnnlib import checks, MNIST (no GPU call)."""
     info = _versions()
     info["gpu"] = _gpu()
     info.update(_tools())
     info.update(_probe(args.timeouts.get("env", 30)))
     info["mnist"] = _mnist(args.data_root or os.environ.get("BNN_DATA_DIR"))
-    rc, text = _quick_run(["git", "rev-parse", "HEAD"])
+    rc, text = quick_run(["git", "rev-parse", "HEAD"])
     info["git_commit"] = text if rc == 0 else None
     _log_env(info, log)
     return info

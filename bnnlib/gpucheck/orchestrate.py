@@ -13,17 +13,17 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .config import _now, _parse, _write_json, plan
-from .env import _env
-from .report import (
-    _result_line,
-    _summary_lines,
+from bnnlib.gpucheck.config import now_iso, parse_args, plan, write_json
+from bnnlib.gpucheck.env import env_step
+from bnnlib.gpucheck.report import (
     acceptance,
     judge_pytest,
     judge_sanitizer,
+    result_line,
+    summary_lines,
 )
-from .runner import _child_env, run_step_process
-from .steps import _worker
+from bnnlib.gpucheck.runner import child_env, run_step_process
+from bnnlib.gpucheck.steps import worker
 
 
 class _Log:
@@ -55,7 +55,7 @@ def _skeleton(args, argv: list[str], steps_plan: list[dict]) -> dict:
         "tool": "bnnlib.gpucheck",
         "command": shlex.join([sys.executable, "-m", "bnnlib.gpucheck", *argv]),
         "cwd": str(Path.cwd()),
-        "date": _now(),
+        "date": now_iso(),
         "dry_run": args.dry_run,
         "out": str(args.out),
         "budget_s": args.budget,
@@ -97,7 +97,7 @@ def _run_env_step(args, doc: dict, log: _Log) -> None:
     log.header("step env")
     t0 = time.monotonic()
     try:
-        env = _env(args, log)
+        env = env_step(args, log)
         doc["env"] = env
         doc["gpu"] = env["gpu"].get("name")
         doc["driver"] = env["gpu"].get("driver")
@@ -128,7 +128,7 @@ def _judge_step(name: str, p: dict, r: dict, out: Path, doc: dict) -> tuple[bool
     """Whether a finished step passed, and the notes on it (``r`` gains its figures)."""
     notes = [p["note"]] if p.get("note") else []
     ok = p["rc"] == 0 and not p["timed_out"]
-    result = _result_line(p["output"])
+    result = result_line(p["output"])
     if result is not None:
         r["result"] = result
     if name == "pytest":
@@ -152,7 +152,7 @@ def _run_step(st: dict, timeout: float, args, doc: dict, log: _Log, env: dict) -
     r: dict = {"command": st["command"], "timeout_s": st["timeout_s"]}
     log.header(f"step {name} (timeout {timeout:.0f} s): {st['command']}")
     if name == "sanitizer":  # every tensor its own allocation: out-of-bounds is visible
-        env = _child_env({"PYTORCH_NO_CUDA_MEMORY_CACHING": "1"})
+        env = child_env({"PYTORCH_NO_CUDA_MEMORY_CACHING": "1"})
     if name == "pytest":
         with contextlib.suppress(OSError):
             (args.out / "pytest.xml").unlink()
@@ -167,7 +167,7 @@ def _run_step(st: dict, timeout: float, args, doc: dict, log: _Log, env: dict) -
 def _run_steps(args, doc: dict, save: Callable[[], None], log: _Log) -> None:
     """Every step but ``env``, in order, each saved as soon as it is done."""
     deadline = log.t_start + args.budget
-    env_child = _child_env()
+    env_child = child_env()
     for st in doc["plan"]:
         name = st["step"]
         if name == "env":
@@ -192,22 +192,22 @@ def _run_steps(args, doc: dict, save: Callable[[], None], log: _Log) -> None:
 def _finish(doc: dict, result: str, save: Callable[[], None], log: _Log) -> None:
     doc["result"] = result
     save()
-    log("\n".join(_summary_lines(doc)) + "\n")
+    log("\n".join(summary_lines(doc)) + "\n")
     log.close()
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = _parse(argv)
+    args = parse_args(argv)
     if args.step:
-        return _worker(args.step, args)
+        return worker(args.step, args)
     t_start = time.monotonic()
     args.out.mkdir(parents=True, exist_ok=True)
     log = _Log(args.out / "gpucheck.log", t_start)
     doc = _skeleton(args, argv, plan(args))
 
     def save() -> None:
-        _write_json(args.out / "gpucheck.json", doc)
+        write_json(args.out / "gpucheck.json", doc)
 
     save()  # the skeleton, before anything can fail
     _log_plan(args, doc["plan"], log)
@@ -221,6 +221,6 @@ def main(argv: list[str] | None = None) -> int:
     _run_steps(args, doc, save, log)
     failed = [n for n, r in doc["steps"].items() if r.get("status") not in ("ok", "skipped")]
     doc["seconds"] = round(time.monotonic() - t_start, 1)
-    doc["date_end"] = _now()
+    doc["date_end"] = now_iso()
     _finish(doc, "ok" if not failed else "FAILED: " + ", ".join(failed), save, log)
     return 0 if not failed else 1

@@ -9,8 +9,8 @@ import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from .config import BEGIN_TAG, END_TAG, RESULT_TAG
-from .sanitize import SANITIZE_CASES
+from bnnlib.gpucheck.config import BEGIN_TAG, END_TAG, RESULT_TAG
+from bnnlib.gpucheck.sanitize import SANITIZE_CASES
 
 
 def pytest_counts(junit_xml: Path | None, output: str = "") -> dict:
@@ -99,7 +99,7 @@ def sanitizer_report(output: str, kernels: list[str]) -> dict:
     }
 
 
-def _result_line(output: str) -> dict | None:
+def result_line(output: str) -> dict | None:
     for line in reversed(output.splitlines()):
         if line.startswith(RESULT_TAG):
             with contextlib.suppress(json.JSONDecodeError):
@@ -149,14 +149,14 @@ def judge_sanitizer(p: dict, r: dict, result: dict | None, notes: list[str]) -> 
 # --------------------------------------------------------------------------- judging results
 
 
-def _gemm_ok(g: dict) -> bool:
+def gemm_ok(g: dict) -> bool:
     """Every figure measured without error and exact (bf16 output rounding excepted)."""
     if not g or any(k.endswith("_error") for k in g) or "kernels_unavailable" in g:
         return False
     return all(v for k, v in g.items() if k.endswith("_exact") and "bf16" not in k)
 
 
-def _mlp_ok(m: dict) -> bool:
+def mlp_ok(m: dict) -> bool:
     """No path failed; the XNOR paths (first layer on the baseline kernel) predict as the
     baseline path; the library's PackedNet.predict on the GPU equals the simulation."""
     if not m or any(k.endswith("_error") for k in m) or "kernels_unavailable" in m:
@@ -204,8 +204,8 @@ def _ge(v, target) -> bool | None:
 # --------------------------------------------------------------------------- summary
 
 
-def _summary_lines(doc: dict) -> list[str]:
-    from ..bench import gpu_table
+def summary_lines(doc: dict) -> list[str]:
+    from bnnlib.bench.cli import gpu_table
 
     lines = [
         "",

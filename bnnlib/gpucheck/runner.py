@@ -11,15 +11,15 @@ import threading
 import time
 from collections.abc import Callable
 
-from .config import REPO
+from bnnlib.gpucheck.config import REPO
 
 ABORT_HINT = (
     "aborted (SIGABRT, exit code 134): a PyCUDA context left on its stack at exit is the "
-    "usual cause (bnnlib.cuda.close() pops it)"
+    "usual cause (bnnlib.kernels.cuda.close() pops it)"
 )
 
 
-def _quick_run(cmd: list[str], timeout: float = 20) -> tuple[int | None, str]:
+def quick_run(cmd: list[str], timeout: float = 20) -> tuple[int | None, str]:
     """(exit code, stdout + stderr) of a short command; (None, why) when it cannot run."""
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO)
@@ -28,7 +28,7 @@ def _quick_run(cmd: list[str], timeout: float = 20) -> tuple[int | None, str]:
     return r.returncode, (r.stdout + r.stderr).strip()
 
 
-def _child_env(extra: dict | None = None) -> dict:
+def child_env(extra: dict | None = None) -> dict:
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
     paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]

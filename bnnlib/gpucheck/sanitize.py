@@ -1,5 +1,5 @@
 """The compute-sanitizer driver of ``python -m bnnlib.gpucheck`` (``--step sanitize-driver``):
-every kernel of :data:`bnnlib.cuda.KERNELS` launched alone on small odd shapes, between
+every kernel of :data:`bnnlib.kernels.cuda.KERNELS` launched alone on small odd shapes, between
 BEGIN/END markers, each checked exactly against the CPU reference."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 import torch
 
-from ..bench_kernels import _pm1
-from .config import BEGIN_TAG, END_TAG
+from bnnlib.bench.kernels import random_pm1
+from bnnlib.gpucheck.config import BEGIN_TAG, END_TAG
 
 
 def _case_baseline(bc, K, dev) -> bool:
@@ -29,7 +29,7 @@ def _xnor_shapes():
 def _case_xnor_paper(bc, K, dev) -> bool:
     ok = True
     for M, N, k in _xnor_shapes():
-        a, b = _pm1(M, k, k), _pm1(N, k, k + 1)
+        a, b = random_pm1(M, k, k), random_pm1(N, k, k + 1)
         ref = (a.double() @ b.double().T).to(torch.int32)
         pa, pb = K.pack(a, word_bits=32).to(dev), K.pack(b, word_bits=32).to(dev)
         ok &= bool(torch.equal(bc.xnor_gemm(pa, pb, k).cpu(), ref))
@@ -40,7 +40,7 @@ def _case_xnor_fast(method: str):
     def case(bc, K, dev) -> bool:
         ok = True
         for M, N, k in _xnor_shapes():
-            a, b = _pm1(M, k, k), _pm1(N, k, k + 1)
+            a, b = random_pm1(M, k, k), random_pm1(N, k, k + 1)
             ref = (a.double() @ b.double().T).to(torch.int32)
             pa, pb = K.pack(a), K.pack(b)
             kw = {}
@@ -58,7 +58,7 @@ def _case_xnor_fast(method: str):
 def _case_popcount(bc, K, dev) -> bool:
     ok = True
     for R, k in ((1, 1), (7, 150), (300, 65)):
-        w = K.pack(_pm1(R, k, R + k))
+        w = K.pack(random_pm1(R, k, R + k))
         ok &= bool(torch.equal(bc.popcount_rows(w.to(dev)).cpu(), K.popcount_rows(w).int()))
     return ok
 
@@ -67,7 +67,7 @@ def _case_pack(word_bits: int, cols: bool):
     def case(bc, K, dev) -> bool:
         ok = True
         for R, k in ((1, 1), (5, 63), (3, 64), (9, 130), (33, 700)):
-            x = _pm1(R, k, R * k)
+            x = random_pm1(R, k, R * k)
             want = K.pack(x, word_bits=word_bits)
             if cols:
                 got = bc.pack_cols(x.T.contiguous().to(dev), word_bits=word_bits, check=False)
@@ -106,14 +106,14 @@ SANITIZE_CASES: dict[str, Callable] = {
 }
 
 
-def _step_sanitize_driver() -> dict:
+def step_sanitize_driver() -> dict:
     """Launch every kernel once per case (markers around each), checked exactly on the CPU."""
-    from .. import cuda as bc
-    from .. import kernels as K
+    from bnnlib import kernels as K
+    from bnnlib.kernels import cuda as bc
 
     bc.require()
     dev = torch.device("cuda")
-    be = bc._backend()
+    be = bc.backend()
     for name in bc.KERNELS:  # compile (from PyCUDA's cache) before the markers
         be.function(name)
     out: dict = {}

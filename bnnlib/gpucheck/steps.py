@@ -11,21 +11,21 @@ import sys
 import time
 from pathlib import Path
 
-from .config import RESULT_TAG, _write_json
-from .report import _gemm_ok, _mlp_ok
-from .sanitize import _step_sanitize_driver
+from bnnlib.gpucheck.config import RESULT_TAG, write_json
+from bnnlib.gpucheck.report import gemm_ok, mlp_ok
+from bnnlib.gpucheck.sanitize import step_sanitize_driver
 
 
 def _step_pycuda() -> dict:
     """Compile every kernel (PyCUDA caches the binaries on disk), one exact launch."""
     import torch
 
-    from .. import cuda as bc
-    from .. import kernels as K
+    from bnnlib import kernels as K
+    from bnnlib.kernels import cuda as bc
 
     res: dict = {"reason": bc.reason()}
     bc.require()
-    be = bc._backend()
+    be = bc.backend()
     res["capability"] = list(be.capability)
     res["compile_s"] = {}
     for name in bc.KERNELS:
@@ -44,29 +44,31 @@ def _step_pycuda() -> dict:
 
 
 def _step_bench_gemm(args) -> dict:
-    from ..bench import _plain, machine_info
-    from ..bench_kernels import bench_gpu_gemm
+    from bnnlib.bench.cli import machine_info
+    from bnnlib.bench.common import plain
+    from bnnlib.bench.kernels import bench_gpu_gemm
 
     path = Path(args.out) / "bench_gemm.json"
     meta = machine_info(["(bnnlib.gpucheck bench_gemm)"])
     meta["command"] = shlex.join(sys.argv)
 
     def write(res: dict) -> None:
-        _write_json(path, {"meta": meta, "gemm": _plain(res)})
+        write_json(path, {"meta": meta, "gemm": plain(res)})
 
     res = bench_gpu_gemm(args.n or 8192, args.repeats or 5, on_result=write, log=print)
-    return {"ok": _gemm_ok(res), "file": str(path)}
+    return {"ok": gemm_ok(res), "file": str(path)}
 
 
 def _step_bench_mlp(args) -> dict:
-    from ..bench import _plain, bench_gpu_mlp, machine_info
+    from bnnlib.bench.cli import bench_gpu_mlp, machine_info
+    from bnnlib.bench.common import plain
 
     path = Path(args.out) / "bench_mlp.json"
     meta = machine_info(["(bnnlib.gpucheck bench_mlp)"])
     meta["command"] = shlex.join(sys.argv)
 
     def write(res: dict) -> None:
-        _write_json(path, {"meta": meta, "mnist_mlp": _plain(res)})
+        write_json(path, {"meta": meta, "mnist_mlp": plain(res)})
 
     res = bench_gpu_mlp(
         hidden=args.hidden or 4096,
@@ -78,14 +80,14 @@ def _step_bench_mlp(args) -> dict:
         on_result=write,
         log=print,
     )
-    return {"ok": _mlp_ok(res), "file": str(path)}
+    return {"ok": mlp_ok(res), "file": str(path)}
 
 
-def _worker(step: str, args) -> int:
+def worker(step: str, args) -> int:
     """``--step NAME``: one step in this process; prints its result as the last line."""
     fns = {
         "pycuda": lambda: _step_pycuda(),
-        "sanitize-driver": lambda: _step_sanitize_driver(),
+        "sanitize-driver": lambda: step_sanitize_driver(),
         "bench-gemm": lambda: _step_bench_gemm(args),
         "bench-mlp": lambda: _step_bench_mlp(args),
     }
@@ -98,7 +100,7 @@ def _worker(step: str, args) -> int:
         res = {"ok": False, "error": f"{type(e).__name__}: {e}"}
     finally:
         with contextlib.suppress(Exception):
-            from .. import cuda as bc
+            from bnnlib.kernels import cuda as bc
 
             bc.close()  # no PyCUDA context left on its stack at exit (abort, code 134)
     print(RESULT_TAG + json.dumps(res, default=str), flush=True)

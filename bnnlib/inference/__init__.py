@@ -26,13 +26,13 @@ One module per job:
   error of a packed model.
 """
 
-from ..data import to_uint8
-from .cli import main
-from .fold import Affine, fold_batchnorm, integer_thresholds, kernel_thresholds
-from .format import FORMAT, FORMAT_VERSION, PackedModelError, export, load
-from .graph import INPUT_SCALING
-from .runtime import Backend, CpuBackend, CudaBackend, PackedNet, backend
-from .simulate import float32_nbytes, simulate, simulate_scores
+from bnnlib.data.loaders import to_uint8
+from bnnlib.inference.cli import main
+from bnnlib.inference.fold import Affine, fold_batchnorm, integer_thresholds, kernel_thresholds
+from bnnlib.inference.format import FORMAT, FORMAT_VERSION, PackedModelError, export, load
+from bnnlib.inference.graph import INPUT_SCALING
+from bnnlib.inference.runtime import Backend, CpuBackend, CudaBackend, PackedNet, backend
+from bnnlib.inference.simulate import float32_nbytes, simulate, simulate_scores
 
 __all__ = [
     "FORMAT",

@@ -1,5 +1,5 @@
 """``python -m bnnlib.inference MODEL.safetensors --dataset NAME``: see :mod:`.cli`."""
 
-from .cli import main
+from bnnlib.inference.cli import main
 
 main()

@@ -19,10 +19,10 @@ import sys
 import time
 from pathlib import Path
 
-from .. import data
-from ..machine import hardware
-from .format import load
-from .runtime import PackedNet, backend
+from bnnlib import data
+from bnnlib.hardware import hardware
+from bnnlib.inference.format import load
+from bnnlib.inference.runtime import PackedNet, backend
 
 __all__ = ["main", "evaluate"]
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..shift import _ShiftBatchNorm, ap2
+from bnnlib.nn.shift import ShiftBatchNormBase, ap2
 
 __all__ = ["Affine", "fold_batchnorm", "integer_thresholds", "kernel_thresholds", "EXACT_F32"]
 
@@ -67,7 +67,7 @@ def fold_batchnorm(layer: nn.Module, bn: nn.Module | None) -> Affine:
         with torch.no_grad():
             gamma = bn.weight if bn.affine else torch.ones_like(bn.running_mean)
             beta_t = bn.bias if bn.affine else torch.zeros_like(bn.running_mean)
-            if isinstance(bn, _ShiftBatchNorm):
+            if isinstance(bn, ShiftBatchNormBase):
                 a = (ap2(gamma) * ap2(torch.rsqrt(bn.running_var + bn.eps))).double()
             else:
                 a = gamma.double() / torch.sqrt(bn.running_var.double() + bn.eps)
@@ -111,7 +111,7 @@ def kernel_thresholds(T: torch.Tensor, flip: torch.Tensor) -> tuple[torch.Tensor
 
     ``(s >= T) XOR flip`` is ``s >= T`` (direction +1) or, flipped, ``s < T``, i.e.
     ``s <= T - 1`` (direction -1), the compare of :func:`bnnlib.kernels.threshold_pack` and
-    :func:`bnnlib.cuda.threshold_pack`.
+    :func:`bnnlib.kernels.cuda.threshold_pack`.
     """
     f = flip.to(torch.int64)
     return (T.to(torch.int64) - f).to(torch.int32), (1 - 2 * f).to(torch.int32)

@@ -30,14 +30,21 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .. import kernels
-from ..layers import BinaryConv2d
-from ..machine import atomic_write
-from ..shift import _ShiftBatchNorm
-from ..trace import pair, window_out
-from .fold import fold_batchnorm, integer_thresholds
-from .graph import INPUT_SCALING, Unit, infer_input_shape, pool_spec, sign_weight, units
-from .runtime import PackedNet, conv_rows
+from bnnlib import kernels
+from bnnlib.analysis.trace import pair, window_out
+from bnnlib.files import atomic_write
+from bnnlib.inference.fold import fold_batchnorm, integer_thresholds
+from bnnlib.inference.graph import (
+    INPUT_SCALING,
+    Unit,
+    infer_input_shape,
+    pool_spec,
+    sign_weight,
+    units,
+)
+from bnnlib.inference.runtime import PackedNet, conv_rows
+from bnnlib.nn.layers import BinaryConv2d
+from bnnlib.nn.shift import ShiftBatchNormBase
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "PackedModelError", "export", "load"]
 
@@ -74,7 +81,7 @@ def export(
     (C, H, W) for a conv net or (features,) for an MLP; when None it is inferred, for a conv
     net as the smallest square image whose conv output fits the first linear layer (32 for the
     paper's CIFAR-10 ConvNet). ``metadata`` is a JSON-able dict stored in the header (e.g. the
-    training run). The write is atomic (:func:`bnnlib.machine.atomic_write`).
+    training run). The write is atomic (:func:`bnnlib.hardware.atomic_write`).
     """
     if input_scaling != INPUT_SCALING:
         raise ValueError(f"input_scaling {input_scaling!r} unsupported; use {INPUT_SCALING!r}")
@@ -85,7 +92,11 @@ def export(
     for idx, u in enumerate(found):
         spec: dict = {"name": f"layers.{idx}", "first": idx == 0, "output": u.output}
         spec["batchnorm"] = (
-            "none" if u.bn is None else "shift" if isinstance(u.bn, _ShiftBatchNorm) else "standard"
+            "none"
+            if u.bn is None
+            else "shift"
+            if isinstance(u.bn, ShiftBatchNormBase)
+            else "standard"
         )
         layout = _conv_layout if isinstance(u.layer, BinaryConv2d) else _linear_layout
         w, c, hw = layout(u, spec, c, hw)
@@ -100,7 +111,7 @@ def export(
         "source": {"modules": [type(m).__name__ for m in model]},
         "metadata": metadata or {},
     }
-    return _write(Path(path), header, tensors)
+    return write_packed(Path(path), header, tensors)
 
 
 def _conv_layout(u: Unit, spec: dict, c: int, hw):
@@ -170,7 +181,7 @@ def _layer_tensors(u: Unit, spec: dict, w: torch.Tensor) -> dict[str, torch.Tens
 # --------------------------------------------------------------------------------------------
 
 
-def _digest(header_json: str, tensors: dict[str, torch.Tensor]) -> str:
+def packed_digest(header_json: str, tensors: dict[str, torch.Tensor]) -> str:
     h = hashlib.sha256(header_json.encode())
     for name in sorted(tensors):
         t = tensors[name].contiguous()
@@ -179,7 +190,7 @@ def _digest(header_json: str, tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def _write(path: Path, header: dict, tensors: dict[str, torch.Tensor]) -> Path:
+def write_packed(path: Path, header: dict, tensors: dict[str, torch.Tensor]) -> Path:
     from safetensors.torch import save
 
     tensors = {k: v.contiguous().cpu() for k, v in tensors.items()}
@@ -188,7 +199,7 @@ def _write(path: Path, header: dict, tensors: dict[str, torch.Tensor]) -> Path:
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
         "header": header_json,
-        "sha256": _digest(header_json, tensors),
+        "sha256": packed_digest(header_json, tensors),
     }
     return atomic_write(path, save(tensors, metadata=meta))
 
@@ -223,7 +234,7 @@ def _metadata(data: bytes, bad) -> dict:
     return meta
 
 
-def _read(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+def read_packed(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     """The header and tensors of a packed-model file, after the format and checksum checks."""
     from safetensors.torch import load as st_load
 
@@ -246,7 +257,7 @@ def _read(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
                 f"{', '.join(str(d) for d in _DTYPES)} tensors"
             )
     header_json = meta.get("header", "")
-    if _digest(header_json, tensors) != meta.get("sha256"):
+    if packed_digest(header_json, tensors) != meta.get("sha256"):
         raise bad("checksum mismatch: the file is corrupted (bytes changed since export)")
     try:
         header = json.loads(header_json)
@@ -265,7 +276,7 @@ def load(path: str | os.PathLike) -> PackedNet:
     (:func:`~bnnlib.inference.runtime.check_header`) before anything they size is allocated.
     """
     path = Path(path)
-    header, tensors = _read(path)
+    header, tensors = read_packed(path)
     try:
         return PackedNet(header, tensors, source=str(path))
     except (

@@ -27,7 +27,7 @@ import threading
 import numpy as np
 import torch
 
-from ..kernels import fused as kfused
+from bnnlib.kernels import fused as kfused
 
 __all__ = [
     "FusedMLP",
@@ -224,7 +224,7 @@ class FusedConvNet:
     layer (first layer: int8 +/-1 weights, zero pixels skipped)."""
 
     def __init__(self, net):
-        from ..kernels import fused_conv
+        from bnnlib.kernels import fused_conv
 
         if not supports_conv(net):
             raise ValueError("the fused conv path runs ConvNets with an 8-bit first convolution")

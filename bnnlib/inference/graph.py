@@ -16,9 +16,9 @@ import operator
 import torch
 from torch import nn
 
-from ..binarize import sign
-from ..layers import BinaryConv2d, BinaryLinear, SignActivation
-from ..trace import image_side, pair
+from bnnlib.analysis.trace import image_side, pair
+from bnnlib.nn.binarize import sign
+from bnnlib.nn.layers import BinaryConv2d, BinaryLinear, SignActivation
 
 __all__ = [
     "INPUT_SCALING",
@@ -134,8 +134,8 @@ def pool_spec(pool: nn.MaxPool2d, after_bn: bool) -> dict:
 
 def infer_input_shape(model: nn.Module, found: list[Unit]) -> list[int]:
     """(features,) of an MLP; (C, side, side) of a conv net, the side of
-    :func:`bnnlib.trace.image_side` (the smallest square image whose convolution output fits
-    the first linear layer: 32 for the paper's CIFAR-10 ConvNet)."""
+    :func:`~bnnlib.analysis.trace.image_side` (the smallest square image whose convolution
+    output fits the first linear layer: 32 for the paper's CIFAR-10 ConvNet)."""
     first = found[0].layer
     if isinstance(first, BinaryLinear):
         return [first.in_features]

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from ..trace import window_out
+from bnnlib.analysis.trace import window_out
 
 __all__ = ["check_header", "MAX_SIDE", "MAX_ELEMENTS", "MAX_LAYERS"]
 

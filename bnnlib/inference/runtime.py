@@ -28,7 +28,7 @@ before the threshold, which is exact whatever the sign of gamma.
 
 **Back ends.** :class:`Backend` is the one interface the runtime calls; :class:`CpuBackend`
 implements it with the numba kernels of :mod:`bnnlib.kernels`, :class:`CudaBackend` with the
-kernels of :mod:`bnnlib.cuda`. Both kernel modules take the same arguments (packed int64
+kernels of :mod:`bnnlib.kernels.cuda`. Both kernel modules take the same arguments (packed int64
 words, ``xnor_gemm(a, b, k)``, ``threshold_pack(acc, threshold, direction)``), and the
 thresholds are converted to (threshold, direction) once, at load, for every device.
 """
@@ -43,12 +43,12 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .. import kernels
-from ..data import to_uint8
-from . import fused
-from .fold import EXACT_F32, Affine, kernel_thresholds
-from .graph import INPUT_SCALING, check_batch_size
-from .header import MAX_ELEMENTS, MAX_SIDE, check_header
+from bnnlib import kernels
+from bnnlib.data.loaders import to_uint8
+from bnnlib.inference import fused
+from bnnlib.inference.fold import EXACT_F32, Affine, kernel_thresholds
+from bnnlib.inference.graph import INPUT_SCALING, check_batch_size
+from bnnlib.inference.header import MAX_ELEMENTS, MAX_SIDE, check_header
 
 __all__ = [
     "PackedNet",
@@ -336,7 +336,7 @@ class PackedNet:
         through the paper's bit planes with XNOR-popcount, ``"int8"`` through int8 +/-1 rows
         with integer sums (fused path). On the CPU, MLPs and ConvNets run fused unless told
         otherwise (``path``, see :meth:`scores`). ``device="cuda"`` runs the GPU kernels of
-        :mod:`bnnlib.cuda` (RuntimeError if they are not available), with ``kernel="fast"``
+        :mod:`bnnlib.kernels.cuda` (RuntimeError if they are not available), with ``kernel="fast"``
         (our 64-bit / tensor-core XNOR kernel) or ``"paper"`` (the paper's).
         """
         a = self._plain_pixels(X, device, path)
@@ -438,7 +438,7 @@ class PackedNet:
 
 
 # --------------------------------------------------------------------------------------------
-# Back ends: one interface, the CPU one (numba kernels) and the CUDA one (bnnlib.cuda)
+# Back ends: one interface, the CPU one (numba kernels) and the CUDA one (bnnlib.kernels.cuda)
 # --------------------------------------------------------------------------------------------
 
 
@@ -448,7 +448,7 @@ class Backend:
     ``kernels`` is a module with ``pack(x, dim)``, ``threshold_pack(acc, threshold,
     direction)`` and an XNOR product ``gemm(a, b, k)`` with the conventions of
     :mod:`bnnlib.kernels` (int64 words, LSB first, exact int32 results), which
-    :mod:`bnnlib.cuda` shares. Subclasses give the first layer's products and the pooling.
+    :mod:`bnnlib.kernels.cuda` shares. Subclasses give the first layer's products and the pooling.
     """
 
     device = "cpu"
@@ -508,9 +508,9 @@ class CpuBackend(Backend):
 
 
 class CudaBackend(Backend):
-    """The CUDA back end: the kernels of :mod:`bnnlib.cuda` on CUDA tensors.
+    """The CUDA back end: the kernels of :mod:`bnnlib.kernels.cuda` on CUDA tensors.
 
-    ``kernel="fast"`` uses :func:`bnnlib.cuda.xnor_gemm_fast` (64-bit popcount or 1-bit
+    ``kernel="fast"`` uses :func:`bnnlib.kernels.cuda.xnor_gemm_fast` (64-bit popcount or 1-bit
     tensor cores), ``"paper"`` the paper's 32-bit XNOR kernel.
     """
 
@@ -554,9 +554,11 @@ def backend(device: str = "cpu", kernel: str = "fast") -> Backend:
     if dev.type != "cuda":
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
     try:
-        from .. import cuda as bcuda
+        from bnnlib.kernels import cuda as bcuda
     except ImportError as e:
-        raise RuntimeError(f"device='cuda' needs bnnlib.cuda, which failed to import: {e}") from e
+        raise RuntimeError(
+            f"device='cuda' needs bnnlib.kernels.cuda, which failed to import: {e}"
+        ) from e
     if not bcuda.available():
         raise RuntimeError(f"device='cuda' is not available: {bcuda.reason()}")
     return CudaBackend(bcuda, kernel)

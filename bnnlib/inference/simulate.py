@@ -23,11 +23,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..binarize import sign
-from ..data import to_uint8
-from ..layers import BinaryConv2d, BinaryLinear
-from .fold import EXACT_F32, fold_batchnorm
-from .graph import Unit, check_batch_size, infer_input_shape, sign_weight, units
+from bnnlib.data.loaders import to_uint8
+from bnnlib.inference.fold import EXACT_F32, fold_batchnorm
+from bnnlib.inference.graph import Unit, check_batch_size, infer_input_shape, sign_weight, units
+from bnnlib.nn.binarize import sign
+from bnnlib.nn.layers import BinaryConv2d, BinaryLinear
 
 __all__ = ["simulate", "simulate_scores", "float32_nbytes"]
 

@@ -6,7 +6,7 @@ XOR + popcount replaces 64 multiply-accumulates. :func:`xnor_gemm` multiplies pa
 matrices exactly on all CPU cores (numba), :func:`bitplane_dot` handles the 8-bit first
 layer with bit planes. :mod:`.fused` and :mod:`.fused_conv` run whole small batches (a
 packed MLP in one call, direct packed convolutions) for :mod:`bnnlib.inference.fused`. The GPU
-versions are in :mod:`bnnlib.cuda`.
+versions are in :mod:`bnnlib.kernels.cuda`.
 
 >>> import torch, bnnlib
 >>> a = bnnlib.sign(torch.randn(3, 100)); b = bnnlib.sign(torch.randn(5, 100))
@@ -14,7 +14,7 @@ versions are in :mod:`bnnlib.cuda`.
 True
 """
 
-from .packing import (
+from bnnlib.kernels.packing import (
     check_pm1,
     num_words,
     pack,
@@ -23,7 +23,7 @@ from .packing import (
     unpack,
     words_as_int64,
 )
-from .xnor import bitplane_dot, hamming_gemm, popcount_rows, xnor_gemm
+from bnnlib.kernels.xnor import bitplane_dot, hamming_gemm, popcount_rows, xnor_gemm
 
 __all__ = [
     "pack",

@@ -34,8 +34,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from ._cache import CACHE
-from .xnor import _popcount
+from bnnlib.kernels._cache import CACHE
+from bnnlib.kernels.xnor import popcount
 
 __all__ = ["mlp_forward", "FIRST_BITPLANES", "FIRST_INT8", "FIRST_AUTO"]
 
@@ -45,7 +45,7 @@ _JIT = {"fastmath": True, "boundscheck": False, "nogil": True, "cache": CACHE}
 
 
 @numba.njit(inline="always", **_JIT)
-def _bit(t, thr, direction):
+def bit(t, thr, direction):
     """Sign(BN) of an integer pre-activation, 1 or 0: the compare of kernels.threshold_pack
     (t >= thr for direction +1, t <= thr for -1), without a branch."""
     return np.int64((t - thr) * direction >= 0)
@@ -82,10 +82,10 @@ def _first_word(m, planes, sumx, w, wsum, thr, dirn, out, c):
         for n in range(8):
             h = 0
             for u in range(W):
-                h += _popcount(planes[m, n, u] & w[j, u])
+                h += popcount(planes[m, n, u] & w[j, u])
             ones += h << n
         dot = 2 * ones - sumx[m]  # W_b . x
-        if _bit(2 * dot - 255 * wsum[j], thr[j], dirn[j]):  # t = 255 * pre-activation
+        if bit(2 * dot - 255 * wsum[j], thr[j], dirn[j]):  # t = 255 * pre-activation
             word |= np.int64(1) << (j - 64 * c)
     out[m, c] = word
 
@@ -106,7 +106,7 @@ def _first_block_int8(x, m, nonzero, nnz, w8t, wsum, thr, dirn, out, b):
             acc[jj] += v * np.int32(row[jj])
     for jj in range(width):
         j = lo + jj
-        if _bit(2 * np.int64(acc[jj]) - 255 * wsum[j], thr[j], dirn[j]):
+        if bit(2 * np.int64(acc[jj]) - 255 * wsum[j], thr[j], dirn[j]):
             out[m, j >> 6] |= np.int64(1) << (j & 63)
 
 
@@ -115,12 +115,12 @@ def _xor_popcount(a, m, w, j, W):
     """sum over the words of popcount(a[m] XOR w[j])."""
     h = 0
     for u in range(W):
-        h += _popcount(a[m, u] ^ w[j, u])
+        h += popcount(a[m, u] ^ w[j, u])
     return h
 
 
 @numba.njit(**_JIT)
-def _hidden_word(a, w, k, thr, dirn, out, c):
+def hidden_word(a, w, k, thr, dirn, out, c):
     """Output word c of a hidden layer: s = k - 2 popcount(a XOR w), compared, packed.
     Four weight rows per pass over the activation words (each loaded word used four times)."""
     N, W = w.shape
@@ -135,23 +135,23 @@ def _hidden_word(a, w, k, thr, dirn, out, c):
             h3 = 0
             for u in range(W):  # contiguous: vectorized popcount
                 x = a[m, u]
-                h0 += _popcount(x ^ w[j, u])
-                h1 += _popcount(x ^ w[j + 1, u])
-                h2 += _popcount(x ^ w[j + 2, u])
-                h3 += _popcount(x ^ w[j + 3, u])
-            bits = _bit(k - 2 * h0, thr[j], dirn[j])
-            bits |= _bit(k - 2 * h1, thr[j + 1], dirn[j + 1]) << 1
-            bits |= _bit(k - 2 * h2, thr[j + 2], dirn[j + 2]) << 2
-            bits |= _bit(k - 2 * h3, thr[j + 3], dirn[j + 3]) << 3
+                h0 += popcount(x ^ w[j, u])
+                h1 += popcount(x ^ w[j + 1, u])
+                h2 += popcount(x ^ w[j + 2, u])
+                h3 += popcount(x ^ w[j + 3, u])
+            bits = bit(k - 2 * h0, thr[j], dirn[j])
+            bits |= bit(k - 2 * h1, thr[j + 1], dirn[j + 1]) << 1
+            bits |= bit(k - 2 * h2, thr[j + 2], dirn[j + 2]) << 2
+            bits |= bit(k - 2 * h3, thr[j + 3], dirn[j + 3]) << 3
             word |= np.int64(bits) << (j - 64 * c)
         for j in range(j4, j_hi):  # a last partial group of rows
-            if _bit(k - 2 * _xor_popcount(a, m, w, j, W), thr[j], dirn[j]):
+            if bit(k - 2 * _xor_popcount(a, m, w, j, W), thr[j], dirn[j]):
                 word |= np.int64(1) << (j - 64 * c)
         out[m, c] = word
 
 
 @numba.njit(**_JIT)
-def _last_layer(a, w, k, s):
+def last_layer(a, w, k, s):
     """The last layer's integer pre-activations s (M, N) = k - 2 popcount(a XOR w)."""
     for m in range(a.shape[0]):
         for j in range(w.shape[0]):
@@ -184,9 +184,9 @@ def _forward(x, first_mode, int8_max_nonzero, planes, nonzero, nnz, sumx, use_in
         words = (n + 63) // 64
         o = acts[layer + 1, : M * words].reshape(M, words)
         for c in numba.prange(words):
-            _hidden_word(a, w, k, th, di, o, c)
+            hidden_word(a, w, k, th, di, o, c)
     w_in = w_last.shape[1]
-    _last_layer(acts[table.shape[0], : M * w_in].reshape(M, w_in), w_last, k_last, s)
+    last_layer(acts[table.shape[0], : M * w_in].reshape(M, w_in), w_last, k_last, s)
 
 
 @numba.njit(**_JIT)

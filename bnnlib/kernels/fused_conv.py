@@ -26,14 +26,14 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from ._cache import CACHE
-from .fused import _bit, _hidden_word, _last_layer
-from .xnor import _popcount
+from bnnlib.kernels._cache import CACHE
+from bnnlib.kernels.fused import bit, hidden_word, last_layer
+from bnnlib.kernels.xnor import popcount
 
 __all__ = ["binary_conv", "first_conv", "pool_threshold_pack", "dense_sign", "last_layer"]
 
 #: The last layer's integer pre-activations, as the fused MLP computes them.
-last_layer = _last_layer
+last_layer = last_layer
 
 _JIT = {"fastmath": True, "boundscheck": False, "nogil": True, "cache": CACHE}
 
@@ -71,7 +71,7 @@ def binary_conv(act, wt, channels, geometry, s):
                         a = act[m, hi, wi, u]
                         row = wt[i * kw + j, u]
                         for o in range(out):  # contiguous: vectorized popcount
-                            acc[o] += np.int32(_popcount(a ^ row[o]))
+                            acc[o] += np.int32(popcount(a ^ row[o]))
             for o in range(out):
                 s[m, ho, wo, o] = valid * channels - 2 * acc[o]
 
@@ -136,7 +136,7 @@ def pool_threshold_pack(s, pool, after_bn, thr, dirn, out):
             for u in range(out.shape[3]):
                 word = np.int64(0)
                 for c in range(64 * u, min(64 * u + 64, C)):
-                    word |= _bit(sg[c] * best[c], thr[c], dirn[c]) << (c - 64 * u)
+                    word |= bit(sg[c] * best[c], thr[c], dirn[c]) << (c - 64 * u)
                 out[m, hp, wp, u] = word
 
 
@@ -145,4 +145,4 @@ def dense_sign(a, w, k, thr, dirn, out):
     """A hidden linear layer on packed rows ``a`` (M, words): Sign(BN(k - 2 popcount(a XOR w)))
     packed into ``out`` (M, ceil(N/64)), the MLP path's kernel shared between threads."""
     for c in numba.prange(out.shape[1]):
-        _hidden_word(a, w, k, thr, dirn, out, c)
+        hidden_word(a, w, k, thr, dirn, out, c)

@@ -23,7 +23,7 @@ import numba
 import numpy as np
 import torch
 
-from ._cache import CACHE
+from bnnlib.kernels._cache import CACHE
 
 __all__ = ["pack", "unpack", "pack_bits", "num_words", "check_pm1", "threshold_pack"]
 
@@ -45,7 +45,7 @@ _NUMBA_DTYPES = {
 }
 
 
-_SERIAL_ENTRIES = 1 << 16  # below this many entries, pack on the calling thread
+SERIAL_ENTRIES = 1 << 16  # below this many entries, pack on the calling thread
 
 
 @numba.njit(inline="always", cache=CACHE, boundscheck=False, nogil=True)
@@ -163,7 +163,7 @@ def _pack_cpu(x: torch.Tensor, word_bits: int, nonzero: bool) -> tuple[torch.Ten
         out = torch.empty((rows.shape[0], num_words(k, 64)), dtype=torch.int64)
         if rows.numel():
             kernel = (
-                _pack_rows_kernel_serial if rows.numel() < _SERIAL_ENTRIES else _pack_rows_kernel
+                _pack_rows_kernel_serial if rows.numel() < SERIAL_ENTRIES else _pack_rows_kernel
             )
             n_bad = int(kernel(rows.numpy(), out.numpy(), nonzero))
     if word_bits == 32:  # LSB-first: a 64-bit word is two little-endian 32-bit words

@@ -36,19 +36,19 @@ import torch
 from numba import types
 from numba.extending import intrinsic
 
-from ._cache import CACHE
-from .packing import num_words, pack_bits, words_as_int64
+from bnnlib.kernels._cache import CACHE
+from bnnlib.kernels.packing import num_words, pack_bits, words_as_int64
 
 __all__ = ["xnor_gemm", "bitplane_dot", "hamming_gemm", "popcount_rows"]
 
-_L2_BYTES = 512 * 1024  # budget for one block of B rows: half of a typical per-core L2
+L2_BYTES = 512 * 1024  # budget for one block of B rows: half of a typical per-core L2
 # Below this many word operations a product runs on the calling thread: waking the thread
 # pool costs more than it saves (much more on a loaded machine).
-_SERIAL_WORDS = 1 << 19
+SERIAL_WORDS = 1 << 19
 
 
 @intrinsic
-def _popcount(typingctx, x):
+def popcount(typingctx, x):
     """LLVM ``ctpop`` on an integer, same type out (numba has no popcount of its own)."""
     if not isinstance(x, types.Integer):
         return None
@@ -81,10 +81,10 @@ def _hamming_row_pair(a, b, out, offset, scale, i0, i1, j_lo, j_hi):
             a1 = a[i1, w]
             b0 = b[j0, w]
             b1 = b[j1, w]
-            s00 += _popcount(a0 ^ b0)
-            s01 += _popcount(a0 ^ b1)
-            s10 += _popcount(a1 ^ b0)
-            s11 += _popcount(a1 ^ b1)
+            s00 += popcount(a0 ^ b0)
+            s01 += popcount(a0 ^ b1)
+            s10 += popcount(a1 ^ b0)
+            s11 += popcount(a1 ^ b1)
         out[i0, j0] = offset + scale * s00
         out[i0, j1] = offset + scale * s01
         out[i1, j0] = offset + scale * s10
@@ -123,7 +123,7 @@ def _popcount_rows_kernel(a, out):
     for i in range(a.shape[0]):
         s = 0
         for w in range(a.shape[1]):
-            s += _popcount(a[i, w])
+            s += popcount(a[i, w])
         out[i] = s
 
 
@@ -142,8 +142,8 @@ def _bitplane_block(planes, b, pc_b, out, j_lo, j_hi):
                 h1 = 0
                 for w in range(W):
                     p = planes[m, n, w]
-                    h0 += _popcount(p ^ b[j0, w])
-                    h1 += _popcount(p ^ b[j1, w])
+                    h0 += popcount(p ^ b[j0, w])
+                    h1 += popcount(p ^ b[j1, w])
                 t0 += (pc_b[j0] - h0) << n
                 t1 += (pc_b[j1] - h1) << n
             out[m, j0] = t0
@@ -182,7 +182,7 @@ def _as_words64(t: torch.Tensor, name: str) -> torch.Tensor:
     if t.device.type != "cpu":
         raise ValueError(
             f"{name} is on {t.device}; bnnlib.kernels runs on the CPU. Use .cpu(), or the GPU "
-            "kernels in bnnlib.cuda for CUDA tensors."
+            "kernels in bnnlib.kernels.cuda for CUDA tensors."
         )
     t = words_as_int64(t)
     if t.dtype != torch.int64:
@@ -230,8 +230,8 @@ def _check_operands(a, b, k):
     return checked[0], checked[1], k
 
 
-def _block_rows(words: int) -> int:
-    rows = _L2_BYTES // max(1, 8 * words)
+def block_rows(words: int) -> int:
+    rows = L2_BYTES // max(1, 8 * words)
     return max(2, rows - rows % 2)
 
 
@@ -251,9 +251,9 @@ def hamming_gemm(
         # inference has M = 1). The product is symmetric in a and b.
         return hamming_gemm(b, a, k, offset, scale).T.contiguous()
     out = torch.empty((M, N), dtype=torch.int32)
-    serial = M * N * max(1, a.shape[1]) < _SERIAL_WORDS
+    serial = M * N * max(1, a.shape[1]) < SERIAL_WORDS
     kernel = _hamming_kernel_serial if serial else _hamming_kernel
-    kernel(a.numpy(), b.numpy(), out.numpy(), offset, scale, _block_rows(a.shape[1]))
+    kernel(a.numpy(), b.numpy(), out.numpy(), offset, scale, block_rows(a.shape[1]))
     return out
 
 
@@ -311,8 +311,8 @@ def bitplane_dot(x: torch.Tensor, w_packed: torch.Tensor, k: int) -> torch.Tenso
     shifts = torch.arange(8, dtype=torch.uint8)
     planes = pack_bits((x.unsqueeze(1) >> shifts.view(1, 8, 1)) & 1)  # (M, 8, W)
     out = torch.empty((M, N), dtype=torch.int32)
-    block = max(2, min(_block_rows(w.shape[1]), 64))
-    serial = 8 * M * N * max(1, w.shape[1]) < _SERIAL_WORDS
+    block = max(2, min(block_rows(w.shape[1]), 64))
+    serial = 8 * M * N * max(1, w.shape[1]) < SERIAL_WORDS
     kernel = _bitplane_kernel_serial if serial else _bitplane_kernel
     kernel(planes.numpy(), w.numpy(), popcount_rows(w).numpy(), out.numpy(), block)
     return out

@@ -1,0 +1,214 @@
+"""``python -m bnnlib.bench``: the run-time measurements of the paper's Section 4, on this machine.
+
+A benchmark, not a test: every figure is the median of repeated runs after warm-up (GPU work
+synchronized before the clock is read, :mod:`bnnlib.bench.timing`), and every ratio compares two
+things measured in the same run. It prints a table and writes JSON (``--out``, default
+``results/bench_<device>.json``) with the machine (CPU model, GPU and driver), library
+versions, the date and the command line.
+
+Sections:
+
+* ``gemm_cpu`` -- :func:`bnnlib.kernels.xnor_gemm` vs ``torch.matmul`` in float32 for the same
+  M = N = K, as multiply-accumulates per second (:func:`bnnlib.bench.kernels.bench_cpu_gemm`).
+* ``mnist_mlp_cpu`` -- the MNIST MLP on the 10,000 test images: the float32 model vs the
+  packed net of :mod:`bnnlib.inference` (XNOR-popcount hidden layers), predictions compared
+  with the float simulation (must be identical) and with the float32 model, and the weight
+  bytes. Without ``--model-path`` the MLP is randomly initialised and its batch-norm running
+  statistics are set by one pass over training images in train mode (cumulative average):
+  its predictions are meaningless as digits but exercise every threshold.
+* ``train_step_cpu`` -- one training step (forward, square hinge, backward, Adam + clipping)
+  of the BNN MLP over that of its float twin, batch 100, steps of the two alternated so that
+  other load on a shared machine hits both alike; the ratio is the median of the ratios of
+  adjacent (BNN, float) steps (the ratio of the two medians is reported too).
+* ``latency_cpu`` -- only with ``--latency``: ms per image of the packed MLP at batch 1 / 100 /
+  10,000 against torch float32 and the time to stream the packed weights once, and the
+  CIFAR-10 ConvNet at batch 1 (:mod:`bnnlib.bench.latency`). Written to
+  ``results/bench_latency_<device>.json`` unless ``--out`` says otherwise.
+* ``gpu`` -- run first, with a CUDA GPU: :func:`bnnlib.bench.kernels.bench_gpu_gemm` (8192^3,
+  the XNOR kernels with and without the packing of both operands) and :func:`bench_gpu_mlp`
+  (the MLP with every layer on the baseline kernel against the XNOR path, per-layer times,
+  predictions compared); the cuBLAS figures alone without PyCUDA, skipped with a note
+  without a GPU. ``allow_tf32`` records torch's TF32 setting.
+
+The JSON is rewritten after every section (and every GPU figure), so a crash loses only
+the figure in progress. ``python -m bnnlib.gpucheck`` runs the GPU section together with the
+GPU tests and compute-sanitizer on a GPU machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from bnnlib.bench.common import (
+    loadavg,
+    machine_info,
+    mlp_options,
+    plain,
+)
+from bnnlib.bench.gpu import (
+    bench_gpu,
+    bench_gpu_mlp,
+)
+from bnnlib.bench.kernels import bench_cpu_gemm
+from bnnlib.bench.latency import bench_latency
+from bnnlib.bench.mlp import bench_mnist_mlp, bench_train_step
+from bnnlib.bench.report import cpu_table, gpu_table
+from bnnlib.bench.timing import timeit
+from bnnlib.files import atomic_write
+
+__all__ = [
+    "timeit",
+    "machine_info",
+    "bench_mnist_mlp",
+    "bench_gpu_mlp",
+    "bench_train_step",
+    "bench_latency",
+    "gpu_table",
+    "main",
+]
+
+
+def _bench_gemm_cpu(sizes: list[int], quick: bool) -> dict:
+    reps = 3 if quick else 5
+    return {"sizes": sizes, "results": [plain(bench_cpu_gemm(n, reps)) for n in sizes]}
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m bnnlib.bench",
+        description="Benchmarks of packed BNN kernels, inference and training (medians of "
+        "repeats after warm-up; ratios measured in one run). Writes JSON.",
+    )
+    p.add_argument("--quick", action="store_true", help="fewer repeats and smaller sizes")
+    p.add_argument(
+        "--latency",
+        action="store_true",
+        help="only the latency section: ms per image at batch 1 / 100 / 10,000 against the "
+        "weight-streaming floor and torch float32 (results/bench_latency_<device>.json)",
+    )
+    p.add_argument(
+        "--batches", type=int, nargs="+", default=[1, 100, 10_000], help="latency batch sizes"
+    )
+    p.add_argument("--no-conv", action="store_true", help="latency: leave out the ConvNet")
+    p.add_argument("--out", help="JSON path (default results/bench_<device>.json)")
+    p.add_argument("--sizes", type=int, nargs="+", help="CPU gemm sizes M = N = K")
+    p.add_argument("--data-root", help="data folder (default: $BNN_DATA_DIR)")
+    p.add_argument("--model-path", help="a trained mnist_mlp state dict (model.pt)")
+    p.add_argument("--batchnorm", choices=("standard", "shift"), default="standard")
+    p.add_argument("--hidden", type=int, default=4096, help="MLP hidden units (inference)")
+    p.add_argument("--n-test", type=int, help="test images (default: all 10,000)")
+    p.add_argument("--n-calib", type=int, help="training images for the BN statistics")
+    p.add_argument("--repeats", type=int, help="timed repeats of the inference runs")
+    p.add_argument(
+        "--train-hidden", type=int, nargs="+", help="hidden sizes of the training-step ratio"
+    )
+    p.add_argument("--train-repeats", type=int, help="timed steps of each model")
+    p.add_argument(
+        "--skip",
+        nargs="+",
+        default=[],
+        choices=("gemm", "mlp", "train", "gpu"),
+        help="sections to leave out",
+    )
+    return p
+
+
+def _defaults(args) -> None:
+    """The sizes and repeats not given, by ``--quick``."""
+    q = args.quick
+    args.repeats = args.repeats or (2 if q else 5)
+    args.n_calib = args.n_calib or (1000 if q else 5000)
+    args.sizes = args.sizes or ([256, 1024] if q else [256, 1024, 2048, 4096])
+    args.train_hidden = args.train_hidden or [4096, 1024]
+    args.train_repeats = args.train_repeats or (6 if q else 20)
+
+
+def _settings(args) -> dict:
+    return {
+        "quick": args.quick,
+        "sizes": args.sizes,
+        "hidden": args.hidden,
+        "n_test": args.n_test,
+        "n_calib": args.n_calib,
+        "repeats": args.repeats,
+        "train_hidden": args.train_hidden,
+        "train_repeats": args.train_repeats,
+        "skip": args.skip,
+        "latency": args.latency,
+        "batches": args.batches if args.latency else None,
+    }
+
+
+def _log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _run_sections(args, res: dict, save) -> None:
+    """The sections not skipped, GPU first (the figures that need the rare machine), each
+    saved as soon as it exists."""
+    if args.latency:
+        _log("latency, CPU ...")
+        res["latency_cpu"] = bench_latency(
+            hidden=args.hidden, data_root=args.data_root, model_path=args.model_path,
+            batchnorm=args.batchnorm, batches=tuple(args.batches),
+            repeats=2 if args.quick else 5, conv=not args.no_conv, log=_log,
+        )  # fmt: skip
+        save()
+        return
+    if "gpu" not in args.skip:
+        _log("GPU ...")
+
+        def gpu_partial(part: dict) -> None:
+            res["gpu"] = part
+            save()
+
+        res["gpu"] = bench_gpu(args, _log, on_result=gpu_partial)
+        save()
+    if "gemm" not in args.skip:
+        _log(f"CPU gemm, sizes {args.sizes} ...")
+        res["gemm_cpu"] = _bench_gemm_cpu(args.sizes, args.quick)
+        save()
+    if "mlp" not in args.skip:
+        _log("MNIST MLP inference on the CPU ...")
+        res["mnist_mlp_cpu"] = bench_mnist_mlp(**mlp_options(args), log=_log)
+        save()
+    if "train" not in args.skip:
+        res["train_step_cpu"] = []
+        for h in args.train_hidden:
+            _log(f"training step ratio, hidden {h} ...")
+            r = bench_train_step(h, repeats=args.train_repeats, warmup=2 if args.quick else 3)
+            res["train_step_cpu"].append(r)
+            save()
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the benchmark; returns the results dict (also written as JSON)."""
+    from bnnlib.settings import retain_freed_memory
+
+    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    retain_freed_memory()
+    _defaults(args)
+    res: dict = {"meta": machine_info(argv)}
+    res["settings"] = _settings(args)
+    kind = "bench_latency" if args.latency else "bench"
+    out = Path(args.out or f"results/{kind}_{res['meta']['device']}.json")
+
+    def save(_partial=None) -> None:  # after every figure: a later crash loses nothing
+        atomic_write(out, json.dumps(plain(res), indent=1).encode())
+
+    res["meta"]["allow_tf32"] = torch.backends.cuda.matmul.allow_tf32
+    _run_sections(args, res, save)
+    res["meta"]["load_average_end"] = loadavg()
+    print(cpu_table(res))
+    atomic_write(out, json.dumps(plain(res), indent=1).encode())
+    print(f"\nwrote {out}")
+    return res

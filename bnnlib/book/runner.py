@@ -1,0 +1,299 @@
+"""``make book``: run the book's notebooks, collect their results, export them to offline HTML.
+
+::
+
+    python -m bnnlib.book [--profile small|full|tests] [--only 01 [--only 03]] [--out build/book]
+                          [--timeout SECONDS]
+
+For each ``book/NN_*.ipynb``, in order:
+
+1. parameters: ``small`` keeps the notebook's defaults (about a minute each on a
+   CPU), ``full`` injects ``book/params/<notebook>.full.yaml`` (paper scale),
+   ``tests`` injects ``book/params/<notebook>.tests.yaml`` when there is one.
+   Every injected name must exist in the notebook's cell tagged ``parameters``;
+   :func:`parameters` parses that cell (``NAME = literal  # comment`` per line).
+2. execution with papermill in a fresh kernel of this Python (a kernelspec
+   ``bnnlib`` is installed into ``sys.prefix`` when missing), the working
+   directory being ``book/``, ``BNN_RECORD_FILE`` pointing at
+   ``<out>/records/<notebook>.json`` (see :mod:`bnnlib.book.record`) and
+   ``BNN_DATA_DIR`` made absolute. The executed copy is ``<out>/<notebook>.ipynb``.
+   A failing cell stops the run, naming the notebook and the cell; so does a cell
+   running longer than ``--timeout`` seconds (papermill's per-cell
+   ``execution_timeout``; default :data:`DEFAULT_TIMEOUT` for the ``small`` and
+   ``tests`` profiles, none for ``full``, whose training cells run for hours;
+   0 for none), so a hung cell cannot hang the book.
+3. results: ``<out>/results.md`` and ``<out>/results.json`` open with "the paper vs
+   this book" (one row per :data:`bnnlib.paper.CLAIMS`), then every record (value, the
+   paper's value, status, data, schedule, hardware, seed) as an appendix. When a notebook
+   fails, the results of the notebooks finished before it are still written,
+   marked incomplete and naming the failed notebook and those not run (an older
+   ``results.md`` never stays in place looking current); the HTML is not exported.
+4. HTML: ``<out>/html/<notebook>.html`` and ``<out>/html/index.html`` (the summary
+   table first), sharing one offline ``plotly.min.js`` beside them and no CDN
+   reference (nbconvert's require.js, MathJax, mermaid and widget-manager script tags
+   are left out; :func:`offline_problems` checks the result).
+
+The pieces: :mod:`bnnlib.book.notebooks` (the notebooks and their parameters),
+:mod:`bnnlib.book.results` (step 3), :mod:`bnnlib.book.site` (step 4); this module runs
+them (step 2) and re-exports their public names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from bnnlib.book import record as _record
+from bnnlib.book.notebooks import (
+    BOOK_DIR,
+    PROFILES,
+    BookError,
+    notebooks,
+    parameters,
+    parameters_source,
+    profile_parameters,
+    read_notebook,
+    title,
+)
+from bnnlib.book.results import SUMMARY_COLUMNS, Run, summary_rows, write_results
+from bnnlib.book.site import PLOTLY_JS, export_html, index_html, offline_problems
+from bnnlib.book.viz import BOOK_ENV
+from bnnlib.files import atomic_write
+
+__all__ = [
+    "BOOK_DIR",
+    "PROFILES",
+    "BookError",
+    "Run",
+    "notebooks",
+    "title",
+    "parameters_source",
+    "parameters",
+    "profile_parameters",
+    "kernel_name",
+    "run_notebook",
+    "export_html",
+    "offline_problems",
+    "write_results",
+    "summary_rows",
+    "SUMMARY_COLUMNS",
+    "PLOTLY_JS",
+    "DEFAULT_TIMEOUT",
+    "main",
+]
+
+#: Seconds one cell may run before the book stops it (``--timeout``; 0 for no limit), for the
+#: small and tests profiles; the full profile has no default limit (paper-scale training).
+DEFAULT_TIMEOUT = 1800
+KERNEL = "bnnlib"
+
+
+# --- execution --------------------------------------------------------------------------------
+
+
+def kernel_name() -> str:
+    """A kernelspec that runs this Python: ``bnnlib`` (installed into sys.prefix if missing)."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    def runs_this_python(name: str) -> bool:
+        try:
+            argv = KernelSpecManager().get_kernel_spec(name).argv
+        except NoSuchKernel:
+            return False
+        exe = argv[0] if argv else ""
+        # jupyter_client replaces a bare "python" with sys.executable when it launches.
+        if exe in ("python", f"python{sys.version_info[0]}"):
+            return True
+        return Path(exe).exists() and Path(exe).resolve() == Path(sys.executable).resolve()
+
+    if runs_this_python(KERNEL):
+        return KERNEL
+    cmd = [sys.executable, "-m", "ipykernel", "install", "--sys-prefix", "--name", KERNEL]
+    cmd += ["--display-name", "Python (bnnlib)"]
+    subprocess.run(cmd, check=True, capture_output=True)
+    if not runs_this_python(KERNEL):
+        raise BookError(
+            f"a kernelspec named {KERNEL!r} that runs another Python shadows the one in "
+            f"{sys.prefix}; remove it (jupyter kernelspec remove {KERNEL}) and re-run"
+        )
+    return KERNEL
+
+
+@contextmanager
+def _environment(record_file: Path):
+    """BNN_RECORD_FILE for this notebook, BNN_DATA_DIR absolute (the kernel runs in book/),
+    BNN_BOOK_RUN so figures carry HTML for the exported pages (:mod:`bnnlib.book.viz`)."""
+    saved = {k: os.environ.get(k) for k in (_record.ENV_VAR, "BNN_DATA_DIR", BOOK_ENV)}
+    os.environ[_record.ENV_VAR] = str(record_file)
+    os.environ[BOOK_ENV] = "1"
+    if saved["BNN_DATA_DIR"]:
+        os.environ["BNN_DATA_DIR"] = str(Path(saved["BNN_DATA_DIR"]).expanduser().resolve())
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _failure(path: Path, executed: Path, err: Exception) -> BookError:
+    source = getattr(err, "source", "") or ""
+    index = "?"
+    for i, cell in enumerate(read_notebook(path).cells):
+        if source and cell.source == source:
+            index = str(i)
+    count = getattr(err, "exec_count", None)
+    excerpt = "\n".join("    " + line for line in source.splitlines()[:8])
+    what = f"{getattr(err, 'ename', type(err).__name__)}: {getattr(err, 'evalue', err)}"
+    return BookError(
+        f"{path.name} failed in cell {index} (execution count {count}):\n{excerpt}\n"
+        f"  {what}\n  the executed copy with the traceback: {executed}"
+    )
+
+
+def run_notebook(
+    path: Path,
+    out_dir: Path,
+    profile: str = "small",
+    *,
+    extra_parameters: dict[str, Any] | None = None,
+    kernel: str | None = None,
+    log_output: bool = False,
+    timeout: int | None = None,
+) -> Run:
+    """Execute one notebook with papermill into ``out_dir``; returns its :class:`Run`.
+
+    Raises :class:`BookError` naming the notebook and the failing cell.
+    """
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    # Absolute: the kernel runs in book/, so a relative record path would land elsewhere.
+    path, out_dir = Path(path).resolve(), Path(out_dir).resolve()
+    params = {**profile_parameters(path, profile), **(extra_parameters or {})}
+    executed = out_dir / path.name
+    record_file = out_dir / "records" / f"{path.stem}.json"
+    record_file.parent.mkdir(parents=True, exist_ok=True)
+    record_file.unlink(missing_ok=True)
+    start = time.perf_counter()
+    with _environment(record_file):
+        try:
+            papermill.execute_notebook(
+                str(path),
+                str(executed),
+                parameters=params,
+                kernel_name=kernel or kernel_name(),
+                language="python",
+                cwd=str(path.parent),
+                progress_bar=False,
+                log_output=log_output,
+                execution_timeout=timeout,
+            )
+        except PapermillExecutionError as err:
+            raise _failure(path, executed, err) from None
+        except Exception as err:  # a dead kernel, a timeout
+            raise _failure(path, executed, err) from err
+    seconds = time.perf_counter() - start
+    records = _record.read(record_file) if record_file.exists() else []
+    nb_title = title(read_notebook(path))
+    return Run(path.stem, nb_title, executed, seconds, params, records)
+
+
+# --- CLI ------------------------------------------------------------------------------------
+
+
+def _args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bnnlib.book", description="Run the book, collect results, export HTML."
+    )
+    parser.add_argument("--profile", choices=PROFILES, default="small")
+    parser.add_argument("--only", action="append", help="notebook number(s), e.g. 01 or 01,03")
+    parser.add_argument("--out", type=Path, default=Path("build/book"))
+    parser.add_argument("--book-dir", type=Path, default=BOOK_DIR)
+    parser.add_argument("--no-html", action="store_true", help="skip the HTML export")
+    parser.add_argument("--log-output", action="store_true", help="echo the notebooks' output")
+    parser.add_argument(
+        "--timeout",
+        type=int,
+        default=None,
+        metavar="SECONDS",
+        help=f"stop a cell running longer than this (0: no limit; default {DEFAULT_TIMEOUT}, "
+        "none for --profile full)",
+    )
+    args = parser.parse_args(argv)
+    if args.timeout is None:
+        args.timeout = 0 if args.profile == "full" else DEFAULT_TIMEOUT
+    if args.timeout < 0:
+        parser.error(f"--timeout must be >= 0 seconds (0: no limit), got {args.timeout}")
+    return args
+
+
+def _run_all(paths: list[Path], args: argparse.Namespace, kernel: str) -> list[Run]:
+    """Run the notebooks in order; a failing one writes the results so far, marked
+    incomplete, then its :class:`BookError` goes on."""
+    runs: list[Run] = []
+    for i, path in enumerate(paths, start=1):
+        print(f"[{i}/{len(paths)}] {path.name} ...", flush=True)
+        try:
+            run = run_notebook(
+                path,
+                args.out,
+                args.profile,
+                kernel=kernel,
+                log_output=args.log_output,
+                timeout=args.timeout or None,
+            )
+        except BookError as err:
+            rest = [p.stem for p in paths[i:]]
+            json_path, md_path = write_results(
+                runs, args.out, args.profile, failed=path.stem, error=str(err), not_run=rest
+            )
+            print(f"results (INCOMPLETE, without {path.stem}): {md_path} and {json_path}")
+            raise
+        runs.append(run)
+        print(f"    done in {run.seconds:.1f} s, {len(run.records)} results recorded")
+    return runs
+
+
+def _export_all(runs: Sequence[Run], html_dir: Path, profile: str) -> None:
+    """Every run's page and the index, in ``html_dir``."""
+    pages = {}
+    for run in runs:
+        start = time.perf_counter()
+        pages[run.notebook] = export_html(run.executed, html_dir)
+        print(f"    html {pages[run.notebook]} ({time.perf_counter() - start:.1f} s)")
+    index = atomic_write(html_dir / "index.html", index_html(runs, pages, profile).encode("utf-8"))
+    print(f"html: {index}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m bnnlib.book``: run the notebooks, write the results, export the HTML."""
+    args = _args(argv)
+    try:
+        paths = notebooks(args.book_dir, args.only)
+        if not paths:
+            raise BookError(f"no notebooks NN_*.ipynb in {args.book_dir}")
+        kernel = kernel_name()
+        total = time.perf_counter()
+        print(f"book: {len(paths)} notebooks, profile {args.profile}, into {args.out}")
+        runs = _run_all(paths, args, kernel)
+        json_path, md_path = write_results(runs, args.out, args.profile)
+        print(f"results: {md_path} and {json_path}")
+        if not args.no_html:
+            _export_all(runs, args.out / "html", args.profile)
+        print(f"book done in {time.perf_counter() - total:.1f} s")
+        for run in runs:
+            print(f"  {run.notebook:40s} {run.seconds:7.1f} s")
+    except BookError as err:
+        print(f"book FAILED: {err}", file=sys.stderr)
+        return 1
+    return 0

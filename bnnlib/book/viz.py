@@ -1,0 +1,445 @@
+"""Figures for the book: plotly rendered offline, widgets with a static fallback, probes.
+
+The book's notebooks import only bnnlib; every figure goes through this module,
+so it renders the same way in JupyterLab, in a headless papermill run and in
+the exported HTML, which must work offline:
+
+* :func:`show` displays a plotly figure. In a live JupyterLab it emits only
+  plotly's own mimetype, which JupyterLab renders itself, so a notebook a
+  reader saves does not grow by the 4.8 MB of plotly.js per figure. In a book
+  run (``make book`` sets ``BNN_BOOK_RUN``) it adds an HTML div that uses the
+  *shared* plotly.js: the HTML book loads one offline copy, ``plotly.min.js``
+  beside its pages (:func:`bnnlib.book.export_html`), and no output embeds it.
+* :func:`widget_view` is a view over computed data: ``compute(option)`` returns
+  a figure for each option (all computed up front). In a live kernel it is a
+  :class:`WidgetView`, toggle buttons above a ``FigureWidget`` that they update;
+  its HTML fallback is the static figure with plotly's own buttons for the
+  same options, so headless runs and the HTML export can still switch.
+* Figure builders the notebooks share: :func:`line`, :func:`histograms`,
+  :func:`binarized_histograms`, :func:`training_curves`, and :func:`table`.
+* Probes that measure a model for a figure: :func:`sign_probes` (the input
+  and gradient of each Sign activation), :func:`saturation` (the fraction
+  ``|x| > 1`` where the straight-through estimator cancels the gradient).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import ipywidgets
+import numpy as np
+import plotly.graph_objects as go
+import torch
+from plotly.subplots import make_subplots
+
+__all__ = [
+    "show",
+    "figure_html",
+    "widget_view",
+    "WidgetView",
+    "switchable",
+    "line",
+    "histograms",
+    "binarized_histograms",
+    "training_curves",
+    "epoch_axis",
+    "table",
+    "SignProbe",
+    "sign_probes",
+    "saturation",
+]
+
+HEIGHT = 420  # default figure height in pixels (an HTML page has no height to fill)
+PLOTLY_MIME = "application/vnd.plotly.v1+json"
+CONFIG = {"displaylogo": False, "responsive": True}
+
+
+#: Set by the book runner: outputs then carry an HTML div for the exported pages.
+BOOK_ENV = "BNN_BOOK_RUN"
+
+
+def _sized(fig: go.Figure) -> go.Figure:
+    fig = go.Figure(fig)
+    if fig.layout.height is None:
+        fig.update_layout(height=HEIGHT)
+    return fig
+
+
+def figure_html(fig: go.Figure) -> str:
+    """HTML of ``fig``: a div and the script drawing it with the page's shared plotly.js.
+
+    Neither plotly.js itself (the page loads one copy) nor any CDN reference.
+    """
+    return _sized(fig).to_html(full_html=False, include_plotlyjs=False, config=CONFIG)
+
+
+def show_figure(bundle: dict) -> None:
+    from IPython.display import display
+
+    display(bundle, raw=True)
+
+
+def show(fig: go.Figure) -> None:
+    """Display a plotly figure so it renders in JupyterLab, headless runs and offline HTML."""
+    fig = _sized(fig)
+    bundle = {
+        PLOTLY_MIME: json.loads(fig.to_json()),
+        "text/plain": f"<Figure: {fig.layout.title.text or 'plotly'}>",
+    }
+    if os.environ.get(BOOK_ENV):
+        bundle["text/html"] = figure_html(fig)
+    show_figure(bundle)
+
+
+# --- widgets -------------------------------------------------------------------------------
+
+
+def switchable(figures: Mapping[str, go.Figure]) -> go.Figure:
+    """One static figure holding every option's traces, with plotly buttons to switch.
+
+    The figures must share their axes layout (same subplots); each button shows
+    its option's traces and title.
+    """
+    labels = list(figures)
+    first = _sized(figures[labels[0]])
+    combined = go.Figure(layout=first.layout)
+    owner: list[str] = []
+    for label in labels:
+        for trace in figures[label].data:
+            combined.add_trace(trace)
+            owner.append(label)
+    for trace, label in zip(combined.data, owner, strict=True):
+        trace.visible = label == labels[0]
+    buttons = [
+        {
+            "label": label,
+            "method": "update",
+            "args": [
+                {"visible": [o == label for o in owner]},
+                {"title.text": figures[label].layout.title.text},
+            ],
+        }
+        for label in labels
+    ]
+    menu = {"type": "buttons", "direction": "right", "buttons": buttons, "showactive": True}
+    # Above the plot and any subplot titles; the top margin grows to make room.
+    menu.update(x=0, xanchor="left", y=1.1, yanchor="bottom", pad={"b": 4})
+    top = (first.layout.margin.t or 80) + 50
+    combined.update_layout(updatemenus=[menu], margin={"t": top})
+    return combined
+
+
+class WidgetView(ipywidgets.VBox):
+    """A VBox widget: toggle buttons (``.control``) over a plotly FigureWidget (``.figure``).
+
+    ``.figures`` holds the figure computed for each option. Setting ``view.value``
+    (or clicking a button) shows that option's figure. Displayed in JupyterLab it
+    is the live widget; in a headless run or an HTML export its output falls back
+    to :func:`switchable`'s static figure.
+    """
+
+    def __init__(
+        self,
+        compute: Callable[[str], go.Figure],
+        options: Sequence[str],
+        description: str = "",
+    ) -> None:
+        if not options:
+            raise ValueError("widget_view needs at least one option")
+        figures = {opt: _sized(compute(opt)) for opt in options}
+        control = ipywidgets.ToggleButtons(
+            options=list(options), value=options[0], description=description
+        )
+        figure = go.FigureWidget(figures[options[0]])
+        super().__init__([control, figure])
+        self.figures, self.control, self.figure = figures, control, figure
+        control.observe(self._update, names="value")
+
+    @property
+    def value(self) -> str:
+        return self.control.value
+
+    @value.setter
+    def value(self, option: str) -> None:
+        self.control.value = option
+
+    def _update(self, change: dict) -> None:
+        new = self.figures[change["new"]]
+        with self.figure.batch_update():
+            self.figure.data = ()
+            self.figure.add_traces(list(new.data))
+            self.figure.update_layout(new.layout.to_plotly_json())
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict:
+        # JupyterLab renders the widget view; nbconvert and static viewers the HTML.
+        bundle = super()._repr_mimebundle_(**kwargs) or {}
+        if os.environ.get(BOOK_ENV):
+            bundle["text/html"] = figure_html(switchable(self.figures))
+        else:  # static viewers without the widget: plotly's mimetype, buttons included
+            bundle[PLOTLY_MIME] = json.loads(switchable(self.figures).to_json())
+        return bundle
+
+
+def widget_view(
+    compute: Callable[[str], go.Figure], options: Sequence[str], description: str = ""
+) -> WidgetView:
+    """A :class:`WidgetView` over ``compute(option)`` for each option; display it as cell value."""
+    return WidgetView(compute, options, description)
+
+
+# --- figure builders ------------------------------------------------------------------------
+
+
+def _np(x: Any) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def line(
+    x: Any,
+    ys: Mapping[str, Any],
+    *,
+    title: str = "",
+    xaxis_title: str = "",
+    yaxis_title: str = "",
+    mode: str | Mapping[str, str] = "lines",
+    log_x: bool = False,
+    log_y: bool = False,
+) -> go.Figure:
+    """Curves ``ys[name]`` against one shared ``x``.
+
+    ``mode`` is plotly's ``"lines"``, ``"markers"`` or ``"lines+markers"``, for all
+    curves or per name (a dict; names left out get lines).
+    """
+    fig = go.Figure()
+    xs = _np(x)
+    for name, y in ys.items():
+        m = mode if isinstance(mode, str) else mode.get(name, "lines")
+        fig.add_trace(go.Scatter(x=xs, y=_np(y), name=name, mode=m))
+    fig.update_layout(title=title, xaxis_title=xaxis_title, yaxis_title=yaxis_title)
+    if log_x:
+        fig.update_xaxes(type="log")
+    if log_y:
+        fig.update_yaxes(type="log")
+    return fig
+
+
+def _bins(arrays: Sequence[np.ndarray], nbins: int) -> np.ndarray:
+    """Shared bin edges over all arrays (a single value gets a bin of width 1)."""
+    lo = min(float(a.min()) for a in arrays if a.size)
+    hi = max(float(a.max()) for a in arrays if a.size)
+    if hi <= lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    return np.linspace(lo, hi, nbins + 1)
+
+
+def _bars(values: np.ndarray, edges: np.ndarray, scale: float = 1.0, **kw: Any) -> go.Bar:
+    # Counts are computed here so a figure holds nbins numbers, not every sample.
+    counts, _ = np.histogram(values, edges)
+    centers = (edges[:-1] + edges[1:]) / 2
+    return go.Bar(x=centers, y=counts * scale, width=float(edges[1] - edges[0]), **kw)
+
+
+def histograms(
+    samples: Mapping[str, Any],
+    *,
+    title: str = "",
+    xaxis_title: str = "",
+    nbins: int = 60,
+    log_y: bool = False,
+    normalized: bool = True,
+) -> go.Figure:
+    """Overlaid histograms on shared bins, one per entry of ``samples`` (fractions by default)."""
+    arrays = {name: _np(v).ravel().astype(np.float64) for name, v in samples.items()}
+    edges = _bins(list(arrays.values()), nbins)
+    fig = go.Figure()
+    for name, a in arrays.items():
+        scale = 1.0 / max(a.size, 1) if normalized else 1.0
+        fig.add_trace(_bars(a, edges, scale, name=name, opacity=0.6))
+    fig.update_layout(
+        barmode="overlay",
+        bargap=0,
+        title=title,
+        xaxis_title=xaxis_title,
+        yaxis_title="fraction" if normalized else "count",
+    )
+    if log_y:
+        fig.update_yaxes(type="log")
+    return fig
+
+
+def binarized_histograms(
+    panels: Mapping[str, tuple[Any, Any]], *, title: str = "", nbins: int = 50
+) -> go.Figure:
+    """For each panel ``(real, binary)``: the histogram of the real values, stacked by outcome.
+
+    Values that binarized to +1 and to -1 get their own colour, so a deterministic
+    Sign shows a clean cut at 0 and a stochastic one a mixed band over [-1, 1].
+    """
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=list(panels))
+    colors = {+1: "#1f77b4", -1: "#d62728"}
+    for col, (real, binary) in enumerate(panels.values(), start=1):
+        real, binary = _np(real).ravel().astype(np.float64), _np(binary).ravel()
+        edges = _bins([real], nbins)
+        for outcome in (+1, -1):
+            bars = _bars(
+                real[binary == outcome],
+                edges,
+                name=f"→ {outcome:+d}",
+                marker_color=colors[outcome],
+                legendgroup=str(outcome),
+                showlegend=col == 1,
+            )
+            fig.add_trace(bars, row=1, col=col)
+        fig.update_xaxes(title_text="real value", row=1, col=col)
+    fig.update_layout(barmode="stack", bargap=0, title=title, yaxis_title="count")
+    return fig
+
+
+def _epochs(history: Any) -> list[dict]:
+    if hasattr(history, "epochs"):
+        return list(history.epochs)
+    if isinstance(history, Mapping) and "epochs" in history:
+        return list(history["epochs"])
+    return list(history)
+
+
+def training_curves(
+    histories: Mapping[str, Any],
+    metrics: Sequence[str] = ("train_error", "val_error"),
+    *,
+    title: str = "",
+) -> go.Figure:
+    """Error (in %) per epoch for each run; ``histories`` maps a label to a History.
+
+    A History is a :class:`bnnlib.train.History`, its ``to_dict()``, or a list of
+    per-epoch dicts. Each metric gets its own dash style, each run its colour.
+    """
+    fig = go.Figure()
+    palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
+    dashes = ["dot", "solid", "dash", "dashdot"]
+    for i, (label, history) in enumerate(histories.items()):
+        epochs = _epochs(history)
+        for j, metric in enumerate(metrics):
+            points = [(e["epoch"], e[metric]) for e in epochs if e.get(metric) is not None]
+            if not points:
+                continue
+            x, y = zip(*points, strict=True)
+            fig.add_trace(
+                go.Scatter(
+                    x=x,
+                    y=[100 * v for v in y],
+                    name=f"{label}: {metric.replace('_', ' ')}",
+                    mode="lines+markers",
+                    line={"color": palette[i % len(palette)], "dash": dashes[j % len(dashes)]},
+                )
+            )
+    fig.update_layout(title=title, xaxis_title="epoch", yaxis_title="error (%)")
+    epoch_axis(fig, max((len(_epochs(h)) for h in histories.values()), default=0))
+    return fig
+
+
+def epoch_axis(fig: go.Figure, num_epochs: int, row: int | None = None, col=None) -> go.Figure:
+    """Ticks on whole epochs only (1, 2, ... or every 2, 5, 10, 20, 50, ... epochs)."""
+    step = 1
+    for candidate in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000):
+        step = candidate
+        if num_epochs / candidate <= 12:
+            break
+    fig.update_xaxes(tick0=0 if step > 1 else 1, dtick=step, tickformat="d", row=row, col=col)
+    return fig
+
+
+def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> None:
+    """Display rows (dicts) as an HTML table (plain text when no HTML is rendered)."""
+    columns = list(columns or (rows[0].keys() if rows else []))
+
+    def cell(v: Any) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(cell(r.get(c, '')))}</td>" for c in columns) + "</tr>"
+        for r in rows
+    )
+    text = "\n".join(
+        [" | ".join(columns)] + [" | ".join(cell(r.get(c, "")) for c in columns) for r in rows]
+    )
+    show_figure(
+        {
+            "text/html": f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>",
+            "text/plain": text,
+        }
+    )
+
+
+# --- probes -----------------------------------------------------------------------------------
+
+
+@dataclass
+class SignProbe:
+    """What one Sign activation saw: its real input and the gradient that reached that input."""
+
+    name: str
+    input: torch.Tensor
+    grad: torch.Tensor | None
+
+
+def sign_probes(
+    net: torch.nn.Module,
+    X: torch.Tensor,
+    y: torch.Tensor | None = None,
+    num_classes: int = 10,
+    estimator: str | None = None,
+) -> list[SignProbe]:
+    """Run ``net`` on ``X`` and return, for each :class:`~bnnlib.nn.layers.SignActivation`,
+    its input and (when labels ``y`` are given) the square-hinge loss gradient at that input.
+
+    ``estimator`` (see :mod:`bnnlib.nn.ste`) replaces the activations' estimator for this
+    one pass, so the same weights can be probed with each. The model's mode
+    (train/eval) is left as it is; parameter gradients are left zeroed.
+    """
+    from bnnlib.nn.layers import SignActivation
+    from bnnlib.nn.losses import pm1_targets, square_hinge
+
+    signs = [(n, m) for n, m in net.named_modules() if isinstance(m, SignActivation)]
+    saved = [m.estimator for _, m in signs]
+    seen: list[tuple[str, torch.Tensor]] = []
+
+    def grab(name: str):
+        def hook(_module, args):
+            if args[0].requires_grad:
+                args[0].retain_grad()  # keep the gradient of this non-leaf tensor
+            seen.append((name, args[0]))
+
+        return hook
+
+    hooks = [m.register_forward_pre_hook(grab(n)) for n, m in signs]
+    try:
+        for _, module in signs:
+            module.estimator = estimator or module.estimator
+        with torch.set_grad_enabled(y is not None):
+            out = net(X)
+            if y is not None:
+                square_hinge(out, pm1_targets(y, num_classes)).backward()
+    finally:
+        for h in hooks:
+            h.remove()
+        for (_, module), original in zip(signs, saved, strict=True):
+            module.estimator = original
+    probes = [
+        SignProbe(n, x.detach(), None if x.grad is None else x.grad.detach()) for n, x in seen
+    ]
+    net.zero_grad(set_to_none=True)
+    return probes
+
+
+def saturation(x: torch.Tensor) -> float:
+    """Fraction of entries with |x| > 1: where the STE of paper Eq. 4 cancels the gradient."""
+    return (x.abs() > 1).float().mean().item()

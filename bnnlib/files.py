@@ -1,0 +1,89 @@
+"""Safe file writes: :func:`atomic_write` is the one way bnnlib writes a file that must never
+be seen half-written (checkpoints, histories, records, packed models, benchmark JSON).
+
+The bytes go to a temporary file in the same folder, are fsynced, then ``os.replace`` renames
+it over the target and the folder is fsynced. The file gets the mode any new file gets, 0666
+less the umask (not the 0600 of a temporary file). A write killed before its rename leaves its
+temporary ``.<name>.<random>.tmp``; the next write of the same path removes such leftovers once
+they are an hour old (:data:`STALE_TMP_SECONDS`; younger ones may belong to a write still
+running in another process).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+__all__ = ["atomic_write", "STALE_TMP_SECONDS"]
+
+#: Age after which a leftover ``.<name>.<random>.tmp`` of an interrupted write is removed.
+STALE_TMP_SECONDS = 3600
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux tells (/proc), else set back."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _remove_stale_tmp(path: Path) -> None:
+    """Remove ``.<name>.<random>.tmp`` siblings of ``path`` (mkstemp's names, as below) left by
+    writes killed before their rename, once older than :data:`STALE_TMP_SECONDS`."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.tmp")
+    cutoff = time.time() - STALE_TMP_SECONDS
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(path.parent):
+            if pattern.fullmatch(entry.name):
+                with contextlib.suppress(OSError):
+                    if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
+                        os.unlink(entry.path)
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | Callable[[BinaryIO], Any]) -> Path:
+    """Write ``data`` (bytes, or a function that writes to a binary file) to ``path`` atomically.
+
+    Readers see the old file or the new one, never a part: the bytes go to a
+    temporary file in the same folder, are fsynced, then renamed over ``path``.
+    If anything fails the temporary file is removed and ``path`` is untouched.
+    The file's mode is 0666 less the umask, as for any new file. Temporary files
+    of earlier writes of ``path`` that were killed before their rename are removed
+    once an hour old (:data:`STALE_TMP_SECONDS`).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_tmp(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with contextlib.suppress(OSError):  # mkstemp makes 0600; a new file is 0666 & ~umask
+            os.fchmod(fd, 0o666 & ~_umask())
+        with os.fdopen(fd, "wb") as f:
+            if isinstance(data, (bytes, bytearray, memoryview)):
+                f.write(data)
+            else:
+                data(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    return path

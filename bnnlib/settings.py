@@ -1,0 +1,81 @@
+"""Process-wide settings, read in one place.
+
+The environment variables bnnlib honours are named and read here only:
+
+* ``BNN_DATA_DIR``: the data root when none is given (:data:`DATA_DIR_VAR`);
+* ``BNN_RESULTS_DIR``: the committed ``results/`` folder (:data:`RESULTS_DIR_VAR`);
+* ``BNN_RECORD_FILE``: where a notebook's :func:`bnnlib.book.record.record` writes
+  (:data:`RECORD_FILE_VAR`);
+* ``OMP_WAIT_POLICY``: ``PASSIVE`` makes idle OpenMP threads sleep; the fused packed MLP then
+  stays on one thread (:func:`omp_passive`).
+
+:func:`retain_freed_memory` is the glibc ``malloc`` setting that halves CPU training steps. A
+step allocates and frees tensors of tens of megabytes (a 4096 x 4096 weight and its binarization
+are 64 MB each); glibc serves such blocks with ``mmap`` and returns them to the OS on ``free``,
+so every step page-faults its memory in again. It is process-wide, so the training CLI and the
+benchmarks call it explicitly, never at import.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import sys
+from pathlib import Path
+
+__all__ = [
+    "DATA_DIR_VAR",
+    "RESULTS_DIR_VAR",
+    "RECORD_FILE_VAR",
+    "data_dir",
+    "results_dir_override",
+    "record_file",
+    "omp_passive",
+    "retain_freed_memory",
+]
+
+DATA_DIR_VAR = "BNN_DATA_DIR"
+RESULTS_DIR_VAR = "BNN_RESULTS_DIR"
+RECORD_FILE_VAR = "BNN_RECORD_FILE"
+
+
+def _path_var(name: str) -> Path | None:
+    value = os.environ.get(name)
+    return Path(value).expanduser() if value else None
+
+
+def data_dir() -> Path | None:
+    """``$BNN_DATA_DIR`` as a path, None when unset or empty."""
+    return _path_var(DATA_DIR_VAR)
+
+
+def results_dir_override() -> Path | None:
+    """``$BNN_RESULTS_DIR`` as a path, None when unset or empty."""
+    return _path_var(RESULTS_DIR_VAR)
+
+
+def record_file() -> Path | None:
+    """``$BNN_RECORD_FILE`` as a path, None when unset or empty."""
+    return _path_var(RECORD_FILE_VAR)
+
+
+def omp_passive() -> bool:
+    """True when ``OMP_WAIT_POLICY`` is ``PASSIVE`` (idle OpenMP threads sleep)."""
+    return os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE"
+
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+
+
+def retain_freed_memory() -> bool:
+    """Keep freed blocks in the heap (glibc ``mallopt``); returns False where unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        ok = libc.mallopt(_M_MMAP_MAX, 0) == 1
+        return ok and libc.mallopt(_M_TRIM_THRESHOLD, 2**30) == 1
+    except (OSError, AttributeError):  # not glibc (musl, ...): nothing to tune
+        return False

@@ -1,0 +1,235 @@
+"""A run's configuration and its folder: what must match to resume, and who may write there.
+
+Resuming. :func:`bnnlib.train.fit` records the run configuration (:func:`run_config`) in
+the history and the checkpoint, and ``resume=True`` refuses a checkpoint whose
+configuration differs (:func:`config_differences`: every setting that changes the result,
+each differing one named; settings missing from an older checkpoint count as their
+defaults, :data:`CONFIG_DEFAULTS`) or whose model has other parameter shapes
+(:func:`check_resume`, :class:`RunConfigError`).
+
+The run folder (``--out`` of ``python -m bnnlib.train``, :func:`claim_run_folder`). A
+folder that holds a run (``checkpoint.pt`` or ``history.json``) is refused unless resumed
+or overwritten. While a run uses it the folder holds ``.lock`` (PID and host, created
+exclusively, removed at exit by :func:`release`): a second run is refused; a lock left by
+a process that no longer runs is taken over with a message. Temporary files of an
+interrupted write are removed when the folder is claimed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+from torch import nn
+
+from bnnlib.train.checkpoint import remove_stale_temporaries
+
+__all__ = ["RunConfigError", "config_differences", "run_config", "check_resume"]
+__all__ += ["CONFIG_DEFAULTS", "NOT_COMPARED", "RUN_FILES", "claim_run_folder", "release"]
+__all__ += ["RunFolderError"]
+
+
+class RunConfigError(ValueError):
+    """A checkpoint of another run configuration than the one asked to resume."""
+
+
+class RunFolderError(RuntimeError):
+    """The run folder cannot be used as asked (it holds a run, is locked, is not writable)."""
+
+
+#: Settings recorded for the record only: they may change when a run is resumed.
+NOT_COMPARED = ("argv", "hardware", "data", "fast", "run_config")
+#: The values of settings that older checkpoints did not record (the CLI's defaults then).
+CONFIG_DEFAULTS = {"depth": 3, "width": 1.0, "float": False}
+_MISSING = "<not recorded>"
+
+
+def config_differences(saved: dict, now: dict) -> dict[str, tuple]:
+    """``{setting: (saved value, value now)}`` for every setting of a run's configuration
+    that differs, but those in :data:`NOT_COMPARED`; a setting missing on one side counts
+    as its :data:`CONFIG_DEFAULTS` value (settings added after ``saved`` was written)."""
+    diff = {}
+    for k in dict.fromkeys([*saved, *now]):
+        if k in NOT_COMPARED:
+            continue
+        a = saved.get(k, CONFIG_DEFAULTS.get(k, _MISSING))
+        b = now.get(k, CONFIG_DEFAULTS.get(k, _MISSING))
+        if a != b:
+            diff[k] = (a, b)
+    return diff
+
+
+def extends_step_schedule(ckpt: dict, config: dict) -> bool:
+    """True when ``config`` only asks for more epochs of a run on the step schedule.
+
+    Torch7's schedule (halve the LR every N epochs) does not depend on the run's
+    length, so such a run may be extended on resume (the Torch7 code itself trains
+    with no epoch limit); the exponential schedule ends at ``lr_end`` after exactly
+    ``num_epochs`` and may not.
+    """
+    saved = ckpt["config"]
+    return (
+        bool(saved.get("lr_halve_every"))
+        and saved.get("lr_halve_every") == config.get("lr_halve_every")
+        and config["num_epochs"] > saved["num_epochs"]
+    )
+
+
+def check_resume(ckpt: dict, config: dict, net: nn.Module, path) -> None:
+    """Refuse a checkpoint of another run configuration, or of another model's shapes.
+
+    More epochs are allowed for a run on the step schedule (:func:`extends_step_schedule`).
+    """
+    diff = config_differences(ckpt["config"], config)
+    if extends_step_schedule(ckpt, config):
+        diff.pop("num_epochs", None)
+    if diff:
+        shown = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
+        raise RunConfigError(
+            f"{path}: cannot resume with different settings ({shown}); "
+            "resume with the same settings, or start a new run in another folder "
+            "(or replace this one with --overwrite)"
+        )
+    saved = {k: tuple(v.shape) for k, v in ckpt["model"].items()}
+    mine = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    if saved != mine:
+        shown = [
+            f"{k}: checkpoint {saved.get(k, 'none')} vs now {mine.get(k, 'none')}"
+            for k in dict.fromkeys([*saved, *mine])
+            if saved.get(k) != mine.get(k)
+        ]
+        raise RunConfigError(
+            f"{path}: cannot resume: the checkpoint holds another model "
+            f"({', '.join(shown[:5])}{', ...' if len(shown) > 5 else ''})"
+        )
+
+
+def run_config(
+    train, val, test, *, num_epochs, batch_size, lr_start, lr_end, optimizer, glorot_scale,
+    lr_halve_every, seed, world_size=1, fast=False, meta=None, **_ignored,
+) -> dict:  # fmt: skip
+    """The run configuration :func:`fit` records (``history.config``, the checkpoint's) and
+    compares on resume (:func:`config_differences`); ``meta``'s entries are added."""
+    return {
+        "num_epochs": num_epochs, "batch_size": batch_size, "lr_start": lr_start,
+        "lr_end": lr_end, "optimizer": optimizer, "glorot_scale": glorot_scale,
+        "lr_halve_every": lr_halve_every, "seed": seed, "world_size": world_size,
+        "dataset": train.name, "n_train": len(train),
+        "n_val": len(val) if val is not None else 0,
+        "n_test": len(test) if test is not None else 0, "fast": fast, **(meta or {}),
+    }  # fmt: skip
+
+
+# ------------------------------------------------------------------ the run folder
+
+#: The files of a run in --out (the first two mark a folder as holding one).
+RUN_FILES = ("checkpoint.pt", "history.json", "model.pt", "best_model.pt")
+LOCK = ".lock"
+
+
+def _fail(message: str):
+    raise RunFolderError(message)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _lock_holder(path: Path) -> tuple[int | None, str]:
+    """(PID, host) written in a lock file; PID None if unreadable."""
+    words = path.read_text(errors="replace").split()
+    try:
+        return int(words[0]), (words[1] if len(words) > 1 else "")
+    except (IndexError, ValueError):
+        return None, ""
+
+
+def _take_lock(out: Path) -> Path:
+    """Create ``out/.lock`` exclusively with this process's PID and host, or raise."""
+    path, host = out / LOCK, platform.node()
+    for _ in range(5):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            try:
+                pid, holder_host = _lock_holder(path)
+                age = time.time() - path.stat().st_mtime
+            except FileNotFoundError:  # released meanwhile
+                continue
+            if pid is None and age < 10:
+                _fail(f"{out} is being claimed by another run ({path}); try again")
+            if pid is not None and holder_host not in ("", host):
+                _fail(f"{out} is in use by process {pid} on {holder_host} ({path}); if no "
+                    "run uses the folder any more, delete the lock file",
+                )  # fmt: skip
+            if pid is not None and _alive(pid):
+                _fail(f"{out} is in use by process {pid} ({path}): another run trains "
+                    "in this folder; wait for it to end, or choose another --out",
+                )  # fmt: skip
+            print(
+                f"{path}: taking over the stale lock of process {pid}, which no longer runs",
+                file=sys.stderr, flush=True,
+            )  # fmt: skip
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            continue
+        except OSError as e:
+            _fail(f"cannot write to --out {out}: {e.strerror or e}")
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()} {host}\n")
+        return path
+    _fail(f"{out}: could not take the lock {path}; try again")
+
+
+def claim_run_folder(out: Path, resume: bool, overwrite: bool) -> Path:
+    """Create ``out``, take its lock, check it against --resume/--overwrite and clean it.
+
+    Returns the lock file (removed by the caller at exit)."""
+    if resume and overwrite:
+        _fail("--resume continues the run in --out, --overwrite replaces it: not both")
+    no_checkpoint = (
+        f"--resume: {out} holds no checkpoint.pt: nothing to resume; start a new run "
+        "without --resume"
+    )
+    if resume and not (out / "checkpoint.pt").exists():  # before creating anything
+        _fail(no_checkpoint)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        _fail(f"cannot write to --out {out}: {e.strerror or e}")
+    lock = _take_lock(out)
+    try:
+        held = [n for n in RUN_FILES[:2] if (out / n).exists()]
+        if resume and not (out / "checkpoint.pt").exists():  # removed meanwhile
+            _fail(no_checkpoint)
+        if held and not (resume or overwrite):
+            _fail(f"{out} holds a run ({', '.join(held)}): continue it with --resume, "
+                "replace it with --overwrite, or choose another --out",
+            )  # fmt: skip
+        if overwrite:
+            gone = [n for n in RUN_FILES if (out / n).exists()]
+            for name in gone:
+                (out / name).unlink()
+            if gone:
+                print(f"--overwrite: removed {', '.join(gone)} from {out}", file=sys.stderr)
+        remove_stale_temporaries(out, RUN_FILES)  # left by a killed process
+    except BaseException:
+        release(lock)
+        raise
+    return lock
+
+
+def release(lock: Path | None) -> None:
+    if lock is not None:
+        with contextlib.suppress(FileNotFoundError):
+            lock.unlink()

@@ -1,0 +1,147 @@
+"""The package layout: no private name used outside its module, no import cycle, few top modules.
+
+Static checks over the source (``ast``), so a refactor that reintroduces a back door fails here.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import pkgutil
+from pathlib import Path
+
+import bnnlib
+
+ROOT = Path(bnnlib.__file__).resolve().parent
+REPO = ROOT.parent
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _sources() -> list[Path]:
+    return sorted(ROOT.rglob("*.py")) + sorted((REPO / "tests").glob("*.py"))
+
+
+def _is_bnnlib_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None and name.startswith("bnnlib")
+    except (ImportError, ValueError):
+        return False
+
+
+def private_uses(path: Path) -> list[str]:
+    """``_name`` of another bnnlib module used in ``path``: imported, or read off a module alias."""
+    tree = ast.parse(path.read_text(), str(path))
+    here = _module_name(path)
+    found, aliases = [], {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("bnnlib"):
+            for a in node.names:
+                full = f"{node.module}.{a.name}"
+                if _is_bnnlib_module(full):
+                    aliases[a.asname or a.name] = full
+                elif a.name.startswith("_") and node.module != here:
+                    found.append(f"{path.name}:{node.lineno}: from {node.module} import {a.name}")
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.startswith("bnnlib") and a.asname:
+                    aliases[a.asname] = a.name
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in aliases
+            and node.attr.startswith("_")
+            and not node.attr.startswith("__")
+            and aliases[node.value.id] != here
+        ):
+            found.append(f"{path.name}:{node.lineno}: {node.value.id}.{node.attr}")
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "setattr"
+            and len(node.args) >= 2
+            and isinstance(node.args[0], ast.Name)
+            and node.args[0].id in aliases
+            and isinstance(node.args[1], ast.Constant)
+            and str(node.args[1].value).startswith("_")
+        ):
+            found.append(
+                f"{path.name}:{node.lineno}: setattr({node.args[0].id}, {node.args[1].value!r})"
+            )
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            text = node.value
+            if text.startswith("bnnlib.") and " " not in text:
+                mod, _, attr = text.rpartition(".")
+                if attr.startswith("_") and not attr.startswith("__") and _is_bnnlib_module(mod):
+                    found.append(f"{path.name}:{node.lineno}: {text!r}")
+    return found
+
+
+def test_no_private_name_is_used_across_modules():
+    found = [use for p in _sources() for use in private_uses(p)]
+    assert found == [], "\n".join(found)
+
+
+def _imports_of(path: Path) -> set[str]:
+    """bnnlib modules that ``path`` imports at module level (function-level imports included:
+    a cycle through a lazy import is still a cycle)."""
+    tree = ast.parse(path.read_text(), str(path))
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("bnnlib"):
+            for a in node.names:
+                full = f"{node.module}.{a.name}"
+                out.add(full if _is_bnnlib_module(full) else node.module)
+        elif isinstance(node, ast.Import):
+            out.update(a.name for a in node.names if a.name.startswith("bnnlib"))
+    return out
+
+
+def test_no_import_cycle():
+    graph = {_module_name(p): _imports_of(p) for p in sorted(ROOT.rglob("*.py"))}
+
+    def parents(name: str) -> set[str]:
+        # importing a.b.c runs a/__init__ and a/b/__init__ first; a package's own
+        # __init__ importing its submodules is not a cycle.
+        return set()
+
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in graph or nxt == node:
+                continue
+            # a submodule importing its own package's __init__ (for a sibling) is how
+            # packages work, not a cycle between modules
+            if node.startswith(nxt + "."):
+                continue
+            if state.get(nxt) == 1:
+                cycle = stack[stack.index(nxt) :] + [nxt]
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
+            if state.get(nxt) is None:
+                visit(nxt)
+        stack.pop()
+        state[node] = 2
+
+    for name in sorted(graph):
+        if state.get(name) is None:
+            visit(name)
+    assert parents("bnnlib") == set()
+
+
+def test_few_plain_modules_at_the_top_and_each_package_imports():
+    top = sorted(p.stem for p in ROOT.glob("*.py") if p.stem != "__init__")
+    assert len(top) <= 12, top
+    for info in pkgutil.walk_packages([str(ROOT)], "bnnlib."):
+        if info.name.endswith("__main__"):
+            continue
+        importlib.import_module(info.name)
