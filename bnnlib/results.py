@@ -11,29 +11,34 @@ book can show them and anyone can check them. A *committed run* is a folder::
 :func:`results_dir` finds the folder (``$BNN_RESULTS_DIR``, else the repository
 next to this package, else ``../results`` or ``results`` from the working
 directory, which covers the book's notebooks run from ``book/``),
-:func:`find` globs in it, :func:`load_run` reads a committed run.
+:func:`find` globs in it, :func:`load_run` reads a committed run (its best-validation epoch
+re-read from its epochs under the book's one tie rule, :attr:`History.best_epoch`: the later
+epoch on ties), :func:`runs` all those matching a filter, :func:`load_bench` a benchmark file
+(``python -m bnnlib.bench --out results/...``) with its machine.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ENV_VAR", "results_dir", "find", "CommittedRun", "load_run", "TORCH7_MNIST_RUN"]
+from bnnlib import settings
 
-ENV_VAR = "BNN_RESULTS_DIR"
+__all__ = ["ENV_VAR", "results_dir", "find", "CommittedRun", "load_run", "runs", "TORCH7_MNIST_RUN"]
+__all__ += ["Bench", "load_bench", "machine_line"]
+
+ENV_VAR = settings.RESULTS_DIR_VAR
 #: The committed Torch7-preset MNIST run (Table 1's Torch7 column).
 TORCH7_MNIST_RUN = "torch7_mnist"
 
 
 def results_dir() -> Path | None:
     """The ``results/`` folder, or None when there is none (e.g. a pip-installed package)."""
-    env = os.environ.get(ENV_VAR)
-    if env:
-        return Path(env)
+    override = settings.results_dir_override()
+    if override is not None:
+        return override
     here = Path(__file__).resolve().parent.parent / "results"
     for candidate in (here, Path("../results"), Path("results")):
         if candidate.is_dir():
@@ -62,9 +67,47 @@ class CommittedRun:
         return path if path.exists() else None
 
     @property
+    def best_epoch(self) -> int | None:
+        """The best-validation epoch, re-read from the epochs under the one tie rule (the later
+        epoch on ties, :attr:`bnnlib.train.History.best_epoch`), whatever the file says."""
+        from bnnlib.train.history import History
+
+        return History(epochs=self.epochs).best_epoch
+
+    def _at_best(self, key: str) -> float | None:
+        best = self.best_epoch
+        return next((r[key] for r in self.epochs if r["epoch"] == best), None)
+
+    @property
     def test_error(self) -> float | None:
         """The test error at the best-validation epoch: the figure the paper reports."""
-        return self.history.get("test_error_at_best")
+        return self._at_best("test_error")
+
+    @property
+    def best_val_error(self) -> float | None:
+        return self._at_best("val_error")
+
+    @property
+    def selection_changed(self) -> bool:
+        """True when the file's recorded best epoch differs from :attr:`best_epoch` (a run
+        recorded under another tie rule)."""
+        recorded = self.history.get("best_epoch")
+        return recorded is not None and recorded != self.best_epoch
+
+    @property
+    def test_errors(self) -> int | None:
+        """Test errors at the best epoch, as a count of the test images."""
+        n = self.history.get("config", {}).get("n_test")
+        return None if n is None or self.test_error is None else round(self.test_error * n)
+
+    @property
+    def n_test(self) -> int | None:
+        return self.history.get("config", {}).get("n_test")
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The run configuration it was trained with (``run_config``; empty if not recorded)."""
+        return dict(self.history.get("config", {}).get("run_config") or {})
 
     @property
     def epochs(self) -> list[dict]:
@@ -77,6 +120,17 @@ class CommittedRun:
             f"{r.get('data', '?')}; {r.get('schedule', '?')}; {r.get('hardware', '?')}; "
             f"seed {r.get('seed', '?')}; {r.get('date', '?')}"
         )
+
+
+def runs(**where: Any) -> list[CommittedRun]:
+    """Every committed run whose run configuration has ``where``'s values, by folder name
+    (e.g. ``runs(preset="torch7", dataset="mnist")`` gives every seed of that cell)."""
+    found = []
+    for folder in find("*/history.json"):
+        run = load_run(folder.parent.name)
+        if run is not None and all(run.config.get(k) == v for k, v in where.items()):
+            found.append(run)
+    return found
 
 
 def load_run(name: str) -> CommittedRun | None:
@@ -93,3 +147,49 @@ def load_run(name: str) -> CommittedRun | None:
     except json.JSONDecodeError as e:
         raise ValueError(f"{folder}: a committed result is not valid JSON ({e})") from e
     return CommittedRun(name, folder, history, run)
+
+
+@dataclass
+class Bench:
+    """A committed benchmark file: its sections (``data``) and where it was measured."""
+
+    path: Path
+    data: dict[str, Any]
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return dict(self.data.get("meta", {}))
+
+    def section(self, name: str) -> dict[str, Any] | None:
+        """A section (``latency_cpu``, ``gemm_cpu``, ``gpu`` ...), None when absent/skipped."""
+        value = self.data.get(name)
+        return value if isinstance(value, dict) and "skipped" not in value else None
+
+    def machine(self) -> str:
+        return machine_line(self.meta)
+
+
+def machine_line(meta: dict[str, Any]) -> str:
+    """'AMD EPYC; popcnt avx2; 2 threads; 2026-12-06' from a benchmark's ``meta``."""
+    flags = " ".join(meta.get("cpu_flags") or []) or "no popcount flags"
+    threads = meta.get("torch_threads")
+    parts = [meta.get("cpu") or "unknown CPU", flags]
+    if threads:
+        parts.append(f"{threads} threads")
+    parts.append(str(meta.get("date", "?"))[:10])
+    return "; ".join(parts)
+
+
+def load_bench(name: str) -> Bench | None:
+    """The committed benchmark ``results/<name>`` (e.g. ``bench_latency_cpu.json``), None when
+    it is not there; a damaged file is a clear error naming it."""
+    found = find(name)
+    if not found:
+        return None
+    try:
+        data = json.loads(found[0].read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{found[0]}: a committed benchmark is not valid JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{found[0]}: a committed benchmark is a JSON object")
+    return Bench(found[0], data)

@@ -6,6 +6,8 @@ The environment variables bnnlib honours are named and read here only:
 * ``BNN_RESULTS_DIR``: the committed ``results/`` folder (:data:`RESULTS_DIR_VAR`);
 * ``BNN_RECORD_FILE``: where a notebook's :func:`bnnlib.book.record.record` writes
   (:data:`RECORD_FILE_VAR`);
+* ``BNN_BOOK_RUN``: set by ``python -m bnnlib.book`` while it runs the notebooks
+  (:func:`book_run`: figures then embed what the exported HTML page needs);
 * ``OMP_WAIT_POLICY``: ``PASSIVE`` makes idle OpenMP threads sleep; the fused packed MLP then
   stays on one thread (:func:`omp_passive`).
 
@@ -28,6 +30,8 @@ __all__ = [
     "DATA_DIR_VAR",
     "RESULTS_DIR_VAR",
     "RECORD_FILE_VAR",
+    "BOOK_RUN_VAR",
+    "book_run",
     "data_dir",
     "results_dir_override",
     "record_file",
@@ -38,6 +42,7 @@ __all__ = [
 DATA_DIR_VAR = "BNN_DATA_DIR"
 RESULTS_DIR_VAR = "BNN_RESULTS_DIR"
 RECORD_FILE_VAR = "BNN_RECORD_FILE"
+BOOK_RUN_VAR = "BNN_BOOK_RUN"
 
 
 def _path_var(name: str) -> Path | None:
@@ -58,6 +63,11 @@ def results_dir_override() -> Path | None:
 def record_file() -> Path | None:
     """``$BNN_RECORD_FILE`` as a path, None when unset or empty."""
     return _path_var(RECORD_FILE_VAR)
+
+
+def book_run() -> bool:
+    """True while ``python -m bnnlib.book`` executes the notebooks (``$BNN_BOOK_RUN`` set)."""
+    return bool(os.environ.get(BOOK_RUN_VAR))
 
 
 def omp_passive() -> bool:

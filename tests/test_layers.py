@@ -7,13 +7,25 @@ binarized weights, with Sign written out as ``torch.where(w >= 0, 1, -1)``. Prod
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from bnnlib.nn.binarize import stochastic_sign
-from bnnlib.nn.layers import BinaryConv2d, BinaryLinear, SignActivation, is_binary_layer
+from bnnlib.nn.layers import (
+    WEIGHT_BOUND,
+    BinaryConv2d,
+    BinaryLinear,
+    SignActivation,
+    UnclippedWeightError,
+    check_clipping,
+    clip_latent_,
+    is_binary_layer,
+)
+from bnnlib.nn.ste import ste_sign
 
 
 def _sgn(t: torch.Tensor) -> torch.Tensor:
@@ -161,10 +173,11 @@ def test_binary_conv_gradients():
 @pytest.mark.parametrize("kind", ["linear", "conv"])
 def test_stochastic_only_in_training(kind):
     torch.manual_seed(0)
+    both = {"stochastic_weights": True, "stochastic_input": True}
     if kind == "linear":
-        layer = BinaryLinear(50, 20, stochastic=True)
+        layer = BinaryLinear(50, 20, **both)
     else:
-        layer = BinaryConv2d(3, 4, 3, stochastic=True)
+        layer = BinaryConv2d(3, 4, 3, **both)
     shape = (4, 50) if isinstance(layer, BinaryLinear) else (2, 3, 6, 6)
     x = torch.rand(shape, generator=_gen(11)) * 1.6 - 0.8  # inside (-1, 1): truly random bits
     ref_fn = F.linear if isinstance(layer, BinaryLinear) else F.conv2d
@@ -205,6 +218,16 @@ def test_stochastic_weights_or_input_alone(which):
     assert torch.equal(layer(x), F.linear(xb, wb))
 
 
+@pytest.mark.parametrize("cls,args", [(BinaryLinear, (4, 3)), (BinaryConv2d, (1, 2, 3))])
+def test_one_way_to_say_what_is_stochastic(cls, args):
+    """Only stochastic_weights and stochastic_input: no ``stochastic`` shorthand or property."""
+    with pytest.raises(TypeError, match="stochastic"):
+        cls(*args, stochastic=True)
+    layer = cls(*args, stochastic_weights=True)
+    assert layer.stochastic_weights and not layer.stochastic_input
+    assert not hasattr(layer, "stochastic")
+
+
 def test_deterministic_layer_same_in_train_and_eval():
     torch.manual_seed(0)
     layer = BinaryLinear(30, 5)
@@ -213,6 +236,90 @@ def test_deterministic_layer_same_in_train_and_eval():
     a = layer(x)
     layer.eval()
     assert torch.equal(a, layer(x))
+
+
+# --- clipping: what makes the weights' identity STE the paper's (Section 1.3, Algorithm 1) ---
+
+
+def test_identity_ste_of_clipped_weights_is_the_papers_estimator():
+    """For |W| <= 1 (the clipped range, ±1 included) g * 1{|W| <= 1} = g: the layer's weight
+    gradient equals the one through the paper's hardtanh STE."""
+    torch.manual_seed(0)
+    layer = BinaryLinear(40, 6, binarize_input=False).double()
+    with torch.no_grad():
+        layer.weight.view(-1)[:4] = torch.tensor([1.0, -1.0, 0.0, -0.0])
+    x = _real_input((7, 40), 13).double()
+    up = torch.randn(7, 6, generator=_gen(14), dtype=torch.float64)
+    layer(x).backward(up)
+    w = layer.weight.detach().clone().requires_grad_(True)
+    F.linear(x, ste_sign(w, estimator="hardtanh")).backward(up)
+    assert torch.equal(layer.weight.grad, w.grad)
+    assert bool((layer.weight.grad != 0).any())
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_layer_owns_its_clipping(kind):
+    torch.manual_seed(0)
+    layer = BinaryLinear(5, 4) if kind == "linear" else BinaryConv2d(2, 3, 3)
+    with torch.no_grad():
+        layer.weight.mul_(3)
+    inside = layer.weight.detach().abs() <= 1
+    expected = layer.weight.detach().clamp(-1, 1)
+    assert not bool(inside.all())
+    assert layer.clip_() is layer
+    assert torch.equal(layer.weight.detach(), expected)
+    assert bool((layer.weight.detach().abs() <= WEIGHT_BOUND).all()) and WEIGHT_BOUND == 1.0
+
+
+def test_clip_latent_clamps_every_tensor_in_place():
+    a = torch.tensor([2.0, -3.0, 0.5, 1.0, -1.0, float("nan")])
+    b = torch.tensor([[-1.5, 0.25]])
+    clip_latent_([a, b])
+    assert a[:5].tolist() == [1.0, -1.0, 0.5, 1.0, -1.0] and bool(a[5].isnan())
+    assert b.tolist() == [[-1.0, 0.25]]
+    clip_latent_([])  # nothing to clip
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+@pytest.mark.parametrize("bad", [1.0 + 2**-20, -1.5, float("nan")])
+def test_unclipped_weight_reaching_the_identity_ste_is_caught(kind, bad):
+    """With check_clip, a training forward refuses a latent weight outside [-1, 1]."""
+    torch.manual_seed(0)
+    if kind == "linear":
+        layer, x = BinaryLinear(6, 3, check_clip=True), torch.randn(2, 6)
+    else:
+        layer, x = BinaryConv2d(2, 3, 3, check_clip=True), torch.randn(1, 2, 5, 5)
+    layer.train()
+    layer(x)  # initialised in [-1, 1]: fine
+    with torch.no_grad():
+        layer.weight.view(-1)[0] = bad
+    with pytest.raises(UnclippedWeightError, match="clip"):
+        layer(x)
+    with pytest.raises(UnclippedWeightError):
+        layer.assert_clipped()
+    layer.eval()
+    layer(x)  # evaluation passes no gradient: not checked
+    layer.train()
+    layer.clip_()
+    if math.isnan(bad):  # clamp keeps a NaN: still refused
+        with pytest.raises(UnclippedWeightError):
+            layer(x)
+    else:
+        layer(x)
+
+
+def test_check_clipping_turns_the_check_on_for_every_binary_layer():
+    net = nn.Sequential(BinaryLinear(4, 4), nn.BatchNorm1d(4), BinaryLinear(4, 2))
+    assert not any(m.check_clip for m in net if is_binary_layer(m))  # off by default
+    with torch.no_grad():
+        net[2].weight.fill_(2.0)
+    net(torch.randn(3, 4))  # unnoticed without the check
+    assert check_clipping(net) is net
+    assert all(m.check_clip for m in net if is_binary_layer(m))
+    with pytest.raises(UnclippedWeightError, match="BinaryLinear"):
+        net(torch.randn(3, 4))
+    check_clipping(net, enabled=False)
+    assert not any(m.check_clip for m in net if is_binary_layer(m))
 
 
 # --- SignActivation ----------------------------------------------------------------------------
@@ -264,6 +371,6 @@ def test_extra_repr_shows_flags():
     r = repr(BinaryLinear(3, 4, binarize_input=False))
     assert "in_features=3" in r and "out_features=4" in r
     assert "binarize_input=False" in r and "stochastic_weights=False" in r
-    r = repr(BinaryConv2d(3, 4, 3, padding=1, stochastic=True))
+    r = repr(BinaryConv2d(3, 4, 3, padding=1, stochastic_weights=True, stochastic_input=True))
     assert "binarize_input=True" in r and "stochastic_input=True" in r and "padding=(1, 1)" in r
     assert "estimator='identity'" in repr(SignActivation(estimator="identity"))

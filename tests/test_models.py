@@ -114,8 +114,9 @@ def test_mnist_mlp_options():
     L, BN, S = BinaryLinear, nn.BatchNorm1d, SignActivation
     assert _types(net) == [nn.Flatten, L, BN, S, L, BN, S, L, BN]
     assert net[1].in_features == 20 and net[-2].out_features == 5
-    net = mnist_mlp(hidden=16, stochastic=True, estimator="identity")
-    # stochastic=True: both the weights and the Sign activations.
+    both = {"stochastic_activations": True, "stochastic_weights": True}
+    net = mnist_mlp(hidden=16, estimator="identity", **both)
+    # Both flags: the weights and the Sign activations.
     assert all(m.stochastic_weights for m in net if is_binary_layer(m))
     assert all(m.stochastic for m in net if isinstance(m, SignActivation))
     assert all(m.estimator == "identity" for m in net if isinstance(m, SignActivation))
@@ -133,6 +134,13 @@ def test_stochastic_activations_and_weights_chosen_separately(build_net, acts, w
     assert all(m.stochastic_weights is weights for m in binaries)
     # Every binary layer of the paper's models takes its input already binary.
     assert not any(m.stochastic_input or m.binarize_input for m in binaries)
+
+
+@pytest.mark.parametrize("name", ["mnist_mlp", "cifar10_convnet", "svhn_convnet"])
+def test_no_stochastic_shorthand(name):
+    """What is stochastic is said one way: stochastic_activations and stochastic_weights."""
+    with pytest.raises(TypeError, match="stochastic"):
+        build(name, stochastic=True)
 
 
 def test_torch7_mlp_layout_last_batchnorm_and_bn_constants():

@@ -13,7 +13,14 @@ import pytest
 import torch
 from torch import nn
 
-from bnnlib.nn.layers import BinaryConv2d, BinaryLinear, SignActivation
+from bnnlib.nn import optim
+from bnnlib.nn.layers import (
+    BinaryConv2d,
+    BinaryLinear,
+    SignActivation,
+    UnclippedWeightError,
+    check_clipping,
+)
 from bnnlib.nn.optim import (
     Adam,
     ShiftAdaMax,
@@ -22,6 +29,7 @@ from bnnlib.nn.optim import (
     glorot_lr_scale,
     lr_at_epoch,
     param_groups,
+    shift_adamax_,
     step_lr,
     step_lr_at_epoch,
 )
@@ -179,6 +187,49 @@ def test_clip_binary_weights_only_marked_groups():
     assert a.tolist() == [1.0, -1.0, 0.5] and b.tolist() == [2.0, -3.0, 0.5]
 
 
+def _train_steps(net, opt, steps=5, seed=0):
+    """A few steps of square loss on random data; the forward passes check clipping."""
+    g = torch.Generator().manual_seed(seed)
+    net.train()
+    for _ in range(steps):
+        x = torch.randn(16, 20, generator=g, dtype=torch.float64)
+        opt.zero_grad()
+        net(x).square().mean().backward()
+        opt.step()
+
+
+@pytest.mark.parametrize(
+    "make_opt",
+    [lambda net: Adam(net, lr=0.5), lambda net: ShiftAdaMax(net, lr=0.5)],
+    ids=["adam", "shift_adamax"],
+)
+def test_optimizers_keep_the_identity_ste_valid(make_opt, monkeypatch):
+    """The coupling of Algorithm 1: the optimizers clip, so the layers' identity STE (checked
+    with check_clip at every training forward) never sees |W| > 1, even with huge steps."""
+    net = check_clipping(_net())
+    opt = make_opt(net)
+    _train_steps(net, opt)
+    assert any(bool((w.abs() == 1).any()) for w in _binary_weights(net))  # the bound was hit
+    # Without the optimizers' clipping the same training is caught at the next forward.
+    monkeypatch.setattr(optim, "clip_binary_weights", lambda groups: None)
+    net = check_clipping(_net())
+    with pytest.raises(UnclippedWeightError):
+        _train_steps(net, make_opt(net))
+
+
+def test_plain_torch_optimizer_is_caught_by_the_clip_check():
+    """torch.optim.SGD does not clip: a latent weight beyond 1 reaches the identity STE."""
+    net = _net()
+    opt = torch.optim.SGD(net.parameters(), lr=1.0)
+    _set_grads(net, 0)
+    opt.step()
+    assert any(bool((w.abs() > 1).any()) for w in _binary_weights(net))
+    _train_steps(net, opt, steps=1)  # unnoticed without the check
+    check_clipping(net)
+    with pytest.raises(UnclippedWeightError, match="clip"):
+        _train_steps(net, opt, steps=1)
+
+
 # --- Shift-based AdaMax ------------------------------------------------------------------------
 
 
@@ -252,8 +303,38 @@ def test_shift_adamax_torch7_variant_three_steps_by_hand():
 def test_shift_adamax_rejects_unknown_variant_and_glorot_mode():
     with pytest.raises(ValueError, match="unknown variant 'lua'"):
         ShiftAdaMax(_net(), variant="lua")
+    t = torch.zeros(2)
+    kw = {"step": 1, "lr": 1.0, "lr_scale": 1.0, "betas": (0.9, 0.9), "eps": 1.0}
+    with pytest.raises(ValueError, match="unknown variant 'lua'"):
+        shift_adamax_([t], [t], [t], [t], variant="lua", **kw)
     with pytest.raises(ValueError, match="glorot_scale must be one of"):
         ShiftAdaMax(_net(), glorot_scale="theano")
+
+
+@pytest.mark.parametrize("variant", ["paper", "torch7"])
+def test_shift_adamax_foreach_step_is_bit_identical(variant):
+    """step(foreach=True) (one shift_adamax_ call per group and step count) gives the
+    parameters and states of step() (one call per parameter), bit for bit, also when
+    some parameters missed a step."""
+    nets = [_net(), _net()]
+    opts = [ShiftAdaMax(n, lr=2.0**-4, glorot_scale="torch7", variant=variant) for n in nets]
+    for t in range(4):
+        for net in nets:
+            _set_grads(net, 30 + t)
+            if t == 0:
+                net[1].bias.grad = None  # behind by one step from then on
+        opts[0].step()
+        opts[1].step(foreach=True)
+        for p, q in zip(nets[0].parameters(), nets[1].parameters(), strict=True):
+            assert torch.equal(p, q)
+            sa, sb = opts[0].state.get(p, {}), opts[1].state.get(q, {})
+            assert sa.keys() == sb.keys()
+            if sa:
+                assert sa["step"] == sb["step"]
+                assert torch.equal(sa["exp_avg"], sb["exp_avg"])
+                assert torch.equal(sa["exp_inf"], sb["exp_inf"])
+    assert opts[0].state[nets[0][1].bias]["step"] == 3
+    assert opts[0].state[nets[0][1].weight]["step"] == 4
 
 
 def test_shift_adamax_update_is_power_of_two_times_m_ratio():

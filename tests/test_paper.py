@@ -35,7 +35,7 @@ def test_claim_keys_unique_and_statuses_known():
         ("memory_ratio", 31.0, False, "not reproduced"),
         ("gpu_xnor_over_cublas", 3.4, False, "reproduced"),  # at least the paper's
         ("gpu_xnor_over_cublas", 3.3, False, "not reproduced"),
-        ("energy_mac", 5.0, True, "computed from the paper's tables"),
+        ("energy_mac", 5.0, True, "computed"),
     ],
 )
 def test_status(key, value, reduced, expected):
@@ -63,3 +63,61 @@ def test_reduced_reasons_trip_on_units_epochs_lr_and_data():
     assert paper.reduced_reasons("cifar10_convnet", width=0.125, **conv) == [
         "width 0.125 of the paper's units"
     ]
+
+
+def test_error_interval_one_seed_is_the_wilson_interval():
+    from scipy.stats import binomtest
+
+    iv = paper.error_interval([140], 10_000)
+    ci = binomtest(140, 10_000).proportion_ci(confidence_level=0.95, method="wilson")
+    assert iv.value == 0.014
+    assert iv.low == pytest.approx(ci.low, abs=1e-12) and iv.high == pytest.approx(
+        ci.high, abs=1e-12
+    )
+    assert iv.contains(0.0140) and "Wilson" in iv.method
+    # 1.40% within about [1.19%, 1.65%]: 1.63% lies inside, 1.70% outside.
+    assert iv.contains(0.0163) and not iv.contains(0.0170)
+
+
+def test_error_interval_seeds_adds_their_spread():
+    one = paper.error_interval([140], 10_000)
+    two = paper.error_interval([140, 160], 10_000)
+    assert two.value == pytest.approx(0.015)
+    # variance p(1-p)/n + s^2/k with p = 0.015, s^2 = var(0.014, 0.016) = 2e-6, k = 2
+    half = paper.Z95 * (0.015 * 0.985 / 10_000 + 2e-6 / 2) ** 0.5
+    assert (two.low, two.high) == pytest.approx((0.015 - half, 0.015 + half), abs=1e-12)
+    assert two.high - two.low > one.high - one.low
+    with pytest.raises(ValueError, match="0 <= errors <= n"):
+        paper.error_interval([10_001], 10_000)
+    with pytest.raises(ValueError):
+        paper.error_interval([], 10_000)
+
+
+def test_gap_interval_paired_and_unpaired():
+    # 150 vs 140 errors on 10,000 images; 50 images differ between the two models.
+    paired = paper.gap_interval(150, 140, 10_000, discordant=50)
+    var = (50 - 10**2 / 10_000) / 10_000**2
+    assert paired.value == pytest.approx(0.001)
+    assert paired.high - paired.value == pytest.approx(paper.Z95 * var**0.5)
+    unpaired = paper.gap_interval(150, 140, 10_000)
+    assert unpaired.high - unpaired.low > paired.high - paired.low
+    with pytest.raises(ValueError, match="discordant"):
+        paper.gap_interval(150, 140, 10_000, discordant=5)  # fewer than the 10 they differ by
+
+
+@pytest.mark.parametrize(
+    "errors, expected",
+    [([140], "reproduced"), ([175], "not reproduced"), ([100], "better than the paper"),
+     ([141], "reproduced")],  # a 1.41% is not "not reproduced" any more
+)  # fmt: skip
+def test_status_with_an_interval(errors, expected):
+    iv = paper.error_interval(errors, 10_000)
+    assert paper.status("table1_mnist_torch7", iv.value, False, interval=iv) == expected
+
+
+def test_no_loss_claims_with_the_gap_interval():
+    small = paper.gap_interval(150, 140, 10_000, discordant=50)  # +0.1 points, interval spans 0
+    assert paper.status("shift_bn_no_loss", small.value, False, interval=small) == "reproduced"
+    big = paper.gap_interval(300, 140, 10_000, discordant=200)
+    assert paper.status("shift_bn_no_loss", big.value, False, interval=big) == "not reproduced"
+    assert set(paper.STATUS_LEGEND) == set(paper.STATUSES)

@@ -151,7 +151,7 @@ def _stop_after(epochs: int):
 
 def test_resume_is_bit_exact(tmp_path):
     # Dropout and stochastic binarization draw from the RNG; the shuffling has its own.
-    kw = {"stochastic": True}
+    kw = {"stochastic_activations": True, "stochastic_weights": True}
     full_net = tiny_net(**kw)
     full = run(full_net, checkpoint=tmp_path / "a.pt")
 
@@ -357,7 +357,7 @@ def _same_params(a: torch.nn.Module, b: torch.nn.Module) -> None:
     "kw",
     [
         {},
-        {"stochastic": True},
+        {"stochastic_activations": True, "stochastic_weights": True},
         {"optimizer": "shift_adamax", "lr_start": 2.0**-6},
         {"optimizer": "shift_adamax_torch7", "glorot_scale": "torch7", "lr_start": 2.0**-6},
     ],
@@ -365,7 +365,7 @@ def _same_params(a: torch.nn.Module, b: torch.nn.Module) -> None:
 )
 def test_fast_path_gives_the_plain_paths_parameters(kw):
     """Same seed, same math: the fast path's parameters and history equal the plain path's."""
-    net_kw = {"stochastic": True} if kw.pop("stochastic", False) else {}
+    net_kw = {k: kw.pop(k) for k in ("stochastic_activations", "stochastic_weights") if k in kw}
     if kw.get("optimizer", "adam") != "adam":
         net_kw["batchnorm"] = "shift"
     plain_net, fast_net = tiny_net(**net_kw), tiny_net(**net_kw)
@@ -379,7 +379,7 @@ def test_fast_path_gives_the_plain_paths_parameters(kw):
 
 
 def test_fast_path_resumes_bit_exact_from_either_path(tmp_path):
-    kw = {"stochastic": True}
+    kw = {"stochastic_activations": True, "stochastic_weights": True}
     full_net = tiny_net(**kw)
     full = run(full_net, fast=True)
     for first, second in ((True, True), (False, True), (True, False)):
@@ -392,8 +392,9 @@ def test_fast_path_resumes_bit_exact_from_either_path(tmp_path):
         _same_params(full_net, net)
 
 
-def test_shift_adamax_foreach_equals_its_step_with_mixed_steps():
-    """A group whose parameters are at different steps takes the per-parameter loop."""
+def test_fast_step_of_shift_adamax_equals_its_step_with_mixed_steps():
+    """A group whose parameters are at different steps: fast_step (opt.step(foreach=True))
+    updates each set of parameters at the same step together, with the same values."""
     from bnnlib.nn.optim import ShiftAdaMax
 
     nets = [tiny_net(batchnorm="shift") for _ in range(2)]
@@ -406,8 +407,26 @@ def test_shift_adamax_foreach_equals_its_step_with_mixed_steps():
                 # the last parameter has no gradient in the first step: steps differ after
                 p.grad = None if (step == 0 and i == len(grads) - 1) else gr.clone()
         opts[0].step()
-        fast_step.shift_adamax_foreach(opts[1])
+        fast_step.fast_step(opts[1])
     _same_params(*nets)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "shift_adamax"])
+def test_fast_step_is_the_optimizers_public_step(optimizer):
+    """fast_step calls opt.step (no private flag set by hand): an LR scheduler sees the
+    step and does not warn that it was called before the optimizer's."""
+    import warnings
+
+    net = tiny_net()
+    opt = loop.make_optimizer(net, optimizer, 1e-3)
+    sched = loop.make_scheduler(opt, 1e-3, 1e-4, 3, None)
+    for p in net.parameters():
+        p.grad = torch.ones_like(p)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fast_step.fast_step(opt)
+        sched.step()
+    assert opt.state  # it stepped
 
 
 def test_a_step_schedule_run_may_be_extended_on_resume(tmp_path):

@@ -3,8 +3,8 @@
 A benchmark, not a test: every figure is the median of repeated runs after warm-up (GPU work
 synchronized before the clock is read, :mod:`bnnlib.bench.timing`), and every ratio compares two
 things measured in the same run. It prints a table and writes JSON (``--out``, default
-``results/bench_<device>.json``) with the machine (CPU model, GPU and driver), library
-versions, the date and the command line.
+``build/bench/bench_<device>.json``; the committed ``results/`` only when ``--out`` names it)
+with the machine (CPU model, GPU and driver), library versions, the date and the command line.
 
 Sections:
 
@@ -23,7 +23,7 @@ Sections:
 * ``latency_cpu`` -- only with ``--latency``: ms per image of the packed MLP at batch 1 / 100 /
   10,000 against torch float32 and the time to stream the packed weights once, and the
   CIFAR-10 ConvNet at batch 1 (:mod:`bnnlib.bench.latency`). Written to
-  ``results/bench_latency_<device>.json`` unless ``--out`` says otherwise.
+  ``build/bench/bench_latency_<device>.json`` unless ``--out`` says otherwise.
 * ``gpu`` -- run first, with a CUDA GPU: :func:`bnnlib.bench.kernels.bench_gpu_gemm` (8192^3,
   the XNOR kernels with and without the packing of both operands) and :func:`bench_gpu_mlp`
   (the MLP with every layer on the baseline kernel against the XNOR path, per-layer times,
@@ -81,6 +81,12 @@ def _bench_gemm_cpu(sizes: list[int], quick: bool) -> dict:
 # --------------------------------------------------------------------------- CLI
 
 
+def _out_path(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty (an unset variable?); give a JSON file path")
+    return text
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bnnlib.bench",
@@ -92,13 +98,18 @@ def _parser() -> argparse.ArgumentParser:
         "--latency",
         action="store_true",
         help="only the latency section: ms per image at batch 1 / 100 / 10,000 against the "
-        "weight-streaming floor and torch float32 (results/bench_latency_<device>.json)",
+        "weight-streaming floor and the deployed float32 network "
+        "(build/bench/bench_latency_<device>.json)",
     )
     p.add_argument(
         "--batches", type=int, nargs="+", default=[1, 100, 10_000], help="latency batch sizes"
     )
     p.add_argument("--no-conv", action="store_true", help="latency: leave out the ConvNet")
-    p.add_argument("--out", help="JSON path (default results/bench_<device>.json)")
+    p.add_argument(
+        "--out", type=_out_path,
+        help="JSON path (default build/bench/bench_<device>.json; results/... to update the "
+        "committed figures)",
+    )  # fmt: skip
     p.add_argument("--sizes", type=int, nargs="+", help="CPU gemm sizes M = N = K")
     p.add_argument("--data-root", help="data folder (default: $BNN_DATA_DIR)")
     p.add_argument("--model-path", help="a trained mnist_mlp state dict (model.pt)")
@@ -200,7 +211,7 @@ def main(argv: list[str] | None = None) -> dict:
     res: dict = {"meta": machine_info(argv)}
     res["settings"] = _settings(args)
     kind = "bench_latency" if args.latency else "bench"
-    out = Path(args.out or f"results/{kind}_{res['meta']['device']}.json")
+    out = Path(args.out or f"build/bench/{kind}_{res['meta']['device']}.json")
 
     def save(_partial=None) -> None:  # after every figure: a later crash loses nothing
         atomic_write(out, json.dumps(plain(res), indent=1).encode())

@@ -15,7 +15,7 @@ from torch import nn
 from bnnlib import data
 from bnnlib.hardware import describe_machine
 
-__all__ = ["machine_info", "calibrate_batchnorm"]
+__all__ = ["machine_info", "calibrate_batchnorm", "deployed_float32", "plain_mlp"]
 
 
 # --------------------------------------------------------------------------- machine
@@ -168,3 +168,56 @@ def plain(obj):
     if isinstance(obj, (str, int, float, bool)) or obj is None:
         return obj
     return str(obj)
+
+
+# --------------------------------------------------------------------------- float32 baselines
+
+
+def deployed_float32(net: nn.Module) -> nn.Sequential:
+    """The float32 network a user would deploy instead of the BNN ``net``: the same shape with
+    plain torch layers and *fixed* float32 weights (the BNN's +/-1 weights, bound once), batch
+    norm with the same statistics, Hardtanh for Sign (the float twin's activation), no
+    dropout; in eval mode. Time it under ``torch.inference_mode()``: unlike ``net`` itself,
+    nothing is binarized on each call, so it is the baseline a speed ratio must use."""
+    from bnnlib.nn.layers import BinaryConv2d, BinaryLinear, SignActivation
+
+    out = []
+    for m in net.children():
+        if isinstance(m, (BinaryLinear, BinaryConv2d)):
+            kind = nn.Linear if isinstance(m, BinaryLinear) else nn.Conv2d
+            if kind is nn.Linear:
+                layer = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
+            else:
+                layer = nn.Conv2d(
+                    m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding,
+                    bias=m.bias is not None,
+                )  # fmt: skip
+            with torch.no_grad():
+                layer.weight.copy_(torch.where(m.weight >= 0, 1.0, -1.0))
+                if m.bias is not None:
+                    layer.bias.copy_(m.bias)
+            out.append(layer)
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            two_d = isinstance(m, nn.BatchNorm2d) or type(m).__name__.endswith("2d")
+            bn = (nn.BatchNorm2d if two_d else nn.BatchNorm1d)(m.num_features, eps=m.eps)
+            bn.load_state_dict(m.state_dict(), strict=False)
+            out.append(bn)
+        elif isinstance(m, SignActivation):
+            out.append(nn.Hardtanh())
+        elif isinstance(m, nn.Dropout):
+            continue
+        else:
+            out.append(m)
+    return nn.Sequential(*out).eval()
+
+
+def plain_mlp(n_in: int, hidden: int, depth: int, num_classes: int) -> nn.Sequential:
+    """A float32 MLP written from scratch (Linear / BatchNorm1d / Hardtanh), eval mode: the
+    cross-check that :func:`deployed_float32` is as fast as any plain torch network."""
+    layers: list[nn.Module] = [nn.Flatten()]
+    for i in range(depth):
+        layers += [nn.Linear(n_in if i == 0 else hidden, hidden, bias=False)]
+        layers += [nn.BatchNorm1d(hidden), nn.Hardtanh()]
+    layers += [nn.Linear(hidden if depth else n_in, num_classes, bias=False)]
+    layers += [nn.BatchNorm1d(num_classes)]
+    return nn.Sequential(*layers).eval()

@@ -12,7 +12,14 @@ For the MNIST MLP (784 -> 3 x ``hidden`` -> 10) and each batch size, ms per imag
   :mod:`bnnlib.inference.fused`, in chunks of ``FUSED_CHUNK`` images);
 * ``packed_layers``: the layer-at-a-time path (what every batch size took before the fused
   path existed);
-* ``float32``: the torch float32 model in eval mode (torch's threads, input already scaled);
+* ``float32``: the float32 network a user would deploy instead (:func:`deployed_float32`: the
+  same shape, fixed float32 weights, Hardtanh, eval mode, under ``torch.inference_mode()``,
+  torch's threads, input already scaled); every ratio against float32 uses it;
+* ``float32_plain_sequential``: a float32 MLP of the same shape written from scratch
+  (:func:`plain_mlp`), the cross-check that the baseline is as fast as plain torch;
+* at batch 1, ``float32_training_module``: the BNN module itself in eval mode, which
+  re-binarizes its weights on every call (what a training script would time; never a
+  baseline);
 * at batch 1, the fused path with each first layer (``packed_bitplanes``, ``packed_int8``) and
   on the calling thread only (``packed_one_thread``; by default its layers are split between
   threads), the figure to set beside the single-threaded floor.
@@ -36,7 +43,13 @@ import numpy as np
 import torch
 
 from bnnlib import data
-from bnnlib.bench.common import calibrate_batchnorm, mlp_model, mnist_split
+from bnnlib.bench.common import (
+    calibrate_batchnorm,
+    deployed_float32,
+    mlp_model,
+    mnist_split,
+    plain_mlp,
+)
 from bnnlib.bench.mlp import export_and_load
 
 __all__ = ["bench_latency", "weight_stream_floor"]
@@ -70,6 +83,7 @@ def weight_stream_floor(packed, repeats: int = 2000) -> dict:
 def _mlp_rows(net, packed, xt, batches, repeats) -> dict:
     """ms per image of every path at every batch size (module docstring)."""
     xs = data.scale(xt)
+    deployed, plain = deployed_float32(net), plain_mlp(xs[0].numel(), *_shape(net))
     rows = {}
     for b in batches:
         n_batches = len(xt) // b
@@ -80,8 +94,12 @@ def _mlp_rows(net, packed, xt, batches, repeats) -> dict:
             return _median_ms(lambda i: call(slice((i % n) * b, (i % n + 1) * b)), reps,
                               max(1, reps // 10)) / b  # fmt: skip
 
-        with torch.no_grad():
-            row = {"float32": per_image(lambda sl: net(xs[sl]))}
+        with torch.inference_mode():
+            row = {"float32": per_image(lambda sl: deployed(xs[sl]))}
+            row["float32_plain_sequential"] = per_image(lambda sl: plain(xs[sl]))
+        if b == 1:
+            with torch.no_grad():  # the BNN module itself: binarizes every weight on each call
+                row["float32_training_module"] = per_image(lambda sl: net(xs[sl]))
         row["packed"] = per_image(lambda sl: packed.predict(xt[sl]))
         row["packed_layers"] = per_image(lambda sl: packed.predict(xt[sl], path="layers"))
         if b == 1:
@@ -94,6 +112,12 @@ def _mlp_rows(net, packed, xt, batches, repeats) -> dict:
             packed._fused.parallel = default
         rows[str(b)] = {k: round(v, 5) for k, v in row.items()} | {"repeats": reps}
     return rows
+
+
+def _shape(net) -> tuple[int, int, int]:
+    """(hidden units, hidden layers, classes) of an mnist_mlp."""
+    linear = [m for m in net.modules() if hasattr(m, "in_features")]
+    return linear[0].out_features, len(linear) - 1, linear[-1].out_features
 
 
 def _exactness(net, packed, xt) -> dict:
@@ -123,8 +147,9 @@ def _conv_rows(repeats: int, log) -> dict:
     xt, xs = x[200:], data.scale(x[200:])
     reps = max(5, repeats * 4)
     log("  CIFAR-10 ConvNet, batch 1 ...")
-    with torch.no_grad():
-        f32 = _median_ms(lambda i: net(xs[i % 64 : i % 64 + 1]), reps, 2)
+    deployed = deployed_float32(net)
+    with torch.inference_mode():
+        f32 = _median_ms(lambda i: deployed(xs[i % 64 : i % 64 + 1]), reps, 2)
     row = {
         "float32": f32,
         "packed": _median_ms(lambda i: packed.predict(xt[i % 64 : i % 64 + 1]), reps, 2),
@@ -181,6 +206,7 @@ def bench_latency(
         "ratios": {
             "batch1_packed_over_floor": b1["packed"] / floor["ms"],
             "batch1_float32_over_packed": b1["float32"] / b1["packed"],
+            "batch1_float32_over_plain_sequential": b1["float32"] / b1["float32_plain_sequential"],
             "batch1_layers_over_packed": b1["packed_layers"] / b1["packed"],
             "batch1_one_thread_over_floor": b1["packed_one_thread"] / floor["ms"],
             f"batch{max(batches)}_float32_over_packed": big["float32"] / big["packed"],

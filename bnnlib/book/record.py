@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bnnlib import settings
 from bnnlib.files import atomic_write
 from bnnlib.hardware import hardware
 from bnnlib.paper import STATUSES
@@ -44,7 +45,7 @@ __all__ = [
     "clear",
 ]
 
-ENV_VAR = "BNN_RECORD_FILE"
+ENV_VAR = settings.RECORD_FILE_VAR
 FIELDS = (
     "name", "value", "paper", "unit", "data", "schedule", "hardware", "seed", "note", "status",
 )  # fmt: skip
@@ -129,7 +130,7 @@ def record(
         "status": status,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    target = os.environ.get(ENV_VAR)
+    target = settings.record_file()
     global _memory
     if target:
         path = Path(target)

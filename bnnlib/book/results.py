@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bnnlib import paper as _paper
+from bnnlib.book.claims import LIVE_CLAIMS, committed_rows
 from bnnlib.files import atomic_write
 from bnnlib.hardware import hardware
 
@@ -59,41 +60,55 @@ def _claim_value(v: Any, unit: str) -> str:
 
 
 def summary_rows(runs: Sequence[Run]) -> list[dict[str, str]]:
-    """ "The paper vs this book": one row per :data:`bnnlib.paper.CLAIMS` entry.
+    """ "The paper vs this book": the rows that rest on committed results
+    (:func:`bnnlib.book.claims.committed_rows`, the same rows as the README's), then one row
+    per claim the notebooks measure live (:data:`bnnlib.book.claims.LIVE_CLAIMS`).
 
-    Our figure is the record the claim names (``"NN:name"``: notebook NN's record
+    A live row's figure is the record the claim names (``"NN:name"``: notebook NN's record
     ``name``); its status is the record's own ``status`` field when it set one
     (a notebook knows whether its run was reduced), else computed by
     :func:`bnnlib.paper.status` as a full run. A claim with no record shows its
-    ``missing`` status (e.g. "not run yet: needs a GPU").
+    ``missing`` status. Each row names the notebook (``section``) that shows it.
     """
+    rows = [
+        {"claim": r.claim, "paper": r.paper, "ours": r.ours, "how measured": r.how,
+         "status": r.status, "section": r.section, "details": r.details}
+        for r in committed_rows()
+    ]  # fmt: skip
     records = {f"{r.notebook[:2]}:{e['name']}": (r, e) for r in runs for e in r.records}
-    rows = []
     for c in _paper.CLAIMS:
+        if c.key not in LIVE_CLAIMS:
+            continue
         found = records.get(c.record) if c.record else None
         paper_text = "—" if c.better == "report" else _claim_value(c.paper, c.unit)
+        details = ""
         if found is None:
             ours, how, status = "—", "", c.missing
         else:
             run, e = found
             ours = _claim_value(e["value"], c.unit)
-            parts = [e.get("data"), e.get("schedule"), e.get("hardware")]
+            how = f"notebook {run.notebook}" + (f": {e['schedule']}" if e.get("schedule") else "")
+            parts = [e.get("data"), e.get("hardware")]
             parts += [f"seed {e['seed']}" if e.get("seed") is not None else None, e.get("note")]
-            how = f"notebook {run.notebook}: " + "; ".join(str(p) for p in parts if p)
+            details = "; ".join(str(p) for p in parts if p)
             status = e.get("status") or _paper.status(c.key, e["value"], reduced=False)
+        section = next(
+            (r.notebook for r in runs if c.record and r.notebook[:2] == c.record[:2]), ""
+        )
         rows.append(
             {"claim": c.claim, "paper": paper_text, "ours": ours, "how measured": how,
-             "status": status}
+             "status": status, "section": section, "details": details}
         )  # fmt: skip
     return rows
 
 
 def _summary_markdown(rows: Sequence[dict[str, str]]) -> list[str]:
     lines = ["## The paper vs this book", ""]
-    lines += [f"{_paper.CITATION}. Status: " + ", ".join(_paper.STATUSES) + ".", ""]
+    lines += [f"{_paper.CITATION}.", ""]
     lines += ["| " + " | ".join(SUMMARY_COLUMNS) + " |", "|" + "---|" * len(SUMMARY_COLUMNS)]
     for row in rows:
         lines.append("| " + " | ".join(row[c].replace("|", "\\|") for c in SUMMARY_COLUMNS) + " |")
+    lines += ["", "Status:", ""] + [f"- **{k}**: {v}" for k, v in _paper.STATUS_LEGEND.items()]
     return [*lines, ""]
 
 

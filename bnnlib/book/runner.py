@@ -50,6 +50,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from bnnlib import settings
+from bnnlib.book import claims
 from bnnlib.book import record as _record
 from bnnlib.book.notebooks import (
     BOOK_DIR,
@@ -64,7 +66,6 @@ from bnnlib.book.notebooks import (
 )
 from bnnlib.book.results import SUMMARY_COLUMNS, Run, summary_rows, write_results
 from bnnlib.book.site import PLOTLY_JS, export_html, index_html, offline_problems
-from bnnlib.book.viz import BOOK_ENV
 from bnnlib.files import atomic_write
 
 __all__ = [
@@ -130,11 +131,13 @@ def kernel_name() -> str:
 def _environment(record_file: Path):
     """BNN_RECORD_FILE for this notebook, BNN_DATA_DIR absolute (the kernel runs in book/),
     BNN_BOOK_RUN so figures carry HTML for the exported pages (:mod:`bnnlib.book.viz`)."""
-    saved = {k: os.environ.get(k) for k in (_record.ENV_VAR, "BNN_DATA_DIR", BOOK_ENV)}
-    os.environ[_record.ENV_VAR] = str(record_file)
-    os.environ[BOOK_ENV] = "1"
-    if saved["BNN_DATA_DIR"]:
-        os.environ["BNN_DATA_DIR"] = str(Path(saved["BNN_DATA_DIR"]).expanduser().resolve())
+    names = (settings.RECORD_FILE_VAR, settings.DATA_DIR_VAR, settings.BOOK_RUN_VAR)
+    saved = {k: os.environ.get(k) for k in names}
+    os.environ[settings.RECORD_FILE_VAR] = str(record_file)
+    os.environ[settings.BOOK_RUN_VAR] = "1"
+    if saved[settings.DATA_DIR_VAR]:
+        root = Path(saved[settings.DATA_DIR_VAR]).expanduser().resolve()
+        os.environ[settings.DATA_DIR_VAR] = str(root)
     try:
         yield
     finally:
@@ -222,6 +225,13 @@ def _args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-html", action="store_true", help="skip the HTML export")
     parser.add_argument("--log-output", action="store_true", help="echo the notebooks' output")
     parser.add_argument(
+        "--readme",
+        type=Path,
+        metavar="README.md",
+        help="only write the committed rows of 'the paper vs this book' into this README "
+        "(between its markers) and exit; runs no notebook",
+    )
+    parser.add_argument(
         "--timeout",
         type=int,
         default=None,
@@ -275,9 +285,29 @@ def _export_all(runs: Sequence[Run], html_dir: Path, profile: str) -> None:
     print(f"html: {index}")
 
 
+def write_readme_table(path: Path) -> int:
+    """Replace the block between :data:`claims.README_BEGIN` and :data:`claims.README_END` of
+    ``path`` with :func:`claims.readme_table` (atomically); 1 with a message when the markers
+    are missing."""
+    text = path.read_text(encoding="utf-8")
+    start, end = text.find(claims.README_BEGIN), text.find(claims.README_END)
+    if start < 0 or end < start:
+        print(
+            f"{path}: no '{claims.README_BEGIN}' ... '{claims.README_END}' block to replace",
+            file=sys.stderr,
+        )
+        return 1
+    new = text[:start] + claims.readme_table() + text[end + len(claims.README_END) :]
+    atomic_write(path, new.encode("utf-8"))
+    print(f"{path}: the paper vs this book, {len(claims.committed_rows())} committed rows")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m bnnlib.book``: run the notebooks, write the results, export the HTML."""
     args = _args(argv)
+    if args.readme is not None:
+        return write_readme_table(args.readme)
     try:
         paths = notebooks(args.book_dir, args.only)
         if not paths:

@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from bnnlib import paper
 from bnnlib.book.notebooks import BookError, read_notebook, title
 from bnnlib.book.results import COLUMNS, SUMMARY_COLUMNS, Run, cell_text, summary_rows
 from bnnlib.files import atomic_write
@@ -119,12 +120,23 @@ def index_html(runs: Sequence[Run], pages: dict[str, Path], profile: str) -> str
         tables.append(
             f"<h3>{esc(r.notebook)}</h3><table><tr>{head}</tr>{rows}</table>" if rows else ""
         )
+
+    def cell(row: dict, column: str) -> str:
+        text = esc(row[column])
+        page = pages.get(row.get("section", ""))
+        if column == "claim" and page is not None:  # the notebook that measured it
+            text = f'<a href="{esc(page.name)}">{text}</a>'
+        if column == "how measured" and row.get("details"):
+            text += f"<details><summary>more</summary>{esc(row['details'])}</details>"
+        return f"<td>{text}</td>"
+
     summary = "".join(
         f'<tr class="{esc(row["status"].split(":")[0].replace(" ", "-"))}">'
-        + "".join(f"<td>{esc(row[c])}</td>" for c in SUMMARY_COLUMNS)
+        + "".join(cell(row, c) for c in SUMMARY_COLUMNS)
         + "</tr>"
         for row in summary_rows(runs)
     )
+    legend = "".join(f"<li><b>{esc(k)}</b>: {esc(v)}</li>" for k, v in paper.STATUS_LEGEND.items())
     summary_head = "".join(f"<th>{esc(c)}</th>" for c in SUMMARY_COLUMNS)
     style = (
         "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
@@ -133,6 +145,7 @@ def index_html(runs: Sequence[Run], pages: dict[str, Path], profile: str) -> str
         "tr.reproduced td:last-child{background:#d9f2d9}"
         "tr.not-reproduced td:last-child{background:#f8d7d7}"
         "tr.reduced-run td:last-child{background:#fff3cd}"
+        "tr.better-than-the-paper td:last-child{background:#c9ecf5}"
     )
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
@@ -141,7 +154,7 @@ def index_html(runs: Sequence[Run], pages: dict[str, Path], profile: str) -> str
         "<p>Courbariaux, Hubara, Soudry, El-Yaniv, Bengio (2016), arXiv 1602.02830. "
         f"Profile <code>{esc(profile)}</code>, built {time.strftime('%Y-%m-%d %H:%M')}.</p>"
         f'<h2 id="summary">The paper vs this book</h2>'
-        f"<table><tr>{summary_head}</tr>{summary}</table>"
+        f"<table><tr>{summary_head}</tr>{summary}</table><ul>{legend}</ul>"
         f"<h2>Notebooks</h2><ol>{items}</ol>"
         f"<h2>Appendix: the records of each notebook</h2>{''.join(tables)}</body></html>"
     )

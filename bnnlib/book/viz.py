@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import html
 import json
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +35,8 @@ import numpy as np
 import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
+
+from bnnlib import settings
 
 __all__ = [
     "show",
@@ -60,7 +61,7 @@ CONFIG = {"displaylogo": False, "responsive": True}
 
 
 #: Set by the book runner: outputs then carry an HTML div for the exported pages.
-BOOK_ENV = "BNN_BOOK_RUN"
+BOOK_ENV = settings.BOOK_RUN_VAR
 
 
 def _sized(fig: go.Figure) -> go.Figure:
@@ -91,7 +92,7 @@ def show(fig: go.Figure) -> None:
         PLOTLY_MIME: json.loads(fig.to_json()),
         "text/plain": f"<Figure: {fig.layout.title.text or 'plotly'}>",
     }
-    if os.environ.get(BOOK_ENV):
+    if settings.book_run():
         bundle["text/html"] = figure_html(fig)
     show_figure(bundle)
 
@@ -178,7 +179,7 @@ class WidgetView(ipywidgets.VBox):
     def _repr_mimebundle_(self, **kwargs: Any) -> dict:
         # JupyterLab renders the widget view; nbconvert and static viewers the HTML.
         bundle = super()._repr_mimebundle_(**kwargs) or {}
-        if os.environ.get(BOOK_ENV):
+        if settings.book_run():
             bundle["text/html"] = figure_html(switchable(self.figures))
         else:  # static viewers without the widget: plotly's mimetype, buttons included
             bundle[PLOTLY_MIME] = json.loads(switchable(self.figures).to_json())

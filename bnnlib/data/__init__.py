@@ -6,6 +6,7 @@ from checked files (:mod:`.files`: IDX, CIFAR batches, npz without pickles).
 """
 
 from bnnlib.data.loaders import (
+    CIFAR10_SUBSET,
     DATASET_LABELS,
     ENV_VAR,
     MAX_CLASSES,
@@ -16,6 +17,7 @@ from bnnlib.data.loaders import (
     CorruptDataError,
     DataNotFoundError,
     Dataset,
+    available,
     describe_splits,
     ensure_files,
     is_reduced,
@@ -45,6 +47,8 @@ __all__ = [
     "scale",
     "to_uint8",
     "ensure_files",
+    "available",
+    "CIFAR10_SUBSET",
     "label",
     "describe_splits",
     "is_reduced",

@@ -64,6 +64,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bnnlib import settings
 from bnnlib.data.files import (
     IDX_DIRS,
     MAX_CLASSES,
@@ -95,6 +96,8 @@ __all__ = [
     "scale",
     "to_uint8",
     "ensure_files",
+    "available",
+    "CIFAR10_SUBSET",
     "label",
     "describe_splits",
     "is_reduced",
@@ -107,9 +110,13 @@ __all__ = [
     "MAX_IDX_BYTES",
 ]
 
-ENV_VAR = "BNN_DATA_DIR"
+ENV_VAR = settings.DATA_DIR_VAR
 DEFAULT_ROOT = Path("~/.cache/bnnlib/data")
-NAMES = ("mnist", "fashion_mnist", "cifar10", "svhn", "npz:<path>")
+NAMES = ("mnist", "fashion_mnist", "cifar10", "svhn", "cifar10_subset", "npz:<path>")
+#: The exact CIFAR-10 subset of this project's offline data folder (5,085 training / 1,017 test
+#: images), under the data root; the name ``"cifar10_subset"`` loads it.
+CIFAR10_SUBSET = "npz:CIFAR10-subset/cifar10_subset.npz"
+_ALIASES = {"cifar10_subset": CIFAR10_SUBSET}
 SPLITS = ("train", "val", "test", "train_full")
 
 _NAMES_SET = {"mnist", "fashion_mnist", "cifar10", "svhn"}
@@ -207,7 +214,23 @@ def label(name: str) -> str:
     return Path(name[4:]).name if name.startswith("npz:") else name
 
 
+def available(name: str, root: str | os.PathLike | None = None) -> bool:
+    """True when dataset ``name``'s files are under the data root (or ``npz:`` path) now;
+    nothing is downloaded."""
+    _check(name, None)
+    name = _ALIASES.get(name, name)
+    try:
+        if name.startswith("npz:"):
+            _npz_path(name, root)
+        else:
+            ensure_files(name, resolve_root(root), _root_origin(root), False)
+    except DataNotFoundError:
+        return False
+    return True
+
+
 def _kind(name: str) -> str:
+    name = _ALIASES.get(name, name)
     if name.startswith("npz:") and Path(name[4:]).name == "cifar10_subset.npz":
         return "cifar10_subset"
     return name
@@ -307,14 +330,15 @@ def resolve_root(root: str | os.PathLike | None = None) -> Path:
     """The data root: ``root`` if given, else ``$BNN_DATA_DIR``, else ``~/.cache/bnnlib/data``."""
     if root is not None:
         return Path(root).expanduser()
-    env = os.environ.get(ENV_VAR)
-    return Path(env).expanduser() if env else DEFAULT_ROOT.expanduser()
+    return settings.data_dir() or DEFAULT_ROOT.expanduser()
 
 
 def _root_origin(root) -> str:
     if root is not None:
         return "the root= argument"
-    return f"${ENV_VAR}" if os.environ.get(ENV_VAR) else "the default, $BNN_DATA_DIR being unset"
+    if settings.data_dir() is not None:
+        return f"${ENV_VAR}"
+    return f"the default, ${ENV_VAR} being unset"
 
 
 def _npz_path(name: str, root) -> Path:
@@ -408,7 +432,9 @@ def ensure_files(name: str, root: Path, origin: str, download: bool | None) -> N
 
 
 def _check(name: str, split: str | None) -> None:
-    if not isinstance(name, str) or not (name in _NAMES_SET or name.startswith("npz:")):
+    if not isinstance(name, str) or not (
+        name in _NAMES_SET or name in _ALIASES or name.startswith("npz:")
+    ):
         raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(NAMES)}")
     if split is not None and split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
@@ -459,6 +485,7 @@ def load(
     online. Missing files raise :class:`DataNotFoundError` saying where to put them.
     """
     _check(name, split)
+    name = _ALIASES.get(name, name)
     if split == "test":
         x, y = _read(name, root, download, train=False)
         return _make(name, split, x, y, _num_classes(name, root))
@@ -473,6 +500,7 @@ def load_splits(
 ) -> tuple[Dataset, Dataset, Dataset]:
     """(train, val, test) of the paper's split, reading each file once."""
     _check(name, None)
+    name = _ALIASES.get(name, name)
     x, y = _read(name, root, download, train=True)
     xt, yt = _read(name, root, download, train=False)
     n_train = len(y) - validation_size(name, len(y))

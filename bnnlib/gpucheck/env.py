@@ -4,11 +4,11 @@ machine and versions, TF32, PyCUDA and bnnlib imports (in a child process), MNIS
 from __future__ import annotations
 
 import json
-import os
 import platform
 import shutil
 import sys
 
+from bnnlib import settings
 from bnnlib.gpucheck.config import sanitizer_path
 from bnnlib.gpucheck.runner import quick_run
 
@@ -112,7 +112,7 @@ def env_step(args, log) -> dict:
     info["gpu"] = _gpu()
     info.update(_tools())
     info.update(_probe(args.timeouts.get("env", 30)))
-    info["mnist"] = _mnist(args.data_root or os.environ.get("BNN_DATA_DIR"))
+    info["mnist"] = _mnist(args.data_root or settings.data_dir())
     rc, text = quick_run(["git", "rev-parse", "HEAD"])
     info["git_commit"] = text if rc == 0 else None
     _log_env(info, log)

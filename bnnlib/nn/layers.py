@@ -3,14 +3,27 @@
 Each binary layer keeps a real-valued *latent* weight W. Training uses only its
 binarization W_b = Sign(W) in the forward pass and to compute gradients
 (paper Algorithm 1); the gradient reaches W through the straight-through
-estimator (:mod:`bnnlib.nn.ste`) and the optimizer (:mod:`bnnlib.nn.optim`) clips W
-to [-1, 1] after each update, so the latent weights cannot grow without bound.
+estimator (:mod:`bnnlib.nn.ste`).
+
+Clipping and the weight's STE belong together (paper Section 1.3, Algorithm 1).
+The paper's STE is g * 1{|W| <= 1}; the layers pass g unchanged (the "identity"
+estimator, as the paper's code does), which is the same thing only while every
+latent weight lies in [-1, 1]. That is what clipping keeps: after each update the
+optimizers of :mod:`bnnlib.nn.optim` call this module's :func:`clip_latent_` on
+every binary layer's weight (:meth:`BinaryLinear.clip_` for one layer), so the
+latent weights cannot grow without bound and the indicator is always 1. The
+coupling is checked on demand: a layer with ``check_clip=True`` (or every layer of
+a net after :func:`check_clipping`) verifies in training mode, once per forward,
+that its weight is within [-1, 1] and raises :class:`UnclippedWeightError`
+otherwise, e.g. when a plain ``torch.optim`` optimizer (which does not clip)
+trains it. The check reads the whole weight and syncs a GPU, so it is off by default.
 
 Stochastic binarization (paper Eq. 2) is chosen separately for the weights
-(``stochastic_weights``) and for the input (``stochastic_input``): the Torch7 code
-of the paper binarizes activations stochastically and weights deterministically
-(its ``-stcNeurons true -stcWeights false``). Either applies in training only;
-evaluation is always deterministic. ``stochastic=True`` is shorthand for both.
+(``stochastic_weights``) and for the layer's input activation
+(``stochastic_input``): the Torch7 code of the paper binarizes activations
+stochastically and weights deterministically (its ``-stcNeurons true
+-stcWeights false``). Either applies in training only; evaluation is always
+deterministic.
 
 The input of a binary layer is binarized by the layer itself when
 ``binarize_input=True`` (a hidden layer fed by a batch-norm output), or taken as
@@ -22,13 +35,45 @@ the paper's code). Nothing is inferred from a layer's width.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from bnnlib.nn.ste import ESTIMATORS, ste_sign
 
-__all__ = ["BinaryLinear", "BinaryConv2d", "SignActivation", "is_binary_layer"]
+__all__ = [
+    "BinaryLinear",
+    "BinaryConv2d",
+    "SignActivation",
+    "is_binary_layer",
+    "WEIGHT_BOUND",
+    "clip_latent_",
+    "check_clipping",
+    "UnclippedWeightError",
+]
+
+#: Latent weights live in [-WEIGHT_BOUND, WEIGHT_BOUND] (paper Section 1.3, Algorithm 1).
+WEIGHT_BOUND = 1.0
+
+
+class UnclippedWeightError(RuntimeError):
+    """A latent weight outside [-1, 1] reached the identity STE of a binary layer."""
+
+
+@torch.no_grad()
+def clip_latent_(weights: Iterable[torch.Tensor]) -> None:
+    """Clip latent weights to [-1, 1] in place (paper Section 1.3, Algorithm 1).
+
+    The one clipping of the package, as two multi-tensor clamps: the binary layers'
+    :meth:`~BinaryLinear.clip_` and the optimizers of :mod:`bnnlib.nn.optim` (after
+    every step) call it. Elementwise ``clamp(w, -1, 1)``; NaN stays NaN.
+    """
+    weights = list(weights)
+    if weights:
+        torch._foreach_clamp_min_(weights, -WEIGHT_BOUND)
+        torch._foreach_clamp_max_(weights, WEIGHT_BOUND)
 
 
 class _BinaryMixin:
@@ -37,32 +82,53 @@ class _BinaryMixin:
     binarize_input: bool
     stochastic_weights: bool
     stochastic_input: bool
+    check_clip: bool = False  # the debug check of clipping (module docstring)
     weight: nn.Parameter
 
     def _init_binary(
-        self, binarize_input: bool, stochastic: bool, weights: bool, inputs: bool
+        self, binarize_input: bool, weights: bool, inputs: bool, check_clip: bool
     ) -> None:
         self.binarize_input = binarize_input
-        self.stochastic_weights = stochastic or weights
-        self.stochastic_input = stochastic or inputs
+        self.stochastic_weights = weights
+        self.stochastic_input = inputs
+        self.check_clip = check_clip
         # The paper's code draws latent weights from U(-H, H) with H = 1.
         with torch.no_grad():
-            self.weight.uniform_(-1.0, 1.0)
+            self.weight.uniform_(-WEIGHT_BOUND, WEIGHT_BOUND)
             if self.bias is not None:
                 self.bias.zero_()
 
-    @property
-    def stochastic(self) -> bool:
-        """True when both the weights and the input binarize stochastically in training."""
-        return self.stochastic_weights and self.stochastic_input
+    def clip_(self):
+        """Clip the latent weight to [-1, 1] in place (:func:`clip_latent_`); returns the layer."""
+        clip_latent_([self.weight])
+        return self
+
+    def assert_clipped(self) -> None:
+        """Raise :class:`UnclippedWeightError` unless every latent weight is in [-1, 1].
+
+        One reduction over the weight and, on a GPU, a sync.
+        """
+        largest = self.weight.detach().abs().max()
+        if not bool(largest <= WEIGHT_BOUND):  # NaN fails too
+            raise UnclippedWeightError(
+                f"{type(self).__name__}: latent weight with |W| = {float(largest):g} > "
+                f"{WEIGHT_BOUND:g} reached the identity STE; the optimizer must clip binary "
+                "weights after every step (bnnlib.nn.optim.Adam / ShiftAdaMax do, "
+                "bnnlib.nn.layers.clip_latent_)"
+            )
 
     def binary_weight(self) -> torch.Tensor:
         """W_b = Sign(W), with the straight-through gradient to the latent W.
 
-        The weight's STE passes the gradient unchanged, as the paper's code does:
-        the optimizers clip W to [-1, 1] after every step, so 1{|W| <= 1} is always 1
-        and computing it would only cost a pass over the largest tensors.
+        The weight's STE passes the gradient unchanged ("identity"), as the paper's
+        code does. The paper's g * 1{|W| <= 1} (Section 1.3) equals it because the
+        optimizers clip W to [-1, 1] after every step (:func:`clip_latent_`), so the
+        indicator is always 1 and computing it would only cost a pass over the largest
+        tensors. With ``check_clip`` set, training mode verifies that premise
+        (:meth:`assert_clipped`) before each use.
         """
+        if self.check_clip and self.training:
+            self.assert_clipped()
         # Stochastic binarization in training only; evaluation is deterministic.
         stoch = self.stochastic_weights and self.training
         return ste_sign(self.weight, stoch, estimator="identity")
@@ -85,6 +151,9 @@ class BinaryLinear(_BinaryMixin, nn.Linear):
 
     ``y = x_b @ Sign(W)^T (+ b)``. The bias defaults to off: batch norm follows
     every binary layer in the paper's models and would absorb it.
+    ``stochastic_weights`` / ``stochastic_input`` binarize the weights / the input
+    stochastically while training (paper Eq. 2); ``check_clip`` checks in training
+    that the latent weights were clipped (module docstring).
     """
 
     def __init__(
@@ -92,14 +161,14 @@ class BinaryLinear(_BinaryMixin, nn.Linear):
         in_features: int,
         out_features: int,
         binarize_input: bool = True,
-        stochastic: bool = False,
         bias: bool = False,
         *,
         stochastic_weights: bool = False,
         stochastic_input: bool = False,
+        check_clip: bool = False,
     ) -> None:
         super().__init__(in_features, out_features, bias=bias)
-        self._init_binary(binarize_input, stochastic, stochastic_weights, stochastic_input)
+        self._init_binary(binarize_input, stochastic_weights, stochastic_input, check_clip)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(self.binary_input(x), self.binary_weight(), self.bias)
@@ -112,6 +181,7 @@ class BinaryConv2d(_BinaryMixin, nn.Conv2d):
     """2-D convolution with binary weights (and binary input unless ``binarize_input=False``).
 
     Padding, if any, adds zeros to the *binarized* input, as in the paper's code.
+    Flags as in :class:`BinaryLinear`.
     """
 
     def __init__(
@@ -122,14 +192,14 @@ class BinaryConv2d(_BinaryMixin, nn.Conv2d):
         stride: int = 1,
         padding: int | str = 0,
         binarize_input: bool = True,
-        stochastic: bool = False,
         bias: bool = False,
         *,
         stochastic_weights: bool = False,
         stochastic_input: bool = False,
+        check_clip: bool = False,
     ) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, bias=bias)
-        self._init_binary(binarize_input, stochastic, stochastic_weights, stochastic_input)
+        self._init_binary(binarize_input, stochastic_weights, stochastic_input, check_clip)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(self.binary_input(x), self.binary_weight(), self.bias)
@@ -139,10 +209,11 @@ class BinaryConv2d(_BinaryMixin, nn.Conv2d):
 
 
 class SignActivation(nn.Module):
-    """The binary activation: Sign in the forward pass, STE in the backward pass.
+    """The binary activation: Sign in the forward pass, STE in the backward pass (Section 1.3).
 
-    ``stochastic=True`` binarizes stochastically while training (Torch7 default)
-    and deterministically in evaluation. ``estimator`` is one of
+    ``stochastic=True`` binarizes stochastically while training (paper Eq. 2, the
+    Torch7 default; a model's ``stochastic_activations``) and deterministically in
+    evaluation. ``estimator`` is one of
     :data:`bnnlib.nn.ste.ESTIMATORS` (the paper's is ``"hardtanh"``).
     """
 
@@ -163,3 +234,12 @@ class SignActivation(nn.Module):
 def is_binary_layer(module: nn.Module) -> bool:
     """True for the layers whose latent weights are binarized (and clipped)."""
     return isinstance(module, (BinaryLinear, BinaryConv2d))
+
+
+def check_clipping(net: nn.Module, enabled: bool = True) -> nn.Module:
+    """Turn the clipping check (``check_clip``, module docstring) on or off for every binary
+    layer of ``net``; returns ``net``. A debugging aid: each check syncs a GPU."""
+    for module in net.modules():
+        if is_binary_layer(module):
+            module.check_clip = enabled
+    return net

@@ -10,7 +10,7 @@ epsilon 1e-4, as the paper's code); hidden layers then binarize with Sign (STE).
 The last layer keeps batch norm and no activation: its outputs feed the square
 hinge loss. ``stochastic_activations`` and ``stochastic_weights`` choose stochastic
 binarization (paper Eq. 2, training only) for the Sign activations and for the
-weights separately; ``stochastic=True`` sets both. The Torch7 code uses
+weights separately (pass both for a fully stochastic net). The Torch7 code uses
 stochastic activations with deterministic weights.
 
 ``binary=False`` builds the *float twin*: the same architecture with
@@ -78,7 +78,6 @@ def mnist_mlp(
     dropout_hidden: float = 0.5,
     binary: bool = True,
     batchnorm: str = "standard",
-    stochastic: bool = False,
     estimator: str = "hardtanh",
     in_features: int = 784,
     num_classes: int = 10,
@@ -92,13 +91,12 @@ def mnist_mlp(
     """The paper's MNIST MLP: in_features -> depth x hidden -> num_classes (Section 2.1).
 
     ``stochastic_activations`` / ``stochastic_weights`` binarize the Sign
-    activations / the weights stochastically while training (``stochastic``:
-    both); ``estimator`` picks the STE of the activations (:mod:`bnnlib.nn.ste`).
+    activations / the weights stochastically while training (paper Eq. 2);
+    ``estimator`` picks the STE of the activations (:mod:`bnnlib.nn.ste`).
     ``last_batchnorm`` is the output layer's batch norm (default: ``batchnorm``;
     the Torch7 code keeps an ordinary one there), with ``bn_eps`` and
     ``bn_momentum`` for every batch norm.
     """
-    acts, weights = stochastic or stochastic_activations, stochastic or stochastic_weights
     bn = {"eps": bn_eps, "momentum": bn_momentum}
     layers: list[nn.Module] = [nn.Flatten()]
     if dropout_in > 0:
@@ -106,15 +104,15 @@ def mnist_mlp(
     width = in_features
     for _ in range(depth):
         layers += [
-            _linear(width, hidden, binary, weights),
+            _linear(width, hidden, binary, stochastic_weights),
             _bn(hidden, batchnorm, 1, **bn),
-            _act(binary, acts, estimator),
+            _act(binary, stochastic_activations, estimator),
         ]
         if dropout_hidden > 0:
             layers.append(nn.Dropout(dropout_hidden))
         width = hidden
     layers += [
-        _linear(width, num_classes, binary, weights),
+        _linear(width, num_classes, binary, stochastic_weights),
         _bn(num_classes, last_batchnorm or batchnorm, 1, **bn),
     ]
     return nn.Sequential(*layers)
@@ -127,7 +125,6 @@ def cifar10_convnet(
     num_classes: int = 10,
     image_size: int = 32,
     batchnorm: str = "standard",
-    stochastic: bool = False,
     estimator: str = "hardtanh",
     *,
     stochastic_activations: bool = False,
@@ -141,25 +138,27 @@ def cifar10_convnet(
     ``fc_width`` scales the two dense layers (default: ``width``). Stochastic
     flags as in :func:`mnist_mlp`.
     """
-    acts, weights = stochastic or stochastic_activations, stochastic or stochastic_weights
     chans = [max(1, round(c * width)) for c in (128, 256, 512)]
     fc = max(1, round(1024 * (width if fc_width is None else fc_width)))
     layers: list[nn.Module] = []
     c_prev = in_channels
     for c in chans:
-        layers += [_conv(c_prev, c, binary, weights), _bn(c, batchnorm, 2)]
-        layers += [_act(binary, acts, estimator)]
-        layers += [_conv(c, c, binary, weights), nn.MaxPool2d(2), _bn(c, batchnorm, 2)]
-        layers += [_act(binary, acts, estimator)]
+        layers += [_conv(c_prev, c, binary, stochastic_weights), _bn(c, batchnorm, 2)]
+        layers += [_act(binary, stochastic_activations, estimator)]
+        layers += [_conv(c, c, binary, stochastic_weights), nn.MaxPool2d(2), _bn(c, batchnorm, 2)]
+        layers += [_act(binary, stochastic_activations, estimator)]
         c_prev = c
     side = image_size // 8
     layers.append(nn.Flatten())
     width_in = c_prev * side * side
     for _ in range(2):
-        layers += [_linear(width_in, fc, binary, weights), _bn(fc, batchnorm, 1)]
-        layers += [_act(binary, acts, estimator)]
+        layers += [_linear(width_in, fc, binary, stochastic_weights), _bn(fc, batchnorm, 1)]
+        layers += [_act(binary, stochastic_activations, estimator)]
         width_in = fc
-    layers += [_linear(width_in, num_classes, binary, weights), _bn(num_classes, batchnorm, 1)]
+    layers += [
+        _linear(width_in, num_classes, binary, stochastic_weights),
+        _bn(num_classes, batchnorm, 1),
+    ]
     return nn.Sequential(*layers)
 
 

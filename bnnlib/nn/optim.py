@@ -2,10 +2,16 @@
 
 Three ideas from the paper live here.
 
-*Clipping* (paper Section 1.2, Algorithm 1): after every update the latent
+*Clipping* (paper Sections 1.2-1.3, Algorithm 1): after every update the latent
 weights of binary layers are clipped to [-1, 1]. Beyond that range a weight's
 gradient is cancelled anyway, and an unbounded latent weight would never flip
-sign again.
+sign again. The binary layers rely on it: their weights' STE passes the gradient
+unchanged, which is the paper's g * 1{|W| <= 1} only for clipped weights
+(:mod:`bnnlib.nn.layers`). So the clipping is the layers' own
+(:func:`bnnlib.nn.layers.clip_latent_`), which both optimizers call on every group
+that :func:`param_groups` marks ``clip`` (each binary layer's weight) after each
+step; a plain ``torch.optim`` optimizer does not, and a layer with ``check_clip``
+then raises.
 
 *Per-layer learning-rate scale* (the paper's Theano code, after Glorot and
 Bengio): the Adam step of a binary layer's weights is multiplied by::
@@ -23,7 +29,11 @@ Torch7 code (``glorot_scale="torch7"``) also scales each batch norm's gamma by
     v_t   = max(beta2 * v, |g|)
     theta = theta - AP2(lr / (1 - beta1^t)) * m_t * AP2(v_t + eps)^-1
 
-every multiplication by the step and by 1/v being a shift (eps = 2^-27).
+every multiplication by the step and by 1/v being a shift (eps = 2^-27). The
+arithmetic is written once, on lists of tensors at the same step t
+(:func:`shift_adamax_`): :meth:`ShiftAdaMax.step` applies it one parameter at a
+time, or with ``foreach=True`` (the training loop's fast path) to all the
+parameters of a group at the same step at once; the values are the same.
 The Torch7 code (``adaMax_binary_clip_shift.lua``, ``variant="torch7"``)
 computes it slightly differently, and :class:`ShiftAdaMax` can do either::
 
@@ -49,14 +59,15 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from bnnlib.nn.layers import is_binary_layer
-from bnnlib.nn.shift import ap2
+from bnnlib.nn.layers import clip_latent_, is_binary_layer
 
 __all__ = [
     "glorot_lr_scale",
     "param_groups",
     "Adam",
     "ShiftAdaMax",
+    "shift_adamax_",
+    "ap2_scalar",
     "clip_binary_weights",
     "exponential_lr",
     "lr_at_epoch",
@@ -108,13 +119,10 @@ def _is_bn(module: nn.Module) -> bool:
     return isinstance(module, nn.modules.batchnorm._BatchNorm) and module.weight is not None
 
 
-@torch.no_grad()
 def clip_binary_weights(groups: Iterable[dict]) -> None:
-    """Clip every parameter of the groups marked ``clip`` to [-1, 1] (in place)."""
-    for group in groups:
-        if group.get("clip"):
-            for p in group["params"]:
-                p.clamp_(-1.0, 1.0)
+    """Clip every parameter of the groups marked ``clip`` to [-1, 1] in place, with the
+    binary layers' own clipping (:func:`bnnlib.nn.layers.clip_latent_`, Algorithm 1)."""
+    clip_latent_(p for group in groups if group.get("clip") for p in group["params"])
 
 
 class Adam(torch.optim.Adam):
@@ -138,6 +146,8 @@ class Adam(torch.optim.Adam):
 
     @torch.no_grad()
     def step(self, closure=None):
+        """PyTorch's Adam step (fused or foreach, as built), then the clipping of the binary
+        layers' weights (:func:`clip_binary_weights`, Algorithm 1)."""
         loss = super().step(closure)
         clip_binary_weights(self.param_groups)
         return loss
@@ -176,36 +186,105 @@ class ShiftAdaMax(torch.optim.Optimizer):
         return state
 
     @torch.no_grad()
-    def step_group(self, group: dict) -> None:
+    def step_group(self, group: dict, foreach: bool = False) -> None:
         """Algorithm 4 (or the Torch7 variant) on one group's parameters that have a
-        gradient; the clipping is :meth:`step`'s."""
-        beta1, beta2 = group["betas"]
+        gradient; the clipping is :meth:`step`'s.
+
+        :func:`shift_adamax_` once per parameter, or (``foreach=True``) once per set of
+        parameters at the same step count (all of them, unless some missed a step).
+        """
+        batches: dict[int, list[torch.Tensor]] = {}
         for p in group["params"]:
             if p.grad is None:
                 continue
             state = self.state_of(p)
             state["step"] += 1
-            m, v = state["exp_avg"], state["exp_inf"]
-            m.lerp_(p.grad, 1 - beta1)
-            torch.maximum(v * beta2, p.grad.abs(), out=v)
-            bias1 = 1 - beta1 ** state["step"]
-            if group.get("variant", "paper") == "torch7":
-                v.copy_(ap2(v) + group["eps"])
-                step_size = ap2_scalar(group["lr"] / group["lr_scale"] / bias1)
-                p.sub_(m / v, alpha=step_size * group["lr_scale"])
+            if foreach:
+                batches.setdefault(state["step"], []).append(p)
             else:
-                p.sub_(m / ap2(v + group["eps"]), alpha=ap2_scalar(group["lr"] / bias1))
+                self._update(group, [p], state["step"])
+        for step, params in batches.items():
+            self._update(group, params, step)
+
+    def _update(self, group: dict, params: list[torch.Tensor], step: int) -> None:
+        shift_adamax_(
+            params,
+            [p.grad for p in params],
+            [self.state[p]["exp_avg"] for p in params],
+            [self.state[p]["exp_inf"] for p in params],
+            step=step,
+            lr=group["lr"],
+            lr_scale=group["lr_scale"],
+            betas=group["betas"],
+            eps=group["eps"],
+            variant=group.get("variant", "paper"),
+        )
 
     @torch.no_grad()
-    def step(self, closure=None):
+    def step(self, closure=None, *, foreach: bool = False):
+        """One update of every parameter with a gradient, then the clipping of the binary
+        layers' weights (:func:`clip_binary_weights`). ``foreach=True`` launches the same
+        arithmetic as multi-tensor operations (:meth:`step_group`)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            self.step_group(group)
+            self.step_group(group, foreach)
         clip_binary_weights(self.param_groups)
         return loss
+
+
+@torch.no_grad()
+def shift_adamax_(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    exp_avgs: list[torch.Tensor],
+    exp_infs: list[torch.Tensor],
+    *,
+    step: int,
+    lr: float,
+    lr_scale: float,
+    betas: tuple[float, float],
+    eps: float,
+    variant: str = "paper",
+) -> None:
+    """Shift-based AdaMax (paper Algorithm 4), in place, on parameters at step ``step``.
+
+    ``exp_avgs`` (m) and ``exp_infs`` (v) are the parameters' states, updated with them;
+    ``lr`` is the group's (scaled) learning rate, ``lr_scale`` its Glorot scale. The one
+    implementation of the update (module docstring), as multi-tensor operations::
+
+        m = beta1 * m + (1 - beta1) * g;  v = max(beta2 * v, |g|)
+        paper:  theta -= AP2(lr / (1 - beta1^t)) * m / AP2(v + eps)
+        torch7: v = AP2(v) + eps;  theta -= AP2(lr / lr_scale / (1 - beta1^t)) * lr_scale * m / v
+    """
+    if variant not in ShiftAdaMax.VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; choose one of {ShiftAdaMax.VARIANTS}")
+    beta1, beta2 = betas
+    torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+    torch._foreach_mul_(exp_infs, beta2)
+    torch._foreach_maximum_(exp_infs, torch._foreach_abs(grads))
+    bias1 = 1 - beta1**step
+    if variant == "torch7":
+        torch._foreach_copy_(exp_infs, torch._foreach_add(_ap2_nonnegative(exp_infs), eps))
+        step_size = ap2_scalar(lr / lr_scale / bias1)
+        torch._foreach_sub_(
+            params, torch._foreach_div(exp_avgs, exp_infs), alpha=step_size * lr_scale
+        )
+    else:
+        denom = _ap2_nonnegative(torch._foreach_add(exp_infs, eps))
+        torch._foreach_sub_(
+            params, torch._foreach_div(exp_avgs, denom), alpha=ap2_scalar(lr / bias1)
+        )
+
+
+def _ap2_nonnegative(xs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """AP2 (:func:`bnnlib.nn.shift.ap2`) of tensors with no negative entries, as multi-tensor
+    operations: 2^round(log2 x), and 0 where x == 0 (2^-inf = +0), the values ``ap2`` gives."""
+    e = torch._foreach_log2(xs)
+    torch._foreach_round_(e)
+    return torch._foreach_pow(2.0, e)
 
 
 def ap2_scalar(x: float) -> float:

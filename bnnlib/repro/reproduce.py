@@ -56,7 +56,7 @@ from bnnlib.train.loop import as_device, predict
 __all__ = ["main", "cifar10_dataset", "SUBSET"]
 
 #: The offline CIFAR-10 subset, relative to the data root.
-SUBSET = "npz:CIFAR10-subset/cifar10_subset.npz"
+SUBSET = bdata.CIFAR10_SUBSET
 #: What --rehearse sets (flags given explicitly still win).
 REHEARSAL = {
     "mnist_epochs": 1, "hidden": 32, "train_size": 1000, "cifar_epochs": 1,

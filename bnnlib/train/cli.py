@@ -1,7 +1,8 @@
 """``python -m bnnlib.train``: the command line of :func:`bnnlib.train.fit`.
 
-Run it as ``python -m bnnlib.train`` (``--help`` lists everything); ``bnnlib.train``
-re-exports :func:`main`, :func:`resolve_settings` and the tables below::
+Run it as ``python -m bnnlib.train`` (``--help`` lists everything). The flags resolve into one
+:class:`~bnnlib.train.config.RunConfig` (:func:`resolve_settings`), which
+:func:`bnnlib.train.run.train` trains and records with the run::
 
     python -m bnnlib.train --model mnist_mlp --hidden 1024 --epochs 10 --out runs/mlp
 
@@ -12,21 +13,10 @@ exception, the *short recipe* (``--recipe``), used by default for runs of fewer
 than 100 epochs: the LR ends at ``lr_start / 100`` instead of the paper's
 1/10,000, and the MLP has no hidden dropout (input dropout 0.2 stays). Both
 regularize a 1000-epoch run but only slow a 10-epoch one. Chosen on *validation*
-error (``python -m bnnlib.train.recipes --out results/recipe_comparison.json``: MNIST
-50k/10k/10k, 3 x 1024 MLP, 10 epochs, batch 100, seed 0; 2026-11-30, Intel Xeon,
-AVX-512 VPOPCNTDQ, 1 thread), the error at the best-validation epoch; the test
-error is shown, never used to choose:
-
-=================================================  ==========  ==========
-recipe                                             validation  test
-=================================================  ==========  ==========
-LR 3e-3 -> 3e-7, hidden dropout 0.5 (the paper's)  3.45%       3.81%
-LR 3e-3 -> 3e-5, hidden dropout 0.5                2.87%       3.06%
-LR 3e-3 -> 3e-4, hidden dropout 0.5                2.98%       3.42%
-LR 1e-2 -> 1e-4, hidden dropout 0.5                2.81%       2.84%
-LR 3e-3 -> 3e-7, no hidden dropout                 2.28%       2.27%
-LR 3e-3 -> 3e-5, no hidden dropout (short recipe)  1.84%       2.00%
-=================================================  ==========  ==========
+error at the best-validation epoch (``python -m bnnlib.train.recipes --out
+results/recipe_comparison.json``: six candidate recipes on the 3 x 1024 MLP, 10 epochs; the
+table, its machine and date are in that file and in the book's notebook 05); the test error
+is shown there, never used to choose.
 
 ``--recipe paper`` (or ``--lr-end``/``--dropout-hidden``) restores the paper's
 values for any length. The short recipe was tuned on the MLP only; for the

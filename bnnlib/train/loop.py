@@ -26,10 +26,10 @@ index slice of the epoch's permutation. Losses and error counts are summed on
 the device and read back once per epoch (``.item()`` syncs a GPU).
 
 The fast path (``fast=True``; the default on a GPU, ``fast=None``) changes only
-how the same arithmetic is launched: the optimizer step is one multi-tensor
-(``foreach``) update with the clipping of the binary weights as two
-``_foreach_clamp`` calls (Adam: PyTorch's fused kernel, as on the plain path;
-shift AdaMax: :func:`shift_adamax_foreach`), validation and test are evaluated
+how the same arithmetic is launched: the optimizer step is
+:func:`bnnlib.train.fast_step.fast_step`, one multi-tensor (``foreach``) update per
+group (Adam: PyTorch's fused kernel, as on the plain path; shift AdaMax:
+``ShiftAdaMax.step(foreach=True)``), validation and test are evaluated
 in batches of 10,000, and cuDNN picks its convolution algorithms
 (``cudnn.benchmark``). On the CPU it gives the plain path's parameters and
 history bit for bit (tested), so checkpoints of either path resume in the

@@ -1,0 +1,110 @@
+"""bnnlib.book.claims: the committed rows of "the paper vs this book", one source for the README
+and the book, with every seed, its interval and its status."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from bnnlib import paper, results
+from bnnlib.book import claims, runner
+from bnnlib.book import results as book_results
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_the_readme_table_is_the_generated_one():
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    start, end = text.index(claims.README_BEGIN), text.index(claims.README_END)
+    block = text[start : end + len(claims.README_END)]
+    assert block == claims.readme_table(), (
+        "README.md's table differs from the committed results: run "
+        "python -m bnnlib.book --readme README.md"
+    )
+
+
+def test_the_book_summary_holds_the_same_committed_rows():
+    rows = book_results.summary_rows([])
+    committed = claims.committed_rows()
+    assert [r["claim"] for r in rows[: len(committed)]] == [r.claim for r in committed]
+    for row, c in zip(rows, committed, strict=False):
+        assert (row["ours"], row["status"], row["section"]) == (c.ours, c.status, c.section)
+    live = [r["claim"] for r in rows[len(committed) :]]
+    assert live == [paper.claim(k).claim for k in claims.LIVE_CLAIMS]
+
+
+def _fake_run(root: Path, name: str, seed: int, test_errors: list[int], epochs: int = 100):
+    """A committed torch7-preset run with ``test_errors`` per epoch (val error = test error)."""
+    n = 10_000
+    hist = {
+        "config": {
+            "n_test": n,
+            "run_config": {"preset": "torch7", "dataset": "mnist", "seed": seed, "epochs": epochs},
+        },
+        "epochs": [
+            {"epoch": i + 1, "val_error": e / n, "test_error": e / n}
+            for i, e in enumerate(test_errors)
+        ],
+        "best_epoch": 1,  # as an older tie rule may have written it
+    }
+    (root / name).mkdir(parents=True)
+    (root / name / "history.json").write_text(json.dumps(hist))
+    (root / name / "run.json").write_text(json.dumps({"hardware": "CPU: test", "seed": seed}))
+
+
+def test_torch7_cell_reports_every_seed_the_mean_and_the_interval(tmp_path, monkeypatch):
+    monkeypatch.setenv(results.ENV_VAR, str(tmp_path))
+    assert claims.table1_torch7() is None
+    _fake_run(tmp_path, "torch7_mnist", 0, [150, 140, 140])  # tie: the later epoch (3) wins
+    _fake_run(tmp_path, "torch7_mnist_seed1", 1, [170, 160])
+    cell = claims.table1_torch7()
+    seeds = cell["seeds"]
+    assert [(s["seed"], s["best_epoch"], s["test_errors"]) for s in seeds] == [
+        (0, 3, 140),
+        (1, 2, 160),
+    ]
+    assert seeds[0]["selection_changed"] is True  # the file said epoch 1
+    iv = cell["interval"]
+    assert iv.value == pytest.approx(0.015)
+    assert (iv.low, iv.high) == pytest.approx(
+        (
+            paper.error_interval([140, 160], 10_000).low,
+            paper.error_interval([140, 160], 10_000).high,
+        )
+    )
+    assert cell["status"] == "reproduced"  # 1.40% lies inside
+    row = claims.committed_rows()[0]
+    assert "seed 0: 1.40%, seed 1: 1.60%" in row.ours and "95% interval" in row.ours
+    assert row.status == "reproduced" and "2 seed(s)" in row.how
+
+
+def test_a_cell_far_above_the_paper_is_not_reproduced(tmp_path, monkeypatch):
+    monkeypatch.setenv(results.ENV_VAR, str(tmp_path))
+    _fake_run(tmp_path, "torch7_mnist", 0, [200])
+    assert claims.table1_torch7()["status"] == "not reproduced"
+
+
+def test_readme_writer_replaces_only_the_block(tmp_path, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\nbefore\n{claims.README_BEGIN}\nold\n{claims.README_END}\nafter\n")
+    assert runner.main(["--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith("# x\nbefore\n") and text.endswith("\nafter\n") and "old" not in text
+    assert claims.readme_table() in text
+    readme.write_text("no markers\n")
+    assert runner.main(["--readme", str(readme)]) == 1
+    assert "no '<!-- paper-vs-book:begin" in capsys.readouterr().err
+    assert readme.read_text() == "no markers\n"
+
+
+def test_rows_without_results_say_what_is_missing(tmp_path, monkeypatch):
+    monkeypatch.setenv(results.ENV_VAR, str(tmp_path))
+    rows = {r.key: r for r in claims.committed_rows()}
+    assert rows["table1_mnist_torch7"].status == "not run yet"
+    assert "cpu_latency" not in rows and "packed_equals_float" not in rows
+    shutil.copy(REPO / "results" / "recipe_comparison.json", tmp_path)
+    rows = {r.key: r for r in claims.committed_rows()}
+    assert rows["table1_mnist_theano"].status == "reduced run"
