@@ -7,6 +7,9 @@ less the umask (not the 0600 of a temporary file). A write killed before its ren
 temporary ``.<name>.<random>.tmp``; the next write of the same path removes such leftovers once
 they are an hour old (:data:`STALE_TMP_SECONDS`; younger ones may belong to a write still
 running in another process).
+
+:class:`FileLock` is the one lock bnnlib takes (a run folder, a publish destination): an
+``flock`` the kernel drops when its holder dies, so a killed process never blocks the next one.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-__all__ = ["atomic_write", "STALE_TMP_SECONDS"]
+__all__ = ["atomic_write", "STALE_TMP_SECONDS", "FileLock", "LockHeld"]
 
 #: Age after which a leftover ``.<name>.<random>.tmp`` of an interrupted write is removed.
 STALE_TMP_SECONDS = 3600
@@ -87,3 +90,83 @@ def atomic_write(path: str | os.PathLike, data: bytes | Callable[[BinaryIO], Any
         finally:
             os.close(dir_fd)
     return path
+
+
+# --------------------------------------------------------------------------- locks
+
+
+class LockHeld(RuntimeError):
+    """Another process holds the lock (``pid`` and ``host`` as it wrote them, if readable)."""
+
+    def __init__(self, path: Path, pid: int | None, host: str):
+        self.path, self.pid, self.host = path, pid, host
+        who = f"process {pid}" + (f" on {host}" if host else "") if pid else "another process"
+        super().__init__(f"{path} is held by {who}")
+
+
+def _holder(fd: int) -> tuple[int | None, str]:
+    os.lseek(fd, 0, os.SEEK_SET)
+    words = os.read(fd, 256).decode(errors="replace").split()
+    try:
+        return int(words[0]), (words[1] if len(words) > 1 else "")
+    except (IndexError, ValueError):
+        return None, ""
+
+
+class FileLock:
+    """An exclusive lock on ``path`` held with ``flock``: the kernel releases it when the
+    holder exits in any way (SIGKILL, SIGTERM, a power cut of the process), so there is no
+    stale lock to take over and no PID to trust. The file holds the holder's PID and host for
+    messages; :meth:`release` removes it. Taking it is atomic (no check-then-act): after the
+    ``flock`` succeeds the path is checked to still name the locked file (a releaser may have
+    unlinked it meanwhile), else it is taken again.
+
+    ``acquire()`` raises :class:`LockHeld` at once when another process holds it;
+    ``previous`` is the (PID, host) a holder that died without releasing left in the file.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.fd: int | None = None
+        self.previous: tuple[int | None, str] = (None, "")
+
+    def acquire(self) -> FileLock:
+        import fcntl
+        import platform
+
+        for _ in range(20):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pid, host = _holder(fd)
+                os.close(fd)
+                raise LockHeld(self.path, pid, host) from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:  # unlinked by its last holder between our open and flock
+                os.close(fd)
+                continue
+            self.previous = _holder(fd)
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, f"{os.getpid()} {platform.node()}\n".encode())
+            self.fd = fd
+            return self
+        raise LockHeld(self.path, None, "")
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)  # unlink first, then unlock: a waiter re-checks the inode
+        os.close(self.fd)
+        self.fd = None
+
+    def __enter__(self) -> FileLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()

@@ -134,9 +134,12 @@ def runs(**where: Any) -> list[CommittedRun]:
 
 
 def load_run(name: str) -> CommittedRun | None:
-    """The committed run ``results/<name>/`` (None when it is not there)."""
+    """The committed run ``results/<name>/``; None when it is not there or not complete (a
+    committed run has both its history.json and its run.json, which publish writes last)."""
     folder = results_dir()
-    if folder is None or not (folder / name / "history.json").exists():
+    if folder is None or not all(
+        (folder / name / f).exists() for f in ("history.json", "run.json")
+    ):
         return None
     folder = folder / name
     try:

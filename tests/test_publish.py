@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from test_train import write_tiny_npz
@@ -71,3 +72,130 @@ def test_command_names_each_resume_that_extended_the_run():
         .startswith("python -m bnnlib.train " + " ".join(recorded) + "  #")
     )
     assert publish.command_line({"argv": argv}) == "python -m bnnlib.train " + " ".join(argv)
+
+
+# ------------------------------------------------------------------ nothing lost, nothing mixed
+
+
+def _tiny_run(tmp, name="run", epochs="3", extra=()):
+    data_name = write_tiny_npz(tmp / "tiny.npz", n_train=120, n_test=60)
+    argv = ["--preset", "torch7", "--dataset", data_name, "--hidden", "16", "--depth", "1"]
+    argv += ["--epochs", epochs, "--batch-size", "30", "--out", str(tmp / name), "--no-progress"]
+    train_cli.main([*argv, *extra])
+    return tmp / name
+
+
+def test_a_second_publish_into_the_same_destination_is_refused_while_one_runs(
+    finished_run, tmp_path
+):
+    import subprocess
+    import sys
+
+    tmp, _, _ = finished_run
+    dest = tmp_path / "dest"
+    code = (
+        "import sys, time; from bnnlib.files import FileLock; "
+        "FileLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path / ".dest.lock")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(publish.PublishError, match="another publish into"):
+            publish.publish(tmp / "run", dest)
+        assert not dest.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    publish.publish(tmp / "run", dest)  # the holder died: its lock went with it
+    assert (dest / "run.json").exists()
+
+
+def test_a_failure_mid_publish_leaves_the_old_destination_whole(
+    finished_run, tmp_path, monkeypatch
+):
+    tmp, _, _ = finished_run
+    dest = tmp_path / "dest"
+    publish.publish(tmp / "run", dest)
+    before = {p.name: p.read_bytes() for p in dest.iterdir()}
+
+    def full_disk(path, data):
+        if Path(path).name == "run.json":
+            raise OSError(28, "No space left on device")
+        return real(path, data)
+
+    real = publish.atomic_write
+    monkeypatch.setattr(publish, "atomic_write", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        publish.publish(tmp / "run", dest)
+    assert {p.name: p.read_bytes() for p in dest.iterdir()} == before  # untouched
+    assert [p.name for p in tmp_path.iterdir()] == ["dest"]  # no staging folder left
+
+    monkeypatch.setattr(publish, "atomic_write", real)
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt  # as a kill between the model and run.json would
+
+    monkeypatch.setattr(publish.inference, "export", killed)
+    with pytest.raises(KeyboardInterrupt):
+        publish.publish(tmp / "run", tmp_path / "new")
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_folder_without_run_json_is_not_a_committed_run(finished_run, tmp_path, monkeypatch):
+    tmp, _, _ = finished_run
+    publish.publish(tmp / "run", tmp_path / "r")
+    (tmp_path / "r" / "run.json").unlink()
+    monkeypatch.setenv(results.ENV_VAR, str(tmp_path))
+    assert results.load_run("r") is None
+
+
+def test_empty_or_file_destinations_are_refused(finished_run, tmp_path, capsys):
+    tmp, _, _ = finished_run
+    with pytest.raises(SystemExit):
+        publish.main([str(tmp / "run"), ""])
+    assert "DEST is empty" in capsys.readouterr().err
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(publish.PublishError, match="is a file"):
+        publish.publish(tmp / "run", tmp_path / "f")
+
+
+def test_a_history_the_packed_check_contradicts_is_refused(finished_run, tmp_path):
+    tmp, _, _ = finished_run
+    run = tmp_path / "run"
+    import shutil
+
+    shutil.copytree(tmp / "run", run)
+    history = json.loads((run / "history.json").read_text())
+    for r in history["epochs"]:  # another run's errors, same shape
+        r["test_error"] = min(1.0, r["test_error"] + 0.1)
+    (run / "history.json").write_text(json.dumps(history))
+    with pytest.raises(publish.PublishError, match="the history says"):
+        publish.publish(run, tmp_path / "dest")
+    assert not (tmp_path / "dest").exists()
+
+
+def test_unfinished_runs_are_refused_or_labelled(tmp_path, capsys):
+    run = _tiny_run(tmp_path, extra=["--max-time", "1e-9"])  # stops after its first epoch
+    with pytest.raises(publish.PublishError, match="stopped early"):
+        publish.publish(run, tmp_path / "d1")
+    out = publish.publish(run, tmp_path / "d1", allow_stopped=True)
+    assert out["stopped_early"].startswith("time limit") and out["schedule"].startswith("1 of 3")
+    history = json.loads((run / "history.json").read_text())
+    history["stopped"] = None  # as a run still training, killed, or gone non-finite
+    (run / "history.json").write_text(json.dumps(history))
+    with pytest.raises(publish.PublishError, match="1 of 3 epochs and did not stop cleanly"):
+        publish.publish(run, tmp_path / "d2", allow_stopped=True)
+
+
+def test_train_refuses_an_empty_out_and_says_when_nothing_is_saved(tmp_path, capsys):
+    data_name = write_tiny_npz(tmp_path / "tiny.npz", n_train=120, n_test=60)
+    argv = ["--model", "mnist_mlp", "--dataset", data_name, "--hidden", "8", "--epochs", "1"]
+    with pytest.raises(SystemExit):
+        train_cli.main([*argv, "--out", ""])
+    assert "--out is empty" in capsys.readouterr().err
+    train_cli.main([*argv, "--no-progress"])
+    assert "no --out" in capsys.readouterr().err

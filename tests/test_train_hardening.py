@@ -193,22 +193,81 @@ def test_cli_a_folder_with_only_a_history_is_a_run_too(tiny, capsys):
     assert "holds a run" in _cli_error(_argv(name, out), capsys)
 
 
+_HOLDER = (
+    "import sys, time; from bnnlib.files import FileLock; "
+    "FileLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)"
+)
+
+
+def _hold(path):
+    """A separate process holding the lock at ``path`` (as a training run does)."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(path)], stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
 def test_cli_lock_refuses_a_concurrent_run(tiny, capsys, monkeypatch):
+    name, out = tiny
+    out.mkdir()
+    holder = _hold(out / ".lock")
+    try:
+        err = _cli_error(_argv(name, out), capsys)
+        assert f"in use by process {holder.pid}" in err
+        assert {p.name for p in out.iterdir()} == {".lock"}
+    finally:
+        holder.kill()  # SIGKILL: no chance to remove its lock file
+        holder.wait()
+    assert (out / ".lock").exists()
+    # Its process is gone: the kernel dropped the lock; it is taken over, with a message, and
+    # removed at the end.
+    train_cli.main(_argv(name, out))
+    assert f"stale lock of process {holder.pid}" in capsys.readouterr().err
+    assert not (out / ".lock").exists()
+
+
+def test_a_lock_file_naming_a_live_process_does_not_block(tiny, capsys):
+    """A leftover lock file whose PID was reused by an unrelated live process (or names a
+    process of another host) does not block the folder: only a held flock does."""
     name, out = tiny
     out.mkdir()
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         (out / ".lock").write_text(f"{sleeper.pid} {platform.node()}\n")
-        err = _cli_error(_argv(name, out), capsys)
-        assert f"in use by process {sleeper.pid}" in err
-        assert {p.name for p in out.iterdir()} == {".lock"}
+        train_cli.main(_argv(name, out))
+        (out / ".lock").write_text("4242 another-host\n")
+        train_cli.main([*_argv(name, out), "--overwrite"])
     finally:
         sleeper.kill()
         sleeper.wait()
-    # Its process is gone: the stale lock is taken over, with a message, and removed at the end.
-    train_cli.main(_argv(name, out))
-    assert f"stale lock of process {sleeper.pid}" in capsys.readouterr().err
     assert not (out / ".lock").exists()
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
+def test_a_run_stopped_by_a_signal_leaves_no_lock_behind(tiny, capsys, sig):
+    import signal
+
+    name, out = tiny
+    out.mkdir()
+    holder = _hold(out / ".lock")
+    holder.send_signal(getattr(signal, sig))
+    holder.wait()
+    train_cli.main(_argv(name, out))  # not blocked
+    assert not (out / ".lock").exists()
+
+
+def test_two_takers_of_a_stale_lock_one_wins(tmp_path):
+    from bnnlib.files import FileLock, LockHeld
+
+    path = tmp_path / ".lock"
+    path.write_text("999999 somewhere\n")  # left by a dead process
+    first = FileLock(path).acquire()
+    with pytest.raises(LockHeld, match=f"held by process {os.getpid()}"):
+        FileLock(path).acquire()
+    first.release()
+    assert not path.exists()
+    assert FileLock(path).acquire().previous == (None, "")
 
 
 def test_cli_two_runs_at_once_on_one_folder(tiny, monkeypatch, capsys):

@@ -3,7 +3,7 @@
 * :func:`mnist_mlp` — the permutation-invariant MLP 784 -> 3 x 4096 -> 10 (Section 2.1).
 * :func:`cifar10_convnet` — (2 x 128C3)-MP2-(2 x 256C3)-MP2-(2 x 512C3)-MP2-(2 x 1024FC)-10FC
   (Section 2.3).
-* :func:`svhn_convnet` — the same ConvNet with half the units in each layer (Section 2.2).
+* :func:`svhn_convnet` — the same ConvNet with half the units in each layer (Section 2.4).
 
 Every binary layer is followed by batch norm (moving-average factor 0.1,
 epsilon 1e-4, as the paper's code); hidden layers then binarize with Sign (STE).
@@ -165,7 +165,7 @@ def cifar10_convnet(
 def svhn_convnet(binary: bool = True, width: float = 1.0, **kw) -> nn.Sequential:
     """The SVHN ConvNet: the CIFAR-10 ConvNet with half the units in each convolution.
 
-    The paper (Section 2.2) says "half the number of units in each layer", but
+    The paper (Section 2.4) says "half the number of units in each layer", but
     both official codes (Theano ``svhn.py``, Torch7 ``BinaryNet_SVHN_Model.lua``)
     halve only the convolutions (64-128-256 channels) and keep the two dense
     layers at 1024 units; we follow the code. ``width`` scales both further.

@@ -25,19 +25,23 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from bnnlib import data as bdata
 from bnnlib import inference
-from bnnlib.files import atomic_write
+from bnnlib.files import FileLock, LockHeld, atomic_write
 from bnnlib.hardware import describe_machine, hardware
 from bnnlib.train.checkpoint import load_checkpoint
 from bnnlib.train.config import RunConfig, RunConfigFormatError
+from bnnlib.train.history import History
 from bnnlib.train.loop import predict
 
-__all__ = ["publish", "main"]
+__all__ = ["publish", "main", "PublishError"]
 
 
 def _git_commit() -> str | None:
@@ -88,66 +92,171 @@ def command_line(config: dict) -> str:
     return cmd
 
 
-def publish(run_dir: str | Path, dest: str | Path, note: str | None = None, data_root=None) -> dict:
+class PublishError(ValueError):
+    """The run cannot be published as asked (the message says why and what to do)."""
+
+
+def _finished(history: dict, allow_stopped: bool) -> str | None:
+    """None for a run that ran all its epochs; the reason it stopped early when allowed;
+    else :class:`PublishError` (still training, killed, diverged, or stopped by its time
+    limit without ``allow_stopped``)."""
+    planned = history["config"].get("num_epochs")
+    done = len(history.get("epochs", []))
+    stopped = history.get("stopped")
+    if stopped:
+        if not allow_stopped:
+            raise PublishError(
+                f"the run stopped early ({stopped}); finish it with --resume, or publish it "
+                "labelled as stopped early with --allow-stopped-early"
+            )
+        return str(stopped)
+    if planned is None or done < planned:
+        raise PublishError(
+            f"the run has {done} of {planned} epochs and did not stop cleanly: it is still "
+            "training, was killed, or its loss went non-finite; finish it (--resume) first"
+        )
+    return None
+
+
+def _check_packed(check: dict) -> None:
+    """The packed model must make exactly the float model's and the history's errors."""
+    if not check["errors_packed"] == check["errors_float_model"] == check["errors_history"]:
+        raise PublishError(
+            f"the packed model makes {check['errors_packed']} errors, the float model "
+            f"{check['errors_float_model']}, the history says {check['errors_history']}: the "
+            "history or the checkpoint is not this run's (or the data differ); nothing written"
+        )
+
+
+def _dest(dest: str | Path) -> Path:
+    if not str(dest).strip():
+        raise PublishError("DEST is empty (an unset variable?); give a folder, e.g. results/x")
+    dest = Path(dest)
+    if dest.exists() and not dest.is_dir():
+        raise PublishError(f"DEST {dest} is a file, not a folder; choose another DEST")
+    return dest
+
+
+def _swap_into_place(staging: Path, dest: Path) -> None:
+    """Make ``staging`` be ``dest``: one rename when ``dest`` is new; else the old folder is
+    renamed aside first and removed after (a kill between the two renames leaves the old run
+    whole, as ``.<name>.old-*``, and no half-written DEST)."""
+    if not dest.exists():
+        os.rename(staging, dest)
+        return
+    old = dest.parent / f".{dest.name}.old-{os.getpid()}"
+    os.rename(dest, old)
+    os.rename(staging, dest)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_staged(dest: Path, history: dict, build) -> dict:
+    """Write the model, history.json and run.json into a staging folder beside ``dest``, then
+    rename it into place; ``build(staging)`` writes the model and returns run.json's dict."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.staging-", dir=dest.parent))
+    try:
+        run = build(staging)
+        atomic_write(staging / "history.json", json.dumps(history, indent=1).encode())
+        atomic_write(staging / "run.json", json.dumps(run, indent=1).encode())
+        os.chmod(staging, 0o755)
+        _swap_into_place(staging, dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return run
+
+
+def publish(
+    run_dir: str | Path,
+    dest: str | Path,
+    note: str | None = None,
+    data_root=None,
+    allow_stopped: bool = False,
+) -> dict:
     """Write ``dest``'s history.json, run.json and model.safetensors from ``run_dir``.
 
     ``note`` (free text, e.g. which code version trained it and on what machine) goes into
     run.json; ``code_at_publish`` is the git commit of the code that published it.
     ``data_root``: where the run's data set is (None: ``$BNN_DATA_DIR``, else the cache).
+    Refused (:class:`PublishError`, nothing written): a run that did not run all its epochs
+    (``allow_stopped`` publishes one its time limit stopped, labelled so), a packed model whose
+    errors differ from the float model's or the history's, a DEST holding another run. The
+    files are written into a staging folder renamed into place, under a lock on DEST, so a
+    second publish waits for none and mixes nothing, and a kill or a full disk leaves the old
+    DEST as it was.
     """
-    run_dir, dest = Path(run_dir), Path(dest)
-    history = json.loads((run_dir / "history.json").read_text())
+    run_dir, dest = Path(run_dir), _dest(dest)
+    try:
+        history = json.loads((run_dir / "history.json").read_text())
+    except json.JSONDecodeError as e:
+        raise PublishError(f"{run_dir / 'history.json'} is not valid JSON ({e})") from e
+    if not isinstance(history, dict) or not isinstance(history.get("config"), dict):
+        raise PublishError(f"{run_dir / 'history.json'} is not a training history")
+    if not isinstance(history.get("epochs"), list) or not history["epochs"]:
+        raise PublishError(f"{run_dir / 'history.json'} records no epoch")
     config = history["config"]
-    if (dest / "run.json").exists():
-        old = json.loads((dest / "run.json").read_text())
-        if old.get("argv") != config.get("argv"):
-            raise ValueError(
-                f"{dest} holds another run ({old.get('command')}); choose another DEST"
-            )
+    stopped_early = _finished(history, allow_stopped)
     run_config = RunConfig.from_history(config)
-    train, val, test = run_config.load_data(data_root)
-    net = run_config.build_model(train.shape, train.num_classes)
-    best = load_checkpoint(run_dir / "checkpoint.pt")["best_model"]
-    net.load_state_dict(best)
-    net.eval()
-    model_path = inference.export(
-        net, dest / "model.safetensors", metadata={"run": dest.name, "argv": config["argv"]}
-    )
-    packed = inference.load(model_path)
-    pred_packed = packed.predict(test.X)
-    pred_float = predict(net, test.X, device="cpu")
-    errors_packed = int((pred_packed != test.y).sum())
-    errors_float = int((pred_float != test.y).sum())
-    at_best = history["test_error_at_best"]
-    run = {
-        "command": command_line(config),
-        "argv": config["argv"],
-        "run_config": run_config.to_dict(),
-        # What the run trained on (it records it, e.g. after --train-size), else the splits.
-        "data": config.get("data") or bdata.describe_splits(train, val, test),
-        "schedule": _schedule(config, history),
-        "stopped": history.get("stopped"),
-        # Published on the machine that trained it (a session's CPU may change later).
-        "hardware": config.get("hardware") or hardware(),
-        "seed": config["seed"],
-        "date": datetime.date.today().isoformat(),
-        "code_at_publish": _git_commit(),
-        "note": note,
-        "best_epoch": history["best_epoch"],
-        "test_error_at_best": at_best,
-        "packed_check": {
-            "test_images": len(test),
-            "errors_packed": errors_packed,
-            "errors_float_model": errors_float,
-            "errors_history": round(at_best * len(test)),
-            "predictions_differing_packed_vs_float": int((pred_packed != pred_float).sum()),
-            "model_bytes": model_path.stat().st_size,
-            "checked_on": describe_machine(),
-        },
-    }
-    atomic_write(dest / "history.json", json.dumps(history, indent=1).encode())
-    atomic_write(dest / "run.json", json.dumps(run, indent=1).encode())
-    return run
+    best = History(epochs=history["epochs"])  # re-read under the one tie rule
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = FileLock(dest.parent / f".{dest.name}.lock").acquire()
+    except LockHeld as e:
+        raise PublishError(f"another publish into {dest} is running ({e}); try again") from e
+    try:
+        if (dest / "run.json").exists():
+            old = json.loads((dest / "run.json").read_text())
+            if old.get("argv") != config.get("argv"):
+                raise PublishError(
+                    f"{dest} holds another run ({old.get('command')}); choose another DEST"
+                )
+        elif dest.exists() and any(dest.iterdir()):
+            raise PublishError(f"{dest} is a folder with other files; choose another DEST")
+        train, val, test = run_config.load_data(data_root)
+        net = run_config.build_model(train.shape, train.num_classes)
+        net.load_state_dict(load_checkpoint(run_dir / "checkpoint.pt")["best_model"])
+        net.eval()
+
+        def build(staging: Path) -> dict:
+            model_path = inference.export(
+                net, staging / "model.safetensors",
+                metadata={"run": dest.name, "argv": config["argv"], "dataset": run_config.dataset},
+            )  # fmt: skip
+            pred_packed = inference.load(model_path).predict(test.X)
+            pred_float = predict(net, test.X, device="cpu")
+            check = {
+                "test_images": len(test),
+                "errors_packed": int((pred_packed != test.y).sum()),
+                "errors_float_model": int((pred_float != test.y).sum()),
+                "errors_history": round(best.test_error_at_best * len(test)),
+                "predictions_differing_packed_vs_float": int((pred_packed != pred_float).sum()),
+                "model_bytes": model_path.stat().st_size,
+                "checked_on": describe_machine(),
+            }
+            _check_packed(check)
+            return {
+                "command": command_line(config),
+                "argv": config["argv"],
+                "run_config": run_config.to_dict(),
+                # What the run trained on (it records it, e.g. after --train-size).
+                "data": config.get("data") or bdata.describe_splits(train, val, test),
+                "schedule": _schedule(config, history),
+                "stopped": history.get("stopped"),
+                "stopped_early": stopped_early,
+                # Published on the machine that trained it (a session's CPU may change later).
+                "hardware": config.get("hardware") or hardware(),
+                "seed": config["seed"],
+                "date": datetime.date.today().isoformat(),
+                "code_at_publish": _git_commit(),
+                "note": note,
+                "best_epoch": best.best_epoch,
+                "selection": "best validation error; ties: the later epoch",
+                "test_error_at_best": best.test_error_at_best,
+                "packed_check": check,
+            }
+
+        return _write_staged(dest, history, build)
+    finally:
+        lock.release()
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -158,12 +267,16 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("dest", help="e.g. results/torch7_mnist")
     p.add_argument("--note", help="free text for run.json (training code version, machine, ...)")
     p.add_argument("--data-root", help="data folder (default: $BNN_DATA_DIR, else ~/.cache)")
+    p.add_argument(
+        "--allow-stopped-early", action="store_true",
+        help="publish a run its --max-time stopped before its last epoch, labelled so",
+    )  # fmt: skip
     args = p.parse_args(argv)
     if not (Path(args.run_dir) / "checkpoint.pt").exists():
         p.error(f"{args.run_dir}: no checkpoint.pt; is it a python -m bnnlib.train --out folder?")
     try:
-        run = publish(args.run_dir, args.dest, args.note, args.data_root)
-    except (ValueError, FileNotFoundError, RunConfigFormatError) as e:
+        run = publish(args.run_dir, args.dest, args.note, args.data_root, args.allow_stopped_early)
+    except (ValueError, OSError, RunConfigFormatError) as e:
         p.error(str(e))
     print(json.dumps(run, indent=1))
     return run

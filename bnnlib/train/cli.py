@@ -75,9 +75,11 @@ PAPER_DEFAULTS = paper.SCHEDULES
 # Models/BinaryNet_MNIST_Model.lua, adaMax_binary_clip_shift.lua,
 # BatchNormalizationShiftPow2.lua), Table 1's 1.40%. What we do differently, on purpose:
 # the biases of its BinaryLinear layers are left out (batch norm follows each one and
-# cancels them exactly); its input normalization (mean/std) is our 2x/255 - 1, which the
-# first batch norm makes equivalent (binary weights, so an affine input map only shifts
-# and scales each unit's pre-activation); shift batch norm keeps a running variance
+# cancels them exactly); its input normalization (mean/std) is our 2x/255 - 1. With an
+# ordinary first batch norm the two would be equivalent (binary weights: an affine input map
+# only shifts and scales each unit's pre-activation, which the batch norm removes); with shift
+# batch norm only approximately, as AP2 rounds each unit's scale to a power of two and the
+# rounding falls differently for the two input scalings; shift batch norm keeps a running variance
 # (rounded by AP2 at evaluation) where Torch7 averages the inverse standard deviation.
 PRESETS = {
     "torch7": {
@@ -333,10 +335,17 @@ def main(argv: list[str] | None = None) -> History:
         parser.error("--resume needs --out (the folder that holds checkpoint.pt)")
     if args.overwrite and not args.out:
         parser.error("--overwrite needs --out")
+    if args.out is not None and not args.out.strip():
+        parser.error("--out is empty (an unset variable?): give a folder, or leave --out out")
     try:
         config = resolve_settings(args)
     except ValueError as e:
         parser.error(str(e))
+    if args.out is None:
+        print(
+            "note: no --out: the history, checkpoints and models of this run are not saved",
+            file=sys.stderr,
+        )
     options = RunOptions(
         out=Path(args.out) if args.out else None,
         resume=args.resume,

@@ -11,21 +11,20 @@ The run folder (``--out`` of ``python -m bnnlib.train``, :func:`claim_run_folder
 folder that holds a run (``checkpoint.pt`` or ``history.json``) is refused unless resumed
 or overwritten. While a run uses it the folder holds ``.lock`` (PID and host, created
 exclusively, removed at exit by :func:`release`): a second run is refused; a lock left by
-a process that no longer runs is taken over with a message. Temporary files of an
+a process that died is taken over with a message (an ``flock``: the kernel drops it with its
+holder, so neither a reused PID nor another host's PID can block the folder). Temporary files of an
 interrupted write are removed when the folder is claimed.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 import platform
 import sys
-import time
 from pathlib import Path
 
 from torch import nn
 
+from bnnlib.files import FileLock, LockHeld
 from bnnlib.train.checkpoint import remove_stale_temporaries
 
 __all__ = ["RunConfigError", "config_differences", "run_config", "check_resume"]
@@ -135,66 +134,36 @@ def _fail(message: str):
     raise RunFolderError(message)
 
 
-def _alive(pid: int) -> bool:
+def _take_lock(out: Path) -> FileLock:
+    """Hold ``out/.lock`` (:class:`bnnlib.files.FileLock`: released by the kernel if this
+    process dies), or raise :class:`RunFolderError` naming the run that holds it."""
+    path = out / LOCK
+    lock = FileLock(path)
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
+        lock.acquire()
+    except LockHeld as e:
+        who = f"process {e.pid}" if e.pid else "another process"
+        if e.host and e.host != platform.node():
+            who += f" on {e.host}"
+        _fail(
+            f"{out} is in use by {who} ({path}): another run trains in this folder; wait for "
+            "it to end, or choose another --out"
+        )
+    except OSError as e:
+        _fail(f"cannot write to --out {out}: {e.strerror or e}")
+    pid, _ = lock.previous
+    if pid is not None:
+        print(
+            f"{path}: taking over the stale lock of process {pid}, which no longer holds it",
+            file=sys.stderr, flush=True,
+        )  # fmt: skip
+    return lock
 
 
-def _lock_holder(path: Path) -> tuple[int | None, str]:
-    """(PID, host) written in a lock file; PID None if unreadable."""
-    words = path.read_text(errors="replace").split()
-    try:
-        return int(words[0]), (words[1] if len(words) > 1 else "")
-    except (IndexError, ValueError):
-        return None, ""
-
-
-def _take_lock(out: Path) -> Path:
-    """Create ``out/.lock`` exclusively with this process's PID and host, or raise."""
-    path, host = out / LOCK, platform.node()
-    for _ in range(5):
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            try:
-                pid, holder_host = _lock_holder(path)
-                age = time.time() - path.stat().st_mtime
-            except FileNotFoundError:  # released meanwhile
-                continue
-            if pid is None and age < 10:
-                _fail(f"{out} is being claimed by another run ({path}); try again")
-            if pid is not None and holder_host not in ("", host):
-                _fail(f"{out} is in use by process {pid} on {holder_host} ({path}); if no "
-                    "run uses the folder any more, delete the lock file",
-                )  # fmt: skip
-            if pid is not None and _alive(pid):
-                _fail(f"{out} is in use by process {pid} ({path}): another run trains "
-                    "in this folder; wait for it to end, or choose another --out",
-                )  # fmt: skip
-            print(
-                f"{path}: taking over the stale lock of process {pid}, which no longer runs",
-                file=sys.stderr, flush=True,
-            )  # fmt: skip
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-            continue
-        except OSError as e:
-            _fail(f"cannot write to --out {out}: {e.strerror or e}")
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{os.getpid()} {host}\n")
-        return path
-    _fail(f"{out}: could not take the lock {path}; try again")
-
-
-def claim_run_folder(out: Path, resume: bool, overwrite: bool) -> Path:
+def claim_run_folder(out: Path, resume: bool, overwrite: bool) -> FileLock:
     """Create ``out``, take its lock, check it against --resume/--overwrite and clean it.
 
-    Returns the lock file (removed by the caller at exit)."""
+    Returns the held lock (released by the caller at exit, by the kernel if it dies)."""
     if resume and overwrite:
         _fail("--resume continues the run in --out, --overwrite replaces it: not both")
     no_checkpoint = (
@@ -229,7 +198,6 @@ def claim_run_folder(out: Path, resume: bool, overwrite: bool) -> Path:
     return lock
 
 
-def release(lock: Path | None) -> None:
+def release(lock: FileLock | None) -> None:
     if lock is not None:
-        with contextlib.suppress(FileNotFoundError):
-            lock.unlink()
+        lock.release()
