@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-__all__ = ["atomic_write", "STALE_TMP_SECONDS", "FileLock", "LockHeld"]
+__all__ = ["atomic_write", "read_json", "STALE_TMP_SECONDS", "FileLock", "LockHeld"]
 
 #: Age after which a leftover ``.<name>.<random>.tmp`` of an interrupted write is removed.
 STALE_TMP_SECONDS = 3600
@@ -170,3 +170,17 @@ class FileLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """The JSON in ``path``; a damaged file (truncated, not UTF-8, not JSON) is a
+    :class:`ValueError` naming the file."""
+    import json
+
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(
+            f"{path}: not valid JSON ({e}); the file is damaged or truncated"
+        ) from None

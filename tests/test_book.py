@@ -194,6 +194,37 @@ def test_failed_notebook_still_writes_the_finished_results_marked_incomplete(
     assert "value_01_a" in md and "value_03_c" not in md
 
 
+def test_interrupted_or_failing_runs_never_leave_old_output_looking_current(
+    tmp_path, monkeypatch, capsys
+):
+    """A failed book run used to leave the previous html/index.html unmarked; Ctrl-C or a
+    malformed params YAML gave a traceback and left the old results.md unmarked."""
+    args, _ = _fake_book(tmp_path, monkeypatch, fail=None)
+    out = tmp_path / "out"
+    assert book.main(args) == 0
+    (out / "html").mkdir()
+    (out / "html" / "index.html").write_text("<html>the old book</html>")
+
+    def interrupted(path, out_dir, profile="small", **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(book, "run_notebook", interrupted)
+    assert book.main(args) == 130
+    assert "INTERRUPTED" in capsys.readouterr().err
+    results = json.loads((out / "results.json").read_text())
+    assert results["complete"] is False and "interrupted" in results["failed"]["error"]
+    assert "INCOMPLETE" in (out / "results.md").read_text()
+    assert not (out / "html" / "index.html").exists()
+
+    book_dir = Path(args[args.index("--book-dir") + 1])
+    (book_dir / "params").mkdir()
+    (book_dir / "params" / "01_a.tests.yaml").write_text("SLEEP: [1\n")
+    with pytest.raises(book.BookError, match="01_a.tests.yaml: not valid YAML"):
+        from bnnlib.book.notebooks import profile_parameters
+
+        profile_parameters(book_dir / "01_a.ipynb", "tests")
+
+
 def test_timeout_option_reaches_papermill(tmp_path, monkeypatch):
     args, timeouts = _fake_book(tmp_path, monkeypatch, fail=None)
     assert book.main(args) == 0 and timeouts == [book.DEFAULT_TIMEOUT] * 3 == [1800] * 3

@@ -203,3 +203,24 @@ def test_judging_bench_results():
         acc["mlp_xnor_paper_vs_baseline"]["pass"] is None
         or not acc["mlp_xnor_paper_vs_baseline"]["pass"]
     )
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--n", "0"], "--n: must be > 0"),
+        (["--hidden", "-3"], "--hidden: must be > 0"),
+        (["--repeats", "0"], "--repeats: must be > 0"),
+        (["--budget", "-1"], "--budget: must be > 0"),
+        (["--timeout", "pytest=-5"], "SECONDS must be a number > 0"),
+        (["--model-path", "/nonexistent"], "--model-path /nonexistent: no such file"),
+        (["--out", ""], "--out is empty"),
+    ],
+)
+def test_dry_run_refuses_bad_flags(tmp_path, capsys, flags, message):
+    """These used to pass a dry run as "ready" with exit 0."""
+    argv = ["--out", str(tmp_path / "gc"), "--dry-run", *flags]
+    with pytest.raises(SystemExit) as e:
+        gpucheck.main(argv)
+    assert e.value.code != 0
+    assert message in capsys.readouterr().err + str(e.value.code)

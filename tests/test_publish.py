@@ -199,3 +199,29 @@ def test_train_refuses_an_empty_out_and_says_when_nothing_is_saved(tmp_path, cap
     assert "--out is empty" in capsys.readouterr().err
     train_cli.main([*argv, "--no-progress"])
     assert "no --out" in capsys.readouterr().err
+
+
+def test_the_command_is_shell_quoted():
+    import shlex
+
+    argv = ["--preset", "torch7", "--out", "runs/my run", "--dataset", "npz:a b.npz"]
+    cmd = publish.command_line({"argv": argv})
+    assert shlex.split(cmd) == ["python", "-m", "bnnlib.train", *argv]
+
+
+def test_a_truncated_history_names_its_file(finished_run, tmp_path, capsys):
+    import shutil
+
+    tmp, _, _ = finished_run
+    run = tmp_path / "run"
+    shutil.copytree(tmp / "run", run)
+    text = (run / "history.json").read_text()
+    (run / "history.json").write_text(text[: len(text) // 2])
+    with pytest.raises(SystemExit):
+        publish.main([str(run), str(tmp_path / "dest")])
+    err = capsys.readouterr().err
+    assert f"{run / 'history.json'}: not valid JSON" in err and "truncated" in err
+    (run / "history.json").write_text('{"x": 1}')
+    with pytest.raises(SystemExit):
+        publish.main([str(run), str(tmp_path / "dest")])
+    assert "is not a training history" in capsys.readouterr().err

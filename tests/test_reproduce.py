@@ -71,3 +71,19 @@ def test_a_spent_budget_skips_the_convnet(tmp_path):
 def test_cifar10_falls_back_to_the_subset(tmp_path):
     assert reproduce.cifar10_dataset(tmp_path) == reproduce.SUBSET
     assert data.label(reproduce.SUBSET).startswith("CIFAR-10 subset")
+
+
+@pytest.mark.parametrize(
+    "flag, value",
+    [
+        ("--max-minutes", "-1"),
+        ("--max-minutes", "0"),
+        ("--reserve-minutes", "-0.5"),
+        ("--max-minutes", "nan"),
+    ],
+)
+def test_bad_minutes_are_refused(tmp_path, capsys, flag, value):
+    with pytest.raises(SystemExit):
+        reproduce.main(["--out", str(tmp_path / "r"), flag, value])
+    assert f"argument {flag}: must be" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

@@ -463,3 +463,11 @@ def test_a_run_removes_stale_checkpoint_temporaries(tiny, capsys):
     train_cli.main([*_argv(name, out), "--resume"])
     assert not any(p.exists() for p in stale) and (out / "notes.tmp").exists()
     assert "removed a stale temporary file" in capsys.readouterr().err
+
+
+def test_a_dangling_symlink_out_is_named_as_such(tiny, tmp_path, capsys):
+    name, _ = tiny
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "gone")
+    err = _cli_error(_argv(name, link), capsys)
+    assert f"--out {link} is a symbolic link to {tmp_path / 'gone'}, which does not exist" in err

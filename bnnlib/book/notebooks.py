@@ -128,7 +128,12 @@ def profile_parameters(path: Path, profile: str) -> dict[str, Any]:
         return {}
     import yaml
 
-    loaded = yaml.safe_load(file.read_text()) or {}
+    try:
+        loaded = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise BookError(
+            f"{file}: not valid YAML ({str(e).splitlines()[0]}); fix the file"
+        ) from None
     if not isinstance(loaded, dict):
         raise BookError(f"{file}: expected a mapping NAME: value")
     declared = parameters(parameters_source(read_notebook(path), path.name), path.name)

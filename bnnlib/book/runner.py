@@ -247,9 +247,21 @@ def _args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def _mark_stale(out: Path, profile: str, paths: list[Path]) -> None:
+    """Before anything runs: the previous results say they are being replaced (INCOMPLETE
+    until this run ends well) and the previous HTML index goes, so a failed or interrupted
+    run never leaves an older book looking current."""
+    if (out / "results.md").exists() or (out / "results.json").exists():
+        write_results(
+            [], out, profile, failed="(this run)", error="a book run started and has not finished",
+            not_run=[p.stem for p in paths],
+        )  # fmt: skip
+    (out / "html" / "index.html").unlink(missing_ok=True)
+
+
 def _run_all(paths: list[Path], args: argparse.Namespace, kernel: str) -> list[Run]:
-    """Run the notebooks in order; a failing one writes the results so far, marked
-    incomplete, then its :class:`BookError` goes on."""
+    """Run the notebooks in order; a failing or interrupted one writes the results so far,
+    marked incomplete, then its :class:`BookError` (or the interrupt) goes on."""
     runs: list[Run] = []
     for i, path in enumerate(paths, start=1):
         print(f"[{i}/{len(paths)}] {path.name} ...", flush=True)
@@ -262,10 +274,11 @@ def _run_all(paths: list[Path], args: argparse.Namespace, kernel: str) -> list[R
                 log_output=args.log_output,
                 timeout=args.timeout or None,
             )
-        except BookError as err:
+        except (BookError, KeyboardInterrupt) as err:
             rest = [p.stem for p in paths[i:]]
+            why = str(err) if isinstance(err, BookError) else "interrupted (Ctrl-C)"
             json_path, md_path = write_results(
-                runs, args.out, args.profile, failed=path.stem, error=str(err), not_run=rest
+                runs, args.out, args.profile, failed=path.stem, error=why, not_run=rest
             )
             print(f"results (INCOMPLETE, without {path.stem}): {md_path} and {json_path}")
             raise
@@ -312,6 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         paths = notebooks(args.book_dir, args.only)
         if not paths:
             raise BookError(f"no notebooks NN_*.ipynb in {args.book_dir}")
+        _mark_stale(args.out, args.profile, paths)
         kernel = kernel_name()
         total = time.perf_counter()
         print(f"book: {len(paths)} notebooks, profile {args.profile}, into {args.out}")
@@ -326,4 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BookError as err:
         print(f"book FAILED: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("book INTERRUPTED: the results written so far are marked incomplete", file=sys.stderr)
+        return 130
     return 0

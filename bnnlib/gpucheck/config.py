@@ -117,6 +117,21 @@ def plan(args) -> list[dict]:
 # --------------------------------------------------------------------------- arguments
 
 
+def _positive(kind):
+    """argparse type: a finite number of ``kind`` > 0, else a clear error."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+        if not (value > 0 and value < float("inf")):
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+        return value
+
+    return parse
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bnnlib.gpucheck",
@@ -135,13 +150,17 @@ def _parser() -> argparse.ArgumentParser:
         metavar="STEP=SECONDS",
         help="override a step's timeout, e.g. --timeout pytest=120",
     )
-    p.add_argument("--budget", type=float, default=BUDGET_S, help="seconds for all steps together")
+    p.add_argument(
+        "--budget", type=_positive(float), default=BUDGET_S, help="seconds for all steps together"
+    )
     p.add_argument("--quick", action="store_true", help="small sizes (gemm 2048, MLP hidden 1024)")
-    p.add_argument("--n", type=int, help="gemm size M = N = K (default 8192)")
-    p.add_argument("--hidden", type=int, help="MLP hidden units (default 4096)")
-    p.add_argument("--repeats", type=int, help="timed repeats (default 5)")
-    p.add_argument("--n-test", type=int, help="test images (default all 10,000)")
-    p.add_argument("--n-calib", type=int, help="training images for the BN statistics (5000)")
+    p.add_argument("--n", type=_positive(int), help="gemm size M = N = K (default 8192)")
+    p.add_argument("--hidden", type=_positive(int), help="MLP hidden units (default 4096)")
+    p.add_argument("--repeats", type=_positive(int), help="timed repeats (default 5)")
+    p.add_argument("--n-test", type=_positive(int), help="test images (default all 10,000)")
+    p.add_argument(
+        "--n-calib", type=_positive(int), help="training images for the BN statistics (5000)"
+    )
     p.add_argument("--data-root", help="data folder (default $BNN_DATA_DIR)")
     p.add_argument("--model-path", help="a trained mnist_mlp state dict instead of a random one")
     p.add_argument("--step", help=argparse.SUPPRESS)  # worker mode (one step, this process)
@@ -156,7 +175,13 @@ def _parse_timeouts(items: list[str]) -> dict[str, float]:
         name, _, sec = item.partition("=")
         if name not in names or not sec:
             raise SystemExit(f"--timeout {item!r}: expected STEP=SECONDS with STEP in {names}")
-        timeouts[name] = float(sec)
+        try:
+            seconds = float(sec)
+        except ValueError:
+            seconds = float("nan")
+        if not 0 < seconds < float("inf"):
+            raise SystemExit(f"--timeout {item!r}: SECONDS must be a number > 0")
+        timeouts[name] = seconds
     return timeouts
 
 
@@ -167,5 +192,9 @@ def parse_args(argv: list[str] | None):
         args.n = args.n or 2048
         args.hidden = args.hidden or 1024
         args.repeats = args.repeats or 3
+    if not str(args.out).strip():
+        raise SystemExit("--out is empty (an unset variable?): give a folder")
+    if args.model_path is not None and not Path(args.model_path).is_file():
+        raise SystemExit(f"--model-path {args.model_path}: no such file")
     args.out = Path(args.out).resolve()
     return args

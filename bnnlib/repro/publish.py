@@ -26,6 +26,7 @@ import argparse
 import datetime
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -34,7 +35,7 @@ from pathlib import Path
 
 from bnnlib import data as bdata
 from bnnlib import inference
-from bnnlib.files import FileLock, LockHeld, atomic_write
+from bnnlib.files import FileLock, LockHeld, atomic_write, read_json
 from bnnlib.hardware import describe_machine, hardware
 from bnnlib.train.checkpoint import load_checkpoint
 from bnnlib.train.config import RunConfig, RunConfigFormatError
@@ -82,11 +83,11 @@ def _resume_argv(argv: list[str], epochs: int) -> list[str]:
 def command_line(config: dict) -> str:
     """The command line that trained the run; a run extended on resume names each resume (its
     own command line when recorded, else the one the extension implies)."""
-    cmd = "python -m bnnlib.train " + " ".join(config["argv"])
+    cmd = "python -m bnnlib.train " + shlex.join(config["argv"])
     for ext in config.get("extended", []):
         argv = ext.get("argv") or _resume_argv(config["argv"], ext["to_epochs"])
         cmd += (
-            f" && python -m bnnlib.train {' '.join(argv)}  # resumed at epoch "
+            f" && python -m bnnlib.train {shlex.join(argv)}  # resumed at epoch "
             f"{ext['at_epoch']}, {ext['from_epochs']} -> {ext['to_epochs']} epochs"
         )
     return cmd
@@ -185,10 +186,7 @@ def publish(
     DEST as it was.
     """
     run_dir, dest = Path(run_dir), _dest(dest)
-    try:
-        history = json.loads((run_dir / "history.json").read_text())
-    except json.JSONDecodeError as e:
-        raise PublishError(f"{run_dir / 'history.json'} is not valid JSON ({e})") from e
+    history = read_json(run_dir / "history.json")
     if not isinstance(history, dict) or not isinstance(history.get("config"), dict):
         raise PublishError(f"{run_dir / 'history.json'} is not a training history")
     if not isinstance(history.get("epochs"), list) or not history["epochs"]:
@@ -204,7 +202,7 @@ def publish(
         raise PublishError(f"another publish into {dest} is running ({e}); try again") from e
     try:
         if (dest / "run.json").exists():
-            old = json.loads((dest / "run.json").read_text())
+            old = read_json(dest / "run.json")
             if old.get("argv") != config.get("argv"):
                 raise PublishError(
                     f"{dest} holds another run ({old.get('command')}); choose another DEST"

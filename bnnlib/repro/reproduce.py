@@ -45,7 +45,7 @@ import torch
 
 from bnnlib import data as bdata
 from bnnlib import inference
-from bnnlib.files import atomic_write
+from bnnlib.files import atomic_write, read_json
 from bnnlib.hardware import hardware
 from bnnlib.repro.publish import publish
 from bnnlib.train.checkpoint import load_checkpoint
@@ -93,6 +93,22 @@ class _Tee:
         return False
 
 
+def _minutes(zero_ok: bool):
+    """argparse type: finite minutes, > 0 (the budget) or >= 0 (``zero_ok``: the reserves)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number of minutes, got {text!r}") from None
+        if not ((value >= 0 if zero_ok else value > 0) and value < float("inf")):
+            bound = ">= 0" if zero_ok else "> 0"
+            raise argparse.ArgumentTypeError(f"must be {bound} minutes, got {text!r}")
+        return value
+
+    return parse
+
+
 def _parser_reproduce() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bnnlib.repro.reproduce",
@@ -100,13 +116,15 @@ def _parser_reproduce() -> argparse.ArgumentParser:
         "for the time left, each exported packed, into --out.",
     )
     p.add_argument("--out", required=True, help="output folder (must not hold a reproduction)")
-    p.add_argument("--max-minutes", type=float, default=60.0, help="wall-clock budget, all in")
     p.add_argument(
-        "--reserve-minutes", type=float, default=1.5,
+        "--max-minutes", type=_minutes(False), default=60.0, help="wall-clock budget, all in"
+    )
+    p.add_argument(
+        "--reserve-minutes", type=_minutes(True), default=1.5,
         help="time kept back from training for the exports and checks (default 1.5)",
     )  # fmt: skip
     p.add_argument(
-        "--min-cifar-minutes", type=float, default=1.0,
+        "--min-cifar-minutes", type=_minutes(True), default=1.0,
         help="time kept back from MNIST for the ConvNet (default 1; 0 skips it when MNIST "
         "uses everything)",
     )  # fmt: skip
@@ -152,7 +170,7 @@ def _train_argv(args, model: str, dataset: str | None, run_dir: Path, max_time: 
 
 def _device_check(run_dir: Path, dest: Path, device: torch.device, data_root) -> dict:
     """The packed model's test predictions (CPU) against the trained model's on ``device``."""
-    config = json.loads((run_dir / "history.json").read_text())["config"]
+    config = read_json(run_dir / "history.json")["config"]
     run_config = RunConfig.from_history(config)
     train, _, test = run_config.load_data(data_root)
     net = run_config.build_model(train.shape, train.num_classes)
@@ -195,7 +213,7 @@ def _stage(args, out: Path, work: Path, model: str, dataset, max_time: float, de
     t0 = time.perf_counter()
     train_main(argv)
     t_train = time.perf_counter() - t0
-    history = json.loads((run_dir / "history.json").read_text())
+    history = read_json(run_dir / "history.json")
     print(f"== {model}: publishing the best-validation model packed into {dest}", flush=True)
     run = publish(run_dir, dest, data_root=args.data_root)
     check = _device_check(run_dir, dest, device, args.data_root)

@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from bnnlib.files import atomic_write
+from bnnlib.files import atomic_write, read_json
 from bnnlib.hardware import describe_machine
 from bnnlib.train.cli import main as train_main
 
@@ -43,7 +43,7 @@ def winner(rows: list[dict]) -> dict:
 
 def compare(base: list[str], out: Path, candidates: dict[str, list[str]] = CANDIDATES) -> dict:
     """Train every candidate with ``base`` flags; returns (and writes) the table."""
-    table = json.loads(out.read_text()) if out.exists() else {}
+    table = read_json(out) if out.exists() else {}
     if table.get("base") not in (None, base):
         raise ValueError(f"{out} holds a comparison with other flags; choose another --out")
     table.update(

@@ -18,6 +18,7 @@ interrupted write are removed when the folder is claimed.
 
 from __future__ import annotations
 
+import os
 import platform
 import sys
 from pathlib import Path
@@ -172,6 +173,8 @@ def claim_run_folder(out: Path, resume: bool, overwrite: bool) -> FileLock:
     )
     if resume and not (out / "checkpoint.pt").exists():  # before creating anything
         _fail(no_checkpoint)
+    if out.is_symlink() and not out.exists():
+        _fail(f"--out {out} is a symbolic link to {os.readlink(out)}, which does not exist")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:

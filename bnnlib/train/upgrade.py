@@ -19,7 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-from bnnlib.files import atomic_write
+from bnnlib.files import atomic_write, read_json
 from bnnlib.train.cli import config_from_argv
 from bnnlib.train.config import CONFIG_KEY, RunConfig
 
@@ -66,7 +66,7 @@ def upgrade(folder: str | Path) -> RunConfig:
     into its ``history.json`` (and ``run.json``); returns it."""
     folder = Path(folder)
     path = folder / "history.json"
-    history = json.loads(path.read_text())
+    history = read_json(path)
     if CONFIG_KEY in history.get("config", {}):
         run_config = RunConfig.from_history(history["config"])
     else:
@@ -75,7 +75,7 @@ def upgrade(folder: str | Path) -> RunConfig:
         atomic_write(path, json.dumps(history, indent=1).encode())
     run_json = folder / "run.json"
     if run_json.exists():
-        run = json.loads(run_json.read_text())
+        run = read_json(run_json)
         if "run_config" not in run:
             run["run_config"] = run_config.to_dict()
             atomic_write(run_json, json.dumps(run, indent=1).encode())
