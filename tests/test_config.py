@@ -110,7 +110,7 @@ def test_the_committed_torch7_run_rebuilds_from_its_configuration():
     float_shapes = [tuple(p.shape) for n, p in net.named_parameters() if n.endswith("weight")]
     packed = inference.load(run.model_path)
     linear = [s for s in float_shapes if len(s) == 2]  # the Linear weights (out, in)
-    assert [(lay.spec["out_features"], lay.spec["in_features"]) for lay in packed.layers] == linear
+    assert [(lay.spec.out_features, lay.spec.in_features) for lay in packed.layers] == linear
     try:
         test = data.load("mnist", None, "test")
     except data.DataNotFoundError:

@@ -568,6 +568,35 @@ def test_header_shapes_checked_against_each_other_and_tensors(good_file, tmp_pat
     _expect_error(write_packed(tmp_path / "edited.bnn", header, tensors), problem)
 
 
+def test_layer_specs_write_back_the_header_they_were_read_from(good_file, conv_file):
+    """The typed layer specs (bnnlib.inference.spec) are the header's objects, field for field:
+    to_header gives back exactly what the file holds (the format does not change), also for
+    the committed model written before they existed."""
+    import dataclasses
+    from pathlib import Path
+
+    from bnnlib.inference.spec import Conv2dSpec, LayerSpec, LinearSpec
+
+    committed = Path(__file__).resolve().parent.parent / "results/torch7_mnist/model.safetensors"
+    paths = [good_file, conv_file] + ([committed] if committed.is_file() else [])
+    for path in paths:
+        header, _ = read_packed(path)
+        specs = [lay.spec for lay in inf.load(path).layers]
+        assert [spec.to_header() for spec in specs] == header["layers"]
+        assert [LayerSpec.from_header(raw) for raw in header["layers"]] == specs
+    conv = [lay.spec for lay in inf.load(conv_file).layers]
+    assert isinstance(conv[0], Conv2dSpec) and conv[0].first and conv[0].pool is None
+    assert any(isinstance(s, Conv2dSpec) and s.pool is not None for s in conv)
+    assert isinstance(conv[-1], LinearSpec) and conv[-1].output == "scores"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        conv[0].name = "layers.9"
+    raw = read_packed(good_file)[0]["layers"][0] | {"out_features": True}
+    with pytest.raises(ValueError, match="layer spec out_features must be an integer >= 1"):
+        LayerSpec.from_header(raw)
+    with pytest.raises(ValueError, match="unknown kind 'dense'"):
+        LayerSpec.from_header(raw | {"kind": "dense"})
+
+
 def test_padding_bits_in_packed_weights_are_refused(good_file, tmp_path):
     """784 inputs fill 12 words and 16 bits of a 13th; the 48 bits beyond must be 0 (the hidden
     layers count padding bits as matches): a crafted file with a valid checksum was loaded."""
@@ -764,9 +793,13 @@ def test_cli_bad_input_is_one_error(cli_case, good_file, tmp_path, capsys):
 @pytest.mark.parametrize("first", [True, False])
 def test_conv_rows_and_conv_weight_are_inverses(first):
     from bnnlib.inference.runtime import conv_rows, conv_weight
+    from bnnlib.inference.spec import Conv2dSpec, Window
 
     wb = torch.randn(4, 3, 2, 5, generator=torch.Generator().manual_seed(1)).sign()
     rows = conv_rows(wb, first)
     assert rows.shape == ((4, 1, 30) if first else (4, 10, 3))
-    spec = {"first": first, "in_channels": 3, "kernel": [2, 5]}
+    spec = Conv2dSpec.build(
+        name="layers.0", first=first, output="sign", in_channels=3, out_channels=4,
+        in_hw=(2, 5), window=Window(kernel=(2, 5), stride=(1, 1), padding=(0, 0)),
+    )  # fmt: skip
     assert torch.equal(conv_weight(rows, spec), wb)

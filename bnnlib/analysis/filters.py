@@ -240,9 +240,7 @@ def packed_conv_weights(packed) -> list[tuple[str, torch.Tensor, int]]:
     ``packed`` is a :class:`bnnlib.inference.PackedNet` (from :func:`bnnlib.inference.load`);
     the weights are unpacked by :meth:`~bnnlib.inference.PackedNet.binary_conv_weights`.
     """
-    found = [
-        (spec["name"], w, math.prod(spec["out_hw"])) for spec, w in packed.binary_conv_weights()
-    ]
+    found = [(spec.name, w, math.prod(spec.out_hw)) for spec, w in packed.binary_conv_weights()]
     if not found:
         raise ValueError(f"{packed!r} has no convolution; filter repetition needs one")
     return found

@@ -250,7 +250,7 @@ def bench_gpu_mlp(
     pred_sim = inference.simulate(net, xt)
     with tempfile.TemporaryDirectory() as tmp:
         packed = inference.load(inference.export(net, Path(tmp) / "mlp.bnn"))
-    res["hidden"] = packed.header["layers"][0]["out_features"]
+    res["hidden"] = packed.layers[0].spec.out_features
     emit()
     preds = _run_gpu_paths(net, packed, xt, repeats, res, emit, log)
     _compare_predictions(res, preds, pred_sim, yt, len(xt))

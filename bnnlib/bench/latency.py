@@ -107,9 +107,9 @@ def _mlp_rows(net, packed, xt, batches, repeats) -> dict:
                 row[f"packed_{mode}"] = per_image(
                     lambda sl, m=mode: packed.predict(xt[sl], first_layer=m)
                 )
-            default, packed._fused.parallel = packed._fused.parallel, False  # one thread
+            default, packed.fused.parallel = packed.fused.parallel, False  # one thread
             row["packed_one_thread"] = per_image(lambda sl: packed.predict(xt[sl]))
-            packed._fused.parallel = default
+            packed.fused.parallel = default
         rows[str(b)] = {k: round(v, 5) for k, v in row.items()} | {"repeats": reps}
     return rows
 

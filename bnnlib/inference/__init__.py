@@ -13,6 +13,8 @@ One module per job:
 * :mod:`~bnnlib.inference.fold`: batch norm + Sign folded into one integer threshold per neuron;
 * :mod:`~bnnlib.inference.graph`: the model walked into units (binary layer, pooling, batch
   norm, Sign), the input's shape and scaling;
+* :mod:`~bnnlib.inference.spec`: the typed, frozen layer specs (:class:`LinearSpec`,
+  :class:`Conv2dSpec`) the package works on, read from and written to the file's JSON header;
 * :mod:`~bnnlib.inference.format`: the versioned safetensors file, :func:`export` and
   :func:`load` (:class:`PackedModelError` for a bad file: corrupted, or a header whose shapes
   disagree with each other, the tensors or the limits of
@@ -33,6 +35,7 @@ from bnnlib.inference.format import FORMAT, FORMAT_VERSION, PackedModelError, ex
 from bnnlib.inference.graph import INPUT_SCALING
 from bnnlib.inference.runtime import Backend, CpuBackend, CudaBackend, PackedNet, backend
 from bnnlib.inference.simulate import float32_nbytes, simulate, simulate_scores
+from bnnlib.inference.spec import Conv2dSpec, LayerSpec, LinearSpec
 
 __all__ = [
     "FORMAT",
@@ -50,6 +53,9 @@ __all__ = [
     "integer_thresholds",
     "kernel_thresholds",
     "Affine",
+    "LayerSpec",
+    "LinearSpec",
+    "Conv2dSpec",
     "Backend",
     "CpuBackend",
     "CudaBackend",

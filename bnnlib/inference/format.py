@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from bnnlib import kernels
-from bnnlib.analysis.trace import pair, window_out
+from bnnlib.analysis.trace import pair
 from bnnlib.files import atomic_write
 from bnnlib.inference.fold import fold_batchnorm, integer_thresholds
 from bnnlib.inference.graph import (
@@ -43,6 +43,7 @@ from bnnlib.inference.graph import (
     units,
 )
 from bnnlib.inference.runtime import PackedNet, conv_rows
+from bnnlib.inference.spec import Conv2dSpec, LayerSpec, LinearSpec, Pair, Window
 from bnnlib.nn.layers import BinaryConv2d
 from bnnlib.nn.shift import ShiftBatchNormBase
 
@@ -88,20 +89,14 @@ def export(
     found = units(model)
     shape = list(input_shape) if input_shape is not None else infer_input_shape(model, found)
     layers, tensors = [], {}
-    c, hw = shape[0], (shape[1:] if len(shape) == 3 else None)
+    c, hw = shape[0], ((shape[1], shape[2]) if len(shape) == 3 else None)
     for idx, u in enumerate(found):
-        spec: dict = {"name": f"layers.{idx}", "first": idx == 0, "output": u.output}
-        spec["batchnorm"] = (
-            "none"
-            if u.bn is None
-            else "shift"
-            if isinstance(u.bn, ShiftBatchNormBase)
-            else "standard"
-        )
-        layout = _conv_layout if isinstance(u.layer, BinaryConv2d) else _linear_layout
-        w, c, hw = layout(u, spec, c, hw)
+        make = _conv_spec if isinstance(u.layer, BinaryConv2d) else _linear_spec
+        spec, w = make(u, f"layers.{idx}", idx == 0, _batchnorm(u), c, hw)
         tensors.update(_layer_tensors(u, spec, w))
-        layers.append(spec)
+        layers.append(spec.to_header())
+        c = spec.out_size
+        hw = spec.pooled_hw if isinstance(spec, Conv2dSpec) else None
     header = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -114,9 +109,17 @@ def export(
     return write_packed(Path(path), header, tensors)
 
 
-def _conv_layout(u: Unit, spec: dict, c: int, hw):
-    """Conv spec; weights as (out, groups, group_size) +/-1 in the packed layout."""
-    L, name = u.layer, spec["name"]
+def _batchnorm(u: Unit) -> str:
+    """The header's name of a unit's batch norm (:data:`~bnnlib.inference.spec.BATCHNORMS`)."""
+    if u.bn is None:
+        return "none"
+    return "shift" if isinstance(u.bn, ShiftBatchNormBase) else "standard"
+
+
+def _conv_spec(u: Unit, name: str, first: bool, bn: str, c: int, hw: Pair | None):
+    """A convolution's spec, and its weights as (out, groups, group_size) +/-1 in the packed
+    layout."""
+    L = u.layer
     if hw is None or u.flatten_before:
         raise ValueError(f"{name}: a convolution needs an image input (C, H, W)")
     if L.groups != 1 or pair(L.dilation) != (1, 1) or L.padding_mode != "zeros":
@@ -125,50 +128,57 @@ def _conv_layout(u: Unit, spec: dict, c: int, hw):
         raise ValueError(f"{name}: string padding {L.padding!r} unsupported; use ints")
     if L.in_channels != c:
         raise ValueError(f"{name}: expects {L.in_channels} channels, gets {c}")
-    kernel, stride, padding = pair(L.kernel_size), pair(L.stride), pair(L.padding)
-    out_hw = window_out(hw, kernel, stride, padding)
-    spec.update(kind="conv2d", in_channels=c, out_channels=L.out_channels)
-    spec.update(kernel=list(kernel), stride=list(stride), padding=list(padding))
-    spec.update(in_hw=list(hw), out_hw=out_hw)
-    w, k = conv_rows(sign_weight(L), spec["first"]), c * kernel[0] * kernel[1]
-    hw = out_hw
-    if u.pool is not None:
-        p = spec["pool"] = pool_spec(u.pool, u.pool_after_bn)
-        hw = window_out(hw, p["kernel"], p["stride"], p["padding"])
-    spec["pooled_hw"] = list(hw)
-    spec["k"] = k
-    return w, L.out_channels, hw
+    spec = Conv2dSpec.build(
+        name=name,
+        first=first,
+        output=u.output,
+        batchnorm=bn,
+        in_channels=c,
+        out_channels=L.out_channels,
+        in_hw=hw,
+        window=Window(pair(L.kernel_size), pair(L.stride), pair(L.padding)),
+        pool=None if u.pool is None else pool_spec(u.pool, u.pool_after_bn),
+    )
+    return spec, conv_rows(sign_weight(L), first)
 
 
-def _linear_layout(u: Unit, spec: dict, c: int, hw):
-    """Linear spec; weights as (out, groups, group_size) +/-1 in the packed layout."""
+def _linear_spec(u: Unit, name: str, first: bool, bn: str, c: int, hw: Pair | None):
+    """A linear layer's spec, and its weights as (out, groups, group_size) +/-1 in the packed
+    layout."""
     L = u.layer
     n_in = c * hw[0] * hw[1] if hw is not None else c
     if L.in_features != n_in:
-        raise ValueError(f"{spec['name']}: expects {L.in_features} inputs, gets {n_in}")
-    spec.update(kind="linear", in_features=n_in, out_features=L.out_features, k=n_in)
+        raise ValueError(f"{name}: expects {L.in_features} inputs, gets {n_in}")
+    spec = LinearSpec.build(
+        name=name,
+        first=first,
+        output=u.output,
+        batchnorm=bn,
+        in_features=n_in,
+        out_features=L.out_features,
+        image=None if hw is None else (c, hw),
+    )
     wb = sign_weight(L)
-    if hw is not None and not spec["first"]:
+    if hw is not None and not first:
         # After Flatten of NHWC words: one group of c channels per (h, w); torch's Flatten
         # order is (c, h, w), so the weight columns are permuted to (h, w, c).
         w = wb.reshape(L.out_features, c, hw[0], hw[1]).permute(0, 2, 3, 1)
         w = w.reshape(L.out_features, hw[0] * hw[1], c)
     else:
         w = wb.reshape(L.out_features, 1, n_in)
-    return w, L.out_features, None
+    return spec, w
 
 
-def _layer_tensors(u: Unit, spec: dict, w: torch.Tensor) -> dict[str, torch.Tensor]:
+def _layer_tensors(u: Unit, spec: LayerSpec, w: torch.Tensor) -> dict[str, torch.Tensor]:
     """Packed weights, and integer thresholds (hidden) or the float64 affine (last layer)."""
-    name, k, first = spec["name"], spec["k"], spec["first"]
-    groups, group_size = w.shape[1], w.shape[2]
-    words = -(-group_size // 64)
-    spec.update(groups=groups, group_size=group_size, words_per_group=words)
-    spec["packed_bits"] = groups * words * 64
+    name, lay = spec.name, spec.layout
+    if tuple(w.shape[1:]) != (lay.groups, lay.group_size):  # the spec's layout is the packing
+        raise AssertionError(f"{name}: weight rows {tuple(w.shape)} do not match {lay}")
     out = {f"{name}.weight": kernels.pack(w.contiguous(), dim=-1).reshape(w.shape[0], -1)}
     aff = fold_batchnorm(u.layer, u.bn)
     if u.output == "sign":
-        T, flip = integer_thresholds(aff, 255 * k if first else k, 255.0 if first else 1.0)
+        first = spec.first
+        T, flip = integer_thresholds(aff, 255 * lay.k if first else lay.k, 255.0 if first else 1.0)
         out[f"{name}.threshold"] = T.to(torch.int64)
         out[f"{name}.flip"] = flip.to(torch.uint8)
     else:

@@ -23,10 +23,12 @@ from __future__ import annotations
 import math
 import os
 import threading
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from bnnlib.inference.spec import Conv2dSpec, LinearSpec
 from bnnlib.kernels import fused as kfused
 
 __all__ = [
@@ -73,9 +75,9 @@ def supports(net) -> bool:
     layers = net.layers
     return (
         len(layers) >= 2
-        and all(lay.spec["kind"] == "linear" for lay in layers)
-        and all(lay.spec["output"] == "sign" for lay in layers[:-1])
-        and layers[-1].spec["output"] == "scores"
+        and all(isinstance(lay.spec, LinearSpec) for lay in layers)
+        and all(lay.spec.output == "sign" for lay in layers[:-1])
+        and layers[-1].spec.output == "scores"
     )
 
 
@@ -92,7 +94,7 @@ def _i64(t: torch.Tensor) -> np.ndarray:
 def _k(lay) -> int:
     """The k of ``s = k - 2 popcount(a XOR w)``: the packed bits less the padding bits (which
     are 0 in both operands, so XOR-popcount never counts them), i.e. the layer's inputs."""
-    return lay.spec["packed_bits"] - lay.pad_bits
+    return lay.spec.layout.packed_bits - lay.spec.layout.pad_bits
 
 
 def _flat(tensors: list[torch.Tensor]) -> np.ndarray:
@@ -109,31 +111,37 @@ class FusedMLP:
         if not supports(net):
             raise ValueError("the fused path runs MLPs only (linear layers, Sign between them)")
         first, hidden, last = net.layers[0], net.layers[1:-1], net.layers[-1]
-        self.k = first.spec["k"]
-        self.num_classes = last.spec["out_features"]
-        self.w0 = first.weight.numpy()
-        self.wsum = _i64(first.wsum)
-        self.thr0, self.dir0 = _i64(first.threshold), _i64(first.direction)
-        self._wb0 = first.wb  # for the int8 rows, made on first use (3.2 MB for 784 x 4096)
+        self.k = first.spec.layout.k
+        self.num_classes = last.spec.out_features
+        self._wb0 = first.input.wb  # for the int8 rows, made on first use (3.2 MB for 784 x 4096)
         self._w8t: np.ndarray | None = None
-        # hidden layers flattened into plain arrays (numba dispatches those fast)
-        self.table = np.array(
-            [[lay.spec["out_features"], lay.spec["groups"] * lay.spec["words_per_group"],
-              _k(lay), 0, 0] for lay in hidden],
+        #: The first layer's arrays; ``int8_rows`` is filled in by the first call that needs it.
+        self.first = kfused.FirstLayer(
+            weight=first.weight.numpy(),
+            int8_rows=np.zeros((0, 0), np.int8),
+            wsum=_i64(first.input.wsum),
+            threshold=_i64(first.output.threshold),
+            direction=_i64(first.output.direction),
+        )
+        table = np.array(
+            [[lay.spec.out_features, lay.spec.layout.row_words, _k(lay), 0, 0] for lay in hidden],
             dtype=np.int64,
-        ).reshape(len(hidden), 5)  # fmt: skip
-        self.table[1:, 3] = np.cumsum(self.table[:-1, 0] * self.table[:-1, 1])
-        self.table[1:, 4] = np.cumsum(self.table[:-1, 0])
-        self.w_flat = _flat([lay.weight for lay in hidden])
-        self.thr_flat = _flat([lay.threshold for lay in hidden])
-        self.dir_flat = _flat([lay.direction for lay in hidden])
-        self.w_last, self.k_last = last.weight.numpy(), _k(last)
-        aff = last.affine
+        ).reshape(len(hidden), 5)
+        table[1:, 3] = np.cumsum(table[:-1, 0] * table[:-1, 1])
+        table[1:, 4] = np.cumsum(table[:-1, 0])
+        self.hidden = kfused.HiddenLayers(
+            table=table,
+            weights=_flat([lay.weight for lay in hidden]),
+            thresholds=_flat([lay.output.threshold for lay in hidden]),
+            directions=_flat([lay.output.direction for lay in hidden]),
+        )
+        self.last = kfused.LastLayer(weight=last.weight.numpy(), k=_k(last))
+        aff = last.output
         self.a, self.mu, self.beta = (
             t.numpy().astype(np.float64) for t in (aff.a, aff.mu, aff.beta)
         )
-        self.widths = [lay.spec["out_features"] for lay in net.layers[:-1]]
-        self._buffers: dict[int, tuple] = {}
+        self.widths = [lay.spec.out_features for lay in net.layers[:-1]]
+        self._calls: dict[int, kfused.BoundMLP] = {}  # per batch size, with its buffers
         self._lock = threading.Lock()  # buffers are shared: one call at a time per net
         #: None: threads from PARALLEL_MIN_BATCH images on, unless OpenMP threads sleep
         #: between regions (OMP_WAIT_POLICY=PASSIVE); True / False: always / never
@@ -141,27 +149,35 @@ class FusedMLP:
 
     @property
     def int8_rows(self) -> np.ndarray:
-        """The first layer's +/-1 weights as int8 (k, out), read row by nonzero pixel."""
+        """The first layer's +/-1 weights as int8 (k, out), read row by nonzero pixel; made on
+        first use (also into ``first``, whose calls are bound again)."""
         if self._w8t is None:
-            self._w8t = np.ascontiguousarray(self._wb0.numpy().T.astype(np.int8))
+            self._make_int8_rows()
         return self._w8t
 
-    def _buffers_for(self, m: int) -> tuple:
-        buf = self._buffers.get(m)
-        if buf is None:
-            if len(self._buffers) > 8:
-                self._buffers.clear()  # bounded: a caller cycling through sizes
-            buf = (
-                np.zeros((m, 8, self.w0.shape[1]), np.int64),  # bit planes
-                np.zeros((m, self.k), np.int64),  # nonzero pixel indices
-                np.zeros(m, np.int64),  # their counts
-                np.zeros(m, np.int64),  # pixel sums
-                np.zeros(m, np.bool_),  # int8 product chosen
-                np.zeros((len(self.widths), m * math.ceil(max(self.widths) / 64)), np.int64),
-                np.zeros((m, self.num_classes), np.int64),  # last layer's s
-            )
-            self._buffers[m] = buf
-        return buf
+    def _make_int8_rows(self) -> None:
+        """Make the int8 rows (3.2 MB for 784 x 4096: only when an int8 product is asked)."""
+        self._w8t = np.ascontiguousarray(self._wb0.numpy().T.astype(np.int8))
+        self.first = self.first._replace(int8_rows=self._w8t)
+        self._calls.clear()  # they were bound to the empty rows
+
+    def _new_call(self, m: int) -> kfused.BoundMLP:
+        """The kernel call of batch size ``m``: the arrays bound with new buffers of that size,
+        kept for every later call of that size."""
+        if len(self._calls) > 8:
+            self._calls.clear()  # bounded: a caller cycling through sizes
+        words = math.ceil(max(self.widths) / 64)
+        buffers = kfused.Buffers(
+            planes=np.zeros((m, 8, self.first.weight.shape[1]), np.int64),
+            nonzero=np.zeros((m, self.k), np.int64),
+            nnz=np.zeros(m, np.int64),
+            sumx=np.zeros(m, np.int64),
+            use_int8=np.zeros(m, np.bool_),
+            acts=np.zeros((len(self.widths), m * words), np.int64),
+            s=np.zeros((m, self.num_classes), np.int64),
+        )
+        call = self._calls[m] = kfused.BoundMLP(self.first, self.hidden, self.last, buffers)
+        return call
 
     def preactivations(self, x: np.ndarray, first_layer: str = "auto") -> np.ndarray:
         """The last layer's integer pre-activations s (M, classes) of uint8 images (M, k)."""
@@ -175,19 +191,14 @@ class FusedMLP:
             raise ValueError(f"expected uint8 images (M, {self.k}), got {x.dtype} {x.shape}")
         x = np.ascontiguousarray(x)
         m = x.shape[0]
-        w8t = self.int8_rows if mode != kfused.FIRST_BITPLANES else np.zeros((0, 0), np.int8)
         max_nonzero = int(INT8_MAX_NONZERO_FRACTION * self.k)
+        parallel = m >= PARALLEL_MIN_BATCH if self.parallel is None else self.parallel
         with self._lock:
-            planes, nonzero, nnz, sumx, use_int8, acts, s = self._buffers_for(m)
-            kfused.mlp_forward(
-                m >= PARALLEL_MIN_BATCH if self.parallel is None else self.parallel,
-                x, mode, max_nonzero,
-                planes, nonzero, nnz, sumx, use_int8,
-                self.w0, w8t, self.wsum, self.thr0, self.dir0,
-                self.table, self.w_flat, self.thr_flat, self.dir_flat, acts,
-                self.w_last, self.k_last, s,
-            )  # fmt: skip
-            return s.copy()  # the buffer is reused by the next call
+            if self._w8t is None and mode != kfused.FIRST_BITPLANES:
+                self._make_int8_rows()
+            call = self._calls.get(m) or self._new_call(m)
+            call.run(parallel, x, mode, max_nonzero)
+            return call.buffers.s.copy()  # the buffer is reused by the next call
 
     def scores(self, x: np.ndarray, first_layer: str = "auto") -> np.ndarray:
         """float64 scores a * (s - mu) + beta (M, classes): the simulation's rounding."""
@@ -206,16 +217,44 @@ def supports_conv(net) -> bool:
     layers = net.layers
     return (
         len(layers) >= 2
-        and layers[0].spec["kind"] == "conv2d"
-        and all(lay.spec["output"] == "sign" for lay in layers[:-1])
-        and layers[-1].spec["kind"] == "linear"
-        and layers[-1].spec["output"] == "scores"
+        and isinstance(layers[0].spec, Conv2dSpec)
+        and all(lay.spec.output == "sign" for lay in layers[:-1])
+        and isinstance(layers[-1].spec, LinearSpec)
+        and layers[-1].spec.output == "scores"
     )
 
 
-def _geometry(spec: dict) -> tuple[int, ...]:
-    (kh, kw), (sh, sw), (ph, pw) = spec["kernel"], spec["stride"], spec["padding"]
-    return (kh, kw, sh, sw, ph, pw)
+@dataclass(frozen=True)
+class _ConvStep:
+    """A convolution of :class:`FusedConvNet`, as its direct kernels take it."""
+
+    spec: Conv2dSpec
+    #: int64 (kh, kw, sh, sw, ph, pw) of the convolution and of its pool ((1, 1, 1, 1, 0, 0)
+    #: for none); ``after_bn``: the pool comes after the batch norm.
+    geometry: np.ndarray
+    pool: np.ndarray
+    after_bn: bool
+    #: int64 (out,): the compare of Sign(BN).
+    threshold: np.ndarray
+    direction: np.ndarray
+    #: The first layer's int8 +/-1 rows (k, out); a hidden layer's packed words laid out
+    #: (kh * kw, words, out).
+    weights: np.ndarray
+    #: The first layer's sums of W_b over each position's valid inputs (Ho * Wo, out); None
+    #: for a hidden layer.
+    wsum: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class _DenseStep:
+    """A linear layer of :class:`FusedConvNet`: packed words (out, words) and the k of
+    ``s = k - 2 popcount(a XOR w)``; the compare of Sign(BN), or None for the last layer."""
+
+    spec: LinearSpec
+    weight: np.ndarray
+    k: int
+    threshold: np.ndarray | None = None
+    direction: np.ndarray | None = None
 
 
 class FusedConvNet:
@@ -231,47 +270,52 @@ class FusedConvNet:
         self.kernels = fused_conv
         self.steps = [self._step(lay) for lay in net.layers]
         self.input_shape = tuple(net.input_shape)
-        aff = net.layers[-1].affine
+        aff = net.layers[-1].output
         self.a, self.mu, self.beta = (
             t.numpy().astype(np.float64) for t in (aff.a, aff.mu, aff.beta)
         )
 
     @staticmethod
-    def _step(lay) -> dict:
+    def _step(lay) -> _ConvStep | _DenseStep:
         spec = lay.spec
-        step: dict = {"spec": spec}
-        if lay.threshold is not None:  # every layer but the last (supports_conv)
-            step["thr"], step["dir"] = _i64(lay.threshold), _i64(lay.direction)
-        if spec["kind"] == "linear":
-            step["w"], step["k"] = lay.weight.numpy(), _k(lay)
-            return step
-        step["geometry"] = np.array(_geometry(spec), np.int64)
-        pool = spec.get("pool")
-        step["pool"] = np.array(_geometry(pool) if pool else (1, 1, 1, 1, 0, 0), np.int64)
-        step["after_bn"] = bool(pool and pool["after_bn"])
-        out = spec["out_channels"]
-        if spec["first"]:
-            step["w8"] = np.ascontiguousarray(lay.wb.numpy().T.astype(np.int8))  # (k, out)
-            step["wsum"] = np.ascontiguousarray(lay.wsum.numpy())
+        sign = lay.output if spec.output == "sign" else None  # every layer but the last
+        thr, dirn = (_i64(sign.threshold), _i64(sign.direction)) if sign else (None, None)
+        if isinstance(spec, LinearSpec):
+            return _DenseStep(
+                spec=spec, weight=lay.weight.numpy(), k=_k(lay), threshold=thr, direction=dirn
+            )
+        if spec.first:
+            weights = np.ascontiguousarray(lay.input.wb.numpy().T.astype(np.int8))  # (k, out)
+            wsum = np.ascontiguousarray(lay.input.wsum.numpy())
         else:
-            groups, words = spec["groups"], spec["words_per_group"]
-            w = lay.weight.numpy().reshape(out, groups, words)
-            step["wt"] = np.ascontiguousarray(w.transpose(1, 2, 0))  # (kh*kw, words, out)
-        return step
+            layout = spec.layout
+            w = lay.weight.numpy().reshape(spec.out_channels, layout.groups, layout.words_per_group)
+            weights = np.ascontiguousarray(w.transpose(1, 2, 0))  # (kh*kw, words, out)
+            wsum = None
+        pool = spec.pool
+        return _ConvStep(
+            spec=spec,
+            geometry=np.array(spec.window.geometry, np.int64),
+            pool=np.array(pool.geometry if pool else (1, 1, 1, 1, 0, 0), np.int64),
+            after_bn=bool(pool and pool.after_bn),
+            threshold=thr,
+            direction=dirn,
+            weights=weights,
+            wsum=wsum,
+        )
 
-    def _conv(self, step: dict, h: np.ndarray) -> np.ndarray:
-        spec, m = step["spec"], h.shape[0]
-        ho, wo = spec["out_hw"]
-        s = np.empty((m, ho, wo, spec["out_channels"]), np.int32)
-        if spec["first"]:
-            self.kernels.first_conv(h, step["w8"], step["wsum"], step["geometry"], s)
+    def _conv(self, step: _ConvStep, h: np.ndarray) -> np.ndarray:
+        spec, m = step.spec, h.shape[0]
+        ho, wo = spec.out_hw
+        s = np.empty((m, ho, wo, spec.out_channels), np.int32)
+        if spec.first:
+            self.kernels.first_conv(h, step.weights, step.wsum, step.geometry, s)
         else:
-            channels = spec["in_channels"]
-            self.kernels.binary_conv(h, step["wt"], channels, step["geometry"], s)
-        hp, wp = spec["pooled_hw"]
-        out = np.empty((m, hp, wp, math.ceil(spec["out_channels"] / 64)), np.int64)
+            self.kernels.binary_conv(h, step.weights, spec.in_channels, step.geometry, s)
+        hp, wp = spec.pooled_hw
+        out = np.empty((m, hp, wp, math.ceil(spec.out_channels / 64)), np.int64)
         self.kernels.pool_threshold_pack(
-            s, step["pool"], step["after_bn"], step["thr"], step["dir"], out
+            s, step.pool, step.after_bn, step.threshold, step.direction, out
         )
         return out
 
@@ -283,17 +327,17 @@ class FusedConvNet:
             )
         h = np.ascontiguousarray(x.reshape(x.shape[0], *self.input_shape))
         for step in self.steps:
-            if step["spec"]["kind"] == "conv2d":
+            if isinstance(step, _ConvStep):
                 h = self._conv(step, h)
                 continue
             a = np.ascontiguousarray(h.reshape(h.shape[0], -1))
-            n = step["w"].shape[0]
-            if step["spec"]["output"] == "scores":
+            n = step.weight.shape[0]
+            if step.spec.output == "scores":
                 s = np.empty((a.shape[0], n), np.int64)
-                self.kernels.last_layer(a, step["w"], step["k"], s)
+                self.kernels.last_layer(a, step.weight, step.k, s)
                 return self.a * (s.astype(np.float64) - self.mu) + self.beta
             h = np.empty((a.shape[0], math.ceil(n / 64)), np.int64)
-            self.kernels.dense_sign(a, step["w"], step["k"], step["thr"], step["dir"], h)
+            self.kernels.dense_sign(a, step.weight, step.k, step.threshold, step.direction, h)
         raise AssertionError("unreachable: the last layer gives scores")
 
 

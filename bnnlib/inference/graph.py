@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from bnnlib.analysis.trace import image_side, pair
+from bnnlib.inference.spec import PoolSpec
 from bnnlib.nn.binarize import sign
 from bnnlib.nn.layers import BinaryConv2d, BinaryLinear, SignActivation
 
@@ -120,16 +121,17 @@ def units(model: nn.Module) -> list[Unit]:
     return found
 
 
-def pool_spec(pool: nn.MaxPool2d, after_bn: bool) -> dict:
-    """A MaxPool2d as the file's JSON spec; refuses the options the packed net lacks."""
+def pool_spec(pool: nn.MaxPool2d, after_bn: bool) -> PoolSpec:
+    """A MaxPool2d as the packed file's typed pool spec; refuses the options the packed net
+    lacks."""
     if pool.ceil_mode or pair(pool.dilation) != (1, 1):
         raise ValueError(f"unsupported {pool}: only dilation 1 and ceil_mode=False")
-    return {
-        "kernel": list(pair(pool.kernel_size)),
-        "stride": list(pair(pool.stride if pool.stride is not None else pool.kernel_size)),
-        "padding": list(pair(pool.padding)),
-        "after_bn": after_bn,
-    }
+    return PoolSpec(
+        kernel=pair(pool.kernel_size),
+        stride=pair(pool.stride if pool.stride is not None else pool.kernel_size),
+        padding=pair(pool.padding),
+        after_bn=after_bn,
+    )
 
 
 def infer_input_shape(model: nn.Module, found: list[Unit]) -> list[int]:

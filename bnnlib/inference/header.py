@@ -1,8 +1,9 @@
 """A packed model's header, checked before anything it sizes is allocated.
 
-:func:`check_header` checks every layer's shapes against the layer before, against sane
+:func:`check_header` reads every layer's JSON object as a typed spec
+(:mod:`bnnlib.inference.spec`), checks its shapes against the layer before, against sane
 limits (:data:`MAX_SIDE`, :data:`MAX_ELEMENTS`, :data:`MAX_LAYERS`) and against the tensors
-of the file; :class:`bnnlib.inference.runtime.PackedNet` calls it first.
+of the file, and returns the specs; :class:`bnnlib.inference.runtime.PackedNet` calls it first.
 """
 
 from __future__ import annotations
@@ -11,7 +12,15 @@ import math
 
 import torch
 
-from bnnlib.analysis.trace import window_out
+from bnnlib.inference.spec import (
+    Conv2dSpec,
+    LayerSpec,
+    Pair,
+    Window,
+    check_ints,
+    conv_layout,
+    linear_layout,
+)
 
 __all__ = ["check_header", "MAX_SIDE", "MAX_ELEMENTS", "MAX_LAYERS"]
 
@@ -24,18 +33,6 @@ MAX_ELEMENTS = 1 << 26
 MAX_LAYERS = 1024
 
 
-def _int(v, what: str, low: int) -> int:
-    if type(v) is not int or v < low:  # JSON true/false are no sizes
-        raise ValueError(f"{what} must be an integer >= {low}, got {v!r}")
-    return v
-
-
-def _ints(v, n: int, what: str, low: int) -> list[int]:
-    if not isinstance(v, list) or len(v) != n:
-        raise ValueError(f"{what} must be a list of {n} integers, got {v!r}")
-    return [_int(i, what, low) for i in v]
-
-
 def _elements(n: int, what: str) -> None:
     if n > MAX_ELEMENTS:
         raise ValueError(
@@ -44,13 +41,11 @@ def _elements(n: int, what: str) -> None:
         )
 
 
-def _window(hw: list[int], spec: dict, what: str, pool: bool = False) -> list[int]:
-    """Output size of a conv or pool window ``spec`` over ``hw``, its fields checked (a pool's
-    padding is at most half its kernel, as torch's max-pooling requires)."""
-    kernel = _ints(spec.get("kernel"), 2, f"{what} kernel", 1)
-    stride = _ints(spec.get("stride"), 2, f"{what} stride", 1)
-    padding = _ints(spec.get("padding"), 2, f"{what} padding", 0)
-    out = window_out(hw, kernel, stride, padding)
+def _fits(hw: Pair, window: Window, what: str, pool: bool = False) -> Pair:
+    """Output size of ``window`` over ``hw``, which must be at least 1 x 1 (and a pool's
+    padding at most half its kernel, as torch's max-pooling requires)."""
+    out = window.out_hw(hw)
+    kernel, stride, padding = list(window.kernel), list(window.stride), list(window.padding)
     if min(out) < 1 or (pool and any(p > k // 2 for p, k in zip(padding, kernel, strict=True))):
         raise ValueError(
             f"{what}: kernel {kernel}, stride {stride}, padding {padding} do not fit a "
@@ -60,82 +55,75 @@ def _window(hw: list[int], spec: dict, what: str, pool: bool = False) -> list[in
     return out
 
 
-def _check_layer(i: int, spec, n_layers: int, c: int, hw):
-    """One layer's spec against the shape it receives: (its tensors, next c, next hw)."""
+def _check_layer(i: int, raw, n_layers: int, c: int, hw: Pair | None):
+    """One layer's header object against the shape it receives: (its typed spec, its tensors,
+    next c, next hw)."""
     where = f"layer {i}"
-    if not isinstance(spec, dict):
-        raise ValueError(f"{where}: not a JSON object")
+    if isinstance(raw, dict) and raw.get("kind") == "conv2d" and hw is None:
+        # Said before the convolution's fields are read: what is wrong is its input.
+        raise ValueError(f"{where}: a convolution needs an image, gets {c} features")
+    spec = LayerSpec.from_header(raw, where)
     first, output = i == 0, "scores" if i == n_layers - 1 else "sign"
-    if spec.get("name") != f"layers.{i}" or spec.get("first") is not first:
-        raise ValueError(f"{where}: name {spec.get('name')!r} / first {spec.get('first')!r}")
-    if spec.get("output") != output:
-        raise ValueError(f"{where}: output {spec.get('output')!r}, expected {output!r}")
-    kind = spec.get("kind")
-    if kind == "conv2d":
-        if hw is None:
-            raise ValueError(f"{where}: a convolution needs an image, gets {c} features")
-        if spec.get("in_channels") != c or spec.get("in_hw") != hw:
+    if spec.name != f"layers.{i}" or spec.first is not first:
+        raise ValueError(f"{where}: name {spec.name!r} / first {spec.first!r}")
+    if spec.output != output:
+        raise ValueError(f"{where}: output {spec.output!r}, expected {output!r}")
+    if isinstance(spec, Conv2dSpec):
+        if spec.in_channels != c or spec.in_hw != hw:
             raise ValueError(
-                f"{where}: in_channels {spec.get('in_channels')!r}, in_hw {spec.get('in_hw')!r}, "
-                f"but the layer before gives {c} channels of {hw}"
+                f"{where}: in_channels {spec.in_channels!r}, in_hw {list(spec.in_hw)!r}, "
+                f"but the layer before gives {c} channels of {list(hw)}"
             )
-        out = _int(spec.get("out_channels"), f"{where} out_channels", 1)
-        out_hw = _window(hw, spec, where)
-        if spec.get("out_hw") != out_hw:
-            raise ValueError(f"{where}: out_hw {spec.get('out_hw')!r}, its window gives {out_hw}")
-        _elements(out * out_hw[0] * out_hw[1], f"{where}'s output")
-        kh, kw = spec["kernel"]
-        k = c * kh * kw
-        groups, group_size = (1, k) if first else (kh * kw, c)
-        pooled = out_hw
-        if spec.get("pool") is not None:
-            pool = spec["pool"]
-            if not isinstance(pool, dict) or not isinstance(pool.get("after_bn"), bool):
-                raise ValueError(f"{where}: bad pool spec {pool!r}")
-            pooled = _window(out_hw, pool, f"{where} pool", pool=True)
-        if spec.get("pooled_hw") != pooled:
-            raise ValueError(f"{where}: pooled_hw {spec.get('pooled_hw')!r}, expected {pooled}")
-        c_next, hw_next = out, pooled
-    elif kind == "linear":
-        n_in = c * hw[0] * hw[1] if hw is not None else c
-        if spec.get("in_features") != n_in:
+        out_hw = _fits(hw, spec.window, where)
+        if spec.out_hw != out_hw:
             raise ValueError(
-                f"{where}: in_features {spec.get('in_features')!r}, the layer before gives {n_in}"
+                f"{where}: out_hw {list(spec.out_hw)!r}, its window gives {list(out_hw)}"
             )
-        out = _int(spec.get("out_features"), f"{where} out_features", 1)
-        k = n_in
-        groups, group_size = (hw[0] * hw[1], c) if hw is not None and not first else (1, n_in)
-        c_next, hw_next = out, None
+        _elements(spec.out_channels * out_hw[0] * out_hw[1], f"{where}'s output")
+        pooled = out_hw if spec.pool is None else _fits(out_hw, spec.pool, f"{where} pool", True)
+        if spec.pooled_hw != pooled:
+            raise ValueError(
+                f"{where}: pooled_hw {list(spec.pooled_hw)!r}, expected {list(pooled)}"
+            )
+        layout = conv_layout(first, c, spec.window.kernel)
+        c_next, hw_next = spec.out_channels, pooled
     else:
-        raise ValueError(f"{where}: unknown kind {kind!r}")
-    words = -(-group_size // 64)
-    layout = {"k": k, "groups": groups, "group_size": group_size, "words_per_group": words}
-    layout["packed_bits"] = groups * words * 64
-    for key, want in layout.items():
-        if spec.get(key) != want:
-            raise ValueError(f"{where}: {key} is {spec.get(key)!r}, its shapes give {want}")
-    name = spec["name"]
-    want_tensors = {f"{name}.weight": ((out, groups * words), torch.int64)}
+        n_in = c * hw[0] * hw[1] if hw is not None else c
+        if spec.in_features != n_in:
+            raise ValueError(
+                f"{where}: in_features {spec.in_features!r}, the layer before gives {n_in}"
+            )
+        layout = linear_layout(first, n_in, (c, hw) if hw is not None else None)
+        c_next, hw_next = spec.out_features, None
+    for key, want in layout.to_header().items():
+        got = getattr(spec.layout, key)
+        if got != want:
+            raise ValueError(f"{where}: {key} is {got!r}, its shapes give {want}")
+    out, name = spec.out_size, spec.name
+    want_tensors = {f"{name}.weight": ((out, layout.row_words), torch.int64)}
     if output == "sign":
         want_tensors[f"{name}.threshold"] = ((out,), torch.int64)
         want_tensors[f"{name}.flip"] = ((out,), torch.uint8)
     else:
         want_tensors.update({f"{name}.{t}": ((out,), torch.float64) for t in ("a", "mu", "beta")})
-    return want_tensors, c_next, hw_next
+    return spec, want_tensors, c_next, hw_next
 
 
-def check_header(header: dict, tensors: dict[str, torch.Tensor]) -> None:
-    """Check a packed model's header before it sizes anything: every layer's shapes against the
-    layer before, against sane limits (images up to :data:`MAX_SIDE` square, at most
+def check_header(header: dict, tensors: dict[str, torch.Tensor]) -> list[LayerSpec]:
+    """Check a packed model's header before it sizes anything: every layer's fields
+    (:meth:`~bnnlib.inference.spec.LayerSpec.from_header`), its shapes against the layer
+    before, against sane limits (images up to :data:`MAX_SIDE` square, at most
     :data:`MAX_ELEMENTS` values per image of any layer) and against the tensors, which must be
     exactly those the header implies (names, shapes, dtypes). One ValueError names the problem.
-    A checksum cannot stand in for this: whoever crafts a file can recompute it."""
+    A checksum cannot stand in for this: whoever crafts a file can recompute it.
+
+    Returns the layers' typed specs, in order."""
     if not isinstance(header, dict) or not isinstance(header.get("input"), dict):
         raise ValueError("the header is not a JSON object with an 'input' object")
     shape = header["input"].get("shape")
     if not isinstance(shape, list) or len(shape) not in (1, 3):
         raise ValueError(f"input shape must be [features] or [C, H, W], got {shape!r}")
-    shape = _ints(shape, len(shape), "input shape", 1)
+    shape = check_ints(shape, len(shape), "input shape", 1)
     if len(shape) == 3 and max(shape[1:]) > MAX_SIDE:
         raise ValueError(
             f"input images of {shape[1]} x {shape[2]} pixels; this reader takes images up to "
@@ -145,10 +133,12 @@ def check_header(header: dict, tensors: dict[str, torch.Tensor]) -> None:
     layers = header.get("layers")
     if not isinstance(layers, list) or not 1 <= len(layers) <= MAX_LAYERS:
         raise ValueError(f"layers must be a list of 1 to {MAX_LAYERS} layer specs")
-    c, hw = shape[0], (shape[1:] if len(shape) == 3 else None)
+    c, hw = shape[0], ((shape[1], shape[2]) if len(shape) == 3 else None)
     expected: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
-    for i, spec in enumerate(layers):
-        want, c, hw = _check_layer(i, spec, len(layers), c, hw)
+    specs = []
+    for i, raw in enumerate(layers):
+        spec, want, c, hw = _check_layer(i, raw, len(layers), c, hw)
+        specs.append(spec)
         expected.update(want)
     if header.get("num_classes") != c:
         raise ValueError(f"num_classes is {header.get('num_classes')!r}, the last layer gives {c}")
@@ -162,3 +152,4 @@ def check_header(header: dict, tensors: dict[str, torch.Tensor]) -> None:
                 f"tensor {name} is {t.dtype} {tuple(t.shape)}, the header implies "
                 f"{dtype} {want_shape}"
             )
+    return specs

@@ -4,7 +4,11 @@
 packed +/-1 activations, compute ``s = x_b . w_b`` with XNOR-popcount and turn batch norm +
 Sign into one integer compare per neuron (:mod:`bnnlib.inference.fold`); the last layer's
 scores are ``a * (s - mu) + beta`` in float64, the prediction their argmax.
-Its header is checked first (:mod:`bnnlib.inference.header`).
+Its header is checked first (:mod:`bnnlib.inference.header`), which gives the typed layer specs
+(:mod:`bnnlib.inference.spec`). Each layer is loaded as a :class:`PackedLayer`: its spec, its
+packed weights, an input side (:class:`ImageInput` for the first layer, :class:`BinaryInput`
+for a hidden one) and an output side (:class:`SignOutput` for a hidden layer, the float64
+:class:`~bnnlib.inference.fold.Affine` of the last one).
 
 **First layer.** Its input is the 8-bit image, not +/-1 (paper Section 2.6). With x in
 0..255, ``W_b . (2x/255 - 1) = (2 W_b . x - 255 sum(W_b)) / 255``, so everything reduces to the
@@ -49,9 +53,14 @@ from bnnlib.inference import fused
 from bnnlib.inference.fold import EXACT_F32, Affine, kernel_thresholds
 from bnnlib.inference.graph import INPUT_SCALING, check_batch_size
 from bnnlib.inference.header import MAX_ELEMENTS, MAX_SIDE, check_header
+from bnnlib.inference.spec import Conv2dSpec, LayerSpec, PoolSpec
 
 __all__ = [
     "PackedNet",
+    "PackedLayer",
+    "ImageInput",
+    "BinaryInput",
+    "SignOutput",
     "Backend",
     "CpuBackend",
     "CudaBackend",
@@ -84,32 +93,86 @@ def conv_rows(wb: torch.Tensor, first: bool) -> torch.Tensor:
     return wb.permute(0, 2, 3, 1).reshape(out, kh * kw, c)
 
 
-def conv_weight(rows: torch.Tensor, spec: dict) -> torch.Tensor:
+def conv_weight(rows: torch.Tensor, spec: Conv2dSpec) -> torch.Tensor:
     """The (out, c, kh, kw) weight, in torch's layout, of a conv layer's unpacked
     (out, groups, group_size) rows; the inverse of :func:`conv_rows`."""
-    out, c, (kh, kw) = rows.shape[0], spec["in_channels"], spec["kernel"]
-    if spec["first"]:
+    out, c, (kh, kw) = rows.shape[0], spec.in_channels, spec.window.kernel
+    if spec.first:
         return rows.reshape(out, c, kh, kw)
     return rows.reshape(out, kh, kw, c).permute(0, 3, 1, 2)
 
 
-@dataclass
-class _Layer:
-    spec: dict
-    weight: torch.Tensor  # packed int64 words (out, groups * words_per_group)
-    wb: torch.Tensor | None = None  # first layer: float32 +/-1 weights for the "real" mode
-    threshold: torch.Tensor | None = None  # int32 (out,): the kernels' threshold
-    direction: torch.Tensor | None = None  # int32 (out,): +1 for s >= threshold, -1 for <=
-    affine: Affine | None = None  # last layer
-    pad_bits: int = 0  # XNOR matches contributed by the zero tail bits of each group
-    wsum: torch.Tensor | None = None  # first layer: sum of W_b per output (and per position)
-    pad_fix: torch.Tensor | None = None  # hidden conv: sum of W_b over zero-padded positions
-    cache: dict = field(default_factory=dict)  # per-device copies
+# --------------------------------------------------------------------------------------------
+# A loaded layer: its spec, packed weights, and the typed parts of its input and output sides
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """The input side of the first layer, which reads the 8-bit image, not packed bits.
+
+    ``wb``: its +/-1 weights as float32 (out, k), for the ``"real"`` product and the int8 rows;
+    ``wsum``: int32 sums of W_b over the valid (non-padded) inputs, (out,) for a linear layer
+    or (Ho * Wo, out) for a convolution (``t = 2 W_b . x - 255 wsum``, module docstring).
+    """
+
+    wb: torch.Tensor
+    wsum: torch.Tensor
+
+
+@dataclass(frozen=True)
+class BinaryInput:
+    """The input side of a hidden layer, which reads packed +/-1 activations.
+
+    ``pad_fix``: for a convolution, the int32 (Ho * Wo, out) sums of W_b over the zero-padded
+    positions of each output position (the padding correction, module docstring); None for a
+    linear layer.
+    """
+
+    pad_fix: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class SignOutput:
+    """The output side of a hidden layer: batch norm + Sign as the kernels' integer compare.
+
+    ``threshold`` and ``direction`` are int32 (out,): a neuron fires for ``s >= threshold``
+    (direction +1) or ``s <= threshold`` (-1), from the file's (T, flip) by
+    :func:`~bnnlib.inference.fold.kernel_thresholds`.
+    """
+
+    threshold: torch.Tensor
+    direction: torch.Tensor
+
+    @property
+    def flip(self) -> torch.Tensor:
+        """bool (out,): the neurons whose compare flips (gamma < 0)."""
+        return self.direction < 0
+
+
+@dataclass(eq=False)
+class PackedLayer:
+    """One layer of a :class:`PackedNet`, as loaded and checked.
+
+    * ``spec``: its typed spec (:mod:`bnnlib.inference.spec`);
+    * ``weight``: the packed int64 words (out, groups * words_per_group);
+    * ``input``: :class:`ImageInput` for the first layer, else :class:`BinaryInput`;
+    * ``output``: :class:`SignOutput` for a hidden layer (``spec.output == "sign"``), the
+      float64 :class:`~bnnlib.inference.fold.Affine` of the last layer's batch norm
+      (``"scores"``);
+    * ``cache``: its tensors copied to other devices (:meth:`Backend.get`).
+    """
+
+    spec: LayerSpec
+    weight: torch.Tensor
+    input: ImageInput | BinaryInput
+    output: SignOutput | Affine
+    cache: dict = field(default_factory=dict)
 
     @property
     def flip(self) -> torch.Tensor | None:
         """bool (out,): the neurons whose compare flips (gamma < 0); None for the last layer."""
-        return None if self.direction is None else self.direction < 0
+        return self.output.flip if isinstance(self.output, SignOutput) else None
 
 
 class PackedNet:
@@ -121,83 +184,84 @@ class PackedNet:
     """
 
     def __init__(self, header: dict, tensors: dict[str, torch.Tensor], source: str = "<memory>"):
-        check_header(header, tensors)
+        specs = check_header(header, tensors)
         self.header = header
         self.source = source
         self.input_shape = list(header["input"]["shape"])
         if header["input"]["scaling"] != INPUT_SCALING:
             raise ValueError(f"input scaling {header['input']['scaling']!r} is not supported")
         self.num_classes = int(header["num_classes"])
-        self.layers: list[_Layer] = [self._layer(spec, tensors) for spec in header["layers"]]
+        self.layers: list[PackedLayer] = [self._layer(spec, tensors) for spec in specs]
         self._fused = None  # the small-batch CPU path (fused.for_net), made on first use
         self._fused_kind = (
             "mlp" if fused.supports(self) else "conv" if fused.supports_conv(self) else None
         )
 
     @classmethod
-    def _layer(cls, spec: dict, tensors: dict[str, torch.Tensor]) -> _Layer:
-        name = spec["name"]
+    def _layer(cls, spec: LayerSpec, tensors: dict[str, torch.Tensor]) -> PackedLayer:
+        name, out = spec.name, spec.out_size
         w = tensors[f"{name}.weight"]
-        out = spec["out_channels"] if spec["kind"] == "conv2d" else spec["out_features"]
-        expect = (out, spec["groups"] * spec["words_per_group"])
+        expect = (out, spec.layout.row_words)
         if tuple(w.shape) != expect or w.dtype != torch.int64:
             raise ValueError(f"{name}.weight has shape {tuple(w.shape)}, expected {expect}")
-        lay = _Layer(spec=spec, weight=w)
-        g, words, cs = spec["groups"], spec["words_per_group"], spec["group_size"]
-        lay.pad_bits = g * (64 * words - cs)
         wpm = cls._rows(spec, w)  # (out, g, cs) +/-1
         if not torch.equal(kernels.pack(wpm, dim=-1).reshape(out, -1), w):
             # The hidden layers count padding bits as matches (pad_bits): they must be 0.
             raise ValueError(f"{name}.weight has padding bits set (pack() leaves them 0)")
-        if spec["first"]:
-            lay.wb = wpm.reshape(out, spec["k"])
-            lay.wsum = cls._first_wsum(spec, lay.wb)
-        elif spec["kind"] == "conv2d":
-            lay.pad_fix = cls._pad_fix(spec, wpm)
-        if spec["output"] == "sign":
+        side: ImageInput | BinaryInput
+        if spec.first:
+            wb = wpm.reshape(out, spec.layout.k)
+            side = ImageInput(wb=wb, wsum=cls._first_wsum(spec, wb))
+        elif isinstance(spec, Conv2dSpec):
+            side = BinaryInput(pad_fix=cls._pad_fix(spec, wpm))
+        else:
+            side = BinaryInput()
+        output: SignOutput | Affine
+        if spec.output == "sign":
             T, flip = tensors[f"{name}.threshold"], tensors[f"{name}.flip"].bool()
             if T.shape != (out,) or flip.shape != (out,):
                 raise ValueError(f"{name}: thresholds do not match {out} outputs")
-            lay.threshold, lay.direction = kernel_thresholds(T, flip)
+            output = SignOutput(*kernel_thresholds(T, flip))
         else:
-            lay.affine = Affine(*(tensors[f"{name}.{t}"] for t in ("a", "mu", "beta")))
-        return lay
+            output = Affine(*(tensors[f"{name}.{t}"] for t in ("a", "mu", "beta")))
+        return PackedLayer(spec=spec, weight=w, input=side, output=output)
 
     @staticmethod
-    def _rows(spec: dict, w: torch.Tensor) -> torch.Tensor:
+    def _rows(spec: LayerSpec, w: torch.Tensor) -> torch.Tensor:
         """float32 +/-1 (out, groups, group_size): a layer's packed words unpacked."""
-        g, words, cs = spec["groups"], spec["words_per_group"], spec["group_size"]
-        return kernels.unpack(w.reshape(w.shape[0], g, words), cs, dim=-1).float()
+        lay = spec.layout
+        words = w.reshape(w.shape[0], lay.groups, lay.words_per_group)
+        return kernels.unpack(words, lay.group_size, dim=-1).float()
 
-    def binary_conv_weights(self) -> list[tuple[dict, torch.Tensor]]:
+    def binary_conv_weights(self) -> list[tuple[Conv2dSpec, torch.Tensor]]:
         """(spec, W_b) of each convolution: W_b its +/-1 weight (out, in, kh, kw), float32,
         in torch's layout (:func:`conv_weight` of the unpacked words)."""
         return [
             (lay.spec, conv_weight(self._rows(lay.spec, lay.weight), lay.spec).contiguous())
             for lay in self.layers
-            if lay.spec["kind"] == "conv2d"
+            if isinstance(lay.spec, Conv2dSpec)
         ]
 
     # ---- precomputed corrections ----
 
     @staticmethod
-    def _first_wsum(spec: dict, wb: torch.Tensor) -> torch.Tensor:
+    def _first_wsum(spec: LayerSpec, wb: torch.Tensor) -> torch.Tensor:
         """sum of W_b over the valid (non-padded) inputs: (out,) or (Ho*Wo, out) for a conv."""
-        if spec["kind"] == "linear":
+        if not isinstance(spec, Conv2dSpec):
             return wb.sum(1).round().to(torch.int32)
-        c, (kh, kw) = spec["in_channels"], spec["kernel"]
-        ones = torch.ones(1, c, *spec["in_hw"])
+        c, (kh, kw), win = spec.in_channels, spec.window.kernel, spec.window
+        ones = torch.ones(1, c, *spec.in_hw)
         w4 = wb.reshape(-1, c, kh, kw)
-        m = F.conv2d(ones, w4, stride=spec["stride"], padding=spec["padding"])
+        m = F.conv2d(ones, w4, stride=win.stride, padding=win.padding)
         return m[0].permute(1, 2, 0).reshape(-1, w4.shape[0]).round().to(torch.int32)
 
     @staticmethod
-    def _pad_fix(spec: dict, wpm: torch.Tensor) -> torch.Tensor:
+    def _pad_fix(spec: Conv2dSpec, wpm: torch.Tensor) -> torch.Tensor:
         """Hidden conv: sum of W_b at zero-padded positions, per (output position, channel)."""
-        out, c = wpm.shape[0], spec["in_channels"]
+        out, c, win = wpm.shape[0], spec.in_channels, spec.window
         w4 = conv_weight(wpm, spec)
-        ones = torch.ones(1, c, *spec["in_hw"])
-        valid = F.conv2d(ones, w4, stride=spec["stride"], padding=spec["padding"])[0]
+        ones = torch.ones(1, c, *spec.in_hw)
+        valid = F.conv2d(ones, w4, stride=win.stride, padding=win.padding)[0]
         total = w4.sum((1, 2, 3)).view(-1, 1, 1)
         return (total - valid).permute(1, 2, 0).reshape(-1, out).round().to(torch.int32)
 
@@ -213,17 +277,16 @@ class PackedNet:
         """Packed weights + thresholds (int32) + flips (bits) + the last layer's float64 affine."""
         n = self.nbytes
         for lay in self.layers:
-            if lay.threshold is not None:
-                n += 4 * lay.threshold.numel() + -(-lay.direction.numel() // 8)
+            if isinstance(lay.output, SignOutput):
+                thr, direction = lay.output.threshold, lay.output.direction
+                n += 4 * thr.numel() + -(-direction.numel() // 8)
             else:
-                n += 8 * 3 * lay.affine.a.numel()
+                n += 8 * 3 * lay.output.a.numel()
         return n
 
     def __repr__(self) -> str:
         kinds = ", ".join(
-            f"{s['kind']}({s.get('in_features', s.get('in_channels'))}->"
-            f"{s.get('out_features', s.get('out_channels'))})"
-            for s in (lay.spec for lay in self.layers)
+            f"{s.kind}({s.in_size}->{s.out_size})" for s in (lay.spec for lay in self.layers)
         )
         return f"PackedNet([{kinds}], {self.nbytes} packed weight bytes, from {self.source})"
 
@@ -305,6 +368,15 @@ class PackedNet:
         modes = ("auto", "bitplanes", "int8") if mlp else ("auto", "int8")
         return (mlp or conv) and first_layer in modes
 
+    @property
+    def fused(self):
+        """The small-batch CPU path of this net (:func:`fused.for_net`, made on first use;
+        None for a net it does not support). Its ``parallel`` says whether its layers are split
+        between threads (``net.fused.parallel = False``: the calling thread only)."""
+        if self._fused is None and self._fused_kind is not None:
+            self._fused = fused.for_net(self)
+        return self._fused
+
     def _fused_scores(self, xn: np.ndarray, first_layer: str, batch_size: int) -> np.ndarray:
         """float64 scores (N >= 1, classes) of uint8 images (N, pixels) by the fused path
         (:func:`fused.for_net`), as a numpy array."""
@@ -365,49 +437,51 @@ class PackedNet:
         h = None
         for lay in self.layers:
             spec = lay.spec
-            if spec["first"]:
+            conv = isinstance(spec, Conv2dSpec)
+            if spec.first:
                 s = self._first(lay, x, ops, first_layer)
-            elif spec["kind"] == "conv2d":
+            elif conv:
                 s = self._hidden_conv(lay, h, ops)
             else:
                 s = self._hidden_linear(lay, h, ops)
-            if spec["kind"] == "conv2d":
+            if conv:
                 s = self._pool(lay, s, ops)  # (N, Ho, Wo, out) integers
-            if spec["output"] == "scores":
+            if isinstance(lay.output, Affine):  # the last layer: scores
                 s = s.reshape(s.shape[0], -1).cpu()
-                x64 = s.double() / 255.0 if spec["first"] else s.double()
-                return lay.affine(x64)
+                x64 = s.double() / 255.0 if spec.first else s.double()
+                return lay.output(x64)
             h = ops.threshold_pack(lay, s)  # (N, [Ho, Wo,] words)
         raise AssertionError("unreachable: the last layer gives scores")
 
-    def _first(self, lay: _Layer, x: torch.Tensor, ops: Backend, mode: str) -> torch.Tensor:
+    def _first(self, lay: PackedLayer, x: torch.Tensor, ops: Backend, mode: str) -> torch.Tensor:
         """t = 2 W_b.x - 255 sum(W_b) over valid inputs: the integer 255 * pre-activation."""
-        spec = lay.spec
-        if spec["kind"] == "linear":
-            cols = x.reshape(x.shape[0], -1)
-        else:
+        spec, wsum = lay.spec, ops.get(lay, lay.input.wsum)
+        if isinstance(spec, Conv2dSpec):
+            win = spec.window
             xf = x.float()
-            cols = F.unfold(xf, spec["kernel"], padding=spec["padding"], stride=spec["stride"])
-            cols = cols.transpose(1, 2).reshape(-1, spec["k"])  # (N * L, k), pad = 0
+            cols = F.unfold(xf, win.kernel, padding=win.padding, stride=win.stride)
+            cols = cols.transpose(1, 2).reshape(-1, spec.layout.k)  # (N * L, k), pad = 0
             cols = cols.to(torch.uint8)
+        else:
+            cols = x.reshape(x.shape[0], -1)
         if mode == "real":
             dot = ops.real_dot(lay, cols)
         else:
             dot = ops.bitplane_dot(lay, cols)
-        if spec["kind"] == "linear":
-            return 2 * dot - 255 * ops.get(lay, "wsum")
-        ho, wo = spec["out_hw"]
+        if not isinstance(spec, Conv2dSpec):
+            return 2 * dot - 255 * wsum
+        ho, wo = spec.out_hw
         dot = dot.reshape(x.shape[0], ho * wo, -1)
-        return (2 * dot - 255 * ops.get(lay, "wsum")).reshape(x.shape[0], ho, wo, -1)
+        return (2 * dot - 255 * wsum).reshape(x.shape[0], ho, wo, -1)
 
-    def _hidden_linear(self, lay: _Layer, h: torch.Tensor, ops: Backend) -> torch.Tensor:
+    def _hidden_linear(self, lay: PackedLayer, h: torch.Tensor, ops: Backend) -> torch.Tensor:
         a = h.reshape(h.shape[0], -1)  # NHWC words flatten to (h, w) groups of channels
-        return ops.xnor(lay, a) - lay.pad_bits
+        return ops.xnor(lay, a) - lay.spec.layout.pad_bits
 
-    def _hidden_conv(self, lay: _Layer, h: torch.Tensor, ops: Backend) -> torch.Tensor:
+    def _hidden_conv(self, lay: PackedLayer, h: torch.Tensor, ops: Backend) -> torch.Tensor:
         spec = lay.spec
-        (kh, kw), (sh, sw), (ph, pw) = spec["kernel"], spec["stride"], spec["padding"]
-        ho, wo = spec["out_hw"]
+        (kh, kw), (sh, sw), (ph, pw) = spec.window.kernel, spec.window.stride, spec.window.padding
+        ho, wo = spec.out_hw
         n = h.shape[0]
         hp = F.pad(h, (0, 0, pw, pw, ph, ph))  # zero words at padded positions (fixed below)
         cols = torch.stack(
@@ -419,20 +493,20 @@ class PackedNet:
             dim=3,
         )  # (N, Ho, Wo, kh*kw, words)
         r = ops.xnor(lay, cols.reshape(n * ho * wo, -1)).reshape(n, ho * wo, -1)
-        s = r - lay.pad_bits + ops.get(lay, "pad_fix")
+        s = r - spec.layout.pad_bits + ops.get(lay, lay.input.pad_fix)
         return s.reshape(n, ho, wo, -1)
 
     @staticmethod
-    def _pool(lay: _Layer, s: torch.Tensor, ops: Backend) -> torch.Tensor:
-        p = lay.spec.get("pool")
+    def _pool(lay: PackedLayer, s: torch.Tensor, ops: Backend) -> torch.Tensor:
+        p = lay.spec.pool
         if p is None:
             return s
         sc = s.permute(0, 3, 1, 2)
         mx = ops.pool(sc, p)
-        if p["after_bn"] and lay.direction is not None:
+        if p.after_bn and isinstance(lay.output, SignOutput):
             # BN after the pool: max of a decreasing map (gamma < 0) is the map of the min.
             mn = -ops.pool(-sc, p)
-            flip = ops.get(lay, "direction") < 0
+            flip = ops.get(lay, lay.output.direction) < 0
             mx = torch.where(flip.view(1, -1, 1, 1), mn, mx)
         return mx.permute(0, 2, 3, 1)
 
@@ -457,35 +531,37 @@ class Backend:
     def gemm(self, a: torch.Tensor, b: torch.Tensor, k: int) -> torch.Tensor:
         return self.kernels.xnor_gemm(a, b, k)
 
-    def get(self, lay: _Layer, name: str) -> torch.Tensor:
-        """A per-layer tensor on this device (copied once, then cached)."""
-        t = lay.cache.get((self.device, name))
-        if t is None:
-            t = getattr(lay, name).to(self.device)
-            lay.cache[(self.device, name)] = t
-        return t
+    def get(self, lay: PackedLayer, t: torch.Tensor) -> torch.Tensor:
+        """``t``, one of the tensors of ``lay``, on this device: copied once, then kept in
+        ``lay.cache`` (keyed by the tensor's identity, which ``lay`` keeps alive)."""
+        key = (self.device, id(t))
+        on_device = lay.cache.get(key)
+        if on_device is None:
+            on_device = t.to(self.device)
+            lay.cache[key] = on_device
+        return on_device
 
-    def threshold_pack(self, lay: _Layer, s: torch.Tensor) -> torch.Tensor:
+    def threshold_pack(self, lay: PackedLayer, s: torch.Tensor) -> torch.Tensor:
         """Sign(BN(s)) as packed words along the last dim (integer compares only)."""
         lead, n = s.shape[:-1], s.shape[-1]
         acc = s.reshape(-1, n).to(torch.int32).contiguous()
-        thr, direction = self.get(lay, "threshold"), self.get(lay, "direction")
+        thr, direction = self.get(lay, lay.output.threshold), self.get(lay, lay.output.direction)
         return self.kernels.threshold_pack(acc, thr, direction).reshape(*lead, -1)
 
-    def xnor(self, lay: _Layer, a: torch.Tensor) -> torch.Tensor:
+    def xnor(self, lay: PackedLayer, a: torch.Tensor) -> torch.Tensor:
         """Exact integer products of packed activations (rows of ``a``) with the weights."""
-        return self.gemm(a.contiguous(), self.get(lay, "weight"), lay.spec["packed_bits"])
+        return self.gemm(a.contiguous(), self.get(lay, lay.weight), lay.spec.layout.packed_bits)
 
-    def real_dot(self, lay: _Layer, cols: torch.Tensor) -> torch.Tensor:
+    def real_dot(self, lay: PackedLayer, cols: torch.Tensor) -> torch.Tensor:
         """Integer W_b . x of uint8 inputs (rows of ``cols``) by a float matmul."""
         raise NotImplementedError
 
-    def bitplane_dot(self, lay: _Layer, cols: torch.Tensor) -> torch.Tensor:
+    def bitplane_dot(self, lay: PackedLayer, cols: torch.Tensor) -> torch.Tensor:
         """Integer W_b . x of uint8 inputs on the paper's 8 bit planes with XNOR-popcount."""
         raise NotImplementedError
 
-    def pool(self, x: torch.Tensor, p: dict) -> torch.Tensor:
-        """Max-pooling of integers (N, C, H, W) with the file's pool spec."""
+    def pool(self, x: torch.Tensor, p: PoolSpec) -> torch.Tensor:
+        """Max-pooling of integers (N, C, H, W) with the layer's pool spec."""
         raise NotImplementedError
 
 
@@ -495,16 +571,16 @@ class CpuBackend(Backend):
     device = "cpu"
     kernels = kernels
 
-    def real_dot(self, lay: _Layer, cols: torch.Tensor) -> torch.Tensor:
+    def real_dot(self, lay: PackedLayer, cols: torch.Tensor) -> torch.Tensor:
         # integer operands, partial sums < 2^24 in float32 (else float64): exact
-        dt = torch.float32 if 255 * lay.spec["k"] < EXACT_F32 else torch.float64
-        return (cols.to(dt) @ self.get(lay, "wb").to(dt).T).round().to(torch.int32)
+        dt = torch.float32 if 255 * lay.spec.layout.k < EXACT_F32 else torch.float64
+        return (cols.to(dt) @ self.get(lay, lay.input.wb).to(dt).T).round().to(torch.int32)
 
-    def bitplane_dot(self, lay: _Layer, cols: torch.Tensor) -> torch.Tensor:
-        return self.kernels.bitplane_dot(cols.contiguous(), lay.weight, lay.spec["k"])
+    def bitplane_dot(self, lay: PackedLayer, cols: torch.Tensor) -> torch.Tensor:
+        return self.kernels.bitplane_dot(cols.contiguous(), lay.weight, lay.spec.layout.k)
 
-    def pool(self, x: torch.Tensor, p: dict) -> torch.Tensor:
-        return F.max_pool2d(x, p["kernel"], p["stride"], p["padding"])
+    def pool(self, x: torch.Tensor, p: PoolSpec) -> torch.Tensor:
+        return F.max_pool2d(x, p.kernel, p.stride, p.padding)
 
 
 class CudaBackend(Backend):
@@ -525,25 +601,25 @@ class CudaBackend(Backend):
     def gemm(self, a: torch.Tensor, b: torch.Tensor, k: int) -> torch.Tensor:
         return self._gemm(a, b, k)
 
-    def real_dot(self, lay: _Layer, cols: torch.Tensor) -> torch.Tensor:
+    def real_dot(self, lay: PackedLayer, cols: torch.Tensor) -> torch.Tensor:
         # float64: exact whatever cuBLAS's float32 settings (TF32) are.
-        w = self.get(lay, "wb").double()
+        w = self.get(lay, lay.input.wb).double()
         return (cols.double() @ w.T).round().to(torch.int32)
 
-    def bitplane_dot(self, lay: _Layer, cols: torch.Tensor) -> torch.Tensor:
+    def bitplane_dot(self, lay: PackedLayer, cols: torch.Tensor) -> torch.Tensor:
         # Bit plane n as the +/-1 vector p_n = 2 x^n - 1:  x^n . w = (p_n . w + sum w) / 2.
-        k, w = lay.spec["k"], self.get(lay, "weight")
+        k, w = lay.spec.layout.k, self.get(lay, lay.weight)
         acc = torch.zeros(cols.shape[0], w.shape[0], dtype=torch.int64, device=self.device)
         for n in range(8):
             plane = ((cols >> n) & 1).float() * 2 - 1
             words = self.kernels.pack(plane, dim=-1, check=False)
             acc += self.gemm(words, w, k).long() << n
-        wsum = self.get(lay, "wb").sum(1).round().long()
+        wsum = self.get(lay, lay.input.wb).sum(1).round().long()
         return ((acc + 255 * wsum) // 2).to(torch.int32)
 
-    def pool(self, x: torch.Tensor, p: dict) -> torch.Tensor:
+    def pool(self, x: torch.Tensor, p: PoolSpec) -> torch.Tensor:
         # CUDA max-pooling has no integer kernel; float64 holds these integers exactly.
-        return F.max_pool2d(x.double(), p["kernel"], p["stride"], p["padding"]).to(x.dtype)
+        return F.max_pool2d(x.double(), p.kernel, p.stride, p.padding).to(x.dtype)
 
 
 def backend(device: str = "cpu", kernel: str = "fast") -> Backend:
