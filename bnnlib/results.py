@@ -27,7 +27,7 @@ from typing import Any
 from bnnlib import settings
 
 __all__ = ["ENV_VAR", "results_dir", "find", "CommittedRun", "load_run", "runs", "TORCH7_MNIST_RUN"]
-__all__ += ["Bench", "load_bench", "machine_line"]
+__all__ += ["Bench", "load_bench", "gpu_bench", "machine_line"]
 
 ENV_VAR = settings.RESULTS_DIR_VAR
 #: The committed Torch7-preset MNIST run (Table 1's Torch7 column).
@@ -171,6 +171,10 @@ class Bench:
     def machine(self) -> str:
         return machine_line(self.meta)
 
+    def gpu_name(self) -> str:
+        """The GPU a benchmark with a ``gpu`` section ran on."""
+        return _gpu_name(self)
+
 
 def machine_line(meta: dict[str, Any]) -> str:
     """'AMD EPYC; popcnt avx2; 2 threads; 2026-12-06' from a benchmark's ``meta``."""
@@ -196,3 +200,21 @@ def load_bench(name: str) -> Bench | None:
     if not isinstance(data, dict):
         raise ValueError(f"{found[0]}: a committed benchmark is a JSON object")
     return Bench(found[0], data)
+
+
+def gpu_bench() -> Bench | None:
+    """The newest committed benchmark with GPU kernel figures (``bench_gpu*.json`` or
+    ``bench_cuda*.json`` whose ``gpu`` section holds a measured ``gemm``), None without one."""
+    found = None
+    for path in find("bench_cuda*.json") + find("bench_gpu*.json"):
+        bench = load_bench(path.name)
+        gpu = bench.section("gpu") if bench else None
+        if gpu is not None and isinstance(gpu.get("gemm"), dict) and "skipped" not in gpu["gemm"]:
+            found = bench
+    return found
+
+
+def _gpu_name(bench: Bench) -> str:
+    return (bench.meta.get("gpu") or {}).get("name") or bench.data["gpu"]["gemm"].get(
+        "gpu", "unknown GPU"
+    )

@@ -21,13 +21,13 @@ pass per layer (:mod:`bnnlib.kernels.fused_conv`). :func:`for_net` picks the run
 from __future__ import annotations
 
 import math
-import os
 import threading
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from bnnlib import settings
 from bnnlib.inference.spec import Conv2dSpec, LinearSpec
 from bnnlib.kernels import fused as kfused
 
@@ -45,21 +45,21 @@ __all__ = [
 
 #: The most images one compiled call takes; larger batches run in chunks of this size. Each
 #: weight row is then read once per chunk while the chunk's activations (64 x 512 B for 4096
-#: units) stay in the L1 cache. Measured on the 2-core Xeon (3 x 4096 MLP, ms per image):
-#: 0.081 at batch 100 and 0.085 at 10,000, against 0.094 and 0.112 a layer at a time.
+#: units) stay in the L1 cache (faster than a layer at a time at batch 100 and 10,000:
+#: ``python -m bnnlib.bench --latency``, its figures in results/ and notebook 06).
 FUSED_CHUNK = 64
-#: From this batch size the fused path splits each layer's output words between threads.
-#: Measured on a quiet 2-core Xeon (3 x 4096 MLP): threads win from batch 1 (0.26 vs 0.40 ms
-#: per image) while idle threads spin between layers, OpenMP's default. With
+#: From this batch size the fused path splits each layer's output words between threads:
+#: threads win from batch 1 while idle threads spin between layers, OpenMP's default. With
 #: ``OMP_WAIT_POLICY=PASSIVE`` (which the Makefile sets for the tests and the book) they sleep,
-#: and waking them for every layer lost at every batch size up to 64 (batch 1: 0.50 vs 0.42
-#: ms): the fused MLP then stays on one thread. On a machine busy with other work a thread may
-#: also wait for a time slice: set ``FusedMLP.parallel = False`` or ``NUMBA_NUM_THREADS=1``.
+#: and waking them for every layer costs more than it saves at batches up to 64: the fused MLP
+#: then stays on one thread (:func:`bnnlib.settings.omp_passive`). On a machine busy with other
+#: work a thread may also wait for a time slice: set ``net.fused.parallel = False`` or
+#: ``NUMBA_NUM_THREADS=1``.
 PARALLEL_MIN_BATCH = 1
 #: ``first_layer="auto"`` takes the int8 product for images with fewer nonzero pixels than
-#: this fraction, bit planes otherwise. Measured for 784 -> 4096 (Xeon, AVX-512): the int8
-#: rows cost about 0.38 us per nonzero pixel, the bit planes 0.13 ms whatever the image; they
-#: break even near 40% nonzero pixels (an MNIST digit has about 15%).
+#: this fraction, bit planes otherwise: the int8 rows cost in proportion to the nonzero pixels,
+#: the bit planes the same for every image, and they break even near 40% nonzero pixels on the
+#: 784 -> 4096 layer (an MNIST digit has about 15%; ``bench --latency`` times both).
 INT8_MAX_NONZERO_FRACTION = 0.4
 
 FIRST_LAYER_MODES = {
@@ -84,7 +84,7 @@ def supports(net) -> bool:
 def _threads_sleep() -> bool:
     """Whether idle OpenMP threads sleep at once (``OMP_WAIT_POLICY=PASSIVE``), so that every
     parallel region pays for waking them."""
-    return os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE"
+    return settings.omp_passive()
 
 
 def _i64(t: torch.Tensor) -> np.ndarray:

@@ -413,8 +413,8 @@ class PackedNet:
         """
         a = self._plain_pixels(X, device, path)
         if a is not None and self._use_fused(path, device, first_layer):
-            # Batch 1 costs ~0.3 ms: each torch operation on the way (~10 us each, more with
-            # the caches cold after the weights streamed through) is worth avoiding.
+            # At batch 1 each torch operation on the way (microseconds each, more with the
+            # caches cold after the weights streamed through) is worth avoiding.
             return torch.from_numpy(self._fused_scores(a, first_layer, batch_size).argmax(1))
         return self.scores(X, device, first_layer, batch_size, kernel, path).argmax(1)
 

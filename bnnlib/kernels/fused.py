@@ -286,10 +286,9 @@ class BoundMLP:
     ``BoundMLP(first, hidden, last, buffers).run(parallel, x, first_mode, int8_max_nonzero)``
     runs the MLP on uint8 images ``x`` (M, k), filling ``buffers.s`` in place.
     The compiled functions take the arrays one by one, as plain arguments, in an order this
-    class keeps: measured, kernels taking the groups as tuples ran the int8 first layer
-    about 1.4 us (4%) slower per image, numba unboxes a NamedTuple about a microsecond slower
-    than its arrays, and spreading the groups into the arguments at every call cost another
-    microsecond at batch 1; their flat tuple, made here once, costs nothing per call.
+    class keeps: kernels taking the groups as tuples were slower per image at batch 1 (numba
+    unboxes a NamedTuple more slowly than its arrays), and so was spreading the groups into
+    the arguments at every call; their flat tuple, made here once, costs nothing per call.
     """
 
     def __init__(self, first: FirstLayer, hidden: HiddenLayers, last: LastLayer, buffers: Buffers):
