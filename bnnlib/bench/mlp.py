@@ -1,5 +1,6 @@
-"""CPU sections of :mod:`bnnlib.bench`: packed MNIST MLP inference against the float32 model
-(``mnist_mlp_cpu``) and the training step of the BNN MLP against its float twin
+"""CPU sections of :mod:`bnnlib.bench`: packed MNIST MLP inference timed against the float32
+network a user would deploy (``mnist_mlp_cpu``; its predictions are checked against the BNN
+module's, ``*_float32_model``) and the training step of the BNN MLP against its float twin
 (``train_step_cpu``). See :mod:`bnnlib.bench` for what each figure means."""
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 import torch
 
 from bnnlib import data
-from bnnlib.bench.common import mlp_model, mnist_split
+from bnnlib.bench.common import deployed_float32, mlp_model, mnist_split
 from bnnlib.bench.timing import timeit
 
 __all__ = ["bench_mnist_mlp", "bench_train_step"]
@@ -27,15 +28,28 @@ def export_and_load(net, inference):
     return packed, file_bytes
 
 
+def _bnn_predictions(net, xs, batch_size: int) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat(
+            [net(xs[i : i + batch_size]) for i in range(0, len(xs), batch_size)]
+        ).argmax(1)
+
+
 def _time_cpu_paths(net, packed, xt, repeats: int, batch_size: int, log) -> dict:
-    """Times (median and all) and predictions of the float32 model and the packed net."""
+    """Times (median and all) and predictions of the packed net, and the time of the float32
+    network a user would deploy instead (:func:`deployed_float32`, under ``inference_mode``).
+    The predictions compared with the packed ones are the BNN module's (its exact simulation)."""
     xs = data.scale(xt)
+    deployed = deployed_float32(net)
 
-    @torch.no_grad()
+    def batches(model):
+        return torch.cat([model(xs[i : i + batch_size]) for i in range(0, len(xs), batch_size)])
+
     def float_forward():
-        return torch.cat([net(xs[i : i + batch_size]) for i in range(0, len(xs), batch_size)])
+        with torch.inference_mode():
+            return batches(deployed)
 
-    log("  timing float32 model ...")
+    log("  timing the deployed float32 network ...")
     t_float = timeit(float_forward, repeats)
     # A layer at a time, as labelled: the fused path has no float first layer, and its own
     # figures are bnnlib.bench.latency's.
@@ -49,7 +63,7 @@ def _time_cpu_paths(net, packed, xt, repeats: int, batch_size: int, log) -> dict
         "times": {"float32": t_float, "packed": t_packed, "packed_bitplanes": t_planes},
         "packed": packed.predict(xt, **real),
         "planes": packed.predict(xt, **planes),
-        "float": float_forward().argmax(1),
+        "float": _bnn_predictions(net, xs, batch_size),
     }
 
 
