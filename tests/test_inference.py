@@ -607,6 +607,49 @@ def test_padding_bits_in_packed_weights_are_refused(good_file, tmp_path):
     )
 
 
+@pytest.mark.parametrize(
+    "tensor, value, match",
+    [
+        ("layers.0.threshold", 2**32, r"layers.0.threshold holds values in .* outside \[-199920"),
+        ("layers.0.threshold", -(2**31) - 1, "outside"),  # used to act as "never fires"
+        ("layers.0.threshold", 199922, r"outside \[-199920, 199921\]"),  # 255 x 784 inputs
+        ("layers.0.flip", 2, "layers.0.flip must be 0 or 1"),
+        ("layers.1.a", float("nan"), "layers.1.a holds NaN"),
+        ("layers.1.beta", float("inf"), "layers.1.beta holds NaN or infinite"),
+    ],
+)
+def test_out_of_range_tensors_are_refused(good_file, tmp_path, tensor, value, match):
+    """A file with a valid digest but a threshold past int32, a flip of 2 or a NaN batch norm
+    used to load and predict silently wrong classes."""
+    header, tensors = read_packed(good_file)
+    t = tensors[tensor]
+    tensors[tensor] = t.clone()
+    tensors[tensor][3] = value
+    _expect_error(write_packed(tmp_path / "bad.bnn", header, tensors), match)
+
+
+def test_thresholds_at_the_edge_of_the_range_load(good_file, tmp_path):
+    header, tensors = read_packed(good_file)
+    t = tensors["layers.0.threshold"] = tensors["layers.0.threshold"].clone()
+    t[0], t[1] = 199921, -199920  # never fires / always fires (255 x 784 inputs)
+    inf.load(write_packed(tmp_path / "edge.bnn", header, tensors))
+
+
+def test_channels_last_images_are_refused_by_the_api(tmp_path):
+    """The API used to reshape (N, 32, 32, 3) images into (N, 3, 32, 32) silently."""
+    torch.manual_seed(0)
+    net = cifar10_convnet(width=0.125).eval()
+    packed = inf.load(inf.export(net, tmp_path / "c.bnn"))
+    x = torch.randint(0, 256, (4, 32, 32, 3), dtype=torch.uint8)
+    for call in (packed.predict, packed.scores):
+        with pytest.raises(
+            ValueError, match=r"channels-last \(N, H, W, C\).*permute\(0, 3, 1, 2\)"
+        ):
+            call(x)
+    assert packed.predict(x.permute(0, 3, 1, 2)).shape == (4,)
+    assert packed.predict(x.permute(0, 3, 1, 2).reshape(4, -1)).shape == (4,)  # flat is fine
+
+
 def test_empty_input(good_file):
     packed = inf.load(good_file)
     assert packed.predict(torch.zeros(0, 784, dtype=torch.uint8)).shape == (0,)
@@ -803,3 +846,23 @@ def test_conv_rows_and_conv_weight_are_inverses(first):
         in_hw=(2, 5), window=Window(kernel=(2, 5), stride=(1, 1), padding=(0, 0)),
     )  # fmt: skip
     assert torch.equal(conv_weight(rows, spec), wb)
+
+
+def test_cli_takes_the_dataset_a_model_records_and_refuses_another(cli_case, tmp_path, capsys):
+    """A model trained on MNIST scored on Fashion-MNIST used to report 91% error, exit 0: the
+    file did not record its data set."""
+    name, model, errors, n = cli_case
+    header, tensors = read_packed(model)
+    header = copy.deepcopy(header)
+    header["metadata"] = {**header.get("metadata", {}), "dataset": name}
+    recorded = write_packed(tmp_path / "recorded.bnn", header, tensors)
+    assert inf.load(recorded).dataset == name and inf.load(model).dataset is None
+    assert inf.main([str(recorded)])["errors"] == errors  # no --dataset: the recorded one
+    other_name = _write_npz(tmp_path / "other.npz", seed=1)[0]
+    with pytest.raises(SystemExit):
+        inf.main([str(recorded), "--dataset", other_name])
+    assert f"was trained on {name}, not {other_name}" in capsys.readouterr().err
+    inf.main([str(recorded), "--dataset", other_name, "--any-dataset"])  # asked for: allowed
+    with pytest.raises(SystemExit):
+        inf.main([str(model)])  # records nothing, says nothing: --dataset is needed
+    assert "does not record its training data set: give --dataset" in capsys.readouterr().err

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -33,25 +32,41 @@ def _parser() -> argparse.ArgumentParser:
         description="Test error of a packed BNN (bnnlib.inference.export) with XNOR-popcount.",
     )
     p.add_argument("model", help="a packed model file (.safetensors) from inference.export")
-    p.add_argument("--dataset", required=True, help=f"dataset name: {', '.join(data.NAMES)}")
+    p.add_argument(
+        "--dataset",
+        help=f"dataset name: {', '.join(data.NAMES)} (default: the one the model file records, "
+        "as published models do)",
+    )
+    p.add_argument(
+        "--any-dataset", action="store_true",
+        help="evaluate on --dataset even if the model records another training set",
+    )  # fmt: skip
     p.add_argument("--data-root", default=None, help="data root (default: $BNN_DATA_DIR)")
-    p.add_argument("--split", default="test", choices=data.SPLITS)
-    p.add_argument("--batch-size", type=int, default=2000)
+    p.add_argument(
+        "--split", default="test", choices=data.SPLITS,
+        help="which split: the test set (default), the paper's train/val cut of the training "
+        "set, or the whole training set (train_full)",
+    )  # fmt: skip
+    p.add_argument(
+        "--batch-size", type=int, default=2000, help="images per call (memory; same result)"
+    )
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    p.add_argument("--first-layer", default="real", choices=("real", "bitplanes"))
+    p.add_argument(
+        "--first-layer", default="real", choices=("real", "bitplanes"),
+        help="how the 8-bit first layer is computed: a float product with the +/-1 weights "
+        "(real) or XNOR-popcount on the 8 bit planes (the paper's Section 2.6); same integers",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return p
 
 
 def _check_shape(packed: PackedNet, ds: data.Dataset) -> str | None:
     """Why the dataset's images do not fit the model's input, or None when they do."""
-    want, got = list(packed.input_shape), list(ds.X.shape[1:])
-    fits = got == want if len(want) == 3 else math.prod(got) == math.prod(want)
-    if fits:
+    if packed.layout_problem(tuple(ds.X.shape)) is None:
         return None
     return (
-        f"the model {packed.source} takes images of shape {tuple(want)}, but {ds.name} "
-        f"{ds.split} images are {tuple(got)}"
+        f"the model {packed.source} takes images of shape {tuple(packed.input_shape)}, but "
+        f"{ds.name} {ds.split} images are {tuple(ds.X.shape[1:])}"
     )
 
 
@@ -87,6 +102,15 @@ def _inputs(args, parser: argparse.ArgumentParser) -> tuple[PackedNet, data.Data
     try:
         backend(args.device)
         packed = load(path)
+        recorded = packed.dataset
+        if args.dataset is None and recorded is None:
+            parser.error(f"{path} does not record its training data set: give --dataset")
+        if args.dataset and recorded and args.dataset != recorded and not args.any_dataset:
+            parser.error(
+                f"{path} was trained on {recorded}, not {args.dataset}: its error there means "
+                "nothing; pass --any-dataset to evaluate it anyway"
+            )
+        args.dataset = args.dataset or recorded
         ds = data.load(args.dataset, args.data_root, split=args.split)
     except (ValueError, OSError, RuntimeError) as e:
         # PackedModelError, an unknown dataset, DataNotFoundError, CorruptDataError, no GPU

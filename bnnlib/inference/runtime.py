@@ -218,13 +218,36 @@ class PackedNet:
             side = BinaryInput()
         output: SignOutput | Affine
         if spec.output == "sign":
-            T, flip = tensors[f"{name}.threshold"], tensors[f"{name}.flip"].bool()
-            if T.shape != (out,) or flip.shape != (out,):
+            T, raw_flip = tensors[f"{name}.threshold"], tensors[f"{name}.flip"]
+            if T.shape != (out,) or raw_flip.shape != (out,):
                 raise ValueError(f"{name}: thresholds do not match {out} outputs")
-            output = SignOutput(*kernel_thresholds(T, flip))
+            cls._check_thresholds(spec, T, raw_flip)
+            output = SignOutput(*kernel_thresholds(T, raw_flip.bool()))
         else:
             output = Affine(*(tensors[f"{name}.{t}"] for t in ("a", "mu", "beta")))
+            for t in ("a", "mu", "beta"):
+                if not bool(torch.isfinite(getattr(output, t)).all()):
+                    raise ValueError(f"{name}.{t} holds NaN or infinite values: a damaged file")
         return PackedLayer(spec=spec, weight=w, input=side, output=output)
+
+    @staticmethod
+    def _check_thresholds(spec: LayerSpec, T: torch.Tensor, flip: torch.Tensor) -> None:
+        """Thresholds an export can write: integers in [-bound, bound + 1] (bound = the largest
+        |pre-activation| of the layer: its fan-in k, 255 k for the 8-bit first layer; bound + 1
+        means "never fires"), flips 0 or 1. Anything else (a threshold past int32, a flip of 2)
+        would give silently wrong predictions."""
+        k = spec.layout.k
+        bound = 255 * k if spec.first else k
+        if T.dtype.is_floating_point or T.dtype == torch.bool:
+            raise ValueError(f"{spec.name}.threshold must hold integers, not {T.dtype}")
+        if bool(((T < -bound) | (T > bound + 1)).any()):
+            lo, hi = int(T.min()), int(T.max())
+            raise ValueError(
+                f"{spec.name}.threshold holds values in [{lo}, {hi}], outside "
+                f"[-{bound}, {bound + 1}] (what a layer of fan-in {k} can reach): a damaged file"
+            )
+        if bool(((flip != 0) & (flip != 1)).any()):
+            raise ValueError(f"{spec.name}.flip must be 0 or 1: a damaged file")
 
     @staticmethod
     def _rows(spec: LayerSpec, w: torch.Tensor) -> torch.Tensor:
@@ -292,15 +315,53 @@ class PackedNet:
 
     # ---- input ----
 
+    @property
+    def dataset(self) -> str | None:
+        """The data set the model was trained on, when its file records it (publish does)."""
+        value = self.header.get("metadata", {}).get("dataset")
+        return value if isinstance(value, str) and value else None
+
+    def layout_problem(self, shape: tuple[int, ...]) -> str | None:
+        """Why a batch of ``shape`` (N, ...) is not images of this model, or None when it is.
+
+        A ConvNet takes its shape (C, H, W), flat (C*H*W,), and (H, W) when C = 1; anything
+        else with the right number of pixels (channels-last (H, W, C) above all) is refused
+        rather than reshaped into the wrong pixels. An MLP takes any per-image shape of its
+        number of inputs but a colour image's channels-last one (H, W, 3), flattened in order."""
+        want = tuple(self.input_shape)
+        per = tuple(shape[1:])
+        if len(shape) < 1:
+            return f"input of shape {tuple(shape)} is not a batch of images"
+        if len(want) == 1:
+            if math.prod(per) != want[0]:
+                return (
+                    f"input of shape {tuple(shape)} does not match this model's {want[0]} "
+                    "inputs per image"
+                )
+            if len(per) == 3 and per[-1] == 3 and per[0] != 3:
+                return (
+                    f"images of shape {tuple(shape)} are channels-last (N, H, W, C); flatten "
+                    "(N, C, H, W) images: pass x.permute(0, 3, 1, 2)"
+                )
+            return None
+        ok = {want, (math.prod(want),)}
+        if want[0] == 1:
+            ok.add(want[1:])
+        if per in ok:
+            return None
+        if len(want) == 3 and per == (want[1], want[2], want[0]):
+            return (
+                f"images of shape {tuple(shape)} are channels-last (N, H, W, C); this model takes "
+                f"(N, {want[0]}, {want[1]}, {want[2]}): pass x.permute(0, 3, 1, 2)"
+            )
+        return f"input of shape {tuple(shape)} does not match this model's {list(want)} per image"
+
     def _images(self, X) -> torch.Tensor:
         x = to_uint8(X)  # stays on its device: images already on the GPU are not copied
-        shape = self.input_shape
-        n_per = math.prod(shape)
-        if x.dim() < 1 or math.prod(x.shape[1:]) != n_per:
-            raise ValueError(
-                f"input of shape {tuple(x.shape)} does not match this model's {shape} per image"
-            )
-        return x.reshape(x.shape[0], *shape)
+        problem = self.layout_problem(tuple(x.shape))
+        if problem:
+            raise ValueError(problem)
+        return x.reshape(x.shape[0], *self.input_shape)
 
     # ---- prediction ----
 
@@ -429,7 +490,7 @@ class PackedNet:
             X = X.numpy()
         if not isinstance(X, np.ndarray) or X.dtype != np.uint8 or X.ndim < 1 or not len(X):
             return None
-        if math.prod(X.shape[1:]) != math.prod(self.input_shape):
+        if self.layout_problem(X.shape) is not None:
             return None  # the general path says what is wrong
         return X.reshape(len(X), -1)
 
