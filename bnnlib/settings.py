@@ -8,6 +8,7 @@ The environment variables bnnlib honours are named and read here only:
   (:data:`RECORD_FILE_VAR`);
 * ``BNN_BOOK_RUN``: set by ``python -m bnnlib.book`` while it runs the notebooks
   (:func:`book_run`: figures then embed what the exported HTML page needs);
+* ``NUMBA_NUM_THREADS``: checked before the kernels import numba (:func:`check_numba_threads`);
 * ``OMP_WAIT_POLICY``: ``PASSIVE`` makes idle OpenMP threads sleep; the fused packed MLP then
   stays on one thread (:func:`omp_passive`).
 
@@ -36,6 +37,7 @@ __all__ = [
     "results_dir_override",
     "record_file",
     "omp_passive",
+    "check_numba_threads",
     "retain_freed_memory",
 ]
 
@@ -68,6 +70,23 @@ def record_file() -> Path | None:
 def book_run() -> bool:
     """True while ``python -m bnnlib.book`` executes the notebooks (``$BNN_BOOK_RUN`` set)."""
     return bool(os.environ.get(BOOK_RUN_VAR))
+
+
+def check_numba_threads() -> None:
+    """``NUMBA_NUM_THREADS``, if set, must be an integer >= 1: numba's own import fails deep
+    inside otherwise, without naming the variable. Called before the kernels import numba."""
+    value = os.environ.get("NUMBA_NUM_THREADS")
+    if value is None or value.strip() == "":
+        return
+    try:
+        ok = int(value) >= 1
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"NUMBA_NUM_THREADS={value!r}: must be an integer >= 1 (1 keeps the CPU kernels on "
+            "one thread); unset it for all cores"
+        )
 
 
 def omp_passive() -> bool:

@@ -481,3 +481,50 @@ def test_real_cifar10_subset(data_root):
     hwc = data.to_uint8(val.X).permute(0, 2, 3, 1)
     assert torch.equal(hwc, torch.from_numpy(raw["x_train"][4577:]))
     assert torch.bincount(test.y).tolist() == [105, 93, 100, 104, 92, 87, 114, 102, 110, 110]
+
+
+# ------------------------------------------------- npz files refused before loading
+
+
+def _npy_header(shape, descr="|u1") -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buf, {"descr": descr, "fortran_order": False, "shape": shape}
+    )
+    return buf.getvalue()
+
+
+def test_an_npz_that_is_not_a_zip_is_named_as_such(tmp_path):
+    """It used to be reported as 'pickled (object) data'."""
+    (tmp_path / "x.npz").write_text("not a zip")
+    with pytest.raises(data.CorruptDataError, match="not an npz file"):
+        data.load(f"npz:{tmp_path / 'x.npz'}")
+
+
+def test_an_npz_header_claiming_a_terabyte_is_refused_before_allocation(tmp_path):
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "huge.npz", "w") as z:  # 1 KB on disk
+        z.writestr("x_train.npy", _npy_header((10**6, 1000, 1000)) + b"\0" * 100)
+        z.writestr("y_train.npy", _npy_header((10**6,)))
+    with pytest.raises(data.CorruptDataError, match="header claims 1,000,000,000,000 bytes"):
+        data.load(f"npz:{tmp_path / 'huge.npz'}")
+
+
+def test_a_deflate_bomb_is_refused_from_its_unpacked_size(tmp_path, monkeypatch):
+    """A small deflated archive that unpacks to more than the limit (lowered here to 1 MB: a
+    real bomb of gigabytes behaves the same) is refused before numpy inflates it."""
+    import zipfile
+
+    from bnnlib.data import files
+
+    monkeypatch.setattr(files, "MAX_NPZ_ARRAY_BYTES", 1 << 20)
+    x = np.zeros((64, 128, 128, 1), np.uint8)  # 1 MB of zeros: deflates to about 1 KB
+    np.savez_compressed(tmp_path / "bomb.npz", x_train=x, y_train=np.zeros(64, np.int64),
+                        x_test=x[:2], y_test=np.zeros(2, np.int64))  # fmt: skip
+    assert (tmp_path / "bomb.npz").stat().st_size < 50_000
+    with pytest.raises(data.CorruptDataError, match="x_train unpacks to 1,048,704 bytes"):
+        data.load(f"npz:{tmp_path / 'bomb.npz'}")
+    assert zipfile.is_zipfile(tmp_path / "bomb.npz")

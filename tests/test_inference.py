@@ -866,3 +866,21 @@ def test_cli_takes_the_dataset_a_model_records_and_refuses_another(cli_case, tmp
     with pytest.raises(SystemExit):
         inf.main([str(model)])  # records nothing, says nothing: --dataset is needed
     assert "does not record its training data set: give --dataset" in capsys.readouterr().err
+
+
+def test_a_model_claiming_too_many_classes_is_refused_before_allocation(good_file, tmp_path):
+    """A 32 MB model claiming 10^6 classes used to try to allocate 8 GB."""
+    header, tensors = read_packed(good_file)
+    header = copy.deepcopy(header)
+    header["layers"][-1]["out_features"] = 10**6
+    header["num_classes"] = 10**6
+    _expect_error(write_packed(tmp_path / "wide.bnn", header, tensors), "1000000 classes")
+
+
+def test_numba_threads_zero_is_one_clear_error():
+    env = dict(os.environ, NUMBA_NUM_THREADS="0")
+    out = subprocess.run(
+        [sys.executable, "-c", "import bnnlib.kernels"], env=env, capture_output=True, text=True
+    )
+    assert out.returncode != 0
+    assert "NUMBA_NUM_THREADS='0': must be an integer >= 1" in out.stderr

@@ -11,6 +11,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from test_train import _Stop, _stop_after, run, tiny_net, write_tiny_npz
@@ -471,3 +472,52 @@ def test_a_dangling_symlink_out_is_named_as_such(tiny, tmp_path, capsys):
     link.symlink_to(tmp_path / "gone")
     err = _cli_error(_argv(name, link), capsys)
     assert f"--out {link} is a symbolic link to {tmp_path / 'gone'}, which does not exist" in err
+
+
+def test_a_batch_larger_than_the_training_set_is_one_error(tiny, capsys):
+    """--batch-size 5000 --train-size 2000 used to end in a traceback."""
+    name, out = tiny
+    err = _cli_error([*_argv(name, out), "--train-size", "50", "--batch-size", "80"], capsys)
+    assert "the training set (50 images) is smaller than one batch (80)" in err
+    assert "Traceback" not in err
+
+
+def test_test_images_of_another_shape_are_refused_before_training(tmp_path, capsys):
+    """Test images 9 x 9 beside training images 8 x 8 used to fail after the first epoch."""
+    g = np.random.default_rng(0)
+    np.savez(
+        tmp_path / "odd.npz",
+        x_train=g.integers(0, 255, (60, 8, 8, 1)).astype(np.uint8), y_train=np.arange(60) % 3,
+        x_test=g.integers(0, 255, (20, 9, 9, 1)).astype(np.uint8), y_test=np.arange(20) % 3,
+    )  # fmt: skip
+    err = _cli_error(_argv(f"npz:{tmp_path / 'odd.npz'}", tmp_path / "run"), capsys)
+    assert "the splits hold images of different shapes" in err and "(1, 9, 9)" in err
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_a_full_disk_while_checkpointing_is_one_error_and_the_checkpoint_survives(
+    tiny, capsys, monkeypatch
+):
+    """It used to print three chained tracebacks."""
+    name, out = tiny
+    train_cli.main(_argv(name, out, "--max-time", "1e-9"))  # stops after epoch 1 of 2
+    before = (out / "checkpoint.pt").read_bytes()
+    real = torch.save
+
+    def full(obj, f, *a, **k):
+        if isinstance(obj, dict) and "optimizer" in obj:
+            raise OSError(28, "No space left on device", str(out / "checkpoint.pt"))
+        return real(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", full)
+    err = _cli_error([*_argv(name, out), "--resume"], capsys)
+    assert "No space left on device" in err and "--resume" in err
+    assert err.count("Traceback") == 0
+    assert (out / "checkpoint.pt").read_bytes() == before
+
+
+def test_a_non_utf8_out_is_refused_before_training(tiny, capsys, tmp_path):
+    name, _ = tiny
+    out = os.fsdecode(bytes(tmp_path) + b"/run\xff")
+    err = _cli_error(_argv(name, out), capsys)
+    assert "is not valid UTF-8" in err

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["CorruptDataError", "read_idx", "read_cifar_batch", "restricted_load"]
-__all__ += ["MAX_IDX_BYTES", "MAX_CLASSES"]
+__all__ += ["MAX_IDX_BYTES", "MAX_CLASSES", "MAX_NPZ_ARRAY_BYTES"]
 
 
 class CorruptDataError(ValueError):
@@ -293,9 +293,54 @@ def read_svhn(root: Path, train: bool) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(X.transpose(3, 2, 0, 1), dtype=np.uint8), y % 10
 
 
+#: The most bytes one array of an npz dataset may hold once loaded (SVHN's 604,388 training
+#: images are 1.9 GB); checked from the archive's headers before anything is allocated.
+MAX_NPZ_ARRAY_BYTES = 1 << 32
+
+
+def _check_npz_sizes(path: Path, keys: tuple[str, ...]) -> None:
+    """Refuse, before loading, an npz that is not a zip archive, or whose arrays would take
+    more than :data:`MAX_NPZ_ARRAY_BYTES` (a header claiming 10^12 bytes, a deflate bomb)."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        raise CorruptDataError(f"{path}: not an npz file (an npz is a zip archive of .npy arrays)")
+    try:
+        with zipfile.ZipFile(path) as z:
+            for key in keys:
+                try:
+                    info = z.getinfo(f"{key}.npy")
+                except KeyError:
+                    continue  # reported as missing below
+                if info.file_size > MAX_NPZ_ARRAY_BYTES:
+                    raise CorruptDataError(
+                        f"{path}: {key} unpacks to {info.file_size:,} bytes, over the limit of "
+                        f"{MAX_NPZ_ARRAY_BYTES:,} (bnnlib.data.files.MAX_NPZ_ARRAY_BYTES)"
+                    )
+                with z.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    read = (
+                        np.lib.format.read_array_header_1_0
+                        if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0
+                    )
+                    shape, _, dtype = read(f)
+                n = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+                if n > min(MAX_NPZ_ARRAY_BYTES, info.file_size):
+                    raise CorruptDataError(
+                        f"{path}: {key}'s header claims {n:,} bytes, but the archive holds "
+                        f"{info.file_size:,} for it (limit {MAX_NPZ_ARRAY_BYTES:,}): damaged"
+                    )
+    except (zipfile.BadZipFile, ValueError, OSError) as e:
+        if isinstance(e, CorruptDataError):
+            raise
+        raise CorruptDataError(f"{path}: cannot read the npz file ({e})") from e
+
+
 def read_npz(path: Path, train: bool) -> tuple[np.ndarray, np.ndarray]:
     """(x, y) of one split of an npz dataset; y checked against y_train's classes."""
     keys = ("x_train", "y_train") if train else ("x_test", "y_test")
+    _check_npz_sizes(path, keys)
     try:
         with np.load(path, allow_pickle=False) as f:
             missing = [k for k in keys if k not in f.files]

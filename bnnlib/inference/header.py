@@ -22,7 +22,7 @@ from bnnlib.inference.spec import (
     linear_layout,
 )
 
-__all__ = ["check_header", "MAX_SIDE", "MAX_ELEMENTS", "MAX_LAYERS"]
+__all__ = ["check_header", "MAX_SIDE", "MAX_ELEMENTS", "MAX_LAYERS", "MAX_CLASSES"]
 
 
 #: The largest input image side a packed model may declare (pixels).
@@ -31,6 +31,8 @@ MAX_SIDE = 4096
 #: the load-time tables (first-layer weight sums, padding corrections) are this large.
 MAX_ELEMENTS = 1 << 26
 MAX_LAYERS = 1024
+#: The most classes a packed model may have (its scores are float64 per image and class).
+MAX_CLASSES = 100_000
 
 
 def _elements(n: int, what: str) -> None:
@@ -142,6 +144,11 @@ def check_header(header: dict, tensors: dict[str, torch.Tensor]) -> list[LayerSp
         expected.update(want)
     if header.get("num_classes") != c:
         raise ValueError(f"num_classes is {header.get('num_classes')!r}, the last layer gives {c}")
+    if c > MAX_CLASSES:
+        raise ValueError(
+            f"{c} classes; this reader takes models of up to {MAX_CLASSES} classes "
+            "(bnnlib.inference.header.MAX_CLASSES)"
+        )
     extra, missing = sorted(set(tensors) - set(expected)), sorted(set(expected) - set(tensors))
     if extra or missing:
         raise ValueError(f"tensors not in the header: {extra[:5]}; missing: {missing[:5]}")

@@ -14,7 +14,11 @@ versions are in :mod:`bnnlib.kernels.cuda`.
 True
 """
 
-from bnnlib.kernels.packing import (
+from bnnlib import settings
+
+settings.check_numba_threads()  # numba reads it at import and fails without naming it
+
+from bnnlib.kernels.packing import (  # noqa: E402
     check_pm1,
     num_words,
     pack,
@@ -23,7 +27,7 @@ from bnnlib.kernels.packing import (
     unpack,
     words_as_int64,
 )
-from bnnlib.kernels.xnor import bitplane_dot, hamming_gemm, popcount_rows, xnor_gemm
+from bnnlib.kernels.xnor import bitplane_dot, hamming_gemm, popcount_rows, xnor_gemm  # noqa: E402
 
 __all__ = [
     "pack",

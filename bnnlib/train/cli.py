@@ -49,7 +49,7 @@ from bnnlib.nn import models
 from bnnlib.train.checkpoint import CheckpointError
 from bnnlib.train.config import RunConfig
 from bnnlib.train.history import History
-from bnnlib.train.loop import OPTIMIZERS, NonFiniteLossError
+from bnnlib.train.loop import OPTIMIZERS, FitSetupError, NonFiniteLossError
 from bnnlib.train.run import DataError, RunOptions, train
 from bnnlib.train.runfolder import RunConfigError, RunFolderError
 
@@ -337,6 +337,11 @@ def main(argv: list[str] | None = None) -> History:
         parser.error("--overwrite needs --out")
     if args.out is not None and not args.out.strip():
         parser.error("--out is empty (an unset variable?): give a folder, or leave --out out")
+    if args.out is not None:
+        try:
+            args.out.encode("utf-8")
+        except UnicodeEncodeError:
+            parser.error(f"--out {args.out!r} is not valid UTF-8: choose another folder name")
     try:
         config = resolve_settings(args)
     except ValueError as e:
@@ -360,7 +365,15 @@ def main(argv: list[str] | None = None) -> History:
         return train(config, options)
     except DataError as e:
         parser.error(str(e))
-    except (RunFolderError, RunConfigError, CheckpointError) as e:
+    except (RunFolderError, RunConfigError, CheckpointError, FitSetupError) as e:
         _fail(parser, str(e))
     except NonFiniteLossError as e:
         _fail(parser, str(e), status=1)
+    except OSError as e:  # a full disk or a folder gone while writing a checkpoint
+        where = f" {e.filename}" if e.filename else ""
+        _fail(
+            parser,
+            f"cannot write{where}: {e.strerror or e}; the run stopped, its last checkpoint is "
+            "intact: free space and continue it with --resume",
+            status=1,
+        )

@@ -101,6 +101,11 @@ from bnnlib.train.runfolder import (
 )
 
 __all__ = ["fit", "evaluate", "predict", "make_optimizer", "make_scheduler", "NonFiniteLossError"]
+__all__ += ["FitSetupError"]
+
+
+class FitSetupError(ValueError):
+    """The numbers given to :func:`fit` cannot make a run (checked before anything starts)."""
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -287,7 +292,7 @@ def _positive(name: str, value, integer: bool = False) -> None:
     ok = isinstance(value, int) if integer else isinstance(value, (int, float))
     if not ok or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
         kind = "a positive integer" if integer else "a finite number > 0"
-        raise ValueError(f"{name} must be {kind}, got {value!r}")
+        raise FitSetupError(f"{name} must be {kind}, got {value!r}")
 
 
 def _check_fit(num_epochs: int, batch_size: int, n_train: int, world: int, **more) -> None:
@@ -298,9 +303,12 @@ def _check_fit(num_epochs: int, batch_size: int, n_train: int, world: int, **mor
         if value is not None:
             _positive(name, value, integer=name in ("lr_halve_every", "eval_batch_size"))
     if n_train < batch_size:
-        raise ValueError(f"the training set ({n_train}) is smaller than one batch ({batch_size})")
+        raise FitSetupError(
+            f"the training set ({n_train} images) is smaller than one batch ({batch_size}): "
+            "lower --batch-size or raise --train-size"
+        )
     if batch_size % world:
-        raise ValueError(f"batch_size {batch_size} must be a multiple of the {world} processes")
+        raise FitSetupError(f"batch_size {batch_size} must be a multiple of the {world} processes")
 
 
 def _start(net: nn.Module, config: dict, device: torch.device, rank: int, world: int) -> _Run:

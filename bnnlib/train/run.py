@@ -114,6 +114,12 @@ def _train(config: RunConfig, options: RunOptions) -> History:
             train_set, val, test = config.load_data(options.data_root)
         except (ValueError, FileNotFoundError) as e:
             raise DataError(str(e)) from e
+        shapes = {d.split: tuple(d.shape) for d in (train_set, val, test) if d is not None}
+        if len(set(shapes.values())) > 1:
+            raise DataError(
+                f"{config.dataset}: the splits hold images of different shapes {shapes}; the "
+                "test images must have the training images' shape"
+            )
         torch.manual_seed(config.seed)  # the initial weights
         net = config.build_model(train_set.shape, train_set.num_classes)
         out = Path(options.out) if options.out is not None else None
