@@ -224,3 +224,8 @@ def test_dry_run_refuses_bad_flags(tmp_path, capsys, flags, message):
         gpucheck.main(argv)
     assert e.value.code != 0
     assert message in capsys.readouterr().err + str(e.value.code)
+
+
+def test_an_unwritable_out_is_one_error(capsys):
+    assert gpucheck.main(["--out", "/proc/bnnlib-cannot-write/g", "--dry-run"]) == 2
+    assert "cannot write to --out /proc/bnnlib-cannot-write/g" in capsys.readouterr().err

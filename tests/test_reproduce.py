@@ -87,3 +87,9 @@ def test_bad_minutes_are_refused(tmp_path, capsys, flag, value):
         reproduce.main(["--out", str(tmp_path / "r"), flag, value])
     assert f"argument {flag}: must be" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_an_unwritable_out_is_one_error(capsys):
+    with pytest.raises(SystemExit):
+        reproduce.main(["--out", "/proc/bnnlib-cannot-write/r", "--rehearse"])
+    assert "cannot write to --out /proc/bnnlib-cannot-write/r" in capsys.readouterr().err

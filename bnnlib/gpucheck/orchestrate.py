@@ -202,7 +202,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.step:
         return worker(args.step, args)
     t_start = time.monotonic()
-    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / ".write-test").touch()
+        (args.out / ".write-test").unlink()
+    except OSError as e:
+        print(f"python -m bnnlib.gpucheck: cannot write to --out {args.out}: {e.strerror or e}",
+              file=sys.stderr)  # fmt: skip
+        return 2
     log = _Log(args.out / "gpucheck.log", t_start)
     doc = _skeleton(args, argv, plan(args))
 

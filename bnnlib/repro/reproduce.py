@@ -262,7 +262,12 @@ def main(argv: list[str] | None = None) -> dict:
     for model in ("mnist_mlp", "cifar10_convnet"):
         if (out / model / "run.json").exists() or (work / model / "checkpoint.pt").exists():
             parser.error(f"{out} (or {work}) holds an earlier reproduction; choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / ".write-test").touch()
+        (out / ".write-test").unlink()
+    except OSError as e:
+        parser.error(f"cannot write to --out {out}: {e.strerror or e}")
     device = as_device(args.device)
     command = "python -m bnnlib.repro.reproduce " + shlex.join(
         sys.argv[1:] if argv is None else list(argv)
