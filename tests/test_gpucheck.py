@@ -208,10 +208,10 @@ def test_judging_bench_results():
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["--n", "0"], "--n: must be > 0"),
-        (["--hidden", "-3"], "--hidden: must be > 0"),
-        (["--repeats", "0"], "--repeats: must be > 0"),
-        (["--budget", "-1"], "--budget: must be > 0"),
+        (["--n", "0"], "--n: must be an integer >= 1"),
+        (["--hidden", "-3"], "--hidden: must be an integer >= 1"),
+        (["--repeats", "0"], "--repeats: must be an integer >= 1"),
+        (["--budget", "-1"], "--budget: must be a finite number > 0"),
         (["--timeout", "pytest=-5"], "SECONDS must be a number > 0"),
         (["--model-path", "/nonexistent"], "--model-path /nonexistent: no such file"),
         (["--out", ""], "--out is empty"),

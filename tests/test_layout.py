@@ -45,7 +45,7 @@ def private_uses(path: Path) -> list[str]:
                 full = f"{node.module}.{a.name}"
                 if _is_bnnlib_module(full):
                     aliases[a.asname or a.name] = full
-                elif a.name.startswith("_") and node.module != here:
+                elif a.name.startswith("_") and not a.name.startswith("__") and node.module != here:
                     found.append(f"{path.name}:{node.lineno}: from {node.module} import {a.name}")
         elif isinstance(node, ast.Import):
             for a in node.names:

@@ -85,7 +85,7 @@ def test_cifar10_falls_back_to_the_subset(tmp_path):
 def test_bad_minutes_are_refused(tmp_path, capsys, flag, value):
     with pytest.raises(SystemExit):
         reproduce.main(["--out", str(tmp_path / "r"), flag, value])
-    assert f"argument {flag}: must be" in capsys.readouterr().err
+    assert f"argument {flag}: must be a finite number" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
 
 

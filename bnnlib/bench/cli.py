@@ -44,6 +44,7 @@ from pathlib import Path
 
 import torch
 
+from bnnlib import cliargs
 from bnnlib.bench.common import (
     loadavg,
     machine_info,
@@ -81,12 +82,6 @@ def _bench_gemm_cpu(sizes: list[int], quick: bool) -> dict:
 # --------------------------------------------------------------------------- CLI
 
 
-def _out_path(text: str) -> str:
-    if not text.strip():
-        raise argparse.ArgumentTypeError("is empty (an unset variable?); give a JSON file path")
-    return text
-
-
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bnnlib.bench",
@@ -106,7 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-conv", action="store_true", help="latency: leave out the ConvNet")
     p.add_argument(
-        "--out", type=_out_path,
+        "--out", type=cliargs.nonempty,
         help="JSON path (default build/bench/bench_<device>.json; results/... to update the "
         "committed figures)",
     )  # fmt: skip

@@ -12,6 +12,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from bnnlib import cliargs
+
 REPO = Path(__file__).resolve().parents[2]
 RESULT_TAG = "GPUCHECK-RESULT "
 BEGIN_TAG = "GPUCHECK-KERNEL-BEGIN "
@@ -117,21 +119,6 @@ def plan(args) -> list[dict]:
 # --------------------------------------------------------------------------- arguments
 
 
-def _positive(kind):
-    """argparse type: a finite number of ``kind`` > 0, else a clear error."""
-
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-        if not (value > 0 and value < float("inf")):
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
-        return value
-
-    return parse
-
-
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bnnlib.gpucheck",
@@ -151,15 +138,18 @@ def _parser() -> argparse.ArgumentParser:
         help="override a step's timeout, e.g. --timeout pytest=120",
     )
     p.add_argument(
-        "--budget", type=_positive(float), default=BUDGET_S, help="seconds for all steps together"
+        "--budget",
+        type=cliargs.positive_float,
+        default=BUDGET_S,
+        help="seconds for all steps together",
     )
     p.add_argument("--quick", action="store_true", help="small sizes (gemm 2048, MLP hidden 1024)")
-    p.add_argument("--n", type=_positive(int), help="gemm size M = N = K (default 8192)")
-    p.add_argument("--hidden", type=_positive(int), help="MLP hidden units (default 4096)")
-    p.add_argument("--repeats", type=_positive(int), help="timed repeats (default 5)")
-    p.add_argument("--n-test", type=_positive(int), help="test images (default all 10,000)")
+    p.add_argument("--n", type=cliargs.positive_int, help="gemm size M = N = K (default 8192)")
+    p.add_argument("--hidden", type=cliargs.positive_int, help="MLP hidden units (default 4096)")
+    p.add_argument("--repeats", type=cliargs.positive_int, help="timed repeats (default 5)")
+    p.add_argument("--n-test", type=cliargs.positive_int, help="test images (default all 10,000)")
     p.add_argument(
-        "--n-calib", type=_positive(int), help="training images for the BN statistics (5000)"
+        "--n-calib", type=cliargs.positive_int, help="training images for the BN statistics (5000)"
     )
     p.add_argument("--data-root", help="data folder (default $BNN_DATA_DIR)")
     p.add_argument("--model-path", help="a trained mnist_mlp state dict instead of a random one")

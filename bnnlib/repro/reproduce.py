@@ -43,8 +43,8 @@ from pathlib import Path
 
 import torch
 
+from bnnlib import cliargs, inference
 from bnnlib import data as bdata
-from bnnlib import inference
 from bnnlib.files import atomic_write, read_json
 from bnnlib.hardware import hardware
 from bnnlib.repro.publish import publish
@@ -93,22 +93,6 @@ class _Tee:
         return False
 
 
-def _minutes(zero_ok: bool):
-    """argparse type: finite minutes, > 0 (the budget) or >= 0 (``zero_ok``: the reserves)."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be a number of minutes, got {text!r}") from None
-        if not ((value >= 0 if zero_ok else value > 0) and value < float("inf")):
-            bound = ">= 0" if zero_ok else "> 0"
-            raise argparse.ArgumentTypeError(f"must be {bound} minutes, got {text!r}")
-        return value
-
-    return parse
-
-
 def _parser_reproduce() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bnnlib.repro.reproduce",
@@ -117,14 +101,14 @@ def _parser_reproduce() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="output folder (must not hold a reproduction)")
     p.add_argument(
-        "--max-minutes", type=_minutes(False), default=60.0, help="wall-clock budget, all in"
+        "--max-minutes", type=cliargs.positive_float, default=60.0, help="wall-clock budget, all in"
     )
     p.add_argument(
-        "--reserve-minutes", type=_minutes(True), default=1.5,
+        "--reserve-minutes", type=cliargs.nonnegative_float, default=1.5,
         help="time kept back from training for the exports and checks (default 1.5)",
     )  # fmt: skip
     p.add_argument(
-        "--min-cifar-minutes", type=_minutes(True), default=1.0,
+        "--min-cifar-minutes", type=cliargs.nonnegative_float, default=1.0,
         help="time kept back from MNIST for the ConvNet (default 1; 0 skips it when MNIST "
         "uses everything)",
     )  # fmt: skip

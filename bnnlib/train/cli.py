@@ -39,12 +39,12 @@ learning rates, width, time limit: finite and > 0; dropout in [0, 1)).
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
 from bnnlib import data as bdata
 from bnnlib import paper
+from bnnlib.cliargs import fraction, nonnegative_int, positive_float, positive_int
 from bnnlib.nn import models
 from bnnlib.train.checkpoint import CheckpointError
 from bnnlib.train.config import RunConfig
@@ -95,42 +95,6 @@ PRESETS = {
 # ------------------------------------------------------------------ checked numbers
 
 
-def _number(text: str, integer: bool) -> float | int:
-    try:
-        return int(text) if integer else float(text)
-    except ValueError:
-        kind = "an integer" if integer else "a number"
-        raise argparse.ArgumentTypeError(f"must be {kind}, got {text!r}") from None
-
-
-def _positive_int(text: str) -> int:
-    value = _number(text, True)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
-    return value
-
-
-def _nonnegative_int(text: str) -> int:
-    value = _number(text, True)
-    if not 0 <= value < 2**63:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = _number(text, False)
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    value = _number(text, False)
-    if not 0 <= value < 1:  # NaN fails too
-        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1), got {text!r}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bnnlib.train",
@@ -156,25 +120,29 @@ def _data_and_model_options(p: argparse.ArgumentParser) -> None:
         "(default: mnist for mnist_mlp, cifar10 for cifar10_convnet, svhn for svhn_convnet)",
     )
     p.add_argument("--data-root", help=f"data folder (default: ${bdata.ENV_VAR}, else ~/.cache)")
-    p.add_argument("--hidden", type=_positive_int, help="MLP hidden units (paper: 4096)")
-    p.add_argument("--depth", type=_nonnegative_int, default=3, help="MLP hidden layers (paper: 3)")
-    p.add_argument("--dropout-in", type=_fraction, help="MLP input dropout (paper: 0.2)")
+    p.add_argument("--hidden", type=positive_int, help="MLP hidden units (paper: 4096)")
+    p.add_argument("--depth", type=nonnegative_int, default=3, help="MLP hidden layers (paper: 3)")
+    p.add_argument("--dropout-in", type=fraction, help="MLP input dropout (paper: 0.2)")
     p.add_argument(
-        "--dropout-hidden", type=_fraction, help="MLP hidden dropout (paper: 0.5; see --recipe)"
+        "--dropout-hidden",
+        type=fraction,
+        help="MLP hidden dropout (paper: 0.5; see --recipe)",
     )
-    p.add_argument("--width", type=_positive_float, default=1.0, help="ConvNet width multiplier")
+    p.add_argument("--width", type=positive_float, default=1.0, help="ConvNet width multiplier")
 
 
 def _schedule_options(p: argparse.ArgumentParser) -> None:
     """Epochs, batch and learning rates, and which defaults they take."""
-    p.add_argument("--epochs", type=_positive_int, help="number of epochs (default: the paper's)")
+    p.add_argument("--epochs", type=positive_int, help="number of epochs (default: the paper's)")
     p.add_argument(
-        "--batch-size", type=_positive_int, help="global mini-batch size (default: the paper's)"
+        "--batch-size",
+        type=positive_int,
+        help="global mini-batch size (default: the paper's)",
     )
     p.add_argument(
-        "--lr-start", type=_positive_float, help="first epoch's LR (default: the paper's)"
+        "--lr-start", type=positive_float, help="first epoch's LR (default: the paper's)"
     )
-    p.add_argument("--lr-end", type=_positive_float, help="LR after the last epoch (see --recipe)")
+    p.add_argument("--lr-end", type=positive_float, help="LR after the last epoch (see --recipe)")
     p.add_argument(
         "--recipe",
         choices=("auto", "paper", "short"),
@@ -199,7 +167,7 @@ def _method_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optimizer", choices=OPTIMIZERS, help="default: adam")
     p.add_argument("--batchnorm", choices=("standard", "shift"), help="default: standard")
     p.add_argument(
-        "--lr-halve-every", type=_positive_int,
+        "--lr-halve-every", type=positive_int,
         help="halve the LR every N epochs (Torch7) instead of the exponential decay",
     )  # fmt: skip
 
@@ -219,7 +187,7 @@ def _variant_options(p: argparse.ArgumentParser) -> None:
         help="stochastic binarization of the weights (training only)",
     )  # fmt: skip
     p.add_argument(
-        "--max-time", type=_positive_float, help="seconds; stop cleanly at the last epoch boundary "
+        "--max-time", type=positive_float, help="seconds; stop cleanly at the last epoch boundary "
         "that fits (history.json says so)",
     )  # fmt: skip
     p.add_argument("--float", action="store_true", help="train the float twin (no binarization)")
@@ -229,17 +197,17 @@ def _variant_options(p: argparse.ArgumentParser) -> None:
         "(default: on with a GPU)",
     )  # fmt: skip
     p.add_argument(
-        "--eval-batch-size", type=_positive_int, help="default: 1000 (10,000 with --fast)"
+        "--eval-batch-size", type=positive_int, help="default: 1000 (10,000 with --fast)"
     )
     p.add_argument(
-        "--train-size", type=_positive_int, help="train on the first N training images only "
+        "--train-size", type=positive_int, help="train on the first N training images only "
         "(a reduced run, labelled so in the history's data line)",
     )  # fmt: skip
 
 
 def _run_options(p: argparse.ArgumentParser) -> None:
     """Seed, device, and the run folder."""
-    p.add_argument("--seed", type=_nonnegative_int, default=0)
+    p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--out", help="folder for history.json, checkpoint.pt, model.pt, best_model.pt")
     p.add_argument(
