@@ -96,7 +96,7 @@ KERNELS = {
     "mlp_xnor_over_baseline": 7.0,
 }
 MEMORY_RATIO = 32.0  # binary weights vs float32
-#: Section 5 on dedicated hardware: repeated filters could cut XNOR-popcount operations by ~3x.
+#: Section 3.3 on dedicated hardware: repeated filters could cut XNOR-popcount operations by ~3x.
 FILTER_REDUCTION = 3.0
 
 #: Table 2 (Horowitz, 2014, 45 nm): energy of one operation in pJ.
@@ -261,11 +261,16 @@ def error_interval(errors: Sequence[int], n: int) -> Interval:
     same test set) with its 95% interval.
 
     One seed: the Wilson score interval of a binomial proportion (the test set as a sample of
-    n images). Several seeds: mean +/- 1.96 sqrt(p(1-p)/n + s^2/k), p the mean error, s^2 the
+    n images). Several seeds: mean +/- t sqrt(p(1-p)/n + s^2/k), p the mean error, s^2 the
     sample variance of the k seeds' errors: the test set's sampling noise (one test set, so
-    /n, not /kn) plus the seeds' spread. With two seeds s^2 rests on one degree of freedom,
-    so the interval is a rough one; it is stated as such.
+    /n, not /kn) plus the seeds' spread, with t the 97.5% quantile of Student's t on the
+    Welch-Satterthwaite degrees of freedom (the binomial term counts as known; s^2 has k - 1):
+    with two seeds whose spread dominates, t approaches 12.7, not 1.96.
     """
+    if isinstance(errors, (int, float)) or any(
+        isinstance(e, bool) or not float(e).is_integer() for e in errors
+    ):
+        raise ValueError(f"errors must be whole counts of test images, got {errors!r}")
     errors = [int(e) for e in errors]
     if not errors or n <= 0 or any(not 0 <= e <= n for e in errors):
         raise ValueError(f"errors {errors} of n={n} test images: need 0 <= errors <= n, n > 0")
@@ -275,13 +280,23 @@ def error_interval(errors: Sequence[int], n: int) -> Interval:
     if k == 1:
         low, high = _wilson(errors[0], n)
         return Interval(mean, low, high, f"Wilson 95% interval, binomial on {n:,} test images")
-    var = sum((r - mean) ** 2 for r in rates) / (k - 1)
-    half = Z95 * math.sqrt(mean * (1 - mean) / n + var / k)
+    binomial = mean * (1 - mean) / n
+    seeds = sum((r - mean) ** 2 for r in rates) / (k - 1) / k
+    var = binomial + seeds
+    df = float("inf") if seeds == 0 else var**2 / (seeds**2 / (k - 1))
+    t = Z95 if math.isinf(df) else _t975(df)
+    half = t * math.sqrt(var)
     return Interval(
         mean, max(0.0, mean - half), min(1.0, mean + half),
-        f"mean of {k} seeds +/- 1.96 sqrt(p(1-p)/{n:,} + s^2/{k}) (test-set binomial noise "
-        f"plus the seeds' spread; s^2 on {k - 1} degree(s) of freedom)",
+        f"mean of {k} seeds +/- t sqrt(p(1-p)/{n:,} + s^2/{k}), t = {t:.2f} (Student, "
+        f"{df:.1f} Welch-Satterthwaite degrees of freedom): test-set noise plus the seeds' spread",
     )  # fmt: skip
+
+
+def _t975(df: float) -> float:
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, df))
 
 
 def gap_interval(errors_a: int, errors_b: int, n: int, discordant: int | None = None) -> Interval:
@@ -296,9 +311,12 @@ def gap_interval(errors_a: int, errors_b: int, n: int, discordant: int | None = 
         raise ValueError(f"errors {errors_a}, {errors_b} of n={n}: need 0 <= errors <= n")
     gap = (errors_a - errors_b) / n
     if discordant is not None:
-        if not abs(errors_a - errors_b) <= discordant <= errors_a + errors_b:
-            raise ValueError(f"{discordant} discordant images cannot give errors {errors_a}, "
-                             f"{errors_b}")  # fmt: skip
+        possible = abs(errors_a - errors_b) <= discordant <= min(errors_a + errors_b, n)
+        if not possible or (discordant - errors_a - errors_b) % 2:
+            raise ValueError(
+                f"{discordant} discordant images cannot give errors {errors_a} and {errors_b} "
+                f"on {n} images"
+            )
         var = (discordant - (errors_a - errors_b) ** 2 / n) / n**2
         method = f"paired (McNemar) 95% interval on {n:,} test images"
     else:

@@ -1,6 +1,8 @@
 """Process-wide settings, read in one place.
 
-The environment variables bnnlib honours are named and read here only:
+The environment variables that configure bnnlib are named and read here (torchrun's
+``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` and CUDA's ``CUDA_HOME`` are read where they are used,
+by the protocols they belong to; benchmarks record a few others with their figures):
 
 * ``BNN_DATA_DIR``: the data root when none is given (:data:`DATA_DIR_VAR`);
 * ``BNN_RESULTS_DIR``: the committed ``results/`` folder (:data:`RESULTS_DIR_VAR`);

@@ -9,7 +9,10 @@ import nbformat
 import pytest
 
 from bnnlib import paper
+from bnnlib.book import notebooks as book_notebooks
+from bnnlib.book import results as book_results
 from bnnlib.book import runner as book
+from bnnlib.book import site as book_site
 
 
 def _tiny_notebook(path: Path, body: str) -> None:
@@ -36,12 +39,12 @@ def _tiny_notebook(path: Path, body: str) -> None:
     ],
 )
 def test_parameters_cell_rules(source, problem):
-    with pytest.raises(book.BookError, match=problem):
-        book.parameters(source)
+    with pytest.raises(book_notebooks.BookError, match=problem):
+        book_notebooks.parameters(source)
 
 
 def test_parameters_parse():
-    got = book.parameters(
+    got = book_notebooks.parameters(
         'SEED = 0  # seed\n\n# a section\nNAME = "a # b"  # the name\nX = 3e-7  # x'
     )
     assert got == {"SEED": (0, "seed"), "NAME": ("a # b", "the name"), "X": (3e-7, "x")}
@@ -56,24 +59,24 @@ def test_yaml_names_and_types_are_checked(tmp_path):
     (tmp_path / "params").mkdir()
     yaml_file = tmp_path / "params" / "01_x.full.yaml"
     yaml_file.write_text("LR: 1\nN: 3\n")
-    assert book.profile_parameters(path, "full") == {"LR": 1, "N": 3}
+    assert book_notebooks.profile_parameters(path, "full") == {"LR": 1, "N": 3}
     yaml_file.write_text("LRR: 0.1\n")
-    with pytest.raises(book.BookError, match="not a parameter"):
-        book.profile_parameters(path, "full")
+    with pytest.raises(book_notebooks.BookError, match="not a parameter"):
+        book_notebooks.profile_parameters(path, "full")
     yaml_file.write_text("LR: 3e-7\n")  # YAML 1.1 reads this as a string
-    with pytest.raises(book.BookError, match="type"):
-        book.profile_parameters(path, "full")
+    with pytest.raises(book_notebooks.BookError, match="type"):
+        book_notebooks.profile_parameters(path, "full")
 
 
 def test_offline_check_finds_remote_references():
-    assert book.offline_problems('<script src="data.js"></script><p>https://cdn.x</p>') == []
+    assert book_site.offline_problems('<script src="data.js"></script><p>https://cdn.x</p>') == []
     for page in (
         '<script src="https://cdn.plot.ly/plotly.min.js"></script>',
         "<script type='text/javascript' src='//cdnjs.cloudflare.com/require.js'></script>",
         '<link rel="stylesheet" href="https://fonts.googleapis.com/css">',
         '<script type="module">await import("https://cdn.jsdelivr.net/x.mjs")</script>',
     ):
-        assert book.offline_problems(page), page
+        assert book_site.offline_problems(page), page
 
 
 @pytest.mark.notebooks
@@ -99,18 +102,18 @@ def test_runner_collects_results_exports_html_and_names_a_failing_cell(tmp_path,
     md = (out / "results.md").read_text()
     assert md.index("## The paper vs this book") < md.index("## Appendix") < md.index("| answer |")
     # One shared, offline plotly.js beside the pages; each page loads it by relative path.
-    js = (out / "html" / book.PLOTLY_JS).read_text()
+    js = (out / "html" / book_site.PLOTLY_JS).read_text()
     assert "plotly.js v" in js and len(js) > 1_000_000
     page = (out / "html" / "01_ok.html").read_text()
-    assert f'<script src="{book.PLOTLY_JS}"' in page and "plotly.js v" not in page
+    assert f'<script src="{book_site.PLOTLY_JS}"' in page and "plotly.js v" not in page
 
     assert book.main([*args, "--only", "02", "--no-html"]) == 1
     err = capsys.readouterr().err
     assert "02_fail.ipynb failed in cell 3" in err and "ValueError: boom" in err
 
 
-def _run(notebook: str, records: list[dict]) -> book.Run:
-    return book.Run(notebook, "t", Path(f"{notebook}.ipynb"), 1.0, {}, records)
+def _run(notebook: str, records: list[dict]) -> book_results.Run:
+    return book_results.Run(notebook, "t", Path(f"{notebook}.ipynb"), 1.0, {}, records)
 
 
 def test_summary_has_one_row_per_claim_with_status():
@@ -121,7 +124,7 @@ def test_summary_has_one_row_per_claim_with_status():
         ]),
         _run("09_filter_repetition", [{"name": "unique_fraction_trained", "value": 0.45}]),
     ]  # fmt: skip
-    rows = book.summary_rows(runs)
+    rows = book_results.summary_rows(runs)
     keys = [c.key for c in paper.CLAIMS]
     claims_shown = [r["claim"] for r in rows]
     # every claim of the paper has its row, the committed CPU rows come with them
@@ -158,9 +161,11 @@ def _fake_book(tmp_path, monkeypatch, fail: str | None):
     def run_notebook(path, out_dir, profile="small", *, timeout=None, **kw):
         timeouts.append(timeout)
         if path.stem == fail:
-            raise book.BookError(f"{path.name} failed in cell 3 (execution count 2):\n  boom")
+            raise book_notebooks.BookError(
+                f"{path.name} failed in cell 3 (execution count 2):\n  boom"
+            )
         rec = [{"name": f"value_{path.stem}", "value": 1.0}]
-        return book.Run(path.stem, path.stem, Path(out_dir) / path.name, 0.5, {}, rec)
+        return book_results.Run(path.stem, path.stem, Path(out_dir) / path.name, 0.5, {}, rec)
 
     monkeypatch.setattr(book, "run_notebook", run_notebook)
     monkeypatch.setattr(book, "kernel_name", lambda: "python3")
@@ -219,7 +224,7 @@ def test_interrupted_or_failing_runs_never_leave_old_output_looking_current(
     book_dir = Path(args[args.index("--book-dir") + 1])
     (book_dir / "params").mkdir()
     (book_dir / "params" / "01_a.tests.yaml").write_text("SLEEP: [1\n")
-    with pytest.raises(book.BookError, match="01_a.tests.yaml: not valid YAML"):
+    with pytest.raises(book_notebooks.BookError, match="01_a.tests.yaml: not valid YAML"):
         from bnnlib.book.notebooks import profile_parameters
 
         profile_parameters(book_dir / "01_a.ipynb", "tests")
@@ -251,3 +256,9 @@ def test_run_notebook_passes_the_timeout_to_papermill(tmp_path, monkeypatch):
     _tiny_notebook(path, "pass")
     book.run_notebook(path, tmp_path / "out", kernel="python3", timeout=7)
     assert seen["execution_timeout"] == 7
+
+
+def test_the_default_book_dir_holds_the_book():
+    """BOOK_DIR pointed into the package after the move: make book found no notebook."""
+    found = [p.name for p in book_notebooks.notebooks()]
+    assert len(found) >= 9 and found[0].startswith("01_") and found[-1].startswith("09_")

@@ -16,10 +16,12 @@ from pathlib import Path
 import pytest
 
 from bnnlib import data
+from bnnlib.book import notebooks as book_notebooks
 from bnnlib.book import runner as book
+from bnnlib.book import site as book_site
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-NOTEBOOK = book.BOOK_DIR / "01_binarization.ipynb"
+NOTEBOOK = book_notebooks.BOOK_DIR / "01_binarization.ipynb"
 FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -50,7 +52,7 @@ pytestmark = [
 def page(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("book")
     run = book.run_notebook(NOTEBOOK, out, "tests", timeout=600)
-    return book.export_html(run.executed, out / "html")
+    return book_site.export_html(run.executed, out / "html")
 
 
 def _chromium(tmp: Path, *args: str) -> subprocess.CompletedProcess:
@@ -60,12 +62,12 @@ def _chromium(tmp: Path, *args: str) -> subprocess.CompletedProcess:
 
 def test_no_cdn_reference(page):
     html = page.read_text(encoding="utf-8")
-    assert book.offline_problems(html) == []
+    assert book_site.offline_problems(html) == []
     scripts = re.findall(r"<script[^>]*\bsrc\s*=\s*[\"']?([^\"'\s>]+)", html, re.I)
     assert not [s for s in scripts if "cdn." in s or s.startswith(("http", "//"))], scripts
     # plotly.js is not in the page but beside it, once for the whole book.
-    assert "plotly.js v" not in html and book.PLOTLY_JS in scripts
-    assert "plotly.js v" in (page.parent / book.PLOTLY_JS).read_text(encoding="utf-8")
+    assert "plotly.js v" not in html and book_site.PLOTLY_JS in scripts
+    assert "plotly.js v" in (page.parent / book_site.PLOTLY_JS).read_text(encoding="utf-8")
     assert page.stat().st_size < 2_000_000
 
 

@@ -108,3 +108,43 @@ def test_rows_without_results_say_what_is_missing(tmp_path, monkeypatch):
     shutil.copy(REPO / "results" / "recipe_comparison.json", tmp_path)
     rows = {r.key: r for r in claims.committed_rows()}
     assert rows["table1_mnist_theano"].status == "reduced run"
+
+
+def test_a_committed_gpu_benchmark_fills_the_gpu_rows(tmp_path, monkeypatch):
+    monkeypatch.setenv(results.ENV_VAR, str(tmp_path))
+    bench = {
+        "meta": {"gpu": {"name": "Test GPU"}, "date": "2026-12-06"},
+        "gpu": {
+            "gemm": {"speedup_xnor_paper_vs_baseline": 25.0,
+                     "speedup_xnor_paper_vs_cublas_fp32": 2.0},
+            "mnist_mlp": {"speedup_xnor_paper_vs_baseline": 8.0},
+        },
+    }  # fmt: skip
+    (tmp_path / "bench_gpu_test.json").write_text(json.dumps(bench))
+    rows = {r.key: r for r in claims.committed_rows()}
+    assert (rows["gpu_xnor_over_baseline"].ours, rows["gpu_xnor_over_baseline"].status) == (
+        "25.0×",
+        "reproduced",
+    )
+    assert rows["gpu_xnor_over_cublas"].status == "not reproduced"  # 2.0 < 3.4
+    assert (
+        rows["gpu_mlp_over_baseline"].ours == "8.0×"
+        and "Test GPU" in rows["gpu_mlp_over_baseline"].how
+    )
+
+
+def test_a_full_live_record_wins_over_the_committed_row_a_reduced_one_does_not():
+    runs = [
+        book_results.Run("06_xnor_kernels", "t", Path("06.ipynb"), 1.0, {}, [
+            {"name": "gpu_speedup_xnor_paper_vs_baseline", "value": 24.0, "hardware": "GPU: x"},
+        ]),
+        book_results.Run("05_training", "t", Path("05.ipynb"), 1.0, {}, [
+            {"name": "table1_mnist_theano", "value": 0.05, "status": "reduced run"},
+        ]),
+    ]  # fmt: skip
+    rows = {r["claim"]: r for r in book_results.summary_rows(runs)}
+    gpu = rows[paper.claim("gpu_xnor_over_baseline").claim]
+    assert (gpu["ours"], gpu["status"], gpu["section"]) == ("24×", "reproduced", "06_xnor_kernels")
+    theano = rows[paper.claim("table1_mnist_theano").claim]
+    committed = {r.key: r for r in claims.committed_rows()}["table1_mnist_theano"]
+    assert theano["ours"] == committed.ours  # the reduced live run stays in its notebook

@@ -117,3 +117,14 @@ def test_the_committed_torch7_run_rebuilds_from_its_configuration():
         pytest.skip("MNIST not in the data root")
     errors = int((packed.predict(test.X) != test.y).sum())
     assert errors == round(run.history["test_error_at_best"] * len(test)) == 140
+
+
+def test_an_extended_run_records_its_new_length_in_its_configuration(tmp_path):
+    name = write_tiny_npz(tmp_path / "tiny.npz", n_train=120, n_test=60)
+    argv = ["--preset", "torch7", "--dataset", name, "--hidden", "16", "--depth", "1"]
+    argv += ["--batch-size", "30", "--out", str(tmp_path / "run"), "--no-progress"]
+    train_cli.main([*argv, "--epochs", "2"])
+    train_cli.main([*argv, "--epochs", "3", "--resume"])
+    config = json.loads((tmp_path / "run" / "history.json").read_text())["config"]
+    assert config["extended"][0]["to_epochs"] == 3
+    assert RunConfig.from_history(config).epochs == 3

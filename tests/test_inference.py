@@ -710,7 +710,7 @@ def test_gpu_adapter_logic_on_cpu_stand_ins(tmp_path):
     ops = Ops(_CpuStandInForCuda())
     want = inf.simulate_scores(net, x[:40])
     for mode in ("real", "bitplanes"):
-        got = torch.cat([packed._forward(x[:40], ops, mode)])
+        got = torch.cat([packed.forward_layers(x[:40], ops, mode)])
         assert torch.equal(got, want)
 
 

@@ -68,30 +68,29 @@ def test_first_layer_modes_equal(mlp, mnist, first_layer, batch, parallel):
     x = torch.cat([mnist[1][:200], torch.full((8, 1, 28, 28), 255, dtype=torch.uint8)])
     x[-4:] = torch.randint(0, 256, (4, 1, 28, 28), dtype=torch.uint8)
     ref = packed.scores(x, path="layers")
-    packed.predict(x[:1])
-    default, packed._fused.parallel = packed._fused.parallel, parallel
+    default, packed.fused.parallel = packed.fused.parallel, parallel
     try:
         got = packed.scores(x, first_layer=first_layer, path="fused", batch_size=batch)
     finally:
-        packed._fused.parallel = default
+        packed.fused.parallel = default
     assert torch.equal(got, ref)
 
 
 def test_auto_path_choice(mlp, mnist):
     _, packed = mlp
     x = mnist[1][:200]
-    packed._fused = None
-    packed.predict(x[:2], first_layer="real")
-    assert packed._fused is None  # the float first layer exists on the layers path only
-    packed.predict(x[:1])
-    assert packed._fused is not None  # batch 1 went fused
     calls = []
-    real = packed._fused.scores
-    packed._fused.scores = lambda xs, mode: calls.append(len(xs)) or real(xs, mode)
+    real = packed.fused.scores
+    packed.fused.scores = lambda xs, mode: calls.append(len(xs)) or real(xs, mode)
     try:
+        packed.predict(x[:2], first_layer="real")
+        assert calls == []  # the float first layer exists on the layers path only
+        packed.predict(x[:1])
+        assert calls == [1]  # batch 1 went fused
+        calls.clear()
         out = packed.predict(x[:150], batch_size=100)
     finally:
-        del packed._fused.scores
+        del packed.fused.scores
     assert calls == [64, 64, 22]  # chunks of FUSED_CHUNK (batch_size only caps them)
     assert torch.equal(out, packed.predict(x[:150], path="layers"))
 
@@ -168,7 +167,7 @@ def test_fused_convnet_equals_simulation():
     packed = _packed(net)
     xt = x[100:]
     packed.predict(xt[:1])
-    assert isinstance(packed._fused, fused.FusedConvNet)
+    assert isinstance(packed.fused, fused.FusedConvNet)
     ref = packed.scores(xt, path="layers")
     one = torch.cat([packed.scores(xt[i : i + 1]) for i in range(len(xt))])
     assert torch.equal(one, ref)

@@ -88,6 +88,11 @@ def test_no_private_name_is_used_across_modules():
     assert found == [], "\n".join(found)
 
 
+def _module_name_in(root: Path, path: Path) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
 def _imports_of(path: Path) -> set[str]:
     """bnnlib modules that ``path`` imports at module level (function-level imports included:
     a cycle through a lazy import is still a cycle)."""
@@ -103,39 +108,51 @@ def _imports_of(path: Path) -> set[str]:
     return out
 
 
-def test_no_import_cycle():
-    graph = {_module_name(p): _imports_of(p) for p in sorted(ROOT.rglob("*.py"))}
-
-    def parents(name: str) -> set[str]:
-        # importing a.b.c runs a/__init__ and a/b/__init__ first; a package's own
-        # __init__ importing its submodules is not a cycle.
-        return set()
-
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """A cycle of the import graph (module -> modules it imports), or None."""
     state: dict[str, int] = {}
     stack: list[str] = []
 
-    def visit(node: str) -> None:
+    def visit(node: str) -> list[str] | None:
         state[node] = 1
         stack.append(node)
         for nxt in sorted(graph.get(node, ())):
             if nxt not in graph or nxt == node:
                 continue
-            # a submodule importing its own package's __init__ (for a sibling) is how
-            # packages work, not a cycle between modules
-            if node.startswith(nxt + "."):
-                continue
             if state.get(nxt) == 1:
-                cycle = stack[stack.index(nxt) :] + [nxt]
-                raise AssertionError("import cycle: " + " -> ".join(cycle))
+                return stack[stack.index(nxt) :] + [nxt]
             if state.get(nxt) is None:
-                visit(nxt)
+                found = visit(nxt)
+                if found:
+                    return found
         stack.pop()
         state[node] = 2
+        return None
 
     for name in sorted(graph):
         if state.get(name) is None:
-            visit(name)
-    assert parents("bnnlib") == set()
+            found = visit(name)
+            if found:
+                return found
+    return None
+
+
+def test_no_import_cycle():
+    graph = {_module_name(p): _imports_of(p) for p in sorted(ROOT.rglob("*.py"))}
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_the_cycle_check_finds_a_cycle(tmp_path, monkeypatch):
+    """The check above can fail: a package whose submodule imports a name of the package's
+    __init__, which imports that submodule, is reported."""
+    pkg = tmp_path / "bnnlib" / "demo"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("from bnnlib.demo.a import f\n")
+    (pkg / "a.py").write_text("from bnnlib.demo import g\n\ndef f(): pass\n")
+    graph = {_module_name_in(tmp_path, p): _imports_of(p) for p in sorted(pkg.glob("*.py"))}
+    assert graph == {"bnnlib.demo": {"bnnlib.demo.a"}, "bnnlib.demo.a": {"bnnlib.demo"}}
+    assert find_cycle(graph) == ["bnnlib.demo", "bnnlib.demo.a", "bnnlib.demo"]
 
 
 def test_few_plain_modules_at_the_top_and_each_package_imports():

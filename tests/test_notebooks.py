@@ -24,6 +24,7 @@ import pytest
 
 from bnnlib import data, results
 from bnnlib.book import claims
+from bnnlib.book import notebooks as book_notebooks
 from bnnlib.book import record as rec
 from bnnlib.book import runner as book
 
@@ -249,7 +250,7 @@ def test_notebook_shape(path):
         modules |= {n.split(".")[0] for n in names}
     assert modules <= ALLOWED_IMPORTS and "bnnlib" in modules, modules
     assert "parameters" in params.metadata.get("tags", []), "the third cell is the parameters"
-    declared = book.parameters(params.source, path.name)
+    declared = book_notebooks.parameters(params.source, path.name)
     assert "SEED" in declared
     code = "\n".join(c.source for c in cells[3:] if c.cell_type == "code")
     assert "torch.manual_seed(SEED)" in code, "seed the notebook"
@@ -265,9 +266,9 @@ def test_full_profile_parameters_exist(path):
     """book/params/<nb>.full.yaml exists and names only parameters of the notebook's cell."""
     assert (BOOK / "params" / f"{path.stem}.full.yaml").exists(), "paper-scale parameters"
     nb = nbformat.read(path, as_version=4)
-    declared = book.parameters(book.parameters_source(nb, path.name), path.name)
+    declared = book_notebooks.parameters(book_notebooks.parameters_source(nb, path.name), path.name)
     for profile in ("full", "tests"):
-        injected = book.profile_parameters(path, profile)
+        injected = book_notebooks.profile_parameters(path, profile)
         assert set(injected) <= set(declared)
 
 
@@ -350,7 +351,7 @@ def test_widget_of_notebook_01_updates_its_figure_in_a_kernel(tmp_path):
     from jupyter_client.manager import start_new_kernel
 
     path = BOOK / "01_binarization.ipynb"
-    overrides = book.profile_parameters(path, "tests")
+    overrides = book_notebooks.profile_parameters(path, "tests")
     env = dict(os.environ, **{rec.ENV_VAR: str(tmp_path / "records.json")})
     env["BNN_DATA_DIR"] = str(data.resolve_root().resolve())
     km, kc = start_new_kernel(kernel_name=book.kernel_name(), cwd=str(BOOK), env=env)

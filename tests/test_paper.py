@@ -83,14 +83,24 @@ def test_error_interval_seeds_adds_their_spread():
     one = paper.error_interval([140], 10_000)
     two = paper.error_interval([140, 160], 10_000)
     assert two.value == pytest.approx(0.015)
-    # variance p(1-p)/n + s^2/k with p = 0.015, s^2 = var(0.014, 0.016) = 2e-6, k = 2
-    half = paper.Z95 * (0.015 * 0.985 / 10_000 + 2e-6 / 2) ** 0.5
+    # variance p(1-p)/n + s^2/k with p = 0.015, s^2 = var(0.014, 0.016) = 2e-6, k = 2; t on the
+    # Welch-Satterthwaite degrees of freedom (scipy as the oracle)
+    from scipy.stats import t
+
+    a, b = 0.015 * 0.985 / 10_000, 2e-6 / 2
+    df = (a + b) ** 2 / (b**2 / 1)
+    half = t.ppf(0.975, df) * (a + b) ** 0.5
     assert (two.low, two.high) == pytest.approx((0.015 - half, 0.015 + half), abs=1e-12)
+    assert 2.3 < t.ppf(0.975, df) < 2.6  # not 1.96: one degree of freedom in the seeds' spread
+    wide = paper.error_interval([100, 200], 10_000)  # the spread dominates: t near 12.7
+    assert wide.high - wide.value > 8 * (0.015 * 0.985 / 10_000 + 0.005**2) ** 0.5  # t > 8
     assert two.high - two.low > one.high - one.low
     with pytest.raises(ValueError, match="0 <= errors <= n"):
         paper.error_interval([10_001], 10_000)
     with pytest.raises(ValueError):
         paper.error_interval([], 10_000)
+    with pytest.raises(ValueError, match="whole counts"):
+        paper.error_interval([140.5], 10_000)
 
 
 def test_gap_interval_paired_and_unpaired():
@@ -103,6 +113,8 @@ def test_gap_interval_paired_and_unpaired():
     assert unpaired.high - unpaired.low > paired.high - paired.low
     with pytest.raises(ValueError, match="discordant"):
         paper.gap_interval(150, 140, 10_000, discordant=5)  # fewer than the 10 they differ by
+    with pytest.raises(ValueError, match="discordant"):
+        paper.gap_interval(150, 140, 10_000, discordant=51)  # b + c and b - c: same parity
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ import json
 import plotly.graph_objects as go
 import pytest
 
-from bnnlib.book import runner as book
+from bnnlib.book import site as book_site
 from bnnlib.book import viz
 
 
@@ -62,7 +62,7 @@ def test_figure_html_never_embeds_plotly_js_nor_a_cdn():
     html = viz.figure_html(go.Figure(go.Scatter(y=[1])))
     assert "Plotly.newPlot(" in html  # drawn by the page's one shared plotly.js
     assert "plotly.js v" not in html and len(html) < 20_000
-    assert book.offline_problems(html) == []
+    assert book_site.offline_problems(html) == []
 
 
 def test_show_in_a_live_kernel_emits_only_plotlys_own_mimetype(monkeypatch):

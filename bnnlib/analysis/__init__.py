@@ -1,5 +1,5 @@
-"""What a network costs and repeats: the layer trace, memory summary, energy (Section 4,
-Tables 2-3) and filter repetition (Section 3).
+"""What a network costs and repeats: the layer trace, memory summary, energy (Section 3,
+Tables 2-3) and filter repetition (Section 3.3).
 
 * :mod:`~bnnlib.analysis.trace`: each layer's shapes and operation counts from one forward;
 * :mod:`~bnnlib.analysis.summary`: parameters and memory, float32 against packed bits;

@@ -19,7 +19,7 @@ parameters) are not counted.
 per sample; a convolution does (output elements) x (in_channels / groups x kh x
 kw). A MAC is *binary* (XNOR + popcount, Section 3) when both the weights and
 the layer's input are +-1, and *real* otherwise: the first layer, whose input
-is the 8-bit image (Section 2.6), and every layer of a float model. Whether an
+is the 8-bit image (Section 1.6), and every layer of a float model. Whether an
 input is +-1 is observed on a forward pass of a random input in eval mode, so
 the count follows the model rather than its layer widths.
 

@@ -17,7 +17,7 @@ from typing import Any
 __all__ = ["BOOK_DIR", "PROFILES", "BookError", "notebooks", "title", "parameters_source"]
 __all__ += ["parameters", "profile_parameters"]
 
-BOOK_DIR = Path(__file__).resolve().parent.parent / "book"
+BOOK_DIR = Path(__file__).resolve().parents[2] / "book"
 PROFILES = ("small", "full", "tests")
 _NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
 

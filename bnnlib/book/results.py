@@ -55,8 +55,30 @@ def _claim_value(v: Any, unit: str) -> str:
     if v is None or (isinstance(v, float) and v != v):
         return "—"
     if isinstance(v, (int, float)) and not isinstance(v, bool):
-        return f"{100 * v:.2f}%" if unit == "fraction" else f"{v:.3g}{unit if unit == 'x' else ''}"
+        return f"{100 * v:.2f}%" if unit == "fraction" else f"{v:.3g}{'×' if unit == 'x' else ''}"
     return str(v)
+
+
+def _full_live_record(key: str, runs, records) -> dict[str, str] | None:
+    """The cells of a notebook's record for claim ``key`` when it is a full measurement (its
+    status is not "reduced run"), else None: a reduced run stays in its notebook."""
+    c = next((c for c in _paper.CLAIMS if c.key == key), None)
+    found = records.get(c.record) if c is not None and c.record else None
+    if found is None:
+        return None
+    run, e = found
+    status = e.get("status") or _paper.status(c.key, e["value"], reduced=False)
+    if status == "reduced run":
+        return None
+    parts = [e.get("data"), e.get("hardware"), e.get("note")]
+    return {
+        "ours": _claim_value(e["value"], c.unit),
+        "how measured": f"notebook {run.notebook}"
+        + (f": {e['schedule']}" if e.get("schedule") else ""),
+        "status": status,
+        "section": run.notebook,
+        "details": "; ".join(str(p) for p in parts if p),
+    }
 
 
 def summary_rows(runs: Sequence[Run]) -> list[dict[str, str]]:
@@ -70,12 +92,15 @@ def summary_rows(runs: Sequence[Run]) -> list[dict[str, str]]:
     :func:`bnnlib.paper.status` as a full run. A claim with no record shows its
     ``missing`` status. Each row names the notebook (``section``) that shows it.
     """
-    rows = [
-        {"claim": r.claim, "paper": r.paper, "ours": r.ours, "how measured": r.how,
-         "status": r.status, "section": r.section, "details": r.details}
-        for r in committed_rows()
-    ]  # fmt: skip
     records = {f"{r.notebook[:2]}:{e['name']}": (r, e) for r in runs for e in r.records}
+    rows = []
+    for r in committed_rows():
+        row = {"claim": r.claim, "paper": r.paper, "ours": r.ours, "how measured": r.how,
+               "status": r.status, "section": r.section, "details": r.details}  # fmt: skip
+        live = _full_live_record(r.key, runs, records)
+        if live is not None:  # a full measurement of this run (a GPU, PROFILE=full) wins
+            row.update(live)
+        rows.append(row)
     for c in _paper.CLAIMS:
         if c.key not in LIVE_CLAIMS:
             continue

@@ -58,37 +58,15 @@ from bnnlib.book.notebooks import (
     PROFILES,
     BookError,
     notebooks,
-    parameters,
-    parameters_source,
     profile_parameters,
     read_notebook,
     title,
 )
-from bnnlib.book.results import SUMMARY_COLUMNS, Run, summary_rows, write_results
-from bnnlib.book.site import PLOTLY_JS, export_html, index_html, offline_problems
+from bnnlib.book.results import Run, write_results
+from bnnlib.book.site import export_html, index_html
 from bnnlib.files import atomic_write
 
-__all__ = [
-    "BOOK_DIR",
-    "PROFILES",
-    "BookError",
-    "Run",
-    "notebooks",
-    "title",
-    "parameters_source",
-    "parameters",
-    "profile_parameters",
-    "kernel_name",
-    "run_notebook",
-    "export_html",
-    "offline_problems",
-    "write_results",
-    "summary_rows",
-    "SUMMARY_COLUMNS",
-    "PLOTLY_JS",
-    "DEFAULT_TIMEOUT",
-    "main",
-]
+__all__ = ["DEFAULT_TIMEOUT", "kernel_name", "run_notebook", "write_readme_table", "main"]
 
 #: Seconds one cell may run before the book stops it (``--timeout``; 0 for no limit), for the
 #: small and tests profiles; the full profile has no default limit (paper-scale training).
@@ -302,7 +280,11 @@ def write_readme_table(path: Path) -> int:
     """Replace the block between :data:`claims.README_BEGIN` and :data:`claims.README_END` of
     ``path`` with :func:`claims.readme_table` (atomically); 1 with a message when the markers
     are missing."""
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        print(f"{path}: cannot read it ({e})", file=sys.stderr)
+        return 1
     start, end = text.find(claims.README_BEGIN), text.find(claims.README_END)
     if start < 0 or end < start:
         print(

@@ -392,6 +392,7 @@ def _labels(y, source: str, low: int, high: int, what: str | None = None) -> np.
 def npz_num_classes(path: Path) -> int:
     """K = 1 + the largest training label, with y_train integers using every class 0..K-1
     and K <= MAX_CLASSES (a stray label of 200 would otherwise make a 201-class model)."""
+    _check_npz_sizes(path, ("y_train",))
     try:
         with np.load(path, allow_pickle=False) as f:
             y = f["y_train"]

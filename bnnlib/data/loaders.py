@@ -35,7 +35,7 @@ Inputs are scaled to [-1, 1] as the paper does::
     x = 2 * pixel / 255 - 1        (pixel in 0..255)
 
 and :func:`to_uint8` inverts that exactly. The first layer of every model takes
-these real values (paper Section 2.6: the first layer's input is not binary).
+these real values (paper Section 1.6: the first layer's input is not binary).
 
 A dataset is small (MNIST is 188 MB as float32), so it is held as one tensor
 ``X`` (N, C, H, W) and one ``y`` (N,); training moves it to the device once and

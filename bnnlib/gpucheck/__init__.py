@@ -18,7 +18,7 @@ On a GPU machine, within about 6 minutes (a per-step timeout and an overall budg
    the paper's XNOR kernel, ours incl. the 1-bit tensor-core one, cuBLAS float32 with TF32
    off, TF32 / bf16 / int8 cuBLAS for context; the XNOR kernels with and without the
    packing of both operands);
-6. ``bench_mlp``: :func:`bnnlib.bench.bench_gpu_mlp`, the MNIST MLP on the 10,000 test images:
+6. ``bench_mlp``: :func:`bnnlib.bench.gpu.bench_gpu_mlp`, the MNIST MLP on the 10,000 test images:
    every layer on the baseline kernel against the XNOR path (first layer on the baseline
    kernel as in the paper, and our bit-plane variant), per-layer times, predictions compared.
 

@@ -54,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--first-layer", default="real", choices=("real", "bitplanes"),
         help="how the 8-bit first layer is computed: a float product with the +/-1 weights "
-        "(real) or XNOR-popcount on the 8 bit planes (the paper's Section 2.6); same integers",
+        "(real) or XNOR-popcount on the 8 bit planes (the paper's Section 1.6); same integers",
     )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return p

@@ -5,7 +5,7 @@ A unit is one binary layer with what follows it up to the next one: ``BinaryLine
 for the last layer, whose batch-normalized outputs are the class scores. Dropout and Identity
 are skipped (evaluation), ``Flatten(1, -1)`` is remembered on the next unit.
 
-The input is the 8-bit image (paper Section 2.6), which the float model saw scaled as
+The input is the 8-bit image (paper Section 1.6), which the float model saw scaled as
 ``2x/255 - 1`` (:data:`INPUT_SCALING`, :func:`bnnlib.data.scale`).
 """
 

@@ -10,7 +10,7 @@ packed weights, an input side (:class:`ImageInput` for the first layer, :class:`
 for a hidden one) and an output side (:class:`SignOutput` for a hidden layer, the float64
 :class:`~bnnlib.inference.fold.Affine` of the last one).
 
-**First layer.** Its input is the 8-bit image, not +/-1 (paper Section 2.6). With x in
+**First layer.** Its input is the 8-bit image, not +/-1 (paper Section 1.6). With x in
 0..255, ``W_b . (2x/255 - 1) = (2 W_b . x - 255 sum(W_b)) / 255``, so everything reduces to the
 integer ``W_b . x``, computed either by a float matmul with +/-1 weights (exact: integer
 operands and partial sums below 2^24; ``first_layer="real"``) or by the paper's bit planes
@@ -395,7 +395,7 @@ class PackedNet:
         ops = backend(device, kernel)
         mode = "real" if first_layer == "auto" else first_layer
         out = [
-            self._forward(x[i : i + batch_size].to(ops.device), ops, mode)
+            self.forward_layers(x[i : i + batch_size].to(ops.device), ops, mode)
             for i in range(0, len(x), batch_size)
         ]
         if not out:
@@ -494,7 +494,10 @@ class PackedNet:
             return None  # the general path says what is wrong
         return X.reshape(len(X), -1)
 
-    def _forward(self, x: torch.Tensor, ops: Backend, first_layer: str) -> torch.Tensor:
+    def forward_layers(self, x: torch.Tensor, ops: Backend, first_layer: str) -> torch.Tensor:
+        """The layer-at-a-time pass over uint8 images ``x`` (N, C, H, W) with the backend
+        ``ops`` (:func:`backend`: the CPU kernels or the CUDA ones): float64 scores (N, classes).
+        ``first_layer`` is ``"real"`` or ``"bitplanes"``. :meth:`scores` calls it in batches."""
         h = None
         for lay in self.layers:
             spec = lay.spec

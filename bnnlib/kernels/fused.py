@@ -6,7 +6,7 @@ net one torch operation at a time costs far more than that: per-layer Python and
 overhead, a float32 first layer (12.8 MB of weights), allocations. :func:`mlp_forward` runs
 every layer of an MLP in one numba call, on buffers allocated once by the caller:
 
-* **First layer** (8-bit input, paper Section 2.6), one of two exact integer products:
+* **First layer** (8-bit input, paper Section 1.6), one of two exact integer products:
 
   - *bit planes*: with x = sum_n 2^n x^n (x^n in {0, 1}^k) and w = 2 b - 1 (b the packed bits),
     ``W_b . x = 2 sum_n 2^n popcount(x^n AND b) - sum(x)``: AND-popcount on the packed weights

@@ -10,7 +10,7 @@ XOR marks the disagreements, so
 popcount does 64 binary multiply-accumulates. :func:`xnor_gemm` computes every a_i . b_j
 for the rows of two packed matrices, i.e. ``A_pm1 @ B_pm1.T``, exactly, as int32.
 
-First layer (paper Section 2.6): its input is 8-bit pixels x, not ±1. Writing x as bit
+First layer (paper Section 1.6): its input is 8-bit pixels x, not ±1. Writing x as bit
 planes x = sum_{n=1..8} 2^(n-1) x^n with x^n in {0, 1}^k,
 
     s = x . w_b = sum_{n=1..8} 2^(n-1) (x^n . w_b),

@@ -28,7 +28,7 @@ deterministic.
 The input of a binary layer is binarized by the layer itself when
 ``binarize_input=True`` (a hidden layer fed by a batch-norm output), or taken as
 it comes when ``binarize_input=False``: the first layer, whose input is the real
-8-bit image (paper Section 2.6), and a layer whose input was already binarized
+8-bit image (paper Section 1.6), and a layer whose input was already binarized
 by a :class:`SignActivation` (for instance Sign -> Dropout -> layer, the order of
 the paper's code). Nothing is inferred from a layer's width.
 """

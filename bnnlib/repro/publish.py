@@ -203,13 +203,15 @@ def publish(
     try:
         if (dest / "run.json").exists():
             old = read_json(dest / "run.json")
-            if old.get("argv") != config.get("argv"):
+            if not isinstance(old, dict) or old.get("argv") != config.get("argv"):
                 raise PublishError(
                     f"{dest} holds another run ({old.get('command')}); choose another DEST"
                 )
         elif dest.exists() and any(dest.iterdir()):
             raise PublishError(f"{dest} is a folder with other files; choose another DEST")
         train, val, test = run_config.load_data(data_root)
+        if test is None or not len(test):
+            raise PublishError(f"{run_config.dataset} has no test images to check the model on")
         net = run_config.build_model(train.shape, train.num_classes)
         net.load_state_dict(load_checkpoint(run_dir / "checkpoint.pt")["best_model"])
         net.eval()

@@ -115,13 +115,25 @@ def _parser_reproduce() -> argparse.ArgumentParser:
     p.add_argument("--data-root", help=f"data folder (default: ${bdata.ENV_VAR})")
     p.add_argument("--work", help="training folders with checkpoints (default: OUT/train)")
     p.add_argument("--device", help="default: cuda if available")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--mnist-epochs", type=int, help="default: the paper's 1000")
-    p.add_argument("--hidden", type=int, help="MLP hidden units (default: the paper's 4096)")
-    p.add_argument("--train-size", type=int, help="MNIST: first N training images only")
-    p.add_argument("--cifar-epochs", type=int, help="default: the paper's 500 (time permitting)")
-    p.add_argument("--cifar-width", type=float, help="ConvNet width multiplier (default 1)")
-    p.add_argument("--cifar-train-size", type=int, help="CIFAR: first N training images only")
+    p.add_argument("--seed", type=cliargs.nonnegative_int, default=0)
+    p.add_argument("--mnist-epochs", type=cliargs.positive_int, help="default: the paper's 1000")
+    p.add_argument(
+        "--hidden", type=cliargs.positive_int, help="MLP hidden units (default: the paper's 4096)"
+    )
+    p.add_argument(
+        "--train-size", type=cliargs.positive_int, help="MNIST: first N training images only"
+    )
+    p.add_argument(
+        "--cifar-epochs",
+        type=cliargs.positive_int,
+        help="default: the paper's 500 (time permitting)",
+    )
+    p.add_argument(
+        "--cifar-width", type=cliargs.positive_float, help="ConvNet width multiplier (default 1)"
+    )
+    p.add_argument(
+        "--cifar-train-size", type=cliargs.positive_int, help="CIFAR: first N training images only"
+    )
     p.add_argument("--no-cifar", action="store_true", help="MNIST only")
     p.add_argument(
         "--rehearse", action="store_true",
@@ -199,7 +211,8 @@ def _stage(args, out: Path, work: Path, model: str, dataset, max_time: float, de
     t_train = time.perf_counter() - t0
     history = read_json(run_dir / "history.json")
     print(f"== {model}: publishing the best-validation model packed into {dest}", flush=True)
-    run = publish(run_dir, dest, data_root=args.data_root)
+    # The wall-clock guard may stop a stage before its last epoch: published, labelled so.
+    run = publish(run_dir, dest, data_root=args.data_root, allow_stopped=True)
     check = _device_check(run_dir, dest, device, args.data_root)
     summary = {
         "command": "python -m bnnlib.train " + shlex.join(argv),

@@ -39,6 +39,7 @@ learning rates, width, time limit: finite and > 0; dropout in [0, 1)).
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from pathlib import Path
 
@@ -337,11 +338,16 @@ def main(argv: list[str] | None = None) -> History:
         _fail(parser, str(e))
     except NonFiniteLossError as e:
         _fail(parser, str(e), status=1)
-    except OSError as e:  # a full disk or a folder gone while writing a checkpoint
+    except OSError as e:  # a full disk, a folder gone, a permission, while the run went on
         where = f" {e.filename}" if e.filename else ""
+        hint = (
+            "free space and continue it with --resume"
+            if e.errno in (errno.ENOSPC, errno.EDQUOT)
+            else "fix that and continue it with --resume"
+        )
         _fail(
             parser,
-            f"cannot write{where}: {e.strerror or e}; the run stopped, its last checkpoint is "
-            "intact: free space and continue it with --resume",
+            f"{where.strip() or 'the run'}: {e.strerror or e}; the run stopped, its last "
+            f"checkpoint is intact: {hint}",
             status=1,
         )

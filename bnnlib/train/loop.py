@@ -335,6 +335,8 @@ def _restore(run: _Run, path: Path) -> None:
     if extends_step_schedule(ckpt, run.config):  # more epochs of a step schedule: say so
         old = ckpt["config"]["num_epochs"]
         run.history.config["num_epochs"] = run.config["num_epochs"]
+        if "run_config" in run.config:  # the configuration's length follows the extension
+            run.history.config["run_config"] = run.config["run_config"]
         run.history.config.setdefault("extended", []).append(
             {
                 "from_epochs": old,

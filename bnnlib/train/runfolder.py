@@ -9,11 +9,12 @@ defaults, :data:`CONFIG_DEFAULTS`) or whose model has other parameter shapes
 
 The run folder (``--out`` of ``python -m bnnlib.train``, :func:`claim_run_folder`). A
 folder that holds a run (``checkpoint.pt`` or ``history.json``) is refused unless resumed
-or overwritten. While a run uses it the folder holds ``.lock`` (PID and host, created
-exclusively, removed at exit by :func:`release`): a second run is refused; a lock left by
-a process that died is taken over with a message (an ``flock``: the kernel drops it with its
-holder, so neither a reused PID nor another host's PID can block the folder). Temporary files of an
-interrupted write are removed when the folder is claimed.
+or overwritten. While a run uses it the folder holds ``.lock``, an ``flock``
+(:class:`bnnlib.files.FileLock`, with the holder's PID and host for messages, removed at exit
+by :func:`release`): a second run is refused; the kernel drops the lock of a process that
+died, and the next run takes it with a message, so neither a reused PID nor another host's PID
+can block the folder. Temporary files of an interrupted write are removed when the folder is
+claimed.
 """
 
 from __future__ import annotations
