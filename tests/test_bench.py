@@ -10,11 +10,12 @@ import torch
 from bnnlib.bench import cli as bench
 from bnnlib.bench import common as bench_common
 from bnnlib.bench import gpu as bench_gpu
+from bnnlib.bench import timing
 
 
 def test_timeit_counts_calls():
     calls = []
-    r = bench.timeit(lambda: calls.append(1), repeats=3, warmup=2)
+    r = timing.timeit(lambda: calls.append(1), repeats=3, warmup=2)
     assert len(calls) == 5 and len(r["times_s"]) == 3
     assert r["median_s"] == sorted(r["times_s"])[1]
 
@@ -110,3 +111,17 @@ def test_gpu_mlp_paths_on_cpu_stand_ins(monkeypatch):
     sim = inference.simulate(net, x)
     assert (planes == sim).float().mean() >= 0.99
     assert (base == sim).float().mean() >= 0.99
+
+
+def test_without_out_nothing_is_written_into_results(tmp_path, monkeypatch):
+    """`python -m bnnlib.bench --quick` used to rewrite the committed results/bench_cpu.json."""
+    assert bench.default_out("bench", "cpu").parts[:2] == ("build", "bench")
+    assert bench.default_out("bench_latency", "cpu").name == "bench_latency_cpu.json"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "results").mkdir()
+    argv = ["--quick", "--sizes", "64", "--skip", "mlp", "train", "gpu"]
+    bench.main(argv)
+    assert list((tmp_path / "results").iterdir()) == []
+    assert (tmp_path / "build" / "bench" / "bench_cpu.json").exists()
+    with pytest.raises(SystemExit):
+        bench.main([*argv, "--out", ""])

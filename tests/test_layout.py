@@ -162,3 +162,26 @@ def test_few_plain_modules_at_the_top_and_each_package_imports():
         if info.name.endswith("__main__"):
             continue
         importlib.import_module(info.name)
+
+
+def test_every_imported_name_exists():
+    """Imports inside functions run late: a name moved or dropped would fail only on the path
+    that reaches it (gpucheck's report once imported gpu_table from a module without it)."""
+    missing = []
+    for path in _sources():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if (
+                isinstance(node, ast.ImportFrom)
+                and node.module
+                and node.module.startswith("bnnlib")
+            ):
+                module = importlib.import_module(node.module)
+                for a in node.names:
+                    full = f"{node.module}.{a.name}"
+                    if (
+                        a.name != "*"
+                        and not hasattr(module, a.name)
+                        and not _is_bnnlib_module(full)
+                    ):
+                        missing.append(f"{path.name}:{node.lineno}: {full}")
+    assert missing == [], "\n".join(missing)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bnnlib.bench import cli as bench
 from bnnlib.bench import kernels as bench_kernels
 from bnnlib.bench import timing
 
@@ -37,7 +36,6 @@ def test_no_warmup_and_cpu_has_no_sync():
 
 
 def test_bench_modules_share_the_timer():
-    assert bench.timeit is timing.timeit
     assert bench_kernels.timeit is timing.timeit and bench_kernels.cuda_timeit is timing.cuda_timeit
 
 

@@ -53,25 +53,14 @@ from bnnlib.bench.common import (
 )
 from bnnlib.bench.gpu import (
     bench_gpu,
-    bench_gpu_mlp,
 )
 from bnnlib.bench.kernels import bench_cpu_gemm
 from bnnlib.bench.latency import bench_latency
 from bnnlib.bench.mlp import bench_mnist_mlp, bench_train_step
-from bnnlib.bench.report import cpu_table, gpu_table
-from bnnlib.bench.timing import timeit
+from bnnlib.bench.report import cpu_table
 from bnnlib.files import atomic_write
 
-__all__ = [
-    "timeit",
-    "machine_info",
-    "bench_mnist_mlp",
-    "bench_gpu_mlp",
-    "bench_train_step",
-    "bench_latency",
-    "gpu_table",
-    "main",
-]
+__all__ = ["default_out", "main"]
 
 
 def _bench_gemm_cpu(sizes: list[int], quick: bool) -> dict:
@@ -195,6 +184,12 @@ def _run_sections(args, res: dict, save) -> None:
             save()
 
 
+def default_out(kind: str, device: str) -> Path:
+    """Where a benchmark writes without ``--out``: ``build/bench/``, never the committed
+    ``results/`` (which only an explicit ``--out results/...`` updates)."""
+    return Path("build") / "bench" / f"{kind}_{device}.json"
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark; returns the results dict (also written as JSON)."""
     from bnnlib.settings import retain_freed_memory
@@ -206,7 +201,7 @@ def main(argv: list[str] | None = None) -> dict:
     res: dict = {"meta": machine_info(argv)}
     res["settings"] = _settings(args)
     kind = "bench_latency" if args.latency else "bench"
-    out = Path(args.out or f"build/bench/{kind}_{res['meta']['device']}.json")
+    out = Path(args.out) if args.out else default_out(kind, res["meta"]["device"])
 
     def save(_partial=None) -> None:  # after every figure: a later crash loses nothing
         atomic_write(out, json.dumps(plain(res), indent=1).encode())

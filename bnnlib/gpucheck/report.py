@@ -205,7 +205,7 @@ def _ge(v, target) -> bool | None:
 
 
 def summary_lines(doc: dict) -> list[str]:
-    from bnnlib.bench.cli import gpu_table
+    from bnnlib.bench.report import gpu_table
 
     lines = [
         "",

@@ -44,8 +44,7 @@ def _step_pycuda() -> dict:
 
 
 def _step_bench_gemm(args) -> dict:
-    from bnnlib.bench.cli import machine_info
-    from bnnlib.bench.common import plain
+    from bnnlib.bench.common import machine_info, plain
     from bnnlib.bench.kernels import bench_gpu_gemm
 
     path = Path(args.out) / "bench_gemm.json"
@@ -60,8 +59,8 @@ def _step_bench_gemm(args) -> dict:
 
 
 def _step_bench_mlp(args) -> dict:
-    from bnnlib.bench.cli import bench_gpu_mlp, machine_info
-    from bnnlib.bench.common import plain
+    from bnnlib.bench.common import machine_info, plain
+    from bnnlib.bench.gpu import bench_gpu_mlp
 
     path = Path(args.out) / "bench_mlp.json"
     meta = machine_info(["(bnnlib.gpucheck bench_mlp)"])
