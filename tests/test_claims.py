@@ -146,5 +146,13 @@ def test_a_full_live_record_wins_over_the_committed_row_a_reduced_one_does_not()
     gpu = rows[paper.claim("gpu_xnor_over_baseline").claim]
     assert (gpu["ours"], gpu["status"], gpu["section"]) == ("24×", "reproduced", "06_xnor_kernels")
     theano = rows[paper.claim("table1_mnist_theano").claim]
-    committed = {r.key: r for r in claims.committed_rows()}["table1_mnist_theano"]
-    assert theano["ours"] == committed.ours  # the reduced live run stays in its notebook
+    committed = {r.key: r for r in claims.committed_rows()}
+    assert theano["ours"] == committed["table1_mnist_theano"].ours  # reduced: stays in 05
+    # notebook 05 records the committed Torch7 cell too: the committed row (seeds, interval) stays
+    runs.append(book_results.Run("05_training", "t", Path("05.ipynb"), 1.0, {}, [
+        {"name": "table1_mnist_torch7", "value": 0.014, "status": "reproduced"},
+    ]))  # fmt: skip
+    t7 = {r["claim"]: r for r in book_results.summary_rows(runs)}[
+        paper.claim("table1_mnist_torch7").claim
+    ]
+    assert t7["ours"] == committed["table1_mnist_torch7"].ours and "interval" in t7["ours"]

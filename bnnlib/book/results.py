@@ -59,6 +59,10 @@ def _claim_value(v: Any, unit: str) -> str:
     return str(v)
 
 
+#: Committed rows a full live measurement may replace: those without a full figure of ours.
+_FILLABLE = ("not run yet", "not run yet: needs a GPU", "data not available here", "reduced run")
+
+
 def _full_live_record(key: str, runs, records) -> dict[str, str] | None:
     """The cells of a notebook's record for claim ``key`` when it is a full measurement (its
     status is not "reduced run"), else None: a reduced run stays in its notebook."""
@@ -97,8 +101,8 @@ def summary_rows(runs: Sequence[Run]) -> list[dict[str, str]]:
     for r in committed_rows():
         row = {"claim": r.claim, "paper": r.paper, "ours": r.ours, "how measured": r.how,
                "status": r.status, "section": r.section, "details": r.details}  # fmt: skip
-        live = _full_live_record(r.key, runs, records)
-        if live is not None:  # a full measurement of this run (a GPU, PROFILE=full) wins
+        live = _full_live_record(r.key, runs, records) if r.status in _FILLABLE else None
+        if live is not None:  # a full measurement of this run (a GPU, PROFILE=full) fills it
             row.update(live)
         rows.append(row)
     for c in _paper.CLAIMS:
