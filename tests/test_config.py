@@ -48,6 +48,21 @@ def test_the_cli_and_the_config_build_the_same_model():
         assert ka == kb and torch.equal(va, vb)
 
 
+def test_fc_width_keeps_the_convnets_dense_layers_wide_and_is_checked():
+    argv = ["--model", "cifar10_convnet", "--width", "0.5", "--fc-width", "1"]
+    c = train_cli.config_from_argv(argv)
+    net = c.build_model((3, 32, 32), 10)
+    linears = [m for m in net.modules() if isinstance(m, torch.nn.Linear)]
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [m.out_features for m in linears] == [1024, 1024, 10]
+    assert [m.out_channels for m in convs] == [64, 64, 128, 128, 256, 256]
+    assert RunConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
+    with pytest.raises(RunConfigFormatError, match="only cifar10_convnet"):
+        train_cli.config_from_argv(["--model", "mnist_mlp", "--fc-width", "1"])
+    with pytest.raises(RunConfigFormatError, match="fc_width 0"):
+        c.replace(fc_width=0)
+
+
 def test_a_flag_default_changing_later_does_not_change_a_recorded_run(monkeypatch):
     c = train_cli.config_from_argv(["--model", "mnist_mlp", "--epochs", "5"])
     stored = c.to_dict()

@@ -130,6 +130,12 @@ def _data_and_model_options(p: argparse.ArgumentParser) -> None:
         help="MLP hidden dropout (paper: 0.5; see --recipe)",
     )
     p.add_argument("--width", type=positive_float, default=1.0, help="ConvNet width multiplier")
+    p.add_argument(
+        "--fc-width",
+        type=positive_float,
+        help="cifar10_convnet: width multiplier of the two 1024-unit dense layers "
+        "(default: --width; e.g. --width 0.5 --fc-width 1 keeps them at 1024)",
+    )
 
 
 def _schedule_options(p: argparse.ArgumentParser) -> None:
@@ -265,6 +271,7 @@ def resolve_settings(args: argparse.Namespace) -> RunConfig:
         hidden=pick("hidden", 4096),
         depth=args.depth,
         width=args.width,
+        fc_width=args.fc_width,
         batchnorm=pick("batchnorm", "standard"),
         optimizer=pick("optimizer", "adam"),
         glorot_scale=preset.get("glorot_scale", True),

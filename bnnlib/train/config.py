@@ -64,6 +64,7 @@ class RunConfig:
     hidden: int = 4096
     depth: int = 3
     width: float = 1.0
+    fc_width: float | None = None
     dropout_in: float = 0.2
     dropout_hidden: float = 0.5
     batchnorm: str = "standard"
@@ -91,6 +92,12 @@ class RunConfig:
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
                 problems.append(f"{name} {v!r} (a finite number > 0)")
+        if self.fc_width is not None:
+            v = self.fc_width
+            if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                problems.append(f"fc_width {v!r} (None or a finite number > 0)")
+            elif self.model != "cifar10_convnet":
+                problems.append(f"fc_width {v!r} (only cifar10_convnet has a separate dense width)")
         for name in ("dropout_in", "dropout_hidden"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not 0 <= v < 1:
@@ -159,6 +166,8 @@ class RunConfig:
             "stochastic_activations": self.stochastic_activations,
             "stochastic_weights": self.stochastic_weights,
         }
+        if self.fc_width is not None:
+            kw["fc_width"] = self.fc_width
         if self.model == "mnist_mlp":
             kw.update(depth=self.depth, dropout_in=self.dropout_in)
             kw.update(dropout_hidden=self.dropout_hidden)
