@@ -125,3 +125,42 @@ def test_without_out_nothing_is_written_into_results(tmp_path, monkeypatch):
     assert (tmp_path / "build" / "bench" / "bench_cpu.json").exists()
     with pytest.raises(SystemExit):
         bench.main([*argv, "--out", ""])
+
+
+def test_baseline_mlp_is_the_packed_net_on_another_kernel():
+    """The Section 4 MLP paths (every layer on the baseline kernel; hidden layers on XNOR with
+    the first on the baseline kernel) give the packed net's scores exactly."""
+    from bnnlib import inference
+    from bnnlib.bench.mlp import export_and_load
+    from bnnlib.bench.section4 import BaselineMLP
+    from bnnlib.nn.models import mnist_mlp
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 256, (300, 1, 28, 28), generator=g, dtype=torch.uint8)
+    net = bench_common.calibrate_batchnorm(mnist_mlp(hidden=100, depth=2), x, batch=100)
+    packed, _ = export_and_load(net, inference)
+    ref = packed.scores(x, path="layers")
+    base = BaselineMLP(packed)
+    assert torch.equal(base.scores(x), ref)
+    assert torch.equal(base.scores(x, hidden="xnor"), ref)
+    assert len(set(ref.argmax(1).tolist())) > 1  # the thresholds are exercised
+    with pytest.raises(ValueError, match="hidden must be"):
+        base.scores(x, hidden="int4")
+
+
+def test_section4_quick_run_writes_build_bench_only(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "results").mkdir()
+    argv = ["--section4", "--quick", "--sizes", "96", "--hidden", "64"]
+    res = bench.main([*argv, "--n-test", "200", "--n-calib", "200"])
+    s4 = res["section4_cpu"]
+    assert s4["gemm"][0]["exact"] == {"baseline": True, "xnor": True}
+    assert set(s4["gemm"][0]["seconds"]) == {
+        "baseline", "xnor", "xnor_with_packing", "torch_float32",
+    }  # fmt: skip
+    assert s4["mlp"]["all_identical"] and s4["mlp"]["n_images"] == 200
+    assert list((tmp_path / "results").iterdir()) == []
+    assert (tmp_path / "build" / "bench" / "bench_section4_cpu.json").exists()
+    with pytest.raises(SystemExit):
+        bench.main(["--section4", "--latency"])

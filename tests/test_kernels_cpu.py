@@ -356,3 +356,40 @@ def test_import_and_kernels_without_a_writable_cache_directory(tmp_path):
         for folder in (site / "bnnlib", *(site / "bnnlib").rglob("*")):
             if folder.is_dir():
                 folder.chmod(stat.S_IRWXU)
+
+
+# ---------------------------------------------------------------- the baseline kernel
+
+
+@pytest.mark.parametrize("M,N,K", [(1, 1, 1), (67, 70, 4096), (5, 300, 33), (256, 256, 256)])
+def test_baseline_gemm_is_exact_on_pm1(M, N, K, kernel_threads):
+    """±1 products are integers below 2^24: the float32 kernel must give torch's exactly."""
+    a, b = pm1(M, K, seed=M), pm1(N, K, seed=N + 1)
+    out = K_baseline(a, b)
+    assert out.dtype == torch.float32 and out.shape == (M, N)
+    assert torch.equal(out, (a.double() @ b.double().T).float())
+
+
+def test_baseline_gemm_on_real_inputs_agrees_with_torch_to_float32_rounding(kernel_threads):
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.randn(33, 300, generator=g), torch.randn(45, 300, generator=g)
+    ref = a.double() @ b.double().T
+    out = K_baseline(a, b.double())  # float64 operands are converted to float32
+    # 300 float32 products summed in another order: error ~ sqrt(300) * 2^-24 * |a||b|
+    assert torch.allclose(out.double(), ref, rtol=1e-5, atol=1e-4)
+    assert not torch.equal(out, torch.zeros_like(out))
+
+
+def test_baseline_gemm_empty_and_errors():
+    assert K_baseline(torch.zeros(0, 5), torch.zeros(3, 5)).shape == (0, 3)
+    assert torch.equal(K_baseline(torch.zeros(2, 0), torch.zeros(3, 0)), torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="a @ b.T"):
+        K_baseline(torch.zeros(2, 5), torch.zeros(3, 6))
+    with pytest.raises(ValueError, match="floating point"):
+        K_baseline(torch.zeros(2, 5, dtype=torch.int64), torch.zeros(3, 5))
+    with pytest.raises(ValueError, match="2-D"):
+        K_baseline(torch.zeros(2, 5, 1), torch.zeros(3, 5))
+
+
+def K_baseline(a, b):
+    return K.baseline_gemm(a, b)

@@ -24,6 +24,11 @@ Sections:
   10,000 against torch float32 and the time to stream the packed weights once, and the
   CIFAR-10 ConvNet at batch 1 (:mod:`bnnlib.bench.latency`). Written to
   ``build/bench/bench_latency_<device>.json`` unless ``--out`` says otherwise.
+* ``section4_cpu`` -- only with ``--section4``: the CPU counterparts of the paper's three
+  Section 4 claims (:mod:`bnnlib.bench.section4`): the baseline kernel, XNOR with and without
+  packing and torch float32 at ``--sizes`` (default 8192^3), and the MNIST MLP on baseline
+  kernels vs XNOR kernels on all test images. Written to
+  ``build/bench/bench_section4_<device>.json`` unless ``--out`` says otherwise.
 * ``gpu`` -- run first, with a CUDA GPU: :func:`bnnlib.bench.kernels.bench_gpu_gemm` (8192^3,
   the XNOR kernels with and without the packing of both operands) and :func:`bench_gpu_mlp`
   (the MLP with every layer on the baseline kernel against the XNOR path, per-layer times,
@@ -57,7 +62,8 @@ from bnnlib.bench.gpu import (
 from bnnlib.bench.kernels import bench_cpu_gemm
 from bnnlib.bench.latency import bench_latency
 from bnnlib.bench.mlp import bench_mnist_mlp, bench_train_step
-from bnnlib.bench.report import cpu_table
+from bnnlib.bench.report import cpu_table, section4_table
+from bnnlib.bench.section4 import bench_section4_gemm, bench_section4_mlp
 from bnnlib.files import atomic_write
 
 __all__ = ["default_out", "main"]
@@ -86,6 +92,13 @@ def _parser() -> argparse.ArgumentParser:
         "(build/bench/bench_latency_<device>.json)",
     )
     p.add_argument(
+        "--section4",
+        action="store_true",
+        help="only the paper's Section 4 claims on this CPU: baseline kernel / XNOR / XNOR with "
+        "packing / torch float32 at --sizes (default 8192), and the MNIST MLP on baseline vs "
+        "XNOR kernels (build/bench/bench_section4_<device>.json)",
+    )
+    p.add_argument(
         "--batches", type=int, nargs="+", default=[1, 100, 10_000], help="latency batch sizes"
     )
     p.add_argument("--no-conv", action="store_true", help="latency: leave out the ConvNet")
@@ -94,7 +107,7 @@ def _parser() -> argparse.ArgumentParser:
         help="JSON path (default build/bench/bench_<device>.json; results/... to update the "
         "committed figures)",
     )  # fmt: skip
-    p.add_argument("--sizes", type=int, nargs="+", help="CPU gemm sizes M = N = K")
+    p.add_argument("--sizes", type=cliargs.positive_int, nargs="+", help="CPU gemm sizes M = N = K")
     p.add_argument("--data-root", help="data folder (default: $BNN_DATA_DIR)")
     p.add_argument("--model-path", help="a trained mnist_mlp state dict (model.pt)")
     p.add_argument("--batchnorm", choices=("standard", "shift"), default="standard")
@@ -121,6 +134,9 @@ def _defaults(args) -> None:
     q = args.quick
     args.repeats = args.repeats or (2 if q else 5)
     args.n_calib = args.n_calib or (1000 if q else 5000)
+    if args.section4:
+        args.sizes = args.sizes or ([1024] if q else [8192])
+        args.repeats = 1 if q else 3
     args.sizes = args.sizes or ([256, 1024] if q else [256, 1024, 2048, 4096])
     args.train_hidden = args.train_hidden or [4096, 1024]
     args.train_repeats = args.train_repeats or (6 if q else 20)
@@ -138,6 +154,7 @@ def _settings(args) -> dict:
         "train_repeats": args.train_repeats,
         "skip": args.skip,
         "latency": args.latency,
+        "section4": args.section4,
         "batches": args.batches if args.latency else None,
     }
 
@@ -156,6 +173,16 @@ def _run_sections(args, res: dict, save) -> None:
             batchnorm=args.batchnorm, batches=tuple(args.batches),
             repeats=2 if args.quick else 5, conv=not args.no_conv, log=_log,
         )  # fmt: skip
+        save()
+        return
+    if args.section4:
+        res["section4_cpu"] = {"gemm": []}
+        for n in args.sizes:
+            _log(f"Section 4 on the CPU: {n}^3 ...")
+            res["section4_cpu"]["gemm"].append(bench_section4_gemm(n, args.repeats, log=_log))
+            save()
+        _log("Section 4 on the CPU: the MNIST MLP on baseline vs XNOR kernels ...")
+        res["section4_cpu"]["mlp"] = bench_section4_mlp(**mlp_options(args), log=_log)
         save()
         return
     if "gpu" not in args.skip:
@@ -200,7 +227,9 @@ def main(argv: list[str] | None = None) -> dict:
     _defaults(args)
     res: dict = {"meta": machine_info(argv)}
     res["settings"] = _settings(args)
-    kind = "bench_latency" if args.latency else "bench"
+    if args.latency and args.section4:
+        _parser().error("--latency and --section4 are separate runs: give one of them")
+    kind = "bench_latency" if args.latency else "bench_section4" if args.section4 else "bench"
     out = Path(args.out) if args.out else default_out(kind, res["meta"]["device"])
 
     def save(_partial=None) -> None:  # after every figure: a later crash loses nothing
@@ -209,7 +238,7 @@ def main(argv: list[str] | None = None) -> dict:
     res["meta"]["allow_tf32"] = torch.backends.cuda.matmul.allow_tf32
     _run_sections(args, res, save)
     res["meta"]["load_average_end"] = loadavg()
-    print(cpu_table(res))
+    print(section4_table(res) if args.section4 else cpu_table(res))
     atomic_write(out, json.dumps(plain(res), indent=1).encode())
     print(f"\nwrote {out}")
     return res

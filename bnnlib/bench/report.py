@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-__all__ = ["gpu_table"]
+__all__ = ["cpu_table", "gpu_table", "section4_table"]
 
 
 def cpu_table(res: dict) -> str:
@@ -17,6 +17,39 @@ def cpu_table(res: dict) -> str:
         lines.append(f"GPU: skipped ({gpu['skipped']})")
     elif gpu:
         lines += gpu_table(gpu.get("gemm"), gpu.get("mnist_mlp"))
+    return "\n".join(lines)
+
+
+def section4_table(res: dict) -> str:
+    """``--section4``: the paper's three Section 4 comparisons on this CPU."""
+    s4 = res.get("section4_cpu", {})
+    lines = ["", "=" * 72, "bnnlib.bench --section4 " + res["meta"]["date"], "=" * 72]
+    if s4.get("gemm"):
+        lines.append("GEMM, M = N = K = n: ms (GMAC/s); ratios measured in this run")
+        names = ("baseline", "xnor", "xnor_with_packing", "torch_float32")
+        lines.append("      n " + "".join(f"{k:>22}" for k in names) + "   exact")
+        for g in s4["gemm"]:
+            cells = "".join(
+                f"{1e3 * g['seconds'][k]:>12.1f} ({g['macs_per_s'][k] / 1e9:6.1f})" for k in names
+            )
+            lines.append(f"  {g['n']:5d} {cells}   {g['exact']}")
+            r = g["ratios"]
+            lines.append(
+                f"         XNOR / baseline {r['xnor_over_baseline']:.1f}x (paper, GPU: 23x); "
+                f"XNOR / torch float32 {r['xnor_over_torch_float32']:.2f}x (paper: 3.4x cuBLAS); "
+                f"with packing {r['xnor_with_packing_over_torch_float32']:.2f}x"
+            )
+    m = s4.get("mlp")
+    if m:
+        lines.append(f"MNIST MLP 784-{m['hidden']}x3-10, {m['n_images']:,} images at once:")
+        for k, t in m["seconds"].items():
+            ratio = m["ratios"].get(f"{k}_over_baseline")
+            lines.append(
+                f"  {k:<20} {1e3 * t:10.1f} ms  {m['ms_per_image'][k]:.4f} ms/image"
+                + (f"  {ratio:5.1f}x the baseline kernels" if ratio else "")
+            )
+        lines.append(f"  predictions identical to the float simulation: {m['all_identical']} "
+                     f"({m['identical_to_simulation']})")  # fmt: skip
     return "\n".join(lines)
 
 
