@@ -110,6 +110,16 @@ class CommittedRun:
         return dict(self.history.get("config", {}).get("run_config") or {})
 
     @property
+    def float_predictions(self) -> list[int] | None:
+        """The float model's prediction for every test image at the best epoch, as published
+        (run.json's ``packed_check`` or, for a float twin, ``float_check``); None if absent."""
+        check = self.run.get("packed_check") or self.run.get("float_check") or {}
+        pred = check.get("predictions_float_model")
+        if pred is None:
+            return None
+        return [int(c) for c in pred] if isinstance(pred, str) else [int(v) for v in pred]
+
+    @property
     def epochs(self) -> list[dict]:
         return list(self.history.get("epochs", []))
 

@@ -52,7 +52,7 @@ from bnnlib.bench.common import (
 )
 from bnnlib.bench.mlp import export_and_load
 
-__all__ = ["bench_latency", "weight_stream_floor"]
+__all__ = ["bench_latency", "conv_batch1", "weight_stream_floor"]
 
 
 def _median_ms(fn: Callable[[int], object], repeats: int, warmup: int) -> float:
@@ -134,29 +134,37 @@ def _exactness(net, packed, xt) -> dict:
     }
 
 
+def conv_batch1(net, packed, xt: torch.Tensor, repeats: int) -> dict[str, float]:
+    """Batch-1 ms of a ConvNet: ``packed`` (:meth:`PackedNet.predict`, its fused path),
+    ``packed_layers`` (a layer at a time) and ``float32`` (the deployed float32 network of the
+    same shape, :func:`deployed_float32` of ``net``, under ``inference_mode``), each the median
+    of ``repeats`` single-image calls after warm-up, cycling through the uint8 images ``xt``."""
+    xs, n = data.scale(xt), len(xt)
+    deployed = deployed_float32(net)
+    with torch.inference_mode():
+        f32 = _median_ms(lambda i: deployed(xs[i % n : i % n + 1]), repeats, 2)
+    return {
+        "float32": f32,
+        "packed": _median_ms(lambda i: packed.predict(xt[i % n : i % n + 1]), repeats, 2),
+        "packed_layers": _median_ms(
+            lambda i: packed.predict(xt[i % n : i % n + 1], path="layers"), repeats, 2
+        ),
+    }
+
+
 def _conv_rows(repeats: int, log) -> dict:
+    from bnnlib import inference
     from bnnlib.nn.models import cifar10_convnet
 
     torch.manual_seed(0)
     net = cifar10_convnet()
     x = torch.randint(0, 256, (264, 3, 32, 32), dtype=torch.uint8)
     calibrate_batchnorm(net, x[:200], batch=50)
-    from bnnlib import inference
-
     packed, _ = export_and_load(net, inference)
-    xt, xs = x[200:], data.scale(x[200:])
+    xt = x[200:]
     reps = max(5, repeats * 4)
     log("  CIFAR-10 ConvNet, batch 1 ...")
-    deployed = deployed_float32(net)
-    with torch.inference_mode():
-        f32 = _median_ms(lambda i: deployed(xs[i % 64 : i % 64 + 1]), reps, 2)
-    row = {
-        "float32": f32,
-        "packed": _median_ms(lambda i: packed.predict(xt[i % 64 : i % 64 + 1]), reps, 2),
-        "packed_layers": _median_ms(
-            lambda i: packed.predict(xt[i % 64 : i % 64 + 1], path="layers"), reps, 2
-        ),
-    }
+    row = conv_batch1(net, packed, xt, reps)
     same = torch.equal(packed.predict(xt, batch_size=1), packed.predict(xt, path="layers"))
     return {
         "model": "cifar10_convnet() randomly initialised, BN statistics from 200 random images",

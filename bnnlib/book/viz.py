@@ -48,6 +48,7 @@ __all__ = [
     "histograms",
     "binarized_histograms",
     "training_curves",
+    "figure1",
     "epoch_axis",
     "table",
     "SignProbe",
@@ -444,3 +445,36 @@ def sign_probes(
 def saturation(x: torch.Tensor) -> float:
     """Fraction of entries with |x| > 1: where the STE of paper Eq. 4 cancels the gradient."""
     return (x.abs() > 1).float().mean().item()
+
+
+def figure1(histories: Mapping[str, Any], *, title: str = "") -> go.Figure:
+    """The paper's Figure 1 for runs of one network (Section 2.3): per epoch, the training cost
+    (dotted, the square hinge loss averaged over the epoch) on the left and the validation error
+    (solid) on the right, one colour per run; ``histories`` maps a label (e.g. "BNN",
+    "float") to a History as in :func:`training_curves`."""
+    fig = make_subplots(
+        rows=1, cols=2, subplot_titles=("training cost (square hinge)", "validation error (%)")
+    )
+    palette = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd"]
+    for i, (label, history) in enumerate(histories.items()):
+        epochs = _epochs(history)
+        colour = palette[i % len(palette)]
+        x = [e["epoch"] for e in epochs]
+        fig.add_trace(
+            go.Scatter(x=x, y=[e["loss"] for e in epochs], name=f"{label}: training cost",
+                       mode="lines", line={"color": colour, "dash": "dot"}),
+            row=1, col=1,
+        )  # fmt: skip
+        fig.add_trace(
+            go.Scatter(x=x, y=[100 * e["val_error"] for e in epochs],
+                       name=f"{label}: validation error", mode="lines",
+                       line={"color": colour, "dash": "solid"}),
+            row=1, col=2,
+        )  # fmt: skip
+    n = max((len(_epochs(h)) for h in histories.values()), default=0)
+    for col in (1, 2):
+        fig.update_xaxes(title_text="epoch", row=1, col=col)
+        epoch_axis(fig, n, row=1, col=col)
+    fig.update_yaxes(rangemode="tozero", row=1, col=1)
+    fig.update_layout(title=title, legend={"orientation": "h", "y": -0.25})
+    return fig

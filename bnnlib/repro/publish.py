@@ -7,7 +7,8 @@ Publishing turns it into a committed run (:mod:`bnnlib.results`)::
     DEST/history.json       the per-epoch history, as trained
     DEST/run.json           the exact command, data, schedule, hardware, seed, date, code version,
                             and the packed model's check (below)
-    DEST/model.safetensors  the best-validation model, packed (bnnlib.inference.export)
+    DEST/model.safetensors  the best-validation model, packed (bnnlib.inference.export); a float
+                            twin (--float) has none: run.json's float_check records its errors
 
 The model is rebuilt from the run's own configuration (``history.json``'s
 ``config["run_config"]``, a :class:`~bnnlib.train.config.RunConfig`; runs from before it are
@@ -119,11 +120,19 @@ def _finished(history: dict, allow_stopped: bool) -> str | None:
     return None
 
 
+def _predictions(pred) -> str | list[int]:
+    """Predictions as run.json keeps them: a string of digits when every class is below 10."""
+    values = [int(v) for v in pred]
+    return "".join(map(str, values)) if all(0 <= v < 10 for v in values) else values
+
+
 def _check_packed(check: dict) -> None:
-    """The packed model must make exactly the float model's and the history's errors."""
-    if not check["errors_packed"] == check["errors_float_model"] == check["errors_history"]:
+    """The packed model (a float twin has none) must make exactly the float model's and the
+    history's errors."""
+    packed = check.get("errors_packed", check["errors_float_model"])
+    if not packed == check["errors_float_model"] == check["errors_history"]:
         raise PublishError(
-            f"the packed model makes {check['errors_packed']} errors, the float model "
+            f"the packed model makes {packed} errors, the float model "
             f"{check['errors_float_model']}, the history says {check['errors_history']}: the "
             "history or the checkpoint is not this run's (or the data differ); nothing written"
         )
@@ -217,21 +226,29 @@ def publish(
         net.eval()
 
         def build(staging: Path) -> dict:
-            model_path = inference.export(
-                net, staging / "model.safetensors",
-                metadata={"run": dest.name, "argv": config["argv"], "dataset": run_config.dataset},
-            )  # fmt: skip
-            pred_packed = inference.load(model_path).predict(test.X)
             pred_float = predict(net, test.X, device="cpu")
             check = {
                 "test_images": len(test),
-                "errors_packed": int((pred_packed != test.y).sum()),
                 "errors_float_model": int((pred_float != test.y).sum()),
                 "errors_history": round(best.test_error_at_best * len(test)),
-                "predictions_differing_packed_vs_float": int((pred_packed != pred_float).sum()),
-                "model_bytes": model_path.stat().st_size,
+                # One digit per test image (classes < 10), else a list: what the packed model
+                # must predict, checked again by the tests from the committed files.
+                "predictions_float_model": _predictions(pred_float),
                 "checked_on": describe_machine(),
             }
+            if run_config.binary:
+                model_path = inference.export(
+                    net, staging / "model.safetensors",
+                    metadata={
+                        "run": dest.name, "argv": config["argv"], "dataset": run_config.dataset,
+                    },
+                )  # fmt: skip
+                pred_packed = inference.load(model_path).predict(test.X)
+                check["errors_packed"] = int((pred_packed != test.y).sum())
+                check["predictions_differing_packed_vs_float"] = int(
+                    (pred_packed != pred_float).sum()
+                )
+                check["model_bytes"] = model_path.stat().st_size
             _check_packed(check)
             return {
                 "command": command_line(config),
@@ -251,7 +268,8 @@ def publish(
                 "best_epoch": best.best_epoch,
                 "selection": "best validation error; ties: the later epoch",
                 "test_error_at_best": best.test_error_at_best,
-                "packed_check": check,
+                # A float twin has no packed model: its check is the float model's errors.
+                "packed_check" if run_config.binary else "float_check": check,
             }
 
         return _write_staged(dest, history, build)
