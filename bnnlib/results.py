@@ -29,6 +29,7 @@ from bnnlib import settings
 
 __all__ = ["ENV_VAR", "results_dir", "find", "CommittedRun", "load_run", "runs", "TORCH7_MNIST_RUN"]
 __all__ += ["Bench", "load_bench", "gpu_bench", "machine_line", "hardware_line", "readable_command"]
+__all__ += ["display_path"]
 
 ENV_VAR = settings.RESULTS_DIR_VAR
 #: The committed Torch7-preset MNIST run (Table 1's Torch7 column).
@@ -45,6 +46,19 @@ def results_dir() -> Path | None:
         if candidate.is_dir():
             return candidate
     return None
+
+
+def display_path(path: str | Path) -> str:
+    """``path`` as a page may print it: ``results/<run>/<file>`` inside the results folder, else
+    the file's name alone (never a local or temporary folder)."""
+    path = Path(path)
+    root = results_dir()
+    if root is not None:
+        try:
+            return str(Path("results") / path.resolve().relative_to(root.resolve()))
+        except ValueError:
+            pass
+    return path.name
 
 
 def find(pattern: str) -> list[Path]:
