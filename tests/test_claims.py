@@ -210,7 +210,7 @@ def test_summary_markdown_numbers_notes_and_letters_machines():
          "details": "cmd a", "machines": ["CPU: one", "CPU: two"]},
         {"claim": "b", "paper": "1", "ours": "2", "how measured": "y, CPU", "status": "measured",
          "details": "cmd b", "machines": ["CPU: two"]},
-        {"claim": "c", "paper": "1", "ours": "—", "how measured": "z", "status": "not run yet",
+        {"claim": "c", "paper": "1", "ours": "—", "how measured": "", "status": "not run yet",
          "details": "", "machines": []},
     ]  # fmt: skip
     columns = ("claim", "ours", "how measured", "status")
@@ -218,7 +218,7 @@ def test_summary_markdown_numbers_notes_and_letters_machines():
     assert lines[2] == "| a | 2 | x, CPU [1] | measured |"
     assert (
         lines[3] == "| b | 2 | y, CPU [2] | measured |"
-        and lines[4] == "| c | — | z | not run yet |"
+        and lines[4] == "| c | — | — | not run yet |"
     )
     assert "1. cmd a; machine A, B" in lines and "2. cmd b; machine B" in lines
     assert "- **A**: CPU: one" in lines and "- **B**: CPU: two" in lines

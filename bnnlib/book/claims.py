@@ -408,10 +408,11 @@ def summary_markdown(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) 
         if on:
             note += ("; " if note else "") + f"machine {', '.join(on)}"
         cells = {c: str(row.get(c) or "") for c in columns}
+        cells["how measured"] = cells.get("how measured") or "—"
         if note:
             if note not in notes:  # rows with the same details share one note
                 notes.append(note)
-            cells["how measured"] = f"{cells['how measured'] or '—'} [{notes.index(note) + 1}]"
+            cells["how measured"] += f" [{notes.index(note) + 1}]"
         lines.append("| " + " | ".join(_cell(cells[c]) for c in columns) + " |")
     lines += ["", legend_line(), ""]
     if notes:
