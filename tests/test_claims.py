@@ -224,3 +224,16 @@ def test_summary_markdown_numbers_notes_and_letters_machines():
     assert "- **A**: CPU: one" in lines and "- **B**: CPU: two" in lines
     assert sum("CPU: two" in x for x in lines) == 1
     assert claims.row_details(rows[0]) == "cmd a; on CPU: one and CPU: two"
+
+
+def test_results_helpers_print_no_local_paths(tmp_path, monkeypatch):
+    monkeypatch.setenv(results.ENV_VAR, str(tmp_path))
+    (tmp_path / "run").mkdir()
+    model = tmp_path / "run" / "model.safetensors"
+    assert results.display_path(model) == "results/run/model.safetensors"
+    assert results.display_path("/somewhere/else/m.bnn") == "m.bnn"
+    cmd = "/work/x/.venv/bin/python3.11 -m bnnlib.bench --latency"
+    assert results.readable_command(cmd) == "python -m bnnlib.bench --latency"
+    meta = {"cpu": "Some CPU", "cpu_flags": ["popcnt", "avx2"], "cpu_count": 2, "gpu": None}
+    assert results.hardware_line(meta) == "CPU: Some CPU (2 logical cores; popcnt, avx2)"
+    assert results.hardware_line({**meta, "gpu": "G"}).startswith("GPU: G; CPU: Some CPU")
