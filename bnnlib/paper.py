@@ -128,15 +128,15 @@ STATUSES = (
 )
 #: One line per status, for the summary table's legend.
 STATUS_LEGEND = {
-    "reproduced": "the paper's figure lies inside the 95% interval of ours (a 'no loss' claim: "
-    "the interval of the gap reaches 0 or below)",
-    "better than the paper": "the paper's error lies above the 95% interval of ours",
-    "not reproduced": "the paper's figure lies outside the 95% interval of ours, on the worse side",
+    "reproduced": "the paper's figure is inside our 95% interval (a 'no loss' claim: the gap's "
+    "interval reaches 0 or below)",
+    "better than the paper": "the paper's error is above our 95% interval",
+    "not reproduced": "the paper's figure is outside our 95% interval, on the worse side",
     "reduced run": "fewer epochs, units or images than the paper's run: not comparable",
     "not run yet: needs a GPU": "prepared, waits for a GPU",
     "data not available here": "the data set cannot be obtained on this project's machines",
     "computed": "arithmetic on the paper's tables and this book's stated model, no measurement",
-    "measured": "a figure of ours with no figure of the paper to compare (the CPU counterparts)",
+    "measured": "ours, with no figure of the paper to compare (the CPU counterparts)",
     "not run yet": "no figure yet",
 }
 

@@ -20,6 +20,7 @@ epoch on ties), :func:`runs` all those matching a filter, :func:`load_bench` a b
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,8 @@ from typing import Any
 from bnnlib import settings
 
 __all__ = ["ENV_VAR", "results_dir", "find", "CommittedRun", "load_run", "runs", "TORCH7_MNIST_RUN"]
-__all__ += ["Bench", "load_bench", "gpu_bench", "machine_line"]
+__all__ += ["Bench", "load_bench", "gpu_bench", "machine_line", "hardware_line", "readable_command"]
+__all__ += ["display_path"]
 
 ENV_VAR = settings.RESULTS_DIR_VAR
 #: The committed Torch7-preset MNIST run (Table 1's Torch7 column).
@@ -44,6 +46,19 @@ def results_dir() -> Path | None:
         if candidate.is_dir():
             return candidate
     return None
+
+
+def display_path(path: str | Path) -> str:
+    """``path`` as a page may print it: ``results/<run>/<file>`` inside the results folder, else
+    the file's name alone (never a local or temporary folder)."""
+    path = Path(path)
+    root = results_dir()
+    if root is not None:
+        try:
+            return str(Path("results") / path.resolve().relative_to(root.resolve()))
+        except ValueError:
+            pass
+    return path.name
 
 
 def find(pattern: str) -> list[Path]:
@@ -181,6 +196,14 @@ class Bench:
     def machine(self) -> str:
         return machine_line(self.meta)
 
+    def hardware(self) -> str:
+        """The machine alone (no threads, no date), as :func:`bnnlib.hardware.hardware` says it."""
+        return hardware_line(self.meta)
+
+    def command(self) -> str:
+        """The benchmark's command as a reader types it (:func:`readable_command`)."""
+        return readable_command(str(self.meta.get("command", "?")))
+
     def gpu_name(self) -> str:
         """The GPU a benchmark with a ``gpu`` section ran on."""
         return _gpu_name(self)
@@ -195,6 +218,25 @@ def machine_line(meta: dict[str, Any]) -> str:
         parts.append(f"{threads} threads")
     parts.append(str(meta.get("date", "?"))[:10])
     return "; ".join(parts)
+
+
+def hardware_line(meta: dict[str, Any]) -> str:
+    """'CPU: AMD EPYC (2 logical cores; popcnt, avx2)' from a benchmark's ``meta`` (or a
+    ``describe_machine()`` dict): the line :func:`bnnlib.hardware.hardware` writes, so the same
+    machine reads the same in a run's ``run.json`` and in a benchmark file."""
+    flags = ", ".join(meta.get("cpu_flags") or []) or "no popcount flags"
+    cores = meta.get("cpu_count")
+    inside = f"{cores} logical cores; {flags}" if cores else flags
+    cpu = f"CPU: {meta.get('cpu') or 'unknown CPU'} ({inside})"
+    gpu = meta.get("gpu")
+    name = gpu.get("name") if isinstance(gpu, dict) else gpu
+    return f"GPU: {name}; {cpu}" if name else cpu
+
+
+def readable_command(command: str) -> str:
+    """A recorded command without the interpreter's local path: ``/x/.venv/bin/python -m m``
+    reads ``python -m m``."""
+    return re.sub(r"^\S*python[0-9.]*\s", "python ", command.strip())
 
 
 def load_bench(name: str) -> Bench | None:

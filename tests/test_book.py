@@ -132,9 +132,8 @@ def test_summary_has_one_row_per_claim_with_status():
     by_claim = {r["claim"]: r for r in rows}
     gap = by_claim[paper.claim("shift_bn_no_loss").claim]
     assert (gap["paper"], gap["ours"], gap["status"]) == ("0.00%", "0.10%", "reduced run")
-    assert (
-        "notebook 03_shift_batch_norm" in gap["how measured"] and "5 epochs" in gap["how measured"]
-    )
+    assert gap["how measured"] == "notebook 03, CPU"  # a few words; the rest in the notes
+    assert "5 epochs" in gap["details"] and gap["machines"] == ["CPU: x"]
     assert gap["section"] == "03_shift_batch_norm"
     uf = by_claim[paper.claim("unique_filters").claim]
     assert uf["status"] == "reproduced"  # 0.45 within 25% of the paper's 0.42

@@ -4,6 +4,7 @@ and the book, with every seed, its interval and its status."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -78,7 +79,9 @@ def test_torch7_cell_reports_every_seed_the_mean_and_the_interval(tmp_path, monk
     assert cell["status"] == "reproduced"  # 1.40% lies inside
     row = claims.committed_rows()[0]
     assert "seed 0: 1.40%, seed 1: 1.60%" in row.ours and "95% interval" in row.ours
-    assert row.status == "reproduced" and "2 seed(s)" in row.how
+    assert row.status == "reproduced" and row.how == "3 × 2048 MLP, 2 seeds, CPU"
+    assert row.machines == ("CPU: test",)  # the machine goes under the table, once
+    assert iv.method in row.details and "results/torch7_mnist_seed1/ (best epoch 2)" in row.details
 
 
 def test_a_cell_far_above_the_paper_is_not_reproduced(tmp_path, monkeypatch):
@@ -156,3 +159,81 @@ def test_a_full_live_record_wins_over_the_committed_row_a_reduced_one_does_not()
         paper.claim("table1_mnist_torch7").claim
     ]
     assert t7["ours"] == committed["table1_mnist_torch7"].ours and "interval" in t7["ours"]
+
+
+#: What only the notes and the machine list under the table may say: a CPU's flags, a command,
+#: a results file, an interval's method.
+_DETAIL_MARKERS = ("avx", "popcnt", "python -m", "results/", "Welch", "logical cores", "50,000")
+
+
+def _block_lines() -> list[str]:
+    return claims.readme_table().splitlines()
+
+
+def test_how_measured_is_a_few_words_and_the_details_are_kept_once():
+    rows = claims.committed_rows()
+    block = claims.readme_table()
+    table = [line for line in _block_lines() if line.startswith("| ") and "---" not in line][1:]
+    assert len(table) == len(rows)
+    for line, row in zip(table, rows, strict=True):
+        how = line.split(" | ")[3]
+        words = re.sub(r" \[\d+\]$", "", how)
+        assert words == row.how and len(words) <= 45 and len(words.split()) <= 9, how
+        assert not any(m in how for m in _DETAIL_MARKERS), how
+        if row.details or row.machines:  # every fact moved out of the cell is in its note
+            n = int(re.search(r"\[(\d+)\]$", how).group(1))
+            note = next(x for x in _block_lines() if x.startswith(f"{n}. "))
+            assert row.details in note, (row.key, note)
+    machines = {m for r in rows for m in r.machines}
+    assert machines  # the committed runs and benchmarks name their CPUs
+    for m in machines:  # each machine written once, as a line of its own
+        assert block.count(m) == 1 and any(x.endswith(f": {m}") for x in _block_lines())
+    t7 = next(r for r in rows if r.key == "table1_mnist_torch7")
+    assert "best-validation epoch" in t7.details and "extended on resume" in t7.details
+    assert "MNIST: 50,000 train / 10,000 val / 10,000 test images" in t7.details
+
+
+def test_the_legend_is_one_line_with_each_status_once():
+    legend = [x for x in _block_lines() if x.startswith("Status:")]
+    assert len(legend) == 1 and legend[0] == claims.legend_line()
+    bold = re.findall(r"\*\*(.+?)\*\*", legend[0])
+    assert len(bold) == len(set(bold))  # "not run yet" once, its GPU case inside it
+    assert bold.count("not run yet") == 1 and "*needs a GPU*" in legend[0]
+    for status, text in paper.STATUS_LEGEND.items():  # every status and its meaning is there
+        assert status.split(": ")[0] in bold and text in legend[0]
+    assert "\n- **" not in claims.readme_table().split("Machines:")[0]  # no bullet legend
+
+
+def test_summary_markdown_numbers_notes_and_letters_machines():
+    rows = [
+        {"claim": "a", "paper": "1", "ours": "2", "how measured": "x, CPU", "status": "measured",
+         "details": "cmd a", "machines": ["CPU: one", "CPU: two"]},
+        {"claim": "b", "paper": "1", "ours": "2", "how measured": "y, CPU", "status": "measured",
+         "details": "cmd b", "machines": ["CPU: two"]},
+        {"claim": "c", "paper": "1", "ours": "—", "how measured": "", "status": "not run yet",
+         "details": "", "machines": []},
+    ]  # fmt: skip
+    columns = ("claim", "ours", "how measured", "status")
+    lines = claims.summary_markdown(rows, columns)
+    assert lines[2] == "| a | 2 | x, CPU [1] | measured |"
+    assert (
+        lines[3] == "| b | 2 | y, CPU [2] | measured |"
+        and lines[4] == "| c | — | — | not run yet |"
+    )
+    assert "1. cmd a; machine A, B" in lines and "2. cmd b; machine B" in lines
+    assert "- **A**: CPU: one" in lines and "- **B**: CPU: two" in lines
+    assert sum("CPU: two" in x for x in lines) == 1
+    assert claims.row_details(rows[0]) == "cmd a; on CPU: one and CPU: two"
+
+
+def test_results_helpers_print_no_local_paths(tmp_path, monkeypatch):
+    monkeypatch.setenv(results.ENV_VAR, str(tmp_path))
+    (tmp_path / "run").mkdir()
+    model = tmp_path / "run" / "model.safetensors"
+    assert results.display_path(model) == "results/run/model.safetensors"
+    assert results.display_path("/somewhere/else/m.bnn") == "m.bnn"
+    cmd = "/work/x/.venv/bin/python3.11 -m bnnlib.bench --latency"
+    assert results.readable_command(cmd) == "python -m bnnlib.bench --latency"
+    meta = {"cpu": "Some CPU", "cpu_flags": ["popcnt", "avx2"], "cpu_count": 2, "gpu": None}
+    assert results.hardware_line(meta) == "CPU: Some CPU (2 logical cores; popcnt, avx2)"
+    assert results.hardware_line({**meta, "gpu": "G"}).startswith("GPU: G; CPU: Some CPU")

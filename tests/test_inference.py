@@ -215,6 +215,13 @@ def test_mlp_packed_equals_simulation(trained_mlp, tmp_path):
     assert (sim == yt).float().mean() > 0.5
 
 
+def test_a_printed_model_names_its_file_not_its_folder(trained_mlp, tmp_path):
+    net, _, _ = trained_mlp
+    packed = _roundtrip(net, tmp_path)
+    assert str(tmp_path) in packed.source  # the full path stays for error messages
+    assert str(tmp_path) not in repr(packed) and repr(packed).endswith(", from m.bnn)")
+
+
 def test_mlp_first_layer_modes_identical(trained_mlp, tmp_path):
     net, xt, _ = trained_mlp
     packed = _roundtrip(net, tmp_path)

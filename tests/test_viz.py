@@ -104,3 +104,58 @@ def test_training_curves_whole_epochs_and_percent():
     fig = viz.training_curves({"run": h})
     assert fig.layout.xaxis.dtick == 5
     assert fig.data[1].y[0] == pytest.approx(40.0) and list(fig.data[1].x) == list(range(1, 41))
+
+
+def test_training_curves_give_each_split_its_colour():
+    h0 = [{"epoch": e, "val_error": 0.02, "test_error": 0.021} for e in range(1, 121)]
+    h1 = [{"epoch": e, "val_error": 0.019, "test_error": 0.02} for e in range(1, 101)]
+    one = viz.training_curves({"run": h0}, ("val_error", "test_error"))  # auto: by split
+    assert one.data[0].line.color != one.data[1].line.color
+    fig = viz.training_curves(
+        {"seed 0": h0, "seed 1": h1}, ("val_error", "test_error"), color_by="metric"
+    )
+    style = {t.name: (t.line.color, t.line.dash) for t in fig.data}
+    assert style["seed 0: val error"][0] == style["seed 1: val error"][0]
+    assert style["seed 0: val error"][0] != style["seed 0: test error"][0]  # val vs test
+    assert style["seed 0: val error"][1] != style["seed 1: val error"][1]  # seeds: dashes
+    assert len(set(style.values())) == 4 and all(t.mode == "lines" for t in fig.data)
+    by_run = viz.training_curves({"a": h0, "b": h1}, ("val_error", "test_error"))
+    assert by_run.data[0].line.color == by_run.data[1].line.color != by_run.data[2].line.color
+    with pytest.raises(ValueError, match="color_by"):
+        viz.training_curves({"a": h0}, color_by="split")
+
+
+def test_line_log_axes_read_as_powers_of_ten():
+    fig = viz.line([1, 2, 3], {"pJ": [1e4, 1e8, 1e10]}, log_y=True, log_x=True)
+    for axis in (fig.layout.yaxis, fig.layout.xaxis):
+        assert axis.type == "log" and axis.exponentformat == "power"  # 10^10, not "10B"
+    assert viz.line([1, 2], {"a": [1, 2]}).layout.yaxis.exponentformat is None
+
+
+def test_line_draws_sampled_markers_under_the_curves():
+    ys = {"curve": [0, 1, 2], "expectation": [0, 1, 2], "draws": [0.1, 0.9, 2.1]}
+    fig = viz.line([0, 1, 2], ys, mode={"draws": "markers"})
+    names = [t.name for t in fig.data]
+    assert names.index("draws") < names.index("expectation")  # later traces are drawn on top
+    ranks = {t.name: t.legendrank for t in fig.data}
+    assert ranks["curve"] < ranks["expectation"] < ranks["draws"]  # the legend keeps ys' order
+    draws = fig.data[names.index("draws")]
+    assert draws.marker.opacity < 1
+    colours = [t.line.color for t in fig.data]
+    assert len(set(colours)) == 3 and fig.data[names.index("curve")].line.color == viz.PALETTE[0]
+
+
+def test_fraction_figure_keeps_the_papers_label_inside_the_figure():
+    from bnnlib.analysis import filters
+
+    long = "Unique 3x3 kernels per layer (a kernel and its negation once): " + "x" * 60
+    fig = filters.fraction_figure(["a", "b"], {"t": [0.5, 1.0]}, paper=0.42, title=long)
+    assert not fig.layout.annotations  # no free text to clip at the plot's edge
+    (line,) = fig.layout.shapes
+    assert (line.y0, line.y1, line.xref) == (42.0, 42.0, "x domain")
+    legend = [t for t in fig.data if t.name and t.name.startswith("paper: ~42%")]
+    assert len(legend) == 1 and legend[0].line.dash == "dash"  # labelled in the legend
+    assert fig.layout.yaxis.range[0] <= 42 <= fig.layout.yaxis.range[1]
+    title = fig.layout.title.text
+    assert "<br>" in title and max(len(x) for x in title.split("<br>")) <= 80
+    assert fig.layout.legend.y < 0  # under the plot: the title keeps its room

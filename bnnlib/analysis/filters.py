@@ -52,6 +52,7 @@ kernel and its negation is the smaller of the code and its complement.
 from __future__ import annotations
 
 import math
+import textwrap
 from dataclasses import asdict, dataclass
 
 import torch
@@ -282,24 +283,31 @@ def fraction_figure(
     layers: list[str], fractions: dict[str, list[float]], paper: float | None = None, title=""
 ):
     """Grouped bars: the unique fraction of each layer for each labelled net (plotly figure);
-    ``paper`` draws the paper's figure as a horizontal line."""
+    ``paper`` draws the paper's figure as a dashed line, labelled in the legend (under the
+    plot, never clipped)."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
     for label, values in fractions.items():
         fig.add_trace(go.Bar(x=layers, y=[100 * v for v in values], name=label))
-    if paper is not None:
-        fig.add_hline(
-            y=100 * paper,
-            line_dash="dash",
-            annotation_text=f"paper: ~{100 * paper:.0f}% (trained, full width)",
-        )
+    if paper is not None:  # a dashed line across the plot, labelled in the legend: never clipped
+        label = f"paper: ~{100 * paper:.0f}% (trained, full width)"
+        fig.add_hline(y=100 * paper, line_dash="dash", line_color="#444")
+        fig.add_trace(
+            go.Scatter(x=[None], y=[None], mode="lines", name=label,
+                       line={"dash": "dash", "color": "#444"})
+        )  # fmt: skip
+    lines = textwrap.wrap(title, 80) or [""]
     fig.update_layout(
         barmode="group",
-        title=title,
+        title="<br>".join(lines),  # a long title wraps instead of running off the figure
         xaxis_title="binary convolution",
         yaxis_title="unique 3x3 kernels (%)",
         yaxis_range=[0, 105],
+        # the legend under the x axis: the plot keeps its width, the title its room
+        legend={"orientation": "h", "x": 0, "y": -0.22, "yanchor": "top"},
+        margin={"t": 50 + 24 * len(lines), "b": 130},
+        height=480,
     )
     return fig
 

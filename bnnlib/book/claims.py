@@ -11,11 +11,17 @@ markers, and a test fails when the README's table differs from it.
 Table 1 cells report every seed's test error at its best-validation epoch (the later epoch
 on ties), their mean and a 95% interval (:func:`bnnlib.paper.error_interval`, its method
 stated in the row), and their status under :func:`bnnlib.paper.status`.
+
+The table reads at a glance: a row's ``how`` is a few words ("3 × 2048 MLP, 2 seeds, CPU"); its
+``details`` (splits, schedule, interval method, commands, files) and ``machines`` (the CPU model
+and flags, or the GPU) go to a numbered list under the table, each machine written once
+(:func:`summary_markdown`), and the status legend is one line, each status once
+(:func:`legend_line`).
 """
 
 from __future__ import annotations
 
-import re
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -26,6 +32,11 @@ __all__ = [
     "committed_rows",
     "table1_torch7",
     "readme_table",
+    "summary_row",
+    "summary_markdown",
+    "legend_line",
+    "row_details",
+    "machine_kind",
     "README_BEGIN",
     "README_END",
     "LIVE_CLAIMS",
@@ -39,7 +50,9 @@ LIVE_CLAIMS = ("unique_filters", "shift_bn_no_loss", "shift_adamax_no_loss")
 
 @dataclass(frozen=True)
 class Row:
-    """One row of "the paper vs this book". ``how`` is short (machine, command in ``details``);
+    """One row of "the paper vs this book". ``how`` is a few words (model, seeds, CPU or GPU);
+    ``details`` holds the rest (splits, schedule, method, commands, files) and ``machines`` the
+    hardware lines (:func:`bnnlib.hardware.hardware`'s form), shown once under the table;
     ``section`` names the notebook that shows it."""
 
     key: str
@@ -50,9 +63,17 @@ class Row:
     status: str
     section: str
     details: str = ""
+    machines: tuple[str, ...] = ()
 
-    def to_dict(self) -> dict[str, str]:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def machine_kind(machines: Sequence[str]) -> str:
+    """'CPU', 'GPU' or 'CPU, GPU': the kind of hardware of ``machines`` (hardware lines), for a
+    short ``how``; '' when none is known."""
+    kinds = sorted({"GPU" if m.startswith("GPU") else "CPU" for m in machines if m})
+    return ", ".join(kinds)
 
 
 def _pct(x: float) -> str:
@@ -83,6 +104,7 @@ def table1_torch7() -> dict[str, Any] | None:
             "extended": list(r.history.get("config", {}).get("extended") or []),
             "stopped_early": r.run.get("stopped_early") or r.history.get("stopped"),
             "note": r.run.get("note") or "",
+            "data": r.run.get("data") or "",
         }
         for r in found
     ]
@@ -104,22 +126,27 @@ def _torch7_row() -> Row:
     iv, seeds = cell["interval"], cell["seeds"]
     each = ", ".join(f"seed {s['seed']}: {_pct(s['test_error'])}" for s in seeds)
     ours = f"{_pct(iv.value)} ({each}; 95% interval {_pct(iv.low)}–{_pct(iv.high)})"
-    how = f"{len(seeds)} seed(s), 3 × 2048, full MNIST 50k/10k/10k, best-validation epoch"
+    machines = tuple(cell["hardware"])
+    k = len(seeds)
+    how = f"3 × 2048 MLP, {k} seed{'s' if k != 1 else ''}, {machine_kind(machines) or 'CPU'}"
+    data = sorted({s["data"] for s in seeds if s["data"]}) or ["full MNIST 50k/10k/10k"]
+    notes = ["; ".join(data), "test error at the best-validation epoch"]
     for s in seeds:
         for ext in s["extended"]:
-            how += (
-                f"; seed {s['seed']} extended on resume from {ext['from_epochs']} to "
+            notes.append(
+                f"seed {s['seed']} extended on resume from {ext['from_epochs']} to "
                 f"{ext['to_epochs']} epochs (its run.json says why)"
             )
         if s["stopped_early"]:
-            how += f"; seed {s['seed']} stopped early: {s['stopped_early']}"
+            notes.append(f"seed {s['seed']} stopped early: {s['stopped_early']}")
     details = (
-        f"{iv.method}. Runs: "
+        "; ".join(notes)
+        + f". Interval: {iv.method}. Runs: "
         + "; ".join(f"results/{s['run']}/ (best epoch {s['best_epoch']})" for s in seeds)
-        + ". Trained on: "
-        + " | ".join(cell["hardware"])
     )
-    return Row(c.key, c.claim, _pct(c.paper), ours, how, cell["status"], "05_training", details)
+    return Row(
+        c.key, c.claim, _pct(c.paper), ours, how, cell["status"], "05_training", details, machines
+    )
 
 
 def _theano_row() -> Row:
@@ -132,18 +159,24 @@ def _theano_row() -> Row:
     if row is None:
         return Row(c.key, c.claim, _pct(c.paper), "—", "", c.missing, "05_training")
     ours = _pct(row["test_error_at_best"])
-    how = "3 × 1024, 10 epochs, the short recipe (paper: 3 × 4096, 1000 epochs)"
+    meta = bench.data.get("machine", {})
+    machines = (results.hardware_line(meta),)
+    how = f"3 × 1024 MLP, 10 epochs, {machine_kind(machines)}"
     details = (
-        f"results/recipe_comparison.json, recipe chosen on validation error ({chosen}); "
-        f"{results.machine_line(bench.data.get('machine', {}))}. The paper's schedule needs a "
-        "GPU: python -m bnnlib.repro.reproduce, not run yet"
+        "the short recipe (paper: 3 × 4096, 1000 epochs); recipe chosen on validation error "
+        f"({chosen}); {meta.get('torch_threads', '?')} thread(s), "
+        f"{str(meta.get('date', '?'))[:10]}; results/recipe_comparison.json (python -m "
+        "bnnlib.train.recipes --out results/recipe_comparison.json). The paper's schedule needs "
+        "a GPU: python -m bnnlib.repro.reproduce, not run yet"
     )
-    return Row(c.key, c.claim, _pct(c.paper), ours, how, "reduced run", "05_training", details)
+    return Row(
+        c.key, c.claim, _pct(c.paper), ours, how, "reduced run", "05_training", details, machines
+    )
 
 
-def _static_row(key: str, section: str, how: str = "") -> Row:
+def _static_row(key: str, section: str, how: str = "", details: str = "") -> Row:
     c = paper.claim(key)
-    return Row(c.key, c.claim, _pct(c.paper), "—", how, c.missing, section)
+    return Row(c.key, c.claim, _pct(c.paper), "—", how, c.missing, section, details)
 
 
 def _memory_row() -> Row:
@@ -154,8 +187,9 @@ def _memory_row() -> Row:
     s = summary(mnist_mlp(hidden=4096), (1, 28, 28))
     status = paper.status(c.key, s.weight_ratio, reduced=False)
     ours = f"{s.weight_ratio:.1f}× weights, {s.ratio:.1f}× the whole 3 × 4096 model"
-    how = "float32 vs packed bytes, bnnlib.summary(mnist_mlp(), (1, 28, 28))"
-    return Row(c.key, c.claim, f"{c.paper:g}×", ours, how, status, "07_packed_inference")
+    how = "bytes counted, 3 × 4096 MLP"
+    details = "float32 vs packed bytes: bnnlib.summary(mnist_mlp(), (1, 28, 28))"
+    return Row(c.key, c.claim, f"{c.paper:g}×", ours, how, status, "07_packed_inference", details)
 
 
 #: The GPU claims and where a committed GPU benchmark holds each figure (section, key).
@@ -176,16 +210,17 @@ def _gpu_rows() -> list[Row]:
         c = paper.claim(key)
         value = ((gpu or {}).get(part) or {}).get(figure)
         if value is None:
-            how = "prepared: python -m bnnlib.gpucheck --out DIR"
             rows.append(
-                Row(c.key, c.claim, f"{c.paper:g}×", "—", how, c.missing, "06_xnor_kernels")
-            )
+                Row(c.key, c.claim, f"{c.paper:g}×", "—", "prepared, no GPU yet", c.missing,
+                    "06_xnor_kernels", "python -m bnnlib.gpucheck --out DIR")
+            )  # fmt: skip
             continue
-        how = f"{bench.gpu_name()}; results/{bench.path.name}"
         status = paper.status(c.key, value, reduced=False)
+        details = f"{bench.command()} (results/{bench.path.name}, {bench.meta.get('date', '?')})"
         rows.append(
-            Row(c.key, c.claim, f"{c.paper:g}×", f"{value:.1f}×", how, status, "06_xnor_kernels")
-        )
+            Row(c.key, c.claim, f"{c.paper:g}×", f"{value:.1f}×", f"GPU: {bench.gpu_name()}",
+                status, "06_xnor_kernels", details, (f"GPU: {bench.gpu_name()}",))
+        )  # fmt: skip
     return rows
 
 
@@ -196,11 +231,12 @@ def _energy_row() -> Row:
     cost = energy.BinaryCost()
     float_mac = sum(energy.OPERATIONS["32-bit floating point"].values())
     ratio = float_mac / (cost.word / 64)
-    how = (
+    details = (
         "Table 2's float32 MUL + ADD over a binary MAC priced by this book's gate-cost model "
-        "(XNOR + popcount + add per 64 bits)"
+        "(XNOR + popcount + add per 64 bits): bnnlib.analysis.energy.BinaryCost"
     )
-    return Row(c.key, c.claim, "—", f"{ratio:.0f}×", how, "computed", "08_energy")
+    how = "Table 2 over the gate model"
+    return Row(c.key, c.claim, "—", f"{ratio:.0f}×", how, "computed", "08_energy", details)
 
 
 def _packed_row() -> Row | None:
@@ -209,18 +245,30 @@ def _packed_row() -> Row | None:
     if not checks:
         return None
     ours = "; ".join(
-        f"seed {r.config.get('seed')}: {c['errors_packed']} errors packed, "
-        f"{c['errors_float_model']} float, {c['predictions_differing_packed_vs_float']} of "
+        f"seed {r.config.get('seed')}: {c['predictions_differing_packed_vs_float']} of "
         f"{c['test_images']:,} predictions differ"
         for r, c in checks
     )
+    errors = "; ".join(
+        f"seed {r.config.get('seed')}: {c['errors_packed']} errors packed, "
+        f"{c['errors_float_model']} float"
+        for r, c in checks
+    )
     same = all(c["predictions_differing_packed_vs_float"] == 0 for _, c in checks)
-    how = (
-        "the committed Torch7-preset models, all MNIST test images (python -m bnnlib.repro.publish)"
+    on = [results.hardware_line(c["checked_on"]) for _, c in checks if c.get("checked_on")]
+    machines = tuple(dict.fromkeys(on))
+    k = len(checks)
+    kind = machine_kind(machines) or "CPU"
+    how = f"{k} model{'s' if k != 1 else ''}, all MNIST test images, {kind}"
+    details = (
+        f"{errors}. The committed Torch7-preset models ("
+        + ", ".join(f"results/{r.name}/" for r, _ in checks)
+        + "), packed, against the float network on the same images: python -m bnnlib.repro.publish"
     )
     return Row(
         "packed_equals_float", "Packed XNOR-popcount inference = the float network", '"no loss"',
-        ours, how, "reproduced" if same else "not reproduced", "07_packed_inference",
+        ours, how, "reproduced" if same else "not reproduced", "07_packed_inference", details,
+        machines,
     )  # fmt: skip
 
 
@@ -232,6 +280,10 @@ def _latency_row() -> Row | None:
     b1, ratios, floor = lat["ms_per_image"]["1"], lat["ratios"], lat["floor"]
     big = max(lat["ms_per_image"], key=int)
     ours = (
+        f"{b1['packed']:.3f} ms at batch 1, {ratios['batch1_float32_over_packed']:.0f}× faster "
+        f"than float32"
+    )
+    figures = (
         f"batch 1: {b1['packed']:.3f} ms = {ratios['batch1_packed_over_floor']:.2f}× the "
         f"weight-streaming floor ({floor['ms']:.3f} ms), "
         f"{ratios['batch1_float32_over_packed']:.0f}× faster than the deployed float32 "
@@ -239,18 +291,19 @@ def _latency_row() -> Row | None:
         f"{lat['ms_per_image'][big]['packed']:.3f} ms/image, "
         f"{ratios[f'batch{big}_float32_over_packed']:.1f}× the deployed float32"
     )
-    how = f"3 × 4096 MLP on the CPU; {bench.machine()}"
-    details = f"{_command(bench)} (results/{bench.path.name})"
+    how = "3 × 4096 MLP, batch 1 to 10,000, CPU"
     return Row(
         "cpu_latency", "Packed MLP per image on the CPU (no figure in the paper)", "—", ours, how,
-        "measured", "06_xnor_kernels", details,
+        "measured", "06_xnor_kernels", f"{figures}. {_bench_details(bench)}", (bench.hardware(),),
     )  # fmt: skip
 
 
-def _command(bench: results.Bench) -> str:
-    """The benchmark's command as a reader types it (``python -m ...``, no venv path)."""
-    cmd = str(bench.meta.get("command", "?"))
-    return re.sub(r"^\S*python[0-9.]*\s", "python ", cmd)
+def _bench_details(bench: results.Bench) -> str:
+    """A benchmark's threads, date and command (``python -m ...``, no venv path), its file."""
+    threads = bench.meta.get("torch_threads")
+    when = str(bench.meta.get("date", "?"))[:10]
+    run = f"{threads} thread(s), {when}" if threads else when
+    return f"{run}: {bench.command()} (results/{bench.path.name})"
 
 
 def _gemm_row() -> Row | None:
@@ -263,11 +316,11 @@ def _gemm_row() -> Row | None:
         f"{r['ratio']:.1f}× torch float32 at {r['n']}³ ({r['ratio_with_packing']:.1f}× with "
         f"packing both operands), exact: {r['exact']}"
     )
-    how = f"XNOR-popcount gemm vs torch.matmul float32 on the CPU; {bench.machine()}"
-    details = f"{_command(bench)} (results/{bench.path.name})"
+    how = f"{r['n']}³ gemm vs torch.matmul, CPU"
+    details = "XNOR-popcount gemm vs torch.matmul float32; " + _bench_details(bench)
     return Row(
         "cpu_xnor_gemm", "XNOR gemm vs float32 BLAS on the CPU (paper, GPU: 3.4× cuBLAS)",
-        "—", ours, how, "measured", "06_xnor_kernels", details,
+        "—", ours, how, "measured", "06_xnor_kernels", details, (bench.hardware(),),
     )  # fmt: skip
 
 
@@ -276,11 +329,13 @@ def committed_rows() -> list[Row]:
     rows = [
         _torch7_row(),
         _theano_row(),
-        _static_row("table1_svhn", "05_training", "SVHN cannot be obtained here"),
+        _static_row("table1_svhn", "05_training", "no SVHN here", "SVHN cannot be obtained here"),
         _static_row(
             "table1_cifar10",
             "09_filter_repetition",
-            "only an exact 5,085 / 1,017-image subset is here (never labelled CIFAR-10)",
+            "a subset only",
+            "only an exact 5,085 / 1,017-image subset of CIFAR-10 is here (never labelled "
+            "CIFAR-10)",
         ),  # fmt: skip
         _memory_row(),
         *_gpu_rows(),
@@ -294,20 +349,88 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+def summary_row(row: Row) -> dict[str, Any]:
+    """A :class:`Row` in the book summary's shape (:data:`bnnlib.book.results.SUMMARY_COLUMNS`
+    plus ``section``, ``details``, ``machines``), the shape :func:`summary_markdown` renders."""
+    return {
+        "claim": row.claim, "paper": row.paper, "ours": row.ours, "how measured": row.how,
+        "status": row.status, "section": row.section, "details": row.details,
+        "machines": list(row.machines),
+    }  # fmt: skip
+
+
+def row_details(row: Mapping[str, Any]) -> str:
+    """Everything a summary row says beyond its short cells: its details, then its machines
+    written out (for a page that shows each row's details beside it)."""
+    machines = [m for m in row.get("machines") or [] if m]
+    parts = [str(row.get("details") or "")] + (["on " + " and ".join(machines)] if machines else [])
+    return "; ".join(p for p in parts if p)
+
+
+def legend_line() -> str:
+    """The status legend on one line, each status once: a status written ``"x: y"`` (``"not
+    run yet: needs a GPU"``) is told under ``x``."""
+    told: dict[str, list[str]] = {}
+    for s in paper.STATUSES:
+        base, _, sub = s.partition(": ")
+        told.setdefault(base, [])
+        text = paper.STATUS_LEGEND[s]
+        if sub:
+            told[base].append(f"*{sub}*: {text}")
+        else:
+            told[base].insert(0, text)
+    parts = []
+    for base, texts in told.items():
+        own, subs = (texts[0], texts[1:]) if base in paper.STATUS_LEGEND else ("", texts)
+        extra = f" ({'; '.join(subs)})" if subs else ""
+        parts.append(f"**{base}**: {own}{extra}" if own else f"**{base}**{extra}")
+    return "Status: " + " · ".join(parts) + "."
+
+
+def _machine_letter(i: int) -> str:
+    return chr(ord("A") + i) if i < 26 else f"M{i + 1}"
+
+
+def summary_markdown(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> list[str]:
+    """The summary table (``columns`` of each row; ``"how measured"`` gets a note number ``[n]``),
+    the one-line legend, then the numbered notes (each row's ``details`` and machines, by
+    letter) and the machines, each written once."""
+    letters: dict[str, str] = {}
+    for row in rows:
+        for m in row.get("machines") or []:
+            if m and m not in letters:
+                letters[m] = _machine_letter(len(letters))
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    notes: list[str] = []
+    for row in rows:
+        on = sorted({letters[m] for m in row.get("machines") or [] if m})
+        note = str(row.get("details") or "")
+        if on:
+            note += ("; " if note else "") + f"machine {', '.join(on)}"
+        cells = {c: str(row.get(c) or "") for c in columns}
+        cells["how measured"] = cells.get("how measured") or "—"
+        if note:
+            if note not in notes:  # rows with the same details share one note
+                notes.append(note)
+            cells["how measured"] += f" [{notes.index(note) + 1}]"
+        lines.append("| " + " | ".join(_cell(cells[c]) for c in columns) + " |")
+    lines += ["", legend_line(), ""]
+    if notes:
+        lines += ["How each row was measured:", ""]
+        lines += [f"{i}. {n}" for i, n in enumerate(notes, 1)] + [""]
+    if letters:
+        lines += ["Machines:", ""] + [f"- **{x}**: {m}" for m, x in letters.items()] + [""]
+    return lines
+
+
 def readme_table(rows: list[Row] | None = None) -> str:
     """The README's "paper vs this book" block (between :data:`README_BEGIN` and
-    :data:`README_END`): the committed rows, the live ones named, the legend."""
+    :data:`README_END`): the committed rows, the legend, the notes and machines, the live rows
+    named."""
     rows = committed_rows() if rows is None else rows
-    lines = [README_BEGIN, "", "| claim | paper | ours | how | status |", "|---|---|---|---|---|"]
-    for r in rows:
-        how = r.how + (f" — {r.details}" if r.details else "")
-        lines.append(
-            f"| {_cell(r.claim)} | {_cell(r.paper)} | {_cell(r.ours)} | {_cell(how)} | "
-            f"{_cell(r.status)} |"
-        )
+    columns = ("claim", "paper", "ours", "how measured", "status")
+    lines = [README_BEGIN, "", *summary_markdown([summary_row(r) for r in rows], columns)]
     live = ", ".join(paper.claim(k).claim for k in LIVE_CLAIMS)
-    lines += ["", f"Measured live when the book runs (`make book`, reduced runs): {live}.", ""]
-    lines += ["Statuses:", ""]
-    lines += [f"- **{k}**: {v}" for k, v in paper.STATUS_LEGEND.items()]
-    lines += ["", README_END]
+    lines += [f"Measured live when the book runs (`make book`, reduced runs): {live}.", ""]
+    lines += [README_END]
     return "\n".join(lines)

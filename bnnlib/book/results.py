@@ -16,7 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from bnnlib import paper as _paper
-from bnnlib.book.claims import LIVE_CLAIMS, committed_rows
+from bnnlib.book.claims import (
+    LIVE_CLAIMS,
+    committed_rows,
+    machine_kind,
+    summary_markdown,
+    summary_row,
+)
 from bnnlib.files import atomic_write
 from bnnlib.hardware import hardware
 
@@ -74,14 +80,21 @@ def _full_live_record(key: str, runs, records) -> dict[str, str] | None:
     status = e.get("status") or _paper.status(c.key, e["value"], reduced=False)
     if status == "reduced run":
         return None
-    parts = [e.get("data"), e.get("hardware"), e.get("note")]
+    return {"ours": _claim_value(e["value"], c.unit), "status": status, **_live_how(run, e)}
+
+
+def _live_how(run: Run, e: dict[str, Any]) -> dict[str, Any]:
+    """A notebook record's short "how measured" (the notebook, CPU or GPU), its details (data,
+    schedule, seed, note) and its machine, in a summary row's shape."""
+    machines = [str(e["hardware"])] if e.get("hardware") else []
+    kind = machine_kind(machines)
+    parts = [e.get("data"), e.get("schedule")]
+    parts += [f"seed {e['seed']}" if e.get("seed") is not None else None, e.get("note")]
     return {
-        "ours": _claim_value(e["value"], c.unit),
-        "how measured": f"notebook {run.notebook}"
-        + (f": {e['schedule']}" if e.get("schedule") else ""),
-        "status": status,
+        "how measured": f"notebook {run.notebook[:2]}" + (f", {kind}" if kind else ""),
         "section": run.notebook,
         "details": "; ".join(str(p) for p in parts if p),
+        "machines": machines,
     }
 
 
@@ -99,8 +112,7 @@ def summary_rows(runs: Sequence[Run]) -> list[dict[str, str]]:
     records = {f"{r.notebook[:2]}:{e['name']}": (r, e) for r in runs for e in r.records}
     rows = []
     for r in committed_rows():
-        row = {"claim": r.claim, "paper": r.paper, "ours": r.ours, "how measured": r.how,
-               "status": r.status, "section": r.section, "details": r.details}  # fmt: skip
+        row = summary_row(r)
         live = _full_live_record(r.key, runs, records) if r.status in _FILLABLE else None
         if live is not None:  # a full measurement of this run (a GPU, PROFILE=full) fills it
             row.update(live)
@@ -110,35 +122,23 @@ def summary_rows(runs: Sequence[Run]) -> list[dict[str, str]]:
             continue
         found = records.get(c.record) if c.record else None
         paper_text = "—" if c.better == "report" else _claim_value(c.paper, c.unit)
-        details = ""
-        if found is None:
-            ours, how, status = "—", "", c.missing
-        else:
-            run, e = found
-            ours = _claim_value(e["value"], c.unit)
-            how = f"notebook {run.notebook}" + (f": {e['schedule']}" if e.get("schedule") else "")
-            parts = [e.get("data"), e.get("hardware")]
-            parts += [f"seed {e['seed']}" if e.get("seed") is not None else None, e.get("note")]
-            details = "; ".join(str(p) for p in parts if p)
-            status = e.get("status") or _paper.status(c.key, e["value"], reduced=False)
         section = next(
             (r.notebook for r in runs if c.record and r.notebook[:2] == c.record[:2]), ""
         )
-        rows.append(
-            {"claim": c.claim, "paper": paper_text, "ours": ours, "how measured": how,
-             "status": status, "section": section, "details": details}
-        )  # fmt: skip
+        row = {"claim": c.claim, "paper": paper_text, "ours": "—", "how measured": "",
+               "status": c.missing, "section": section, "details": "", "machines": []}  # fmt: skip
+        if found is not None:
+            run, e = found
+            row.update(_live_how(run, e), ours=_claim_value(e["value"], c.unit))
+            row["status"] = e.get("status") or _paper.status(c.key, e["value"], reduced=False)
+        rows.append(row)
     return rows
 
 
 def _summary_markdown(rows: Sequence[dict[str, str]]) -> list[str]:
     lines = ["## The paper vs this book", ""]
     lines += [f"{_paper.CITATION}.", ""]
-    lines += ["| " + " | ".join(SUMMARY_COLUMNS) + " |", "|" + "---|" * len(SUMMARY_COLUMNS)]
-    for row in rows:
-        lines.append("| " + " | ".join(row[c].replace("|", "\\|") for c in SUMMARY_COLUMNS) + " |")
-    lines += ["", "Status:", ""] + [f"- **{k}**: {v}" for k, v in _paper.STATUS_LEGEND.items()]
-    return [*lines, ""]
+    return lines + summary_markdown(rows, SUMMARY_COLUMNS)
 
 
 def _markdown(runs: Sequence[Run], profile: str) -> str:

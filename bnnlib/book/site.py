@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from bnnlib import paper
+from bnnlib.book.claims import legend_line, row_details
 from bnnlib.book.notebooks import BookError, read_notebook, title
 from bnnlib.book.results import COLUMNS, SUMMARY_COLUMNS, Run, cell_text, summary_rows
 from bnnlib.files import atomic_write
@@ -126,8 +126,8 @@ def index_html(runs: Sequence[Run], pages: dict[str, Path], profile: str) -> str
         page = pages.get(row.get("section", ""))
         if column == "claim" and page is not None:  # the notebook that measured it
             text = f'<a href="{esc(page.name)}">{text}</a>'
-        if column == "how measured" and row.get("details"):
-            text += f"<details><summary>more</summary>{esc(row['details'])}</details>"
+        if column == "how measured" and row_details(row):
+            text += f"<details><summary>more</summary>{esc(row_details(row))}</details>"
         return f"<td>{text}</td>"
 
     summary = "".join(
@@ -136,7 +136,8 @@ def index_html(runs: Sequence[Run], pages: dict[str, Path], profile: str) -> str
         + "</tr>"
         for row in summary_rows(runs)
     )
-    legend = "".join(f"<li><b>{esc(k)}</b>: {esc(v)}</li>" for k, v in paper.STATUS_LEGEND.items())
+    legend = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", esc(legend_line()))  # one line
+    legend = re.sub(r"\*(.+?)\*", r"<i>\1</i>", legend)
     summary_head = "".join(f"<th>{esc(c)}</th>" for c in SUMMARY_COLUMNS)
     style = (
         "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
@@ -154,7 +155,7 @@ def index_html(runs: Sequence[Run], pages: dict[str, Path], profile: str) -> str
         "<p>Courbariaux, Hubara, Soudry, El-Yaniv, Bengio (2016), arXiv 1602.02830. "
         f"Profile <code>{esc(profile)}</code>, built {time.strftime('%Y-%m-%d %H:%M')}.</p>"
         f'<h2 id="summary">The paper vs this book</h2>'
-        f"<table><tr>{summary_head}</tr>{summary}</table><ul>{legend}</ul>"
+        f"<table><tr>{summary_head}</tr>{summary}</table><p>{legend}</p>"
         f"<h2>Notebooks</h2><ol>{items}</ol>"
         f"<h2>Appendix: the records of each notebook</h2>{''.join(tables)}</body></html>"
     )

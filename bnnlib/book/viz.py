@@ -58,6 +58,9 @@ __all__ = [
 
 HEIGHT = 420  # default figure height in pixels (an HTML page has no height to fill)
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
+#: plotly's default colour sequence, given explicitly where the drawing order differs.
+PALETTE = ("#636efa", "#EF553B", "#00cc96", "#ab63fa", "#FFA15A", "#19d3f3", "#FF6692",
+           "#B6E880", "#FF97FF", "#FECB52")  # fmt: skip
 CONFIG = {"displaylogo": False, "responsive": True}
 
 
@@ -217,18 +220,33 @@ def line(
     """Curves ``ys[name]`` against one shared ``x``.
 
     ``mode`` is plotly's ``"lines"``, ``"markers"`` or ``"lines+markers"``, for all
-    curves or per name (a dict; names left out get lines).
+    curves or per name (a dict; names left out get lines). Curves drawn as markers only
+    (sampled points) go under the lines, half transparent, so a line through them stays
+    visible; the legend keeps the order of ``ys``. A log axis labels its ticks as powers of
+    ten (10⁹, not plotly's "1B").
     """
     fig = go.Figure()
     xs = _np(x)
-    for name, y in ys.items():
+    traces = []
+    colours = PALETTE
+    for rank, (name, y) in enumerate(ys.items()):
         m = mode if isinstance(mode, str) else mode.get(name, "lines")
-        fig.add_trace(go.Scatter(x=xs, y=_np(y), name=name, mode=m))
+        colour = colours[rank % len(colours)]  # the colour of its place in ys, whatever the order
+        trace = go.Scatter(
+            x=xs, y=_np(y), name=name, mode=m, legendrank=1000 + rank,
+            line={"color": colour}, marker={"color": colour},
+        )  # fmt: skip
+        if m == "markers":
+            trace.marker.update(size=6, opacity=0.6)
+        traces.append(trace)
+    # Markers-only traces first: plotly draws later traces on top.
+    for trace in sorted(traces, key=lambda t: t.mode != "markers"):
+        fig.add_trace(trace)
     fig.update_layout(title=title, xaxis_title=xaxis_title, yaxis_title=yaxis_title)
     if log_x:
-        fig.update_xaxes(type="log")
+        fig.update_xaxes(type="log", exponentformat="power")
     if log_y:
-        fig.update_yaxes(type="log")
+        fig.update_yaxes(type="log", exponentformat="power")
     return fig
 
 
@@ -317,15 +335,23 @@ def training_curves(
     metrics: Sequence[str] = ("train_error", "val_error"),
     *,
     title: str = "",
+    color_by: str = "auto",
 ) -> go.Figure:
     """Error (in %) per epoch for each run; ``histories`` maps a label to a History.
 
     A History is a :class:`bnnlib.train.History`, its ``to_dict()``, or a list of
-    per-epoch dicts. Each metric gets its own dash style, each run its colour.
+    per-epoch dicts. ``color_by="run"``: each run its colour, each metric its dash style;
+    ``"metric"``: each metric (train / val / test) its colour, each run its dash style;
+    ``"auto"``: by metric for a single run, else by run. Runs over 30 epochs are drawn as
+    lines without markers, so close curves stay apart.
     """
-    fig = go.Figure()
+    if color_by not in ("auto", "run", "metric"):
+        raise ValueError(f"color_by must be 'auto', 'run' or 'metric', got {color_by!r}")
+    by_metric = color_by == "metric" or (color_by == "auto" and len(histories) == 1)
     palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
-    dashes = ["dot", "solid", "dash", "dashdot"]
+    dashes = ["solid", "dash", "dot", "dashdot"]
+    num_epochs = max((len(_epochs(h)) for h in histories.values()), default=0)
+    fig = go.Figure()
     for i, (label, history) in enumerate(histories.items()):
         epochs = _epochs(history)
         for j, metric in enumerate(metrics):
@@ -333,17 +359,22 @@ def training_curves(
             if not points:
                 continue
             x, y = zip(*points, strict=True)
+            colour, dash = (j, i) if by_metric else (i, j)
             fig.add_trace(
                 go.Scatter(
                     x=x,
                     y=[100 * v for v in y],
                     name=f"{label}: {metric.replace('_', ' ')}",
-                    mode="lines+markers",
-                    line={"color": palette[i % len(palette)], "dash": dashes[j % len(dashes)]},
+                    mode="lines+markers" if num_epochs <= 30 else "lines",
+                    line={
+                        "color": palette[colour % len(palette)],
+                        "dash": dashes[dash % len(dashes)],
+                        "width": 2,
+                    },
                 )
             )
     fig.update_layout(title=title, xaxis_title="epoch", yaxis_title="error (%)")
-    epoch_axis(fig, max((len(_epochs(h)) for h in histories.values()), default=0))
+    epoch_axis(fig, num_epochs)
     return fig
 
 

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from types import ModuleType
 
 import numpy as np
@@ -311,7 +312,10 @@ class PackedNet:
         kinds = ", ".join(
             f"{s.kind}({s.in_size}->{s.out_size})" for s in (lay.spec for lay in self.layers)
         )
-        return f"PackedNet([{kinds}], {self.nbytes} packed weight bytes, from {self.source})"
+        # The file's name, not its folder: a printed model never shows a local or temporary path
+        # (``source`` keeps the full path for error messages).
+        name = self.source if self.source.startswith("<") else PurePath(self.source).name
+        return f"PackedNet([{kinds}], {self.nbytes} packed weight bytes, from {name})"
 
     # ---- input ----
 
