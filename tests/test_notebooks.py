@@ -123,6 +123,10 @@ def check_05(r: dict) -> None:
         assert r["table1_mnist_torch7"] == cell["interval"].value
         errors = [s["test_errors"] for s in cell["seeds"]]
         assert cell["interval"].value == sum(errors) / len(errors) / cell["n_test"]
+    for k, name in (("bnn", "cifar10_subset_convnet"), ("float", "cifar10_subset_convnet_float")):
+        if f"convnet_subset_test_error_{k}" in r:  # the committed CIFAR-10-subset runs
+            run = results.load_run(name)
+            assert r[f"convnet_subset_test_error_{k}"] == run.test_error
 
 
 def check_06(r: dict) -> None:
@@ -135,6 +139,7 @@ def check_06(r: dict) -> None:
     assert r["cpu_latency_exact"] is True
     assert r["cpu_latency_batch1_over_floor"] > 0
     assert r["cpu_latency_batch1_float32_over_packed"] > 0
+    assert r["section4_cpu_xnor_over_baseline_live"] > 0  # exactness is asserted in the cell
 
 
 def check_07(r: dict) -> None:
@@ -149,6 +154,9 @@ def check_07(r: dict) -> None:
         run = results.load_run(results.TORCH7_MNIST_RUN)
         assert r["committed_packed_test_errors"] == round(run.test_error * 10_000)
         assert r["committed_packed_matches_history"] is True
+    if "convnet_subset_packed_equals_float" in r:  # the committed ConvNet, packed: all 1,017
+        assert r["convnet_subset_packed_equals_float"] == 1017
+        assert r["convnet_subset_batch1_speedup"] > 0
 
 
 def check_08(r: dict) -> None:
