@@ -334,7 +334,7 @@ def _section4_cpu_rows() -> list[Row]:
         + ", ".join(f"{k} {v:.4f}" for k, v in ms.items())
         + f". {m['model']}. {_bench_details(bench)}"
     )
-    cpu = "CPU counterpart of the row above"
+    cpu = "CPU counterpart"
     return [
         Row("cpu_xnor_over_baseline",
             "CPU: XNOR kernel vs the baseline kernel (paper, GPU: 23×)", "23× (GPU)",
