@@ -1,5 +1,6 @@
-"""The book's command line for a careless user: ``-p NAME=VALUE`` typed and checked, notebooks
-that lack their data finish and say so, executed copies without plotly.js in widget state.
+"""The command lines for a careless user: the book's ``-p NAME=VALUE`` typed and checked,
+notebooks that lack their data finish and say so, executed copies without plotly.js in widget
+state; ``bnnlib.train`` without data says what to set, once, without a usage dump.
 
 Fast checks run the runner with a stand-in for papermill; the ``notebooks``-marked test runs one
 small notebook in a real kernel (a widget, a data set that is not there, a cell using it).
@@ -223,3 +224,21 @@ def test_static_outputs_drops_widget_state_and_views():
     assert "widgets" not in nb.metadata
     assert dict(nb.cells[0].outputs[0]["data"]) == {"text/html": "<div>fig</div>"}
     assert book_notebooks.static_outputs(nb) == 0  # nothing left to drop
+
+
+# --- python -m bnnlib.train without its data ----------------------------------------------------
+
+
+def test_train_without_data_names_the_cli_fix_once(tmp_path, monkeypatch, capsys):
+    from bnnlib.data import loaders
+    from bnnlib.train import cli as train_cli
+
+    monkeypatch.setattr(loaders, "probe_online", lambda url, timeout=3.0: (False, "offline"))
+    with pytest.raises(SystemExit) as e:
+        train_cli.main(["--model", "mnist_mlp", "--epochs", "1", "--data-root", str(tmp_path)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("note: no --out: ") and err.count("no --out") == 1, err
+    assert "usage:" not in err  # the flags were fine
+    assert f"mnist not found under the data root {tmp_path} (from --data-root" in err
+    assert "set BNN_DATA_DIR (a command's --data-root" in err and "offline" in err
