@@ -393,7 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _mark_stale(args.out, args.profile, paths)
         kernel = kernel_name()
         total = time.perf_counter()
-        print(f"book: {len(paths)} notebooks, profile {args.profile}, into {args.out}")
+        print(f"book: {len(paths)} notebooks, profile {args.profile}, into {args.out}", flush=True)
         for path, values in overrides.items():
             if values:
                 shown = ", ".join(f"{k}={v!r}" for k, v in values.items())
