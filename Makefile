@@ -27,7 +27,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 book: $(STAMP)
-	$(PY) -m bnnlib.book --profile $(PROFILE)
+	$(PY) -m bnnlib.book --profile $(PROFILE) $(ARGS)
 
 # The paper's MNIST run (1000 epochs) and the CIFAR-10 ConvNet for the time left, packed, into OUT.
 OUT ?= runs/reproduce

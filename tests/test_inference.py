@@ -872,7 +872,8 @@ def test_cli_takes_the_dataset_a_model_records_and_refuses_another(cli_case, tmp
     inf.main([str(recorded), "--dataset", other_name, "--any-dataset"])  # asked for: allowed
     with pytest.raises(SystemExit):
         inf.main([str(model)])  # records nothing, says nothing: --dataset is needed
-    assert "does not record its training data set: give --dataset" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "does not record its training data set" in err and "give --dataset" in err
 
 
 def test_a_model_claiming_too_many_classes_is_refused_before_allocation(good_file, tmp_path):
@@ -891,3 +892,21 @@ def test_numba_threads_zero_is_one_clear_error():
     )
     assert out.returncode != 0
     assert "NUMBA_NUM_THREADS='0': must be an integer >= 1" in out.stderr
+
+
+def test_cli_reads_the_dataset_from_the_run_json_beside_an_older_model(cli_case, tmp_path, capsys):
+    """The committed models predate the dataset record in the file: their run.json names it."""
+    name, model, errors, n = cli_case
+    folder = tmp_path / "run"
+    folder.mkdir()
+    copy_ = folder / "model.safetensors"
+    copy_.write_bytes(model.read_bytes())
+    with pytest.raises(SystemExit):
+        inf.main([str(copy_)])
+    assert "nor does a run.json beside it" in capsys.readouterr().err
+    (folder / "run.json").write_text(json.dumps({"run_config": {"dataset": name}}))
+    assert inf.main([str(copy_)])["errors"] == errors
+    other_name = _write_npz(tmp_path / "other.npz", seed=1)[0]
+    with pytest.raises(SystemExit):
+        inf.main([str(copy_), "--dataset", other_name])
+    assert f"was trained on {name}, not {other_name}" in capsys.readouterr().err

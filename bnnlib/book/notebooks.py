@@ -7,7 +7,9 @@ cell tagged ``parameters``: ``NAME = literal  # comment`` per line). Used by
 from __future__ import annotations
 
 import ast
+import difflib
 import io
+import math
 import re
 import tokenize
 from collections.abc import Sequence
@@ -15,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["BOOK_DIR", "PROFILES", "BookError", "notebooks", "title", "parameters_source"]
-__all__ += ["parameters", "profile_parameters"]
+__all__ += ["parameters", "profile_parameters", "parse_overrides", "static_outputs"]
 
 BOOK_DIR = Path(__file__).resolve().parents[2] / "book"
 PROFILES = ("small", "full", "tests")
@@ -149,3 +151,116 @@ def profile_parameters(path: Path, profile: str) -> dict[str, Any]:
                 f"default {declared[name][0]!r}"
             )
     return loaded
+
+
+# --- ``-p NAME=VALUE`` on the command line ----------------------------------------------------
+
+
+def _type_name(default: Any) -> str:
+    if isinstance(default, bool):
+        return "a boolean (True or False)"
+    if isinstance(default, int):
+        return "an integer"
+    if isinstance(default, float):
+        return "a number"
+    if isinstance(default, str):
+        return "a string"
+    if isinstance(default, (list, tuple)):
+        return "a list, e.g. [1, 2]"
+    return f"a Python literal like {default!r}"
+
+
+def _convert(text: str, default: Any) -> Any:
+    """``text`` as a value of ``default``'s type; ValueError when it is not one."""
+    if isinstance(default, bool):
+        words = {"true": True, "false": False}
+        if text.strip().lower() not in words:
+            raise ValueError
+        return words[text.strip().lower()]
+    if isinstance(default, int):
+        return int(text)  # "1.5" and "abc" raise
+    if isinstance(default, float):
+        value = float(text)
+        if not math.isfinite(value):
+            raise ValueError
+        return value
+    if isinstance(default, str):
+        try:  # a quoted Python string: its text; anything else: as typed
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            return text
+        return value if isinstance(value, str) else text
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError) as e:
+        raise ValueError from e
+    if not _compatible(default, value):
+        raise ValueError
+    return value
+
+
+def parse_overrides(items: Sequence[str], paths: Sequence[Path]) -> dict[Path, dict[str, Any]]:
+    """``-p NAME=VALUE`` items as the parameters each notebook of ``paths`` gets.
+
+    A value is converted to the type of the notebook's default (``HIDDEN=512`` an integer,
+    ``LR_START=3e-3`` a number, ``DATASET=cifar10`` a string, ``FAST=true`` a boolean, a list
+    as a Python literal) and applies to every notebook of ``paths`` whose parameters cell
+    declares NAME. A malformed item, a NAME no notebook of ``paths`` declares or a VALUE of
+    the wrong type is one :class:`BookError` naming the parameter, the notebooks and the
+    expected type.
+    """
+    declared = {p: parameters(parameters_source(read_notebook(p), p.name), p.name) for p in paths}
+    chosen = ", ".join(p.stem for p in paths)
+    result: dict[Path, dict[str, Any]] = {p: {} for p in paths}
+    for item in items:
+        name, sep, text = item.partition("=")
+        name = name.strip()
+        if not sep or not _NAME.match(name):
+            raise BookError(
+                f"-p {item!r}: write -p NAME=VALUE with an UPPER_CASE parameter name, "
+                "e.g. -p HIDDEN=512"
+            )
+        having = [p for p in paths if name in declared[p]]
+        if not having:
+            known = sorted({n for d in declared.values() for n in d})
+            close = difflib.get_close_matches(name, known, n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise BookError(
+                f"-p {item}: no selected notebook ({chosen}) has a parameter {name}{hint} "
+                f"(their parameters: {', '.join(known)})"
+            )
+        for p in having:
+            default, comment = declared[p][name]
+            try:
+                result[p][name] = _convert(text, default)
+            except ValueError:
+                users = [q.name for q in having if _type_name(declared[q][name][0]) ==
+                         _type_name(default)]  # fmt: skip
+                raise BookError(
+                    f"-p {item}: {name} must be {_type_name(default)} in {', '.join(users)} "
+                    f"(default {default!r}: {comment}); got {text!r}"
+                ) from None
+    return result
+
+
+# --- executed copies ---------------------------------------------------------------------------
+
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+def static_outputs(nb) -> int:
+    """Drop the widget state (``metadata.widgets``: anywidget's plotly FigureWidget carries all
+    of plotly.js, ~5 MB per notebook) and the widget views, which cannot render without that
+    state, in place; returns the bytes of JSON dropped. The outputs keep their static fallback
+    (:mod:`bnnlib.book.viz`: ``text/html`` in a book run, else plotly's mimetype), which
+    renders without a kernel and is what the book's HTML shows."""
+    import json
+
+    state = nb.metadata.pop("widgets", None)
+    dropped = len(json.dumps(state)) if state is not None else 0
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            if WIDGET_VIEW in data:
+                dropped += len(json.dumps(data.pop(WIDGET_VIEW)))
+    return dropped

@@ -3,7 +3,7 @@
 ::
 
     python -m bnnlib.book [--profile small|full|tests] [--only 01 [--only 03]] [--out build/book]
-                          [--timeout SECONDS]
+                          [--timeout SECONDS] [-p NAME=VALUE ...]
 
 For each ``book/NN_*.ipynb``, in order:
 
@@ -12,6 +12,10 @@ For each ``book/NN_*.ipynb``, in order:
    ``tests`` injects ``book/params/<notebook>.tests.yaml`` when there is one.
    Every injected name must exist in the notebook's cell tagged ``parameters``;
    :func:`parameters` parses that cell (``NAME = literal  # comment`` per line).
+   ``-p NAME=VALUE`` (repeatable) then sets NAME in every selected notebook that declares it,
+   converted to the type of its default (:func:`~bnnlib.book.notebooks.parse_overrides`);
+   a name no selected notebook declares, or a value of the wrong type, stops the book before
+   anything runs, naming the parameter, the notebooks and the expected type.
 2. execution with papermill in a fresh kernel of this Python (a kernelspec
    ``bnnlib`` is installed into ``sys.prefix`` when missing), the working
    directory being ``book/``, ``BNN_RECORD_FILE`` pointing at
@@ -21,7 +25,10 @@ For each ``book/NN_*.ipynb``, in order:
    running longer than ``--timeout`` seconds (papermill's per-cell
    ``execution_timeout``; default :data:`DEFAULT_TIMEOUT` for the ``small`` and
    ``tests`` profiles, none for ``full``, whose training cells run for hours;
-   0 for none), so a hung cell cannot hang the book.
+   0 for none), so a hung cell cannot hang the book. The kernel talks to papermill over
+   local IPC sockets (POSIX; TCP elsewhere). The executed copy is saved without widget state
+   (:func:`~bnnlib.book.notebooks.static_outputs`: anywidget's copy of plotly.js, ~5 MB per
+   notebook), keeping each widget's static figure.
 3. results: ``<out>/results.md`` and ``<out>/results.json`` open with "the paper vs
    this book" (one row per :data:`bnnlib.paper.CLAIMS`), then every record (value, the
    paper's value, status, data, schedule, hardware, seed) as an appendix. When a notebook
@@ -44,6 +51,7 @@ import argparse
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -58,8 +66,10 @@ from bnnlib.book.notebooks import (
     PROFILES,
     BookError,
     notebooks,
+    parse_overrides,
     profile_parameters,
     read_notebook,
+    static_outputs,
     title,
 )
 from bnnlib.book.results import Run, write_results
@@ -126,6 +136,54 @@ def _environment(record_file: Path):
                 os.environ[k] = v
 
 
+def _kernel_manager() -> type:
+    """jupyter_client's AsyncKernelManager without the SIGINT it sends a kernel before asking
+    it to shut down: landing while the kernel handled a message, it printed a stray
+    "[IPKernelApp] ERROR | KeyboardInterrupt caught in kernel." in ``make book``'s output. A
+    kernel that does not stop when asked is still killed; a cell past ``--timeout`` is still
+    interrupted (nbclient calls ``interrupt_kernel``, which is unchanged)."""
+    from jupyter_client import AsyncKernelManager
+
+    class QuietShutdownKernelManager(AsyncKernelManager):
+        async def _async_interrupt_kernel(self) -> None:
+            if self.shutting_down:
+                return
+            await super()._async_interrupt_kernel()
+
+    return QuietShutdownKernelManager
+
+
+@contextmanager
+def _kernel_config():
+    """papermill's kernel config: IPC sockets on POSIX, in a private temporary folder (an
+    absolute path: a relative one lands in the notebook's working directory, book/, and two
+    kernels there would share socket names); no network port, and no "Kernel is running over
+    TCP without encryption" warning from every kernel (ipykernel >= 7). TCP elsewhere, or when
+    the temporary folder's path is too long for a Unix socket."""
+    from traitlets.config import Config
+
+    if os.name != "posix":
+        yield Config()
+        return
+    with tempfile.TemporaryDirectory(prefix="bnnlib-kernel-") as folder:
+        ip = str(Path(folder).resolve() / "kernel")
+        if len(ip) > 90:  # sun_path holds 107 bytes; jupyter_client appends -<n>
+            yield Config()
+        else:
+            yield Config({"KernelManager": {"transport": "ipc", "ip": ip}})
+
+
+def _save_static(executed: Path) -> None:
+    """Rewrite the executed copy without widget state (see :func:`static_outputs`)."""
+    import nbformat
+
+    if not executed.exists():
+        return
+    nb = nbformat.read(executed, as_version=4)
+    if static_outputs(nb):
+        atomic_write(executed, nbformat.writes(nb).encode("utf-8"))
+
+
 def _failure(path: Path, executed: Path, err: Exception) -> BookError:
     source = getattr(err, "source", "") or ""
     index = "?"
@@ -166,7 +224,7 @@ def run_notebook(
     record_file.parent.mkdir(parents=True, exist_ok=True)
     record_file.unlink(missing_ok=True)
     start = time.perf_counter()
-    with _environment(record_file):
+    with _environment(record_file), _kernel_config() as config:
         try:
             papermill.execute_notebook(
                 str(path),
@@ -178,11 +236,15 @@ def run_notebook(
                 progress_bar=False,
                 log_output=log_output,
                 execution_timeout=timeout,
+                config=config,
+                kernel_manager_class=_kernel_manager(),
             )
         except PapermillExecutionError as err:
             raise _failure(path, executed, err) from None
         except Exception as err:  # a dead kernel, a timeout
             raise _failure(path, executed, err) from err
+        finally:
+            _save_static(executed)
     seconds = time.perf_counter() - start
     records = _record.read(record_file) if record_file.exists() else []
     nb_title = title(read_notebook(path))
@@ -198,6 +260,16 @@ def _args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--profile", choices=PROFILES, default="small")
     parser.add_argument("--only", action="append", help="notebook number(s), e.g. 01 or 01,03")
+    parser.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="set a parameter of every selected notebook that has it, after the profile's "
+        "(repeatable), e.g. -p HIDDEN=512 -p NUM_EPOCHS=3; the value must have the type of "
+        "the notebook's default (its parameters cell)",
+    )
     parser.add_argument("--out", type=Path, default=Path("build/book"))
     parser.add_argument("--book-dir", type=Path, default=BOOK_DIR)
     parser.add_argument("--no-html", action="store_true", help="skip the HTML export")
@@ -237,7 +309,12 @@ def _mark_stale(out: Path, profile: str, paths: list[Path]) -> None:
     (out / "html" / "index.html").unlink(missing_ok=True)
 
 
-def _run_all(paths: list[Path], args: argparse.Namespace, kernel: str) -> list[Run]:
+def _run_all(
+    paths: list[Path],
+    args: argparse.Namespace,
+    kernel: str,
+    overrides: dict[Path, dict[str, Any]] | None = None,
+) -> list[Run]:
     """Run the notebooks in order; a failing or interrupted one writes the results so far,
     marked incomplete, then its :class:`BookError` (or the interrupt) goes on."""
     runs: list[Run] = []
@@ -248,6 +325,7 @@ def _run_all(paths: list[Path], args: argparse.Namespace, kernel: str) -> list[R
                 path,
                 args.out,
                 args.profile,
+                extra_parameters=(overrides or {}).get(path) or None,
                 kernel=kernel,
                 log_output=args.log_output,
                 timeout=args.timeout or None,
@@ -307,11 +385,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         paths = notebooks(args.book_dir, args.only)
         if not paths:
             raise BookError(f"no notebooks NN_*.ipynb in {args.book_dir}")
+        try:
+            overrides = parse_overrides(args.param, paths)
+        except BookError as err:
+            print(f"python -m bnnlib.book: error: {err}", file=sys.stderr)
+            return 2
         _mark_stale(args.out, args.profile, paths)
         kernel = kernel_name()
         total = time.perf_counter()
-        print(f"book: {len(paths)} notebooks, profile {args.profile}, into {args.out}")
-        runs = _run_all(paths, args, kernel)
+        print(f"book: {len(paths)} notebooks, profile {args.profile}, into {args.out}", flush=True)
+        for path, values in overrides.items():
+            if values:
+                shown = ", ".join(f"{k}={v!r}" for k, v in values.items())
+                print(f"    {path.stem}: {shown}")
+        runs = _run_all(paths, args, kernel, overrides)
         json_path, md_path = write_results(runs, args.out, args.profile)
         print(f"results: {md_path} and {json_path}")
         if not args.no_html:

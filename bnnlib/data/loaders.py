@@ -58,6 +58,7 @@ from __future__ import annotations
 import os
 import socket
 import urllib.parse
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -97,6 +98,7 @@ __all__ = [
     "to_uint8",
     "ensure_files",
     "available",
+    "first_available",
     "CIFAR10_SUBSET",
     "label",
     "describe_splits",
@@ -229,6 +231,21 @@ def available(name: str, root: str | os.PathLike | None = None) -> bool:
     return True
 
 
+def first_available(names: Sequence[str], root: str | os.PathLike | None = None) -> str | None:
+    """The first of ``names`` whose files are under the data root now (:func:`available`;
+    nothing is downloaded), or None when none is there.
+
+    e.g. ``first_available(["cifar10", "cifar10_subset"])`` is ``"cifar10"`` with the full
+    CIFAR-10 in the data root, ``"cifar10_subset"`` with only the offline subset, else None.
+    """
+    if isinstance(names, str):
+        raise TypeError(f"first_available takes a list of dataset names, got the string {names!r}")
+    for name in names:
+        if available(name, root):
+            return name
+    return None
+
+
 def _kind(name: str) -> str:
     name = _ALIASES.get(name, name)
     if name.startswith("npz:") and Path(name[4:]).name == "cifar10_subset.npz":
@@ -335,7 +352,7 @@ def resolve_root(root: str | os.PathLike | None = None) -> Path:
 
 def _root_origin(root) -> str:
     if root is not None:
-        return "the root= argument"
+        return "--data-root, or root= in Python"
     if settings.data_dir() is not None:
         return f"${ENV_VAR}"
     return f"the default, ${ENV_VAR} being unset"
@@ -398,8 +415,10 @@ def _missing_message(name: str, root: Path, origin: str, missing: list[str]) -> 
     )
     return (
         f"{name} not found under the data root {root} (from {origin}). Missing:\n{listing}\n"
-        f"Put the files there, or point {ENV_VAR} (or root=) at a folder laid out like this, "
-        "or pass download=True to fetch them with torchvision (needs internet)."
+        f"Fix: put the files there, or set {ENV_VAR} (a command's --data-root, root= in "
+        "Python) to a folder laid out like this (torchvision's layout). On a machine with "
+        "internet the files are downloaded with torchvision when missing (in Python, "
+        "download=True insists)."
     )
 
 
@@ -416,8 +435,8 @@ def ensure_files(name: str, root: Path, origin: str, download: bool | None) -> N
         online, where = probe_online(_torchvision_urls(name))
         if not online:
             raise DataNotFoundError(
-                msg + f" (download=None: no download, this machine is offline: "
-                f"cannot reach {where}.)"
+                msg + f" (Nothing was downloaded: this machine is offline, it cannot reach "
+                f"{where}.)"
             )
     try:
         download_files(name, root)

@@ -1,7 +1,9 @@
-"""``python -m bnnlib.inference MODEL --dataset NAME``: the error of a packed model on a dataset.
+"""``python -m bnnlib.inference MODEL [--dataset NAME]``: the error of a packed model on a dataset.
 
 Loads any file written by :func:`bnnlib.inference.export`, runs :meth:`PackedNet.predict` on
-one split of a dataset (:func:`bnnlib.data.load`; the test split by default) and prints::
+one split of a dataset (:func:`bnnlib.data.load`; the test split by default; the data set the
+model was trained on unless ``--dataset`` names one: its file records it, or the ``run.json`` of
+its run folder for files published before that) and prints::
 
     test error 1.38% (138 / 10000) on mnist test, model results/x/model.safetensors, CPU: ...
 
@@ -34,14 +36,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="a packed model file (.safetensors) from inference.export")
     p.add_argument(
         "--dataset",
-        help=f"dataset name: {', '.join(data.NAMES)} (default: the one the model file records, "
-        "as published models do)",
+        help=f"dataset name: {', '.join(data.NAMES)} (default: the one the model was trained "
+        "on, as its file records it or, for older files, the run.json of its run folder)",
     )
     p.add_argument(
         "--any-dataset", action="store_true",
         help="evaluate on --dataset even if the model records another training set",
     )  # fmt: skip
-    p.add_argument("--data-root", default=None, help="data root (default: $BNN_DATA_DIR)")
+    p.add_argument(
+        "--data-root", default=None,
+        help="folder holding the data sets in torchvision's layout (default: $BNN_DATA_DIR, "
+        "else ~/.cache/bnnlib/data)",
+    )  # fmt: skip
     p.add_argument(
         "--split", default="test", choices=data.SPLITS,
         help="which split: the test set (default), the paper's train/val cut of the training "
@@ -50,7 +56,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--batch-size", type=int, default=2000, help="images per call (memory; same result)"
     )
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument(
+        "--device", default="cpu", choices=("cpu", "cuda"),
+        help="where the XNOR-popcount kernels run: cpu (default) or cuda (needs a GPU and "
+        "PyCUDA); same integers",
+    )  # fmt: skip
     p.add_argument(
         "--first-layer", default="real", choices=("real", "bitplanes"),
         help="how the 8-bit first layer is computed: a float product with the +/-1 weights "
@@ -92,6 +102,20 @@ def evaluate(
     }
 
 
+def _recorded_dataset(path: Path, packed: PackedNet) -> str | None:
+    """The data set the model was trained on: its file's record (publish writes one), else the
+    ``run_config.dataset`` of the ``run.json`` beside it (files published before that)."""
+    if packed.dataset is not None:
+        return packed.dataset
+    try:
+        run = json.loads((path.parent / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    config = run.get("run_config") if isinstance(run, dict) else None
+    value = config.get("dataset") if isinstance(config, dict) else None
+    return value if isinstance(value, str) and value else None
+
+
 def _inputs(args, parser: argparse.ArgumentParser) -> tuple[PackedNet, data.Dataset]:
     """The model and the dataset of the command line, or ``parser.error`` (exit status 2)."""
     path = Path(args.model)
@@ -102,9 +126,12 @@ def _inputs(args, parser: argparse.ArgumentParser) -> tuple[PackedNet, data.Data
     try:
         backend(args.device)
         packed = load(path)
-        recorded = packed.dataset
+        recorded = _recorded_dataset(path, packed)
         if args.dataset is None and recorded is None:
-            parser.error(f"{path} does not record its training data set: give --dataset")
+            parser.error(
+                f"{path} does not record its training data set (nor does a run.json beside "
+                "it): give --dataset"
+            )
         if args.dataset and recorded and args.dataset != recorded and not args.any_dataset:
             parser.error(
                 f"{path} was trained on {recorded}, not {args.dataset}: its error there means "

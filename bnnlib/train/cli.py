@@ -339,8 +339,8 @@ def main(argv: list[str] | None = None) -> History:
     )
     try:
         return train(config, options)
-    except DataError as e:
-        parser.error(str(e))
+    except DataError as e:  # the flags were fine: no usage text above the message
+        _fail(parser, str(e))
     except (RunFolderError, RunConfigError, CheckpointError, FitSetupError) as e:
         _fail(parser, str(e))
     except NonFiniteLossError as e:
