@@ -173,7 +173,7 @@ export function base64Bytes(text) {
 const CSS = `
 .bnn-draw{font-family:sans-serif;font-size:13px;display:flex;flex-wrap:wrap;gap:16px;align-items:flex-start}
 .bnn-draw canvas.pad{border:1px solid #888;touch-action:none;cursor:crosshair;background:#000}
-.bnn-draw .col{display:flex;flex-direction:column;gap:6px}
+.bnn-draw .col{display:flex;flex-direction:column;gap:6px;max-width:300px}
 .bnn-draw button{font-size:12px;margin:1px;padding:2px 6px}
 .bnn-draw .bar{display:flex;align-items:center;gap:4px;height:17px}
 .bnn-draw .bar span.d{width:12px;text-align:right;font-weight:bold}
@@ -459,9 +459,21 @@ function dataViewBytes(v) {
   return new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
 }
 
+// The weights (1.3 MB) are not a synced trait, so that a saved notebook's widget state stays
+// small: the view asks the kernel for them with a custom message and gets them as a buffer.
 function render({ model, el: root }) {
+  root.textContent = "Loading the packed model from the kernel…";
+  const onMessage = (msg, buffers) => {
+    if (!msg || msg.type !== "weights") return;
+    model.off("msg:custom", onMessage);
+    start(model, root, dataViewBytes(buffers && buffers[0]));
+  };
+  model.on("msg:custom", onMessage);
+  model.send({ type: "weights?" });
+}
+
+function start(model, root, weights) {
   try {
-    const weights = dataViewBytes(model.get("weights"));
     const parsed = parseModel(weights.slice().buffer); // a copy: aligned at offset 0
     const view = createView(root, parsed, {
       examples: dataViewBytes(model.get("examples")).slice(),

@@ -371,15 +371,17 @@ def write_page(
 class DrawDigit(anywidget.AnyWidget):
     """Draw a digit in JupyterLab; the packed model classifies it in the browser as you draw.
 
-    ``weights`` is the weights file (:func:`export_weights`), ``examples`` / ``example_labels``
-    a few test images to load. The view sends each new input to the kernel as ``pixels`` with
-    its own ``js_prediction``; the kernel answers with :meth:`PackedNet.predict`
-    (``kernel_prediction``, ``kernel_scores``). Setting ``pixels`` from Python shows that
-    image in the view. Its HTML representation is :func:`view_html` (no kernel needed).
+    ``weights`` is the weights file (:func:`export_weights`), not a synced trait (a saved
+    notebook's widget state stays small): the view asks for it with the custom message
+    ``{"type": "weights?"}`` and gets :meth:`weights_message` back. ``examples`` /
+    ``example_labels`` are a few test images to load. The view sends each new input as
+    ``pixels`` with its own ``js_prediction``; the kernel answers with
+    :meth:`PackedNet.predict` (``kernel_prediction``, ``kernel_scores``). Setting ``pixels``
+    from Python shows that image in the view. Its HTML representation is :func:`view_html`
+    (no kernel needed).
     """
 
     _esm = js_source()
-    weights = traitlets.Bytes(b"").tag(sync=True)
     examples = traitlets.Bytes(b"").tag(sync=True)
     example_labels = traitlets.List(traitlets.Int(), []).tag(sync=True)
     pixels = traitlets.List(traitlets.Int(), []).tag(sync=True)
@@ -395,18 +397,26 @@ class DrawDigit(anywidget.AnyWidget):
         **kwargs: Any,
     ) -> None:
         self.net = _model(model)
-        blob = export_weights(self.net)
+        self.weights = blob = export_weights(self.net)
         ex, n = _examples(examples)
         super().__init__(
-            weights=blob,
             examples=ex,
             example_labels=[int(v) for v in labels] if labels is not None else [],
             **kwargs,
         )
         self.observe(self._classify, names="pixels")
+        self.on_msg(self._answer)
         self._html = view_html(blob, examples, labels)
         if n:
             self.pixels = list(ex[: SIZE * SIZE])
+
+    def weights_message(self) -> tuple[dict, list[bytes]]:
+        """The answer to the view's ``{"type": "weights?"}``: content and buffers."""
+        return {"type": "weights", "bytes": len(self.weights)}, [self.weights]
+
+    def _answer(self, _widget: Any, content: Any, _buffers: Any) -> None:
+        if isinstance(content, dict) and content.get("type") == "weights?":
+            self.send(*self.weights_message())
 
     @traitlets.validate("pixels")
     def _check_pixels(self, proposal: dict) -> list[int]:
