@@ -421,34 +421,38 @@ function showError(root, message) {
 
 // The weights come from a script beside the page (bnnlib.book.draw.write_assets writes it),
 // which sets globalThis.bnnDrawWeights[key] to their base64; a <script src> loads from file://
-// pages too, where fetch() is refused.
-export function mountStatic(root, opts) {
+// pages too, where fetch() is refused. Calls done(bytes) or fail(message).
+function loadAsset(opts, done, fail) {
   const store = (globalThis.bnnDrawWeights = globalThis.bnnDrawWeights || {});
-  const start = () => {
-    try {
-      const bytes = base64Bytes(store[opts.key]);
-      const model = parseModel(bytes.buffer);
-      const examples = opts.examples ? base64Bytes(opts.examples) : null;
-      createView(root, model, { examples, labels: opts.labels });
-      root.dataset.ready = "1";
-    } catch (err) {
-      showError(root, `draw-a-digit: ${err.message}`);
-    }
-  };
-  if (store[opts.key]) return start();
+  if (store[opts.key]) return done(base64Bytes(store[opts.key]));
   const s = document.createElement("script");
   s.src = opts.assetUrl;
   s.onload = () =>
     store[opts.key]
-      ? start()
-      : showError(root,
-          `draw-a-digit: ${opts.assetUrl} holds the weights of another model; rebuild the ` +
-          "page's assets with bnnlib.book.draw.write_assets(html_dir)");
+      ? done(base64Bytes(store[opts.key]))
+      : fail(`${opts.assetUrl} holds the weights of another model; rebuild the page's assets ` +
+             "with bnnlib.book.draw.write_assets(html_dir)");
   s.onerror = () =>
-    showError(root,
-      `draw-a-digit: the model's weights (${opts.assetUrl}) were not found beside this page; ` +
-      "the site build writes them with bnnlib.book.draw.write_assets(html_dir)");
+    fail(`the model's weights (${opts.assetUrl}) were not found beside this page; the site ` +
+         "build writes them with bnnlib.book.draw.write_assets(html_dir)");
   document.head.appendChild(s);
+}
+
+export function mountStatic(root, opts) {
+  loadAsset(
+    opts,
+    (bytes) => {
+      try {
+        const model = parseModel(bytes.buffer);
+        const examples = opts.examples ? base64Bytes(opts.examples) : null;
+        createView(root, model, { examples, labels: opts.labels });
+        root.dataset.ready = "1";
+      } catch (err) {
+        showError(root, `draw-a-digit: ${err.message}`);
+      }
+    },
+    (message) => showError(root, `draw-a-digit: ${message}`),
+  );
 }
 
 // ---- host 2: anywidget (JupyterLab) ----------------------------------------------------------
@@ -461,15 +465,34 @@ function dataViewBytes(v) {
 
 // The weights (1.3 MB) are not a synced trait, so that a saved notebook's widget state stays
 // small: the view asks the kernel for them with a custom message and gets them as a buffer.
+// With no kernel to answer (a page that embeds the widget state), it loads them as a static
+// page does, from the script beside the page.
 function render({ model, el: root }) {
   root.textContent = "Loading the packed model from the kernel…";
+  let started = false;
   const onMessage = (msg, buffers) => {
-    if (!msg || msg.type !== "weights") return;
+    if (!msg || msg.type !== "weights" || started) return;
+    started = true;
     model.off("msg:custom", onMessage);
     start(model, root, dataViewBytes(buffers && buffers[0]));
   };
   model.on("msg:custom", onMessage);
   model.send({ type: "weights?" });
+  const timer = setTimeout(() => {
+    if (started) return;
+    const opts = { key: model.get("asset_key"), assetUrl: model.get("asset_url") };
+    loadAsset(
+      opts,
+      (bytes) => {
+        if (started) return;
+        started = true;
+        model.off("msg:custom", onMessage);
+        start(model, root, bytes);
+      },
+      (message) => started || showError(root, `draw-a-digit: no kernel answered, and ${message}`),
+    );
+  }, 3000);
+  return () => clearTimeout(timer);
 }
 
 function start(model, root, weights) {

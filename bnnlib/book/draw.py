@@ -30,8 +30,10 @@ representation (:func:`view_html`) runs with no kernel at all: an inline
 beside the page (:func:`asset_name`: ``bnn_draw_<sha256[:12]>.js``, base64, 1.7 MB; a page
 stays small). **A site build must write that file beside the HTML pages:**
 :func:`write_assets` ``(html_dir)``; without it the view says so and names this function.
-Headless (papermill), the notebook shows the static fallback :func:`examples_figure`: a few
-test images with the model's ten scores and how many bits of each hidden layer fire.
+:func:`view` gives the widget in a live kernel and, in a book run, a :class:`StaticView` (the
+HTML only: no widget or widget state for a site renderer to prefer). Headless, the notebook
+also shows the static fallback :func:`examples_figure`: a few test images with the model's ten
+scores and how many bits of each hidden layer fire.
 
 :func:`browser_forward` runs the page's JavaScript in headless Chromium on given images and
 returns its predictions, scores and fires (the test of the page against PackedNet).
@@ -60,7 +62,7 @@ import torch
 import traitlets
 from plotly.subplots import make_subplots
 
-from bnnlib import results
+from bnnlib import results, settings
 from bnnlib.files import atomic_write
 from bnnlib.inference import PackedNet, load
 from bnnlib.inference.fold import Affine
@@ -83,8 +85,11 @@ __all__ = [
     "page_html",
     "write_page",
     "DrawDigit",
+    "StaticView",
+    "view",
     "examples_figure",
     "chromium",
+    "CHROMIUM_FLAGS",
     "browser_forward",
     "BrowserResult",
 ]
@@ -373,9 +378,10 @@ class DrawDigit(anywidget.AnyWidget):
 
     ``weights`` is the weights file (:func:`export_weights`), not a synced trait (a saved
     notebook's widget state stays small): the view asks for it with the custom message
-    ``{"type": "weights?"}`` and gets :meth:`weights_message` back. ``examples`` /
-    ``example_labels`` are a few test images to load. The view sends each new input as
-    ``pixels`` with its own ``js_prediction``; the kernel answers with
+    ``{"type": "weights?"}`` and gets :meth:`weights_message` back; with no kernel to answer
+    (a page that embeds the widget state) it loads them from ``asset_url`` beside the page.
+    ``examples`` / ``example_labels`` are a few test images to load. The view sends each new
+    input as ``pixels`` with its own ``js_prediction``; the kernel answers with
     :meth:`PackedNet.predict` (``kernel_prediction``, ``kernel_scores``). Setting ``pixels``
     from Python shows that image in the view. Its HTML representation is :func:`view_html`
     (no kernel needed).
@@ -388,6 +394,8 @@ class DrawDigit(anywidget.AnyWidget):
     js_prediction = traitlets.Int(-1).tag(sync=True)
     kernel_prediction = traitlets.Int(-1).tag(sync=True)
     kernel_scores = traitlets.List(traitlets.Float(), []).tag(sync=True)
+    asset_url = traitlets.Unicode("").tag(sync=True)
+    asset_key = traitlets.Unicode("").tag(sync=True)
 
     def __init__(
         self,
@@ -400,6 +408,8 @@ class DrawDigit(anywidget.AnyWidget):
         self.weights = blob = export_weights(self.net)
         ex, n = _examples(examples)
         super().__init__(
+            asset_url=asset_name(blob),
+            asset_key=_key(blob),
             examples=ex,
             example_labels=[int(v) for v in labels] if labels is not None else [],
             **kwargs,
@@ -440,6 +450,32 @@ class DrawDigit(anywidget.AnyWidget):
         data = dict(data)
         data["text/html"] = self._html  # a static page (nbconvert, the site): no kernel
         return (data, meta) if isinstance(bundle, tuple) else data
+
+
+@dataclass(frozen=True)
+class StaticView:
+    """The draw-a-digit view without a widget: its HTML (:func:`view_html`) as the output."""
+
+    html: str
+    text: str = "<draw-a-digit view: needs JavaScript and the weights script beside the page>"
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict:
+        return {"text/html": self.html, "text/plain": self.text}
+
+
+def view(
+    model: PackedNet | str | None = None,
+    examples: Any = None,
+    labels: Sequence[int] | None = None,
+) -> DrawDigit | StaticView:
+    """The view to show as a cell's value: a :class:`DrawDigit` widget in a live kernel; in a
+    book run (``python -m bnnlib.book``, headless) a :class:`StaticView`, only the HTML that
+    runs with no kernel, so the executed notebook holds no widget (nor its state) that a site
+    renderer could prefer over the HTML."""
+    if settings.book_run():
+        net = _model(model)
+        return StaticView(view_html(export_weights(net), examples, labels))
+    return DrawDigit(model, examples, labels)
 
 
 # --------------------------------------------------------------------------------------------
