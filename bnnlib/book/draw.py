@@ -548,7 +548,7 @@ CHROMIUM_FLAGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
-    "--virtual-time-budget=600000",
+    "--virtual-time-budget=60000",
     "--window-size=1200,900",
 ]
 
