@@ -353,7 +353,7 @@ def test_anywidget_view_gets_weights_and_reports_drawings(net, blob, mnist1000, 
         "stroke": json.dumps(CIRCLE),
     }
     page = tmp_path / "anywidget.html"
-    page.write_text(draw.page_html(blob, body))
+    page.write_text(draw.page_html(body))
     dom = _chromium_dom(tmp_path, page)
     out = json.loads(html.unescape(dom).split("RESULT", 1)[1].split("END", 1)[0])
     assert "error" not in out, out.get("error")

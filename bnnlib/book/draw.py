@@ -346,7 +346,7 @@ def view_html(
     )
 
 
-def page_html(blob: bytes, body: str, title: str = "Draw a digit") -> str:
+def page_html(body: str, title: str = "Draw a digit") -> str:
     """A whole HTML page around ``body`` (e.g. :func:`view_html`)."""
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
@@ -365,7 +365,7 @@ def write_page(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path.parent / asset_name(blob), asset_js(blob).encode())
-    return atomic_write(path, page_html(blob, view_html(blob, examples, labels)).encode())
+    return atomic_write(path, page_html(view_html(blob, examples, labels)).encode())
 
 
 # --------------------------------------------------------------------------------------------
@@ -637,7 +637,7 @@ def browser_forward(
             "strokes": json.dumps([[list(p) for p in s] for s in strokes]),
         }
         page = folder / "test.html"
-        page.write_text(page_html(blob, body, "draw-a-digit test"))
+        page.write_text(page_html(body, "draw-a-digit test"))
         cmd = [exe, *CHROMIUM_FLAGS, f"--user-data-dir={folder / 'profile'}", "--dump-dom"]
         done = subprocess.run(
             [*cmd, page.as_uri()], capture_output=True, text=True, timeout=timeout, check=False
