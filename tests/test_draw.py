@@ -214,7 +214,7 @@ def test_a_drawn_stroke_changes_the_prediction(net, in_browser):
 def _chromium_dom(folder: Path, page: Path) -> str:
     cmd = [CHROMIUM, *draw.CHROMIUM_FLAGS, f"--user-data-dir={folder / 'profile'}"]
     cmd += ["--dump-dom", page.as_uri()]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=False)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
     assert "<html" in done.stdout, done.stderr[-2000:]
     return done.stdout
 

@@ -613,7 +613,7 @@ def browser_forward(
     blob: bytes,
     X: Any,
     strokes: Sequence[Sequence[tuple[float, float]]] = (),
-    timeout: float = 300.0,
+    timeout: float = 600.0,
 ) -> BrowserResult:
     """Run the view's JavaScript (``draw.js``) in headless Chromium on uint8 images ``X`` (N,
     784), and draw ``strokes`` (each a list of (x, y) on the 280 x 280 pad; an empty one
