@@ -260,4 +260,4 @@ def test_run_notebook_passes_the_timeout_to_papermill(tmp_path, monkeypatch):
 def test_the_default_book_dir_holds_the_book():
     """BOOK_DIR pointed into the package after the move: make book found no notebook."""
     found = [p.name for p in book_notebooks.notebooks()]
-    assert len(found) >= 9 and found[0].startswith("01_") and found[-1].startswith("09_")
+    assert len(found) >= 9 and found[0].startswith("01_") and found[-1][:2] >= "09"

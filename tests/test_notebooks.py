@@ -202,6 +202,20 @@ def check_09(r: dict) -> None:
     assert "test_error" not in r or _fraction(r["test_error"])
 
 
+def check_10(r: dict) -> None:
+    n = r["draw_eval_size"]
+    assert n >= 1000
+    # numpy on the page's weights file: PackedNet's scores bit for bit, so its predictions.
+    assert r["draw_reference_scores_identical"] is True
+    assert r["draw_reference_agreement"] == n
+    # The JavaScript in headless Chromium (recorded wherever Chromium is installed).
+    if "draw_browser_agreement" in r or Path("/usr/bin/chromium").exists():
+        assert r["draw_browser_agreement"] == n
+    assert 1_000_000 < r["draw_weights_bytes"] < 1_400_000  # 1.26 MB of packed weights
+    assert r["draw_asset_bytes"] < 1_900_000
+    assert 0.2 < r["draw_fire_fraction_mean"] < 0.8
+
+
 CHECKS = {
     "01_binarization": check_01,
     "02_straight_through_estimator": check_02,
@@ -212,6 +226,7 @@ CHECKS = {
     "07_packed_inference": check_07,
     "08_energy": check_08,
     "09_filter_repetition": check_09,
+    "10_draw_a_digit": check_10,
 }
 
 
