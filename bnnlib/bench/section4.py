@@ -39,6 +39,7 @@ that other load hits them alike); medians. Rates are multiply-accumulates per se
 from __future__ import annotations
 
 import statistics
+import time
 from collections.abc import Callable
 
 import torch
@@ -55,8 +56,6 @@ __all__ = ["BaselineMLP", "bench_section4_gemm", "bench_section4_mlp"]
 def _interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
     """Seconds of every ``fns`` entry per round, ``repeats`` rounds (one warm-up call each
     first is the caller's job)."""
-    import time
-
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
