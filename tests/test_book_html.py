@@ -114,7 +114,7 @@ class Browser:
         result = self.call("Runtime.evaluate", expression=expression, returnByValue=True)
         return result["result"].get("value")
 
-    def open(self, url: str, ready: str, timeout: float = 60) -> None:
+    def open(self, url: str, ready: str, timeout: float = 240) -> None:
         """Navigate to ``url`` and wait until the JavaScript ``ready`` is true."""
         self.events.clear()
         self.call("Page.navigate", url=url)
