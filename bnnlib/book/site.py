@@ -211,9 +211,7 @@ def _config(profile: str) -> dict[str, Any]:
                 "nb_ipywidgets_js": {},  # the widget manager comes from a CDN: none
                 "html_static_path": ["_static"],
                 "html_js_files": [PLOTLY_JS],  # before the pages' figure scripts run
-                "html_last_updated_fmt": "",
                 "html_title": f"{TITLE} ({profile})",
-                "suppress_warnings": ["mystnb.unknown_mime_type"],
             }
         },
     }
