@@ -212,6 +212,9 @@ def _config(profile: str) -> dict[str, Any]:
                 "html_static_path": ["_static"],
                 "html_js_files": [PLOTLY_JS],  # before the pages' figure scripts run
                 "html_title": f"{TITLE} ({profile})",
+                # Jupyter Book's filter, and plotly's JSON beside each figure's HTML (the HTML
+                # is what the page shows; the JSON stays for JupyterLab in the .ipynb download).
+                "suppress_warnings": ["myst.domains", "mystnb.unknown_mime_type"],
             }
         },
     }
