@@ -13,6 +13,7 @@ from bnnlib.book import notebooks as book_notebooks
 from bnnlib.book import results as book_results
 from bnnlib.book import runner as book
 from bnnlib.book import site as book_site
+from bnnlib.book import tags as book_tags
 
 
 def _tiny_notebook(path: Path, body: str) -> None:
@@ -95,17 +96,20 @@ def test_runner_collects_results_exports_html_and_names_a_failing_cell(tmp_path,
     assert [(e["name"], e["value"], e["paper"]) for e in nb["records"]] == [("answer", 84, 42)]
     assert "| answer | 84 |" in (out / "results.md").read_text()
     index = (out / "html" / "index.html").read_text()
-    assert "01_ok.html" in index and "answer" in index
+    assert 'href="01_ok.html"' in index and "answer" in index
     assert (out / "html" / "01_ok.html").exists() and (out / "01_ok.ipynb").exists()
-    # The book opens with "the paper vs this book"; the per-notebook records are an appendix.
-    assert index.index("The paper vs this book") < index.index("Notebooks") < index.index("answer")
+    # The site opens with "the paper vs this book"; the per-notebook records are an appendix.
+    article = index[index.index("<article") :]
+    assert article.index("The paper vs this book") < article.index("The notebooks")
+    assert article.index("The notebooks") < article.index("Appendix") < article.index("answer")
     md = (out / "results.md").read_text()
     assert md.index("## The paper vs this book") < md.index("## Appendix") < md.index("| answer |")
-    # One shared, offline plotly.js beside the pages; each page loads it by relative path.
-    js = (out / "html" / book_site.PLOTLY_JS).read_text()
+    # One shared, offline plotly.js in _static/; every page loads it by a relative path.
+    js = (out / "html" / "_static" / book_site.PLOTLY_JS).read_text()
     assert "plotly.js v" in js and len(js) > 1_000_000
     page = (out / "html" / "01_ok.html").read_text()
-    assert f'<script src="{book_site.PLOTLY_JS}"' in page and "plotly.js v" not in page
+    assert f'src="_static/{book_site.PLOTLY_JS}' in page and "plotly.js v" not in page
+    assert book_site.page_problems(out / "html") == []
 
     assert book.main([*args, "--only", "02", "--no-html"]) == 1
     err = capsys.readouterr().err
@@ -261,3 +265,52 @@ def test_the_default_book_dir_holds_the_book():
     """BOOK_DIR pointed into the package after the move: make book found no notebook."""
     found = [p.name for p in book_notebooks.notebooks()]
     assert len(found) >= 9 and found[0].startswith("01_") and found[-1][:2] >= "09"
+
+
+def test_results_page_links_each_claim_to_the_notebook_that_measured_it():
+    runs = [
+        _run("03_shift_batch_norm", [
+            {"name": "test_error_gap_shift_minus_standard", "value": 0.001, "data": "MNIST x",
+             "schedule": "5 epochs", "hardware": "CPU: x", "seed": 0, "status": "reduced run"},
+        ]),
+        _run("05_training", []),
+    ]  # fmt: skip
+    page = book_site.results_page(runs, "small")
+    lines = page.splitlines()
+    start = lines.index("| " + " | ".join(book_results.SUMMARY_COLUMNS) + " |") + 2
+    rows = book_results.summary_rows(runs)
+    table = lines[start : start + len(rows)]
+    assert all(line.startswith("| ") for line in table) and lines[start + len(rows)] == ""
+    sections = {row["section"] for row in rows}
+    assert {"03_shift_batch_norm", "05_training", "09_filter_repetition"} <= sections
+    for row, line in zip(rows, table, strict=True):
+        linked = f"]({row['section']}.ipynb) |" in line
+        assert linked == (row["section"] in ("03_shift_batch_norm", "05_training")), line
+    # A row's details are its footnote; the records follow as an appendix.
+    assert any("[^details-" in line for line in table)
+    assert page.index("[^details-1]:") < page.index("## Appendix")
+    assert "test\\_error\\_gap\\_shift\\_minus\\_standard" in page  # literal, escaped
+
+
+def test_bookkeeping_cells_are_folded_in_the_site():
+    assert book_tags.is_bookkeeping('rows = []\nrecord("a", 1)\nviz.table(rows)')
+    assert not book_tags.is_bookkeeping("net = fit(a)\nb = evaluate(net)\nrecord('e', b)")
+    assert not book_tags.is_bookkeeping("viz.show(fig)")  # records nothing
+    # Every committed notebook has its bookkeeping cells tagged (python -m bnnlib.book.tags).
+    assert book_tags.main(["--check"]) == 0
+
+
+def test_tagging_is_idempotent_and_keeps_the_layout(tmp_path):
+    path = tmp_path / "01_x.ipynb"
+    _tiny_notebook(path, 'record("answer", VALUE * 42)')
+    nb = nbformat.read(path, as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell('record("b", 1)', metadata={"tags": ["mine"]}))
+    nbformat.write(nb, path)
+    assert book_tags.untagged(path) == [3, 4]
+    assert book_tags.main(["--check", str(path)]) == 1
+    assert book_tags.tag_notebook(path) == [3, 4]
+    text = path.read_text()
+    assert book_tags.tag_notebook(path) == [] and path.read_text() == text
+    tags = [c.metadata.get("tags") for c in nbformat.read(path, as_version=4).cells]
+    assert tags == [None, None, ["parameters"], ["hide-input"], ["mine", "hide-input"]]
+    assert text == nbformat.writes(nbformat.read(path, as_version=4)) + "\n"

@@ -1,27 +1,31 @@
-"""The exported book works offline: notebook 01 -> HTML, opened in headless Chromium.
+"""The book's HTML site works offline: notebooks 01 and 02 run by ``python -m bnnlib.book``
+(profile ``tests``), built into a Jupyter Book, opened in headless Chromium.
 
-The page must reference no CDN (it loads the book's one shared ``plotly.min.js`` beside it;
-nbconvert's require.js, MathJax, mermaid and widget-manager tags are left out), and the plotly
-figures must be *drawn* by that offline plotly.js: Chromium's DOM after the scripts ran holds
-one ``plot-container`` with a ``main-svg`` per figure. Skipped when /usr/bin/chromium is missing.
+Chromium resolves no host name (``--host-resolver-rules=MAP * ~NOTFOUND``) and the test follows
+it through the DevTools protocol (a websocket): every request a page makes must be a local file,
+no console message or uncaught exception may be an error, and each plotly figure must be *drawn*
+(a ``main-svg`` per ``plotly-graph-div``) by the site's one offline plotly.js. Sphinx's search,
+run in the browser, must find the straight-through estimator. Every page stays under
+:data:`bnnlib.book.site.MAX_PAGE_BYTES`. Skipped when /usr/bin/chromium is missing.
 """
 
 from __future__ import annotations
 
-import re
+import json
 import shutil
 import subprocess
+import time
+import urllib.request
+from itertools import count
 from pathlib import Path
 
 import pytest
 
 from bnnlib import data
-from bnnlib.book import notebooks as book_notebooks
 from bnnlib.book import runner as book
 from bnnlib.book import site as book_site
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-NOTEBOOK = book_notebooks.BOOK_DIR / "01_binarization.ipynb"
 FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -31,8 +35,12 @@ FLAGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
-    "--virtual-time-budget=10000",
+    "--disable-extensions",
+    "--allow-file-access-from-files",
+    "--host-resolver-rules=MAP * ~NOTFOUND",  # nothing outside this machine resolves
     "--window-size=1200,3000",
+    "--remote-debugging-port=0",
+    "about:blank",
 ]
 
 pytestmark = [
@@ -49,45 +57,164 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def page(tmp_path_factory) -> Path:
+def site(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("book")
-    run = book.run_notebook(NOTEBOOK, out, "tests", timeout=600)
-    return book_site.export_html(run.executed, out / "html")
+    args = ["--only", "01,02", "--profile", "tests", "--out", str(out), "--timeout", "600"]
+    assert book.main(args) == 0
+    return out / "html"
 
 
-def _chromium(tmp: Path, *args: str) -> subprocess.CompletedProcess:
-    cmd = [CHROMIUM, *FLAGS, f"--user-data-dir={tmp / 'profile'}", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=False)
+class Browser:
+    """Headless Chromium driven through the DevTools protocol; records what each page did."""
+
+    def __init__(self, tmp: Path) -> None:
+        websocket = pytest.importorskip("websocket")  # websocket-client, a jupyter_server dep
+        profile = tmp / "chromium-profile"
+        cmd = [CHROMIUM, f"--user-data-dir={profile}", *FLAGS]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        port_file, deadline = profile / "DevToolsActivePort", time.monotonic() + 60
+        while not port_file.exists() or not port_file.read_text().strip():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.close()
+                err = self.proc.stderr.read().decode(errors="replace")[-2000:]
+                raise RuntimeError(f"Chromium did not open its DevTools port: {err}")
+            time.sleep(0.1)
+        port = int(port_file.read_text().split()[0])
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # no proxy
+        targets = json.load(opener.open(f"http://127.0.0.1:{port}/json/list", timeout=30))
+        page = next(t for t in targets if t["type"] == "page")
+        self.ws = websocket.create_connection(page["webSocketDebuggerUrl"], timeout=60)
+        self.ids = count(1)
+        self.events: list[dict] = []
+        for domain in ("Page", "Network", "Runtime", "Log"):
+            self.call(f"{domain}.enable")
+
+    def close(self) -> None:
+        if getattr(self, "ws", None) is not None:
+            self.ws.close()
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+    def call(self, method: str, **params) -> dict:
+        i = next(self.ids)
+        self.ws.send(json.dumps({"id": i, "method": method, "params": params}))
+        while True:
+            msg = json.loads(self.ws.recv())
+            if msg.get("id") == i:
+                if "error" in msg:
+                    raise RuntimeError(f"{method}: {msg['error']}")
+                return msg.get("result", {})
+            if "method" in msg:
+                self.events.append(msg)
+
+    def evaluate(self, expression: str):
+        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True)
+        return result["result"].get("value")
+
+    def open(self, url: str, ready: str, timeout: float = 240) -> None:
+        """Navigate to ``url`` and wait until the JavaScript ``ready`` is true."""
+        self.events.clear()
+        self.call("Page.navigate", url=url)
+        deadline = time.monotonic() + timeout
+        while not self.evaluate(f"document.readyState === 'complete' && ({ready})"):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{url}: {ready} still false after {timeout} s")
+            time.sleep(0.2)
+        time.sleep(0.5)  # late requests and console messages
+        self.evaluate("0")  # collect the events sent meanwhile
+
+    def requests(self) -> list[str]:
+        return [
+            e["params"]["request"]["url"]
+            for e in self.events
+            if e["method"] == "Network.requestWillBeSent"
+        ]
+
+    def errors(self) -> list[str]:
+        found = []
+        for e in self.events:
+            p = e["params"]
+            if e["method"] == "Runtime.exceptionThrown":
+                found.append(json.dumps(p["exceptionDetails"])[:500])
+            elif e["method"] == "Runtime.consoleAPICalled" and p["type"] in ("error", "assert"):
+                found.append(json.dumps(p["args"])[:500])
+            elif e["method"] == "Log.entryAdded" and p["entry"]["level"] == "error":
+                found.append(f"{p['entry'].get('url', '')}: {p['entry']['text']}"[:500])
+            elif e["method"] == "Network.loadingFailed":
+                found.append(f"loading failed: {p.get('errorText')} ({p['requestId']})")
+        return found
 
 
-def test_no_cdn_reference(page):
-    html = page.read_text(encoding="utf-8")
-    assert book_site.offline_problems(html) == []
-    scripts = re.findall(r"<script[^>]*\bsrc\s*=\s*[\"']?([^\"'\s>]+)", html, re.I)
-    assert not [s for s in scripts if "cdn." in s or s.startswith(("http", "//"))], scripts
-    # plotly.js is not in the page but beside it, once for the whole book.
-    assert "plotly.js v" not in html and book_site.PLOTLY_JS in scripts
-    assert "plotly.js v" in (page.parent / book_site.PLOTLY_JS).read_text(encoding="utf-8")
-    assert page.stat().st_size < 2_000_000
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    b = Browser(tmp_path_factory.mktemp("chromium"))
+    yield b
+    b.close()
 
 
-def test_plotly_figures_render_offline(page, tmp_path):
-    html = page.read_text(encoding="utf-8")
-    expected = html.count("Plotly.newPlot(")
-    assert expected >= 2  # the line figure and the widget's static figure
-    result = _chromium(tmp_path, "--dump-dom", page.as_uri())
-    dom = result.stdout
-    assert "<html" in dom, result.stderr[-2000:]
-    rendered = len(re.findall(r'class="[^"]*\bplot-container\b', dom))
-    assert rendered == expected, f"{rendered} of {expected} figures rendered"
-    assert dom.count('class="main-svg"') >= expected
-    # The widget's static fallback keeps its buttons (plotly updatemenus).
-    assert "updatemenu-button" in dom
+def test_the_site_has_the_results_page_first_and_the_notebooks(site):
+    index = (site / "index.html").read_text(encoding="utf-8")
+    assert "The paper vs this book" in index
+    # The sidebar and the next link lead from the results page to notebook 01, then 02.
+    assert 'href="01_binarization.html"' in index and 'href="02_straight_through_estimator' in index
+    assert '<link rel="next" title="01' in index
+    page = (site / "01_binarization.html").read_text(encoding="utf-8")
+    assert '<link rel="next" title="02' in page and '<link rel="prev"' in page
+    assert (site / "_static" / book_site.PLOTLY_JS).stat().st_size > 1_000_000
 
 
-def test_screenshot(page, tmp_path):
-    png = tmp_path / "01.png"
-    result = _chromium(tmp_path, f"--screenshot={png}", page.as_uri())
-    assert png.exists(), result.stderr[-2000:]
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert png.stat().st_size > 50_000  # a page of text and figures, not a blank one
+def test_every_page_is_small_and_offline(site):
+    pages = sorted(site.rglob("*.html"))
+    assert len(pages) >= 4  # index, 01, 02, search
+    sizes = {p.name: p.stat().st_size for p in pages}
+    assert max(sizes.values()) < book_site.MAX_PAGE_BYTES, sizes
+    assert book_site.page_problems(site) == []
+    for p in pages:
+        text = p.read_text(encoding="utf-8")
+        assert "plotly.js v" not in text, p  # plotly.js is in _static, once
+        assert "mathjax" not in text.lower(), p
+
+
+def test_bookkeeping_cells_are_folded_not_removed(site):
+    page = (site / "02_straight_through_estimator.html").read_text(encoding="utf-8")
+    start = page.index('<div class="cell tag_hide-input')  # the cell with its records
+    cell = page[start : page.index('<div class="cell ', start + 1)]
+    assert "Show code cell source" in cell  # behind a toggle ...
+    assert '<span class="n">record</span>' in cell  # ... and still there
+
+
+@pytest.mark.parametrize("name", ["index", "01_binarization", "02_straight_through_estimator"])
+def test_page_in_chromium_draws_its_figures_offline(site, browser, name):
+    page = site / f"{name}.html"
+    expected = page.read_text(encoding="utf-8").count("Plotly.newPlot(")
+    ready = "document.querySelectorAll('.js-plotly-plot .main-svg').length >= " + str(expected)
+    browser.open(page.as_uri(), ready)
+    external = [u for u in browser.requests() if not u.startswith(("file:", "data:", "blob:"))]
+    assert external == [], external
+    assert browser.errors() == []
+    drawn = browser.evaluate("document.querySelectorAll('.plotly-graph-div.js-plotly-plot').length")
+    assert drawn == expected
+    if name == "01_binarization":
+        assert expected >= 2  # the line figure and the widget's static figure, with its buttons
+        assert browser.evaluate("document.querySelectorAll('.updatemenu-button').length") >= 2
+    if name == "02_straight_through_estimator":  # bookkeeping code folded, its figure drawn
+        folded = "Array.from(document.querySelectorAll('.tag_hide-input details')).map(d => d.open)"
+        assert browser.evaluate(folded) == [False]
+    if name == "index":  # the summary table, with a status per row
+        assert browser.evaluate("document.querySelectorAll('table tbody tr').length") >= 10
+
+
+def test_search_finds_the_straight_through_estimator(site, browser):
+    index = (site / "searchindex.js").read_text(encoding="utf-8")
+    assert "straight-through" in index.lower()
+    url = (site / "search.html").as_uri() + "?q=straight-through"
+    browser.open(url, "document.querySelectorAll('ul.search li').length > 0")
+    hits = browser.evaluate(
+        "Array.from(document.querySelectorAll('ul.search li a')).map(a => a.getAttribute('href'))"
+    )
+    assert any(h.startswith("02_straight_through_estimator.html") for h in hits), hits
+    external = [u for u in browser.requests() if not u.startswith(("file:", "data:", "blob:"))]
+    assert external == [] and browser.errors() == []

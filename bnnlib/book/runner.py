@@ -35,10 +35,10 @@ For each ``book/NN_*.ipynb``, in order:
    fails, the results of the notebooks finished before it are still written,
    marked incomplete and naming the failed notebook and those not run (an older
    ``results.md`` never stays in place looking current); the HTML is not exported.
-4. HTML: ``<out>/html/<notebook>.html`` and ``<out>/html/index.html`` (the summary
-   table first), sharing one offline ``plotly.min.js`` beside them and no CDN
-   reference (nbconvert's require.js, MathJax, mermaid and widget-manager script tags
-   are left out; :func:`offline_problems` checks the result).
+4. HTML: a Jupyter Book of the executed notebooks in ``<out>/html`` (``index.html`` is the
+   results page, the summary table first; a sidebar, previous/next links, offline search),
+   built without executing anything, sharing one offline ``_static/plotly.min.js`` and loading
+   nothing from the network (:func:`bnnlib.book.site.build_site` checks every page).
 
 The pieces: :mod:`bnnlib.book.notebooks` (the notebooks and their parameters),
 :mod:`bnnlib.book.results` (step 3), :mod:`bnnlib.book.site` (step 4); this module runs
@@ -73,7 +73,7 @@ from bnnlib.book.notebooks import (
     title,
 )
 from bnnlib.book.results import Run, write_results
-from bnnlib.book.site import export_html, index_html
+from bnnlib.book.site import build_site
 from bnnlib.files import atomic_write
 
 __all__ = ["DEFAULT_TIMEOUT", "kernel_name", "run_notebook", "write_readme_table", "main"]
@@ -344,14 +344,10 @@ def _run_all(
 
 
 def _export_all(runs: Sequence[Run], html_dir: Path, profile: str) -> None:
-    """Every run's page and the index, in ``html_dir``."""
-    pages = {}
-    for run in runs:
-        start = time.perf_counter()
-        pages[run.notebook] = export_html(run.executed, html_dir)
-        print(f"    html {pages[run.notebook]} ({time.perf_counter() - start:.1f} s)")
-    index = atomic_write(html_dir / "index.html", index_html(runs, pages, profile).encode("utf-8"))
-    print(f"html: {index}")
+    """The site of every run's executed notebook, the results page first, in ``html_dir``."""
+    start = time.perf_counter()
+    index = build_site(runs, html_dir, profile)
+    print(f"html: {index} ({time.perf_counter() - start:.1f} s)")
 
 
 def write_readme_table(path: Path) -> int:

@@ -1,39 +1,62 @@
-"""The book's offline HTML: one page per executed notebook and an index of the results.
+"""The book's HTML site: a Jupyter Book (Sphinx, sphinx-book-theme, myst-nb) of the executed
+notebooks, built offline into ``<out>/html``.
 
-nbconvert's lab template without its script tags that load from CDNs (require.js, MathJax,
-mermaid, the widget manager); every page loads the one shared copy of plotly.js beside it
-(:data:`PLOTLY_JS`), and :func:`offline_problems` checks that nothing comes from the network.
+:func:`build_site` writes a Jupyter Book source into a temporary folder (``_config.yml``,
+``_toc.yml``, the results page ``index.md`` first, then a copy of each executed notebook) and
+builds it with Jupyter Book's Sphinx builder, never executing a notebook (myst-nb's
+``nb_execution_mode = "off"``). The result has a sidebar, previous/next links and Sphinx's
+full-text search, which works offline.
+
+The results page (:func:`results_page`) opens with "the paper vs this book", each claim linked
+to the notebook that measured it (a row's ``section``), then the records of every notebook.
+Bookkeeping cells carry the tag ``hide-input`` (:mod:`bnnlib.book.tags`): their code is folded
+behind a toggle, their output shows.
+
+Offline: every page loads the one copy of plotly.js in ``_static/`` (:data:`PLOTLY_JS`); the
+widgets' CDN scripts are switched off (their outputs keep the static figure), MyST's dollar math
+is off (no MathJax), and :func:`offline_problems` checks every page: a page that would load
+anything from the network, or weighs more than :data:`MAX_PAGE_BYTES`, fails the build.
 """
 
 from __future__ import annotations
 
-import html
 import re
+import shutil
+import tempfile
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+from bnnlib import paper
 from bnnlib.book.claims import legend_line, row_details
-from bnnlib.book.notebooks import BookError, read_notebook, title
+from bnnlib.book.notebooks import BookError, read_notebook
 from bnnlib.book.results import COLUMNS, SUMMARY_COLUMNS, Run, cell_text, summary_rows
 from bnnlib.files import atomic_write
 
-__all__ = ["PLOTLY_JS", "export_html", "offline_problems", "index_html"]
+__all__ = [
+    "PLOTLY_JS",
+    "MAX_PAGE_BYTES",
+    "TITLE",
+    "build_site",
+    "results_page",
+    "offline_problems",
+    "page_problems",
+]
 
-
-# The lab template without its script tags that load from CDNs (require.js, MathJax,
-# mermaid, the widget manager). Plotly figures use the one shared copy of plotly.js.
-_TEMPLATE = """{%- extends 'index.html.j2' -%}
-{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
-{%- block jupyter_widgets -%}{%- endblock jupyter_widgets -%}
-{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
-{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
-"""
+TITLE = "Binarized Neural Networks: the book"
+#: The one copy of plotly.js, under the site's ``_static/``; every page loads it.
+PLOTLY_JS = "plotly.min.js"
+#: The largest HTML page the build accepts (plotly.js and other assets are shared, not inlined).
+MAX_PAGE_BYTES = 1_500_000
 
 _REMOTE = [
     re.compile(r"<script[^>]*\bsrc\s*=\s*[\"']?\s*(?:https?:)?//[^\"'\s>]*", re.I),
     re.compile(r"<link[^>]*\bhref\s*=\s*[\"']?\s*(?:https?:)?//[^\"'\s>]*", re.I),
+    re.compile(r"<img[^>]*\bsrc\s*=\s*[\"']?\s*(?:https?:)?//[^\"'\s>]*", re.I),
     re.compile(r"@import\s+(?:url\()?\s*[\"']?(?:https?:)?//[^\"')\s]*", re.I),
+    re.compile(r"\burl\(\s*[\"']?(?:https?:)?//[^\"')\s]*", re.I),
     re.compile(r"\bimport\s*\(\s*[\"'](?:https?:)?//[^\"']*", re.I),
     re.compile(r"<iframe[^>]*\bsrc\s*=\s*[\"']?\s*(?:https?:)?//[^\"'\s>]*", re.I),
 ]
@@ -44,118 +67,232 @@ def offline_problems(page: str) -> list[str]:
     return [m.group(0)[:160] for rx in _REMOTE for m in rx.finditer(page)]
 
 
-def _static_outputs(nb) -> None:
-    """Keep the static fallback of widget outputs: an HTML export cannot run a kernel."""
+def page_problems(html_dir: Path) -> list[str]:
+    """What is wrong with the built site in ``html_dir``: a page over :data:`MAX_PAGE_BYTES`, a
+    page loading from the network, plotly.js missing (empty when the site is fine)."""
+    problems = []
+    if not (Path(html_dir) / "_static" / PLOTLY_JS).is_file():
+        problems.append(f"_static/{PLOTLY_JS} is missing")
+    for page in sorted(Path(html_dir).rglob("*.html")):
+        name = page.relative_to(html_dir)
+        size = page.stat().st_size
+        if size > MAX_PAGE_BYTES:
+            problems.append(f"{name} weighs {size:,} bytes (more than {MAX_PAGE_BYTES:,})")
+        remote = offline_problems(page.read_text(encoding="utf-8", errors="replace"))
+        if remote:
+            problems.append(f"{name} loads from the network: {remote[:3]}")
+    return problems
+
+
+# --- the results page -------------------------------------------------------------------------
+
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+!|$~&])")
+_STATUS_BADGE = {
+    "reproduced": "success",
+    "better than the paper": "info",
+    "not reproduced": "danger",
+    "reduced run": "warning",
+}
+
+
+def _md(text: Any) -> str:
+    """``text`` as literal Markdown inline text (every special character escaped, one line)."""
+    return _MD_SPECIAL.sub(r"\\\1", str(text)).replace("\n", " ")
+
+
+def _badge(status: str) -> str:
+    kind = _STATUS_BADGE.get(status, "secondary")
+    return f"{{bdg-{kind}}}`{status.replace('`', '')}`"
+
+
+def _summary_cell(row: dict[str, str], column: str, pages: set[str], note: int) -> str:
+    if column == "status":
+        return _badge(row["status"])
+    text = _md(row[column])
+    if column == "claim" and row.get("section") in pages:  # the notebook that measured it
+        text = f"[{text}]({row['section']}.ipynb)"
+    if column == "how measured" and row_details(row):  # the details under the table
+        text += f" [^details-{note}]"
+    return text
+
+
+def results_page(runs: Sequence[Run], profile: str) -> str:
+    """The site's first page (MyST Markdown): "the paper vs this book", each claim linked to the
+    notebook that measured it (its ``section``), the details of a row as its footnote, the
+    status legend, the notebooks, then every record."""
+    pages = {r.notebook for r in runs}
+    rows = summary_rows(runs)
+    lines = ["# The paper vs this book", ""]
+    built = time.strftime("%Y-%m-%d %H:%M")
+    lines += [
+        f"{_md(paper.CITATION)}. Profile `{profile}`, built {built} by `python -m bnnlib.book`.",
+        "A claim links to the notebook that measured it.",
+        "",
+    ]
+    lines += ["| " + " | ".join(SUMMARY_COLUMNS) + " |", "|" + "---|" * len(SUMMARY_COLUMNS)]
+    for note, row in enumerate(rows, start=1):
+        cells = (_summary_cell(row, c, pages, note) for c in SUMMARY_COLUMNS)
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", legend_line(), ""]  # one line, each status once
+    for note, row in enumerate(rows, start=1):
+        if row_details(row):  # its details and machines
+            lines += [f"[^details-{note}]: {_md(row_details(row))}", ""]
+    lines += ["", "## The notebooks", ""]
+    for r in runs:
+        lines.append(f"1. [{_md(r.title or r.notebook)}]({r.notebook}.ipynb) ({r.seconds:.0f} s)")
+    lines += ["", "## Appendix: the records of each notebook", ""]
+    for r in runs:
+        lines += [f"### {_md(r.notebook)}", ""]
+        if r.parameters:
+            params = ", ".join(f"`{k}={v}`" for k, v in r.parameters.items())
+            lines += [f"Parameters: {params}", ""]
+        if not r.records:
+            lines += ["No records.", ""]
+            continue
+        lines += ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+        for e in r.records:
+            lines.append("| " + " | ".join(_md(cell_text(e.get(c))) for c in COLUMNS) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+# --- the Jupyter Book source and its build ----------------------------------------------------
+
+#: Widget outputs keep their static figure: an HTML page runs no kernel.
+_WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+
+
+def _static_notebook(executed: Path, dest: Path) -> None:
+    """Copy of an executed notebook without widget state (myst-nb would load the widget
+    manager from a CDN for it) and without widget views (their HTML fallback stays)."""
+    import nbformat
+
+    nb = read_notebook(executed)
     nb.metadata.pop("widgets", None)
-    widget = "application/vnd.jupyter.widget-view+json"
     for cell in nb.cells:
         for out in cell.get("outputs", []):
             data = out.get("data", {})
-            if widget in data and "text/html" in data:
-                del data[widget]
+            if _WIDGET_MIME in data and "text/html" in data:
+                del data[_WIDGET_MIME]
+    atomic_write(dest, nbformat.writes(nb).encode("utf-8"))
 
 
-PLOTLY_JS = "plotly.min.js"
+def _config(profile: str) -> dict[str, Any]:
+    """Jupyter Book's ``_config.yml``: no execution, nothing from the network."""
+    return {
+        "title": TITLE,
+        "author": "bnn-book",
+        "copyright": time.strftime("%Y"),
+        "only_build_toc_files": True,
+        "execute": {"execute_notebooks": "off"},
+        # No dollarmath / amsmath: nothing needs MathJax (the notebooks write equations in code
+        # blocks or Unicode), so no page loads it.
+        "parse": {"myst_enable_extensions": ["colon_fence"]},
+        "html": {"use_multitoc_numbering": False, "home_page_in_navbar": True},
+        "launch_buttons": {"thebe": False},
+        "latex": {"use_jupyterbook_latex": False},  # HTML only
+        "sphinx": {
+            "config": {
+                # Jupyter Book's extensions without sphinx-thebe (it declares the URL of its CDN
+                # script twice, a console error) and intersphinx (it fetches inventories).
+                "extensions": [
+                    "sphinx_togglebutton",
+                    "sphinx_copybutton",
+                    "myst_nb",
+                    "jupyter_book",
+                    "sphinx_comments",  # no comments are configured: it adds nothing
+                    "sphinx_external_toc",
+                    "sphinx_design",
+                    "sphinx_book_theme",
+                ],
+                "html_context": {"default_mode": "light"},  # else the theme logs an error
+                "nb_execution_mode": "off",
+                "nb_ipywidgets_js": {},  # the widget manager comes from a CDN: none
+                "html_static_path": ["_static"],
+                "html_js_files": [PLOTLY_JS],  # before the pages' figure scripts run
+                "html_title": f"{TITLE} ({profile})",
+                # Jupyter Book's filter, and plotly's JSON beside each figure's HTML (the HTML
+                # is what the page shows; the JSON stays for JupyterLab in the .ipynb download).
+                "suppress_warnings": ["myst.domains", "mystnb.unknown_mime_type"],
+            }
+        },
+    }
 
 
-def _shared_plotly_js(html_dir: Path) -> None:
-    """One offline copy of plotly.js beside the pages (written once, when missing or stale)."""
+def _toc(runs: Sequence[Run]) -> dict[str, Any]:
+    return {
+        "format": "jb-book",
+        "root": "index",
+        "chapters": [{"file": r.notebook} for r in runs],
+    }
+
+
+def _write_source(runs: Sequence[Run], src: Path, profile: str) -> None:
+    import yaml
     from plotly.offline import get_plotlyjs
 
-    js = get_plotlyjs().encode()
-    path = html_dir / PLOTLY_JS
-    if not path.exists() or path.stat().st_size != len(js):
-        atomic_write(path, js)
+    (src / "_static").mkdir(parents=True)
+    atomic_write(src / "_static" / PLOTLY_JS, get_plotlyjs().encode("utf-8"))
+    atomic_write(src / "_config.yml", yaml.safe_dump(_config(profile)).encode("utf-8"))
+    atomic_write(src / "_toc.yml", yaml.safe_dump(_toc(runs), sort_keys=False).encode("utf-8"))
+    atomic_write(src / "index.md", results_page(runs, profile).encode("utf-8"))
+    for run in runs:
+        _static_notebook(run.executed, src / f"{run.notebook}.ipynb")
 
 
-def _with_plotly_js(body: str) -> str:
-    tag = f'<script src="{PLOTLY_JS}" charset="utf-8"></script>'
-    head_end = body.find("</head>")
-    if head_end < 0:
-        raise BookError("the exported page has no </head> to load plotly.js from")
-    return body[:head_end] + tag + body[head_end:]
+def _build(src: Path, out: Path, doctrees: Path) -> int | Exception:
+    """Jupyter Book's Sphinx build of ``src`` into ``out`` (what ``jupyter-book build`` runs)."""
+    from jupyter_book.sphinx import build_sphinx
+
+    with warnings.catch_warnings():
+        # sphinx-external-toc scans every live object, torch's deprecated aliases included.
+        warnings.simplefilter("ignore", FutureWarning)
+        return build_sphinx(
+            src,
+            out,
+            noconfig=True,
+            path_config=src / "_config.yml",
+            confoverrides={
+                "external_toc_path": (src / "_toc.yml").as_posix(),
+                "latex_individualpages": False,
+            },
+            doctreedir=doctrees,
+            freshenv=True,
+            quiet=True,
+        )
 
 
-def export_html(executed: Path, html_dir: Path) -> Path:
-    """``executed`` notebook to ``html_dir/<name>.html``, offline.
+def build_site(runs: Sequence[Run], html_dir: Path, profile: str) -> Path:
+    """Build the book's site from the runs' executed notebooks into ``html_dir``; returns its
+    ``index.html`` (the results page).
 
-    Every page loads the one shared ``plotly.min.js`` in ``html_dir`` (5 MB once,
-    not once per page); nothing comes from the network.
+    Built into a temporary folder beside ``html_dir``, checked (:func:`page_problems`), then
+    moved into place, so a failed build never leaves a half-written site. Raises
+    :class:`BookError` naming what failed.
     """
-    from jinja2 import DictLoader
-    from nbconvert import HTMLExporter
+    html_dir = Path(html_dir).resolve()
+    html_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".site-", dir=html_dir.parent) as tmp:
+        src, built = Path(tmp) / "src", Path(tmp) / "html"
+        _write_source(runs, src, profile)
+        result = _build(src, built, Path(tmp) / "doctrees")
+        if result != 0:
+            raise BookError(
+                f"the Jupyter Book build of the site failed ({result!r}); its messages are "
+                "above. Check the executed notebooks and that jupyter-book is installed "
+                '(pip install -e ".[test]")'
+            )
+        problems = page_problems(built)
+        if problems:
+            raise BookError("the site would not work offline: " + "; ".join(problems[:5]))
+        if any("bnn_draw_" in p.read_text(errors="replace") for p in built.glob("*.html")):
+            from bnnlib.book import draw  # the draw-a-digit view's weights, beside its page
 
-    nb = read_notebook(Path(executed))
-    _static_outputs(nb)
-    exporter = HTMLExporter(
-        template_name="lab",
-        extra_loaders=[DictLoader({"bnnlib_offline.html.j2": _TEMPLATE})],
-        template_file="bnnlib_offline.html.j2",
-    )
-    name = Path(executed).stem
-    body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": title(nb) or name}})
-    body = _with_plotly_js(body)
-    problems = offline_problems(body)
-    if problems:
-        raise BookError(f"{name}.html would load from the network: {problems[:3]}")
-    _shared_plotly_js(html_dir)
-    return atomic_write(html_dir / f"{name}.html", body.encode("utf-8"))
-
-
-def index_html(runs: Sequence[Run], pages: dict[str, Path], profile: str) -> str:
-    esc = html.escape
-    items = "".join(
-        f'<li><a href="{esc(pages[r.notebook].name)}">{esc(r.notebook)}</a>: '
-        f"{esc(r.title)} <small>({r.seconds:.0f} s)</small></li>"
-        for r in runs
-        if r.notebook in pages
-    )
-    tables = []
-    for r in runs:
-        rows = "".join(
-            "<tr>" + "".join(f"<td>{esc(cell_text(e.get(c)))}</td>" for c in COLUMNS) + "</tr>"
-            for e in r.records
-        )
-        head = "".join(f"<th>{c}</th>" for c in COLUMNS)
-        tables.append(
-            f"<h3>{esc(r.notebook)}</h3><table><tr>{head}</tr>{rows}</table>" if rows else ""
-        )
-
-    def cell(row: dict, column: str) -> str:
-        text = esc(row[column])
-        page = pages.get(row.get("section", ""))
-        if column == "claim" and page is not None:  # the notebook that measured it
-            text = f'<a href="{esc(page.name)}">{text}</a>'
-        if column == "how measured" and row_details(row):
-            text += f"<details><summary>more</summary>{esc(row_details(row))}</details>"
-        return f"<td>{text}</td>"
-
-    summary = "".join(
-        f'<tr class="{esc(row["status"].split(":")[0].replace(" ", "-"))}">'
-        + "".join(cell(row, c) for c in SUMMARY_COLUMNS)
-        + "</tr>"
-        for row in summary_rows(runs)
-    )
-    legend = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", esc(legend_line()))  # one line
-    legend = re.sub(r"\*(.+?)\*", r"<i>\1</i>", legend)
-    summary_head = "".join(f"<th>{esc(c)}</th>" for c in SUMMARY_COLUMNS)
-    style = (
-        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
-        "table{border-collapse:collapse;font-size:90%;margin-bottom:1em}"
-        "td,th{border:1px solid #ccc;padding:3px 6px;text-align:left;vertical-align:top}"
-        "tr.reproduced td:last-child{background:#d9f2d9}"
-        "tr.not-reproduced td:last-child{background:#f8d7d7}"
-        "tr.reduced-run td:last-child{background:#fff3cd}"
-        "tr.better-than-the-paper td:last-child{background:#c9ecf5}"
-    )
-    return (
-        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-        f"<title>Binarized Neural Networks: the book</title><style>{style}</style></head><body>"
-        "<h1>Binarized Neural Networks: the book</h1>"
-        "<p>Courbariaux, Hubara, Soudry, El-Yaniv, Bengio (2016), arXiv 1602.02830. "
-        f"Profile <code>{esc(profile)}</code>, built {time.strftime('%Y-%m-%d %H:%M')}.</p>"
-        f'<h2 id="summary">The paper vs this book</h2>'
-        f"<table><tr>{summary_head}</tr>{summary}</table><p>{legend}</p>"
-        f"<h2>Notebooks</h2><ol>{items}</ol>"
-        f"<h2>Appendix: the records of each notebook</h2>{''.join(tables)}</body></html>"
-    )
+            draw.write_assets(built)
+        old = html_dir.with_name(f".{html_dir.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        if html_dir.exists():
+            html_dir.rename(old)
+        built.rename(html_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    return html_dir / "index.html"

@@ -8,8 +8,8 @@ the exported HTML, which must work offline:
   plotly's own mimetype, which JupyterLab renders itself, so a notebook a
   reader saves does not grow by the 4.8 MB of plotly.js per figure. In a book
   run (``make book`` sets ``BNN_BOOK_RUN``) it adds an HTML div that uses the
-  *shared* plotly.js: the HTML book loads one offline copy, ``plotly.min.js``
-  beside its pages (:func:`bnnlib.book.export_html`), and no output embeds it.
+  *shared* plotly.js: the HTML site loads one offline copy, ``_static/plotly.min.js``
+  (:func:`bnnlib.book.site.build_site`), and no output embeds it.
 * :func:`widget_view` is a view over computed data: ``compute(option)`` returns
   a figure for each option (all computed up front). In a live kernel it is a
   :class:`WidgetView`, toggle buttons above a ``FigureWidget`` that they update;

@@ -1,0 +1,143 @@
+"""Fold the bookkeeping cells of the book's notebooks in the HTML site: the tag ``hide-input``.
+
+::
+
+    python -m bnnlib.book.tags [--check] [NOTEBOOK ...]   # default: every book/NN_*.ipynb
+
+A code cell is *bookkeeping* (:func:`is_bookkeeping`) when it records results (calls
+``record(...)`` or ``viz.table(...)``) and at least half of its lines are statements doing only
+that: calls to ``record``, ``viz.table``, ``rows.append``, ``print`` and plain builtins
+(``dict``, ``len``, ``round``, ...), assignments and loops made of those. Its code is then folded
+behind a "show" toggle in the site (myst-nb's ``hide-input``); its output stays visible.
+
+The script only adds the tag (idempotent, keeps tags set by hand) and writes a notebook only
+when it changes it, keeping its JSON layout. ``--check`` changes nothing and exits 1 naming the
+cells that lack the tag (the tests run it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from bnnlib.book.notebooks import BOOK_DIR, notebooks
+from bnnlib.files import atomic_write
+
+__all__ = ["HIDE_INPUT", "is_bookkeeping", "untagged", "tag_notebook", "main"]
+
+HIDE_INPUT = "hide-input"
+#: Calls a bookkeeping statement may make: recording, tables, printing, plain builtins.
+_NAMES = frozenset(
+    "record dict print len round hardware str float int list sorted zip enumerate range status "
+    "sum min max abs".split()
+)
+#: ``owner.method`` calls it may make (``None``: any owner).
+_METHODS = frozenset(
+    [("viz", "table"), ("rows", "append")]
+    + [(None, m) for m in ("items", "item", "values", "keys", "join")]
+)
+_NOT_BOOKKEEPING = (ast.FunctionDef, ast.ClassDef, ast.Import, ast.ImportFrom, ast.Assert)
+_RECORDING = frozenset([("record", None), ("viz", "table")])
+
+
+def _call_name(call: ast.Call) -> tuple[str | None, str | None] | None:
+    f = call.func
+    if isinstance(f, ast.Name):
+        return f.id, None
+    if isinstance(f, ast.Attribute):
+        return (f.value.id if isinstance(f.value, ast.Name) else None), f.attr
+    return None
+
+
+def _only_bookkeeping(stmt: ast.stmt) -> bool:
+    for node in ast.walk(stmt):
+        if isinstance(node, _NOT_BOOKKEEPING):
+            return False
+        if isinstance(node, ast.Call):
+            name = _call_name(node)
+            if name is None:
+                return False
+            owner, method = name
+            if method is None:
+                if owner not in _NAMES:
+                    return False
+            elif (owner, method) not in _METHODS and (None, method) not in _METHODS:
+                return False
+    return True
+
+
+def is_bookkeeping(source: str) -> bool:
+    """Whether a code cell's ``source`` is bookkeeping (see the module docstring)."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return False
+    records = any(isinstance(n, ast.Call) and _call_name(n) in _RECORDING for n in ast.walk(tree))
+    lines = [s.end_lineno - s.lineno + 1 for s in tree.body]
+    booked = [n for n, s in zip(lines, tree.body, strict=True) if _only_bookkeeping(s)]
+    return records and bool(lines) and 2 * sum(booked) >= sum(lines)
+
+
+def _cells_to_tag(nb: dict) -> list[int]:
+    found = []
+    for i, cell in enumerate(nb.get("cells", [])):
+        tags = cell.get("metadata", {}).get("tags", [])
+        if cell.get("cell_type") != "code" or HIDE_INPUT in tags or "parameters" in tags:
+            continue
+        source = cell.get("source", "")
+        if is_bookkeeping(source if isinstance(source, str) else "".join(source)):
+            found.append(i)
+    return found
+
+
+def untagged(path: Path) -> list[int]:
+    """Indices of the bookkeeping cells of notebook ``path`` without the ``hide-input`` tag."""
+    return _cells_to_tag(json.loads(Path(path).read_text(encoding="utf-8")))
+
+
+def tag_notebook(path: Path) -> list[int]:
+    """Tag the bookkeeping cells of ``path`` ``hide-input``; the indices of the cells tagged
+    now (none: the file is left as it is)."""
+    text = Path(path).read_text(encoding="utf-8")
+    nb = json.loads(text)
+    cells = _cells_to_tag(nb)
+    for i in cells:
+        meta = nb["cells"][i].setdefault("metadata", {})
+        meta["tags"] = [*meta.get("tags", []), HIDE_INPUT]
+    if cells:  # the layout nbformat writes: indent 1, keys in their order, UTF-8
+        new = json.dumps(nb, indent=1, ensure_ascii=False) + ("\n" if text.endswith("\n") else "")
+        atomic_write(Path(path), new.encode("utf-8"))
+    return cells
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bnnlib.book.tags",
+        description="Tag the book's bookkeeping cells hide-input (folded in the HTML site).",
+    )
+    parser.add_argument("paths", nargs="*", type=Path, help="notebooks (default: book/NN_*.ipynb)")
+    parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if untagged")
+    args = parser.parse_args(argv)
+    paths = args.paths or notebooks(BOOK_DIR)
+    missing = 0
+    for path in paths:
+        if args.check:
+            cells = untagged(path)
+            missing += len(cells)
+            if cells:
+                print(f"{path}: bookkeeping cells {cells} lack the tag {HIDE_INPUT!r}")
+        else:
+            cells = tag_notebook(path)
+            if cells:
+                print(f"{path}: tagged cells {cells} {HIDE_INPUT!r}")
+    if missing:
+        print("fix: python -m bnnlib.book.tags", file=sys.stderr)
+    return 1 if missing else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
