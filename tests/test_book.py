@@ -282,7 +282,7 @@ def test_results_page_links_each_claim_to_the_notebook_that_measured_it():
     table = lines[start : start + len(rows)]
     assert all(line.startswith("| ") for line in table) and lines[start + len(rows)] == ""
     sections = {row["section"] for row in rows}
-    assert {"03_shift_batch_norm", "05_training", "09_filter_repetition"} <= sections
+    assert {"03_shift_batch_norm", "05_training", "06_xnor_kernels"} <= sections
     for row, line in zip(rows, table, strict=True):
         linked = f"]({row['section']}.ipynb) |" in line
         assert linked == (row["section"] in ("03_shift_batch_norm", "05_training")), line

@@ -34,6 +34,7 @@ from bnnlib import data, inference
 from bnnlib.book import draw
 from bnnlib.book import runner as book
 from bnnlib.book import site as book_site
+from bnnlib.book.results import Run
 from bnnlib.kernels import unpack
 
 CHROMIUM = draw.chromium()
@@ -252,16 +253,26 @@ def executed(tmp_path_factory, mnist1000) -> Path:
 @pytest.mark.notebooks
 @pytest.mark.parametrize("exporter", ["book", "nbconvert"])
 def test_static_page_runs_the_model_with_no_kernel(executed, net, mnist1000, tmp_path, exporter):
-    """The book's exporter drops the widget view of an output that has HTML; plain nbconvert
-    shows the HTML once the widget state is cleared (ClearMetadataPreprocessor), else it would
-    need the widget manager from a CDN."""
+    """The book's site drops the widget view of an output that has HTML and writes the weights
+    script beside the page; plain nbconvert shows the HTML once the widget state is cleared
+    (ClearMetadataPreprocessor), else it would need the widget manager from a CDN, and needs
+    draw.write_assets."""
     out = executed.parent / exporter
     out.mkdir(exist_ok=True)
     outputs = nbformat.read(executed, as_version=4).cells[0].outputs
     bundle = next(o.data for o in outputs if o.output_type == "execute_result")
     assert "application/vnd.jupyter.widget-view+json" in bundle and "text/html" in bundle
     if exporter == "book":
-        page = book_site.export_html(executed, out)
+        # The book's Jupyter Book site, which writes the weights script beside the page itself.
+        run = Run(notebook="draw", title="Draw", executed=executed, seconds=0.0, parameters={})
+        book_site.build_site([run], out / "html", "tests")
+        page = out / "html" / "draw.html"
+        assert page.stat().st_size < 1_500_000
+        attrs = _root_attrs(_chromium_dom(tmp_path, page))
+        assert attrs.get("data-ready") == "1", attrs
+        first = data.to_uint8(data.load("mnist", split="test").X[10:11]).reshape(1, -1)
+        assert attrs["data-prediction"] == str(int(net.predict(first)[0]))
+        return
     else:
         subprocess.run(
             [
