@@ -225,3 +225,20 @@ def test_a_truncated_history_names_its_file(finished_run, tmp_path, capsys):
     with pytest.raises(SystemExit):
         publish.main([str(run), str(tmp_path / "dest")])
     assert "is not a training history" in capsys.readouterr().err
+
+
+def test_a_float_twin_is_published_without_a_packed_model(tmp_path, monkeypatch):
+    """--float: no model file; run.json's float_check holds the float model's errors (equal to
+    the history's) and its per-image predictions, which CommittedRun gives back."""
+    run_dir = _tiny_run(tmp_path, extra=("--float",))
+    dest = tmp_path / "results" / "tiny_float"
+    run = publish.publish(run_dir, dest)
+    assert {p.name for p in dest.iterdir()} == {"history.json", "run.json"}
+    assert "packed_check" not in run and run["run_config"]["binary"] is False
+    check = run["float_check"]
+    assert check["errors_float_model"] == check["errors_history"]
+    assert "errors_packed" not in check and len(check["predictions_float_model"]) == 60
+    monkeypatch.setenv(results.ENV_VAR, str(tmp_path / "results"))
+    committed = results.load_run("tiny_float")
+    assert committed.model_path is None
+    assert committed.float_predictions == [int(c) for c in check["predictions_float_model"]]
