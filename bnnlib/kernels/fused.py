@@ -156,6 +156,16 @@ def _xor_popcount(a, m, w, j, W):
 
 
 @numba.njit(inline="always", **_JIT)
+def _bits4(k, h0, h1, h2, h3, thr, dirn, j):
+    """Bits j .. j+3 (as bits 0..3) from the four rows' XOR popcounts h0 .. h3."""
+    bits = bit(k - 2 * h0, thr[j], dirn[j])
+    bits |= bit(k - 2 * h1, thr[j + 1], dirn[j + 1]) << 1
+    bits |= bit(k - 2 * h2, thr[j + 2], dirn[j + 2]) << 2
+    bits |= bit(k - 2 * h3, thr[j + 3], dirn[j + 3]) << 3
+    return np.int64(bits)
+
+
+@numba.njit(inline="always", **_JIT)
 def _rows4_bits(a, m, w, j, W, k, thr, dirn):
     """Bits j .. j+3 (as bits 0..3) of image m: four weight rows per pass over its words."""
     h0 = 0
@@ -168,11 +178,17 @@ def _rows4_bits(a, m, w, j, W, k, thr, dirn):
         h1 += popcount(x ^ w[j + 1, u])
         h2 += popcount(x ^ w[j + 2, u])
         h3 += popcount(x ^ w[j + 3, u])
-    bits = bit(k - 2 * h0, thr[j], dirn[j])
-    bits |= bit(k - 2 * h1, thr[j + 1], dirn[j + 1]) << 1
-    bits |= bit(k - 2 * h2, thr[j + 2], dirn[j + 2]) << 2
-    bits |= bit(k - 2 * h3, thr[j + 3], dirn[j + 3]) << 3
-    return np.int64(bits)
+    return _bits4(k, h0, h1, h2, h3, thr, dirn, j)
+
+
+@numba.njit(inline="always", **_JIT)
+def _tail_bits(a, m, w, W, k, thr, dirn, j_lo, j_hi, base):
+    """Bits j_lo .. j_hi - 1 of image m (a last partial group of rows), shifted by j - base."""
+    word = np.int64(0)
+    for j in range(j_lo, j_hi):
+        if bit(k - 2 * _xor_popcount(a, m, w, j, W), thr[j], dirn[j]):
+            word |= np.int64(1) << (j - base)
+    return word
 
 
 @numba.njit(**_JIT)
@@ -182,12 +198,13 @@ def hidden_word(a, w, k, thr, dirn, out, c):
     four times); an odd last image takes four rows alone."""
     N, W = w.shape
     M = a.shape[0]
-    j_hi = min(64 * c + 64, N)
-    j4 = 64 * c + (j_hi - 64 * c) // 4 * 4
+    base = 64 * c
+    j_hi = min(base + 64, N)
+    j4 = base + (j_hi - base) // 4 * 4
     for m in range(0, M - 1, 2):
-        word0 = 0
-        word1 = 0
-        for j in range(64 * c, j4, 4):
+        word0 = np.int64(0)
+        word1 = np.int64(0)
+        for j in range(base, j4, 4):
             h00 = 0
             h01 = 0
             h02 = 0
@@ -211,32 +228,16 @@ def hidden_word(a, w, k, thr, dirn, out, c):
                 h11 += popcount(x1 ^ v1)
                 h12 += popcount(x1 ^ v2)
                 h13 += popcount(x1 ^ v3)
-            b0 = bit(k - 2 * h00, thr[j], dirn[j])
-            b0 |= bit(k - 2 * h01, thr[j + 1], dirn[j + 1]) << 1
-            b0 |= bit(k - 2 * h02, thr[j + 2], dirn[j + 2]) << 2
-            b0 |= bit(k - 2 * h03, thr[j + 3], dirn[j + 3]) << 3
-            b1 = bit(k - 2 * h10, thr[j], dirn[j])
-            b1 |= bit(k - 2 * h11, thr[j + 1], dirn[j + 1]) << 1
-            b1 |= bit(k - 2 * h12, thr[j + 2], dirn[j + 2]) << 2
-            b1 |= bit(k - 2 * h13, thr[j + 3], dirn[j + 3]) << 3
-            word0 |= np.int64(b0) << (j - 64 * c)
-            word1 |= np.int64(b1) << (j - 64 * c)
-        for j in range(j4, j_hi):  # a last partial group of rows
-            if bit(k - 2 * _xor_popcount(a, m, w, j, W), thr[j], dirn[j]):
-                word0 |= np.int64(1) << (j - 64 * c)
-            if bit(k - 2 * _xor_popcount(a, m + 1, w, j, W), thr[j], dirn[j]):
-                word1 |= np.int64(1) << (j - 64 * c)
-        out[m, c] = word0
-        out[m + 1, c] = word1
+            word0 |= _bits4(k, h00, h01, h02, h03, thr, dirn, j) << (j - base)
+            word1 |= _bits4(k, h10, h11, h12, h13, thr, dirn, j) << (j - base)
+        out[m, c] = word0 | _tail_bits(a, m, w, W, k, thr, dirn, j4, j_hi, base)
+        out[m + 1, c] = word1 | _tail_bits(a, m + 1, w, W, k, thr, dirn, j4, j_hi, base)
     if M % 2:
         m = M - 1
-        word = 0
-        for j in range(64 * c, j4, 4):
-            word |= _rows4_bits(a, m, w, j, W, k, thr, dirn) << (j - 64 * c)
-        for j in range(j4, j_hi):
-            if bit(k - 2 * _xor_popcount(a, m, w, j, W), thr[j], dirn[j]):
-                word |= np.int64(1) << (j - 64 * c)
-        out[m, c] = word
+        word = np.int64(0)
+        for j in range(base, j4, 4):
+            word |= _rows4_bits(a, m, w, j, W, k, thr, dirn) << (j - base)
+        out[m, c] = word | _tail_bits(a, m, w, W, k, thr, dirn, j4, j_hi, base)
 
 
 @numba.njit(**_JIT)
