@@ -170,8 +170,7 @@ class BaselineMLP:
             if hidden == "xnor":
                 h = kernels.threshold_pack(s, thr, d)
             else:
-                fires = torch.where(d >= 0, s >= thr, s <= thr)
-                h = torch.where(fires, 1.0, -1.0).to(torch.float32)
+                h = torch.where(kernels.fires(s, thr, d), 1.0, -1.0).to(torch.float32)
         raise AssertionError("unreachable: the last layer gives scores")
 
 

@@ -22,6 +22,7 @@ settings.check_numba_threads()  # numba reads it at import and fails without nam
 from bnnlib.kernels.baseline import baseline_gemm  # noqa: E402
 from bnnlib.kernels.packing import (  # noqa: E402
     check_pm1,
+    fires,
     num_words,
     pack,
     pack_bits,
@@ -39,6 +40,7 @@ __all__ = [
     "words_as_int64",
     "check_pm1",
     "threshold_pack",
+    "fires",
     "xnor_gemm",
     "hamming_gemm",
     "bitplane_dot",

@@ -25,7 +25,7 @@ import torch
 
 from bnnlib.kernels._cache import CACHE
 
-__all__ = ["pack", "unpack", "pack_bits", "num_words", "check_pm1", "threshold_pack"]
+__all__ = ["pack", "unpack", "pack_bits", "num_words", "check_pm1", "threshold_pack", "fires"]
 
 _WORD_DTYPES = {64: torch.int64, 32: torch.int32}
 _BIT_WEIGHTS = [1 << i for i in range(8)]  # LSB-first within each byte
@@ -295,5 +295,10 @@ def threshold_pack(
             f"threshold_pack expects acc (M, N) with threshold and direction (N,), got "
             f"{tuple(acc.shape)}, {tuple(threshold.shape)}, {tuple(direction.shape)}"
         )
-    bits = torch.where(direction >= 0, acc >= threshold, acc <= threshold)
-    return pack_bits(bits)
+    return pack_bits(fires(acc, threshold, direction))
+
+
+def fires(acc: torch.Tensor, threshold: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
+    """bool, acc's shape: Sign(BN(acc)) = +1, i.e. ``acc >= threshold`` where ``direction >= 0``
+    and ``acc <= threshold`` elsewhere (the compare of :func:`threshold_pack`, unpacked)."""
+    return torch.where(direction >= 0, acc >= threshold, acc <= threshold)
