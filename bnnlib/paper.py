@@ -117,6 +117,7 @@ UNIQUE_FILTERS = 0.42  # fraction of unique 3x3 binary filters per layer, traine
 
 STATUSES = (
     "reproduced",
+    "consistent",
     "better than the paper",
     "not reproduced",
     "reduced run",
@@ -130,6 +131,8 @@ STATUSES = (
 STATUS_LEGEND = {
     "reproduced": "the paper's figure is inside our 95% interval (a 'no loss' claim: the gap's "
     "interval reaches 0 or below)",
+    "consistent": "the paper's figure is inside our 95% interval, but equivalence within the "
+    "protocol's margin is not shown (results/protocol.md)",
     "better than the paper": "the paper's error is above our 95% interval",
     "not reproduced": "the paper's figure is outside our 95% interval, on the worse side",
     "reduced run": "fewer epochs, units or images than the paper's run: not comparable",

@@ -434,3 +434,36 @@ def test_step_lr_rejects_bad_arguments(every, factor):
     opt = ShiftAdaMax(_net())
     with pytest.raises(ValueError, match="step_lr"):
         step_lr(opt, every, factor)
+
+
+def test_adamax_torch7_without_shifts_three_steps_by_hand():
+    """shift=False (the optimizer ``adamax_torch7``, the ablation E2 of results/protocol.md):
+    the Torch7 variant with no AP2 anywhere: v = max(b2 v, |g|) + eps, stored; the step
+    lr / (1 - b1^t) exactly; and it differs from the shift-based step."""
+    lr, (b1, b2), eps = 2.0**-6, (0.9, 0.999), 2.0**-27
+    net = _net()
+    opt = ShiftAdaMax(net, lr=lr, glorot_scale="torch7", variant="torch7", shift=False)
+    with torch.no_grad():
+        for w in _binary_weights(net):
+            w.mul_(0.001)
+    params = list(net.parameters())
+    fans = zip(_binary_weights(net), (50, 40), strict=True)
+    scale = {id(w): 1 / math.sqrt(1.5 / n) for w, n in fans}
+    scale |= {id(net[1].weight): 1 / math.sqrt(1.5 / 30), id(net[4].weight): 1 / math.sqrt(0.15)}
+    theta = [p.detach().clone() for p in params]
+    m = [torch.zeros_like(p) for p in params]
+    v = [torch.zeros_like(p) for p in params]
+    for t in (1, 2, 3):
+        _set_grads(net, 20 + t)
+        for i, p in enumerate(params):
+            g = p.grad.detach()
+            m[i] = b1 * m[i] + (1 - b1) * g
+            v[i] = torch.maximum(b2 * v[i], g.abs()) + eps
+            theta[i] = theta[i] - lr * scale.get(id(p), 1.0) / (1 - b1**t) * m[i] / v[i]
+            if p is net[0].weight or p is net[3].weight:
+                theta[i] = theta[i].clamp(-1, 1)
+        opt.step()
+        for p, expect in zip(params, theta, strict=True):
+            torch.testing.assert_close(p.detach(), expect, rtol=1e-12, atol=1e-12)
+    shifted = ShiftAdaMax(_net(), lr=lr, glorot_scale="torch7", variant="torch7")
+    assert shifted.param_groups[0]["shift"] is True and opt.param_groups[0]["shift"] is False

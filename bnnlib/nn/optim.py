@@ -45,6 +45,11 @@ multiplied after rounding the step. Our default divides by AP2(v + eps) and
 keeps v exact, as Algorithm 4 is written; both are shifts when v_t is a power of
 two (eps = 2^-27 is far below any v that matters).
 
+``shift=False`` leaves out every AP2 (of the step size and of v) and keeps the rest of
+the variant: plain AdaMax in the same form. It is the ablation that measures what the
+shifts cost (the protocol's experiment E2, ``results/protocol.md``); the optimizer name
+``adamax_torch7`` of the training loop.
+
 The learning rate decays exponentially, once per epoch, from ``lr_start`` to
 ``lr_end`` over the run (:func:`exponential_lr`), as in the paper's Theano code;
 the Torch7 code instead halves it every 20 epochs (MNIST, SVHN) or 50
@@ -157,7 +162,8 @@ class ShiftAdaMax(torch.optim.Optimizer):
     """Shift-based AdaMax (paper Algorithm 4), then clipping of binary layers' weights.
 
     Takes the model like :class:`Adam`, with the same per-layer LR scale.
-    ``variant="torch7"`` computes the step as the Torch7 code does (module docstring).
+    ``variant="torch7"`` computes the step as the Torch7 code does (module docstring);
+    ``shift=False`` drops the AP2 roundings (plain AdaMax, the ablation).
     """
 
     VARIANTS = ("paper", "torch7")
@@ -170,10 +176,11 @@ class ShiftAdaMax(torch.optim.Optimizer):
         eps: float = 2.0**-27,
         glorot_scale: bool | str = True,
         variant: str = "paper",
+        shift: bool = True,
     ) -> None:
         if variant not in self.VARIANTS:
             raise ValueError(f"unknown variant {variant!r}; choose one of {self.VARIANTS}")
-        defaults = {"lr": lr, "betas": betas, "eps": eps, "variant": variant}
+        defaults = {"lr": lr, "betas": betas, "eps": eps, "variant": variant, "shift": shift}
         super().__init__(param_groups(net, lr, glorot_scale), defaults)
 
     def state_of(self, p: torch.Tensor) -> dict:
@@ -218,6 +225,7 @@ class ShiftAdaMax(torch.optim.Optimizer):
             betas=group["betas"],
             eps=group["eps"],
             variant=group.get("variant", "paper"),
+            shift=group.get("shift", True),
         )
 
     @torch.no_grad()
@@ -248,6 +256,7 @@ def shift_adamax_(
     betas: tuple[float, float],
     eps: float,
     variant: str = "paper",
+    shift: bool = True,
 ) -> None:
     """Shift-based AdaMax (paper Algorithm 4), in place, on parameters at step ``step``.
 
@@ -258,6 +267,8 @@ def shift_adamax_(
         m = beta1 * m + (1 - beta1) * g;  v = max(beta2 * v, |g|)
         paper:  theta -= AP2(lr / (1 - beta1^t)) * m / AP2(v + eps)
         torch7: v = AP2(v) + eps;  theta -= AP2(lr / lr_scale / (1 - beta1^t)) * lr_scale * m / v
+
+    ``shift=False``: the same with every AP2 replaced by the identity (plain AdaMax).
     """
     if variant not in ShiftAdaMax.VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose one of {ShiftAdaMax.VARIANTS}")
@@ -266,17 +277,17 @@ def shift_adamax_(
     torch._foreach_mul_(exp_infs, beta2)
     torch._foreach_maximum_(exp_infs, torch._foreach_abs(grads))
     bias1 = 1 - beta1**step
+    rounded = _ap2_nonnegative if shift else list
+    scalar = ap2_scalar if shift else float
     if variant == "torch7":
-        torch._foreach_copy_(exp_infs, torch._foreach_add(_ap2_nonnegative(exp_infs), eps))
-        step_size = ap2_scalar(lr / lr_scale / bias1)
+        torch._foreach_copy_(exp_infs, torch._foreach_add(rounded(exp_infs), eps))
+        step_size = scalar(lr / lr_scale / bias1)
         torch._foreach_sub_(
             params, torch._foreach_div(exp_avgs, exp_infs), alpha=step_size * lr_scale
         )
     else:
-        denom = _ap2_nonnegative(torch._foreach_add(exp_infs, eps))
-        torch._foreach_sub_(
-            params, torch._foreach_div(exp_avgs, denom), alpha=ap2_scalar(lr / bias1)
-        )
+        denom = rounded(torch._foreach_add(exp_infs, eps))
+        torch._foreach_sub_(params, torch._foreach_div(exp_avgs, denom), alpha=scalar(lr / bias1))
 
 
 def _ap2_nonnegative(xs: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -32,7 +32,7 @@ __all__ = ["RunConfig", "RunConfigFormatError", "CONFIG_KEY"]
 #: Where :func:`bnnlib.train.run.train` stores the configuration in ``history.config``.
 CONFIG_KEY = "run_config"
 
-_OPTIMIZERS = ("adam", "shift_adamax", "shift_adamax_torch7")
+_OPTIMIZERS = ("adam", "shift_adamax", "shift_adamax_torch7", "adamax_torch7")
 _BATCHNORMS = ("standard", "shift")
 
 

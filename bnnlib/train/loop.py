@@ -185,7 +185,7 @@ def dist_errors(net: nn.Module, ds, batch_size: int, rank: int, world: int) -> f
 # --------------------------------------------------------------------------- training
 
 
-OPTIMIZERS = ("adam", "shift_adamax", "shift_adamax_torch7")
+OPTIMIZERS = ("adam", "shift_adamax", "shift_adamax_torch7", "adamax_torch7")
 #: The evaluation batch of the fast path (a GPU holds 10,000 MNIST or CIFAR-10 images' activations).
 FAST_EVAL_BATCH = 10_000
 
@@ -194,15 +194,17 @@ def make_optimizer(
     net: nn.Module, name: str, lr: float, glorot_scale: bool | str = True
 ) -> torch.optim.Optimizer:
     """``"adam"`` (fused kernels where PyTorch has them), ``"shift_adamax"`` (Algorithm 4)
-    or ``"shift_adamax_torch7"`` (the Torch7 code's variant), over ``net``."""
+    , ``"shift_adamax_torch7"`` (the Torch7 code's variant) or ``"adamax_torch7"`` (that
+    variant without its AP2 roundings: the ablation of the shifts), over ``net``."""
     if name == "adam":
         if _net_device(net).type in ("cpu", "cuda"):
             with contextlib.suppress(RuntimeError, ValueError):
                 return Adam(net, lr=lr, glorot_scale=glorot_scale, fused=True)
         return Adam(net, lr=lr, glorot_scale=glorot_scale)
-    if name in ("shift_adamax", "shift_adamax_torch7"):
+    if name in ("shift_adamax", "shift_adamax_torch7", "adamax_torch7"):
         variant = "torch7" if name.endswith("torch7") else "paper"
-        return ShiftAdaMax(net, lr=lr, glorot_scale=glorot_scale, variant=variant)
+        shift = name.startswith("shift_")
+        return ShiftAdaMax(net, lr=lr, glorot_scale=glorot_scale, variant=variant, shift=shift)
     raise ValueError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
 
 
