@@ -84,6 +84,7 @@ class _BinaryMixin:
     stochastic_input: bool
     check_clip: bool = False  # the debug check of clipping (module docstring)
     weight: nn.Parameter
+    _weight_sign: tuple[torch.Tensor, int] | None = None  # (Sign(W), W's version): use_weight_sign
 
     def _init_binary(
         self, binarize_input: bool, weights: bool, inputs: bool, check_clip: bool
@@ -117,6 +118,20 @@ class _BinaryMixin:
                 "bnnlib.nn.layers.clip_latent_)"
             )
 
+    def use_weight_sign(self, sign: torch.Tensor) -> None:
+        """Take ``sign`` = Sign(W) of the current latent weight, computed by whoever just
+        changed W: the fast training step writes it in the same pass over memory as the
+        update (:class:`bnnlib.train.fast_step.FastStep`). :meth:`binary_weight` returns it,
+        with the same straight-through gradient, as long as W's version counter shows no
+        change since (any in-place operation on W, ``load_state_dict`` included, ends it);
+        stochastic binarization never uses it."""
+        if sign.shape != self.weight.shape:
+            raise ValueError(
+                f"use_weight_sign: Sign(W) of shape {tuple(sign.shape)} for a weight of shape "
+                f"{tuple(self.weight.shape)}"
+            )
+        self._weight_sign = (sign, self.weight._version)
+
     def binary_weight(self) -> torch.Tensor:
         """W_b = Sign(W), with the straight-through gradient to the latent W.
 
@@ -131,6 +146,9 @@ class _BinaryMixin:
             self.assert_clipped()
         # Stochastic binarization in training only; evaluation is deterministic.
         stoch = self.stochastic_weights and self.training
+        given = self._weight_sign
+        if given is not None and not stoch and given[1] == self.weight._version:
+            return _GivenSign.apply(self.weight, given[0])
         return ste_sign(self.weight, stoch, estimator="identity")
 
     def binary_input(self, x: torch.Tensor) -> torch.Tensor:
@@ -144,6 +162,19 @@ class _BinaryMixin:
             f"stochastic_weights={self.stochastic_weights}, "
             f"stochastic_input={self.stochastic_input}"
         )
+
+
+class _GivenSign(torch.autograd.Function):
+    """Sign(W) already computed (:meth:`_BinaryMixin.use_weight_sign`) forward; the identity
+    STE backward, as :func:`bnnlib.nn.ste.ste_sign` with ``estimator="identity"``."""
+
+    @staticmethod
+    def forward(ctx, weight, sign):
+        return sign.view_as(sign)  # a new tensor object over the same memory and version
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        return grad_output, None
 
 
 class BinaryLinear(_BinaryMixin, nn.Linear):

@@ -59,7 +59,7 @@ the Torch7 code instead halves it every 20 epochs (MNIST, SVHN) or 50
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -72,6 +72,8 @@ __all__ = [
     "Adam",
     "ShiftAdaMax",
     "shift_adamax_",
+    "adamax_step_size",
+    "ap2_nonnegative",
     "ap2_scalar",
     "clip_binary_weights",
     "exponential_lr",
@@ -150,11 +152,13 @@ class Adam(torch.optim.Adam):
         super().__init__(groups, lr=lr, betas=betas, eps=eps, fused=fused)
 
     @torch.no_grad()
-    def step(self, closure=None):
+    def step(self, closure=None, *, clip: bool = True):
         """PyTorch's Adam step (fused or foreach, as built), then the clipping of the binary
-        layers' weights (:func:`clip_binary_weights`, Algorithm 1)."""
+        layers' weights (:func:`clip_binary_weights`, Algorithm 1). ``clip=False`` leaves the
+        clipping to the caller (the fast training step clips and binarizes in one pass)."""
         loss = super().step(closure)
-        clip_binary_weights(self.param_groups)
+        if clip:
+            clip_binary_weights(self.param_groups)
         return loss
 
 
@@ -193,27 +197,39 @@ class ShiftAdaMax(torch.optim.Optimizer):
         return state
 
     @torch.no_grad()
-    def step_group(self, group: dict, foreach: bool = False) -> None:
+    def step_group(
+        self, group: dict, foreach: bool = False, update: Callable | None = None
+    ) -> set[int]:
         """Algorithm 4 (or the Torch7 variant) on one group's parameters that have a
-        gradient; the clipping is :meth:`step`'s.
+        gradient; the clipping is :meth:`step`'s. Returns the ids of the parameters that
+        ``update`` took.
 
         :func:`shift_adamax_` once per parameter, or (``foreach=True``) once per set of
         parameters at the same step count (all of them, unless some missed a step).
+        ``update(group, p, step)``, when given, is tried first for each parameter: it returns
+        True when it did the whole update of ``p`` at ``step``, clipping included (the fast
+        training step's one-pass kernel, :class:`bnnlib.train.fast_step.FastStep`).
         """
         batches: dict[int, list[torch.Tensor]] = {}
+        taken: set[int] = set()
         for p in group["params"]:
             if p.grad is None:
                 continue
             state = self.state_of(p)
             state["step"] += 1
-            if foreach:
+            if update is not None and update(group, p, state["step"]):
+                taken.add(id(p))
+            elif foreach:
                 batches.setdefault(state["step"], []).append(p)
             else:
-                self._update(group, [p], state["step"])
+                self.update_params(group, [p], state["step"])
         for step, params in batches.items():
-            self._update(group, params, step)
+            self.update_params(group, params, step)
+        return taken
 
-    def _update(self, group: dict, params: list[torch.Tensor], step: int) -> None:
+    def update_params(self, group: dict, params: list[torch.Tensor], step: int) -> None:
+        """:func:`shift_adamax_` on ``params`` of ``group``, all at step ``step`` (their states
+        already counted); the clipping is the caller's."""
         shift_adamax_(
             params,
             [p.grad for p in params],
@@ -229,17 +245,21 @@ class ShiftAdaMax(torch.optim.Optimizer):
         )
 
     @torch.no_grad()
-    def step(self, closure=None, *, foreach: bool = False):
+    def step(self, closure=None, *, foreach: bool = False, update: Callable | None = None):
         """One update of every parameter with a gradient, then the clipping of the binary
         layers' weights (:func:`clip_binary_weights`). ``foreach=True`` launches the same
-        arithmetic as multi-tensor operations (:meth:`step_group`)."""
+        arithmetic as multi-tensor operations; ``update`` (:meth:`step_group`) may take
+        parameters over, their clipping with them."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        taken: set[int] = set()
         for group in self.param_groups:
-            self.step_group(group, foreach)
-        clip_binary_weights(self.param_groups)
+            taken |= self.step_group(group, foreach, update)
+        rest = [{**g, "params": [p for p in g["params"] if id(p) not in taken]}
+                for g in self.param_groups]  # fmt: skip
+        clip_binary_weights(rest)
         return loss
 
 
@@ -270,29 +290,45 @@ def shift_adamax_(
 
     ``shift=False``: the same with every AP2 replaced by the identity (plain AdaMax).
     """
-    if variant not in ShiftAdaMax.VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; choose one of {ShiftAdaMax.VARIANTS}")
+    alpha = adamax_step_size(step, lr, lr_scale, betas[0], variant, shift)
     beta1, beta2 = betas
     torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
     torch._foreach_mul_(exp_infs, beta2)
     torch._foreach_maximum_(exp_infs, torch._foreach_abs(grads))
-    bias1 = 1 - beta1**step
-    rounded = _ap2_nonnegative if shift else list
-    scalar = ap2_scalar if shift else float
+    rounded = ap2_nonnegative if shift else list
     if variant == "torch7":
         torch._foreach_copy_(exp_infs, torch._foreach_add(rounded(exp_infs), eps))
-        step_size = scalar(lr / lr_scale / bias1)
-        torch._foreach_sub_(
-            params, torch._foreach_div(exp_avgs, exp_infs), alpha=step_size * lr_scale
-        )
+        torch._foreach_sub_(params, torch._foreach_div(exp_avgs, exp_infs), alpha=alpha)
     else:
         denom = rounded(torch._foreach_add(exp_infs, eps))
-        torch._foreach_sub_(params, torch._foreach_div(exp_avgs, denom), alpha=scalar(lr / bias1))
+        torch._foreach_sub_(params, torch._foreach_div(exp_avgs, denom), alpha=alpha)
 
 
-def _ap2_nonnegative(xs: list[torch.Tensor]) -> list[torch.Tensor]:
+def adamax_step_size(
+    step: int, lr: float, lr_scale: float, beta1: float, variant: str, shift: bool = True
+) -> float:
+    """The factor of m / v in the update at step ``step`` (:func:`shift_adamax_`):
+    AP2(lr / (1 - beta1^t)) (paper), AP2(lr / lr_scale / (1 - beta1^t)) * lr_scale (torch7),
+    without the AP2 when ``shift`` is False."""
+    if variant not in ShiftAdaMax.VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; choose one of {ShiftAdaMax.VARIANTS}")
+    bias1 = 1 - beta1**step
+    scalar = ap2_scalar if shift else float
+    if variant == "torch7":
+        return scalar(lr / lr_scale / bias1) * lr_scale
+    return scalar(lr / bias1)
+
+
+def ap2_nonnegative(xs: list[torch.Tensor]) -> list[torch.Tensor]:
     """AP2 (:func:`bnnlib.nn.shift.ap2`) of tensors with no negative entries, as multi-tensor
-    operations: 2^round(log2 x), and 0 where x == 0 (2^-inf = +0), the values ``ap2`` gives."""
+    operations: 2^round(log2 x), and 0 where x == 0 (2^-inf = +0), the values ``ap2`` gives.
+
+    In float32, log2 of the floats within a few units in the last place of sqrt(2) * 2^e
+    rounds to e + 1/2 (or to its neighbour on the wrong side), and ``round`` sends the tie to
+    the even integer: for those (5,343 of the 2^31 positive floats, up to 32 per binade) this
+    AP2 is one power of two away from the exact nearest one, either way. The book's runs
+    trained with it; :mod:`bnnlib.kernels.update` copies it exactly, and shows the exact AP2
+    beside it (``tests/test_fast_step.py``)."""
     e = torch._foreach_log2(xs)
     torch._foreach_round_(e)
     return torch._foreach_pow(2.0, e)

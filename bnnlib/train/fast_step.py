@@ -1,33 +1,120 @@
-"""The fast path's optimizer step: the same update as ``opt.step()``, in fewer kernels.
+"""The fast path's optimizer step: the same update as ``opt.step()``, in one pass over memory.
 
-The arithmetic lives in :mod:`bnnlib.nn.optim` only, written once; this module only
-chooses how it is launched. :class:`bnnlib.nn.optim.ShiftAdaMax` (paper Algorithm 4)
-steps with ``foreach=True``: :func:`bnnlib.nn.optim.shift_adamax_` once per group (per
-step count) instead of once per parameter. :class:`bnnlib.nn.optim.Adam` is PyTorch's
-Adam, fused (or foreach) as built, and every optimizer of :mod:`bnnlib.nn.optim` clips
-the binary weights to [-1, 1] with the layers' multi-tensor clamp
-(:func:`bnnlib.nn.layers.clip_latent_`, Algorithm 1), so their plain ``opt.step()`` is
-already the fast one. The step is always the optimizer's public ``step``, so an LR
-scheduler sees it as it sees the plain path's. On the CPU the parameters are those of
-the plain path bit for bit (tested). :func:`bnnlib.train.fit` takes it with ``fast=True``.
+The arithmetic of the update is :mod:`bnnlib.nn.optim`'s (the readable torch version, paper
+Algorithm 4 and the Torch7 variant); this module only chooses how it is carried out.
+
+On the CPU, :class:`FastStep` does each parameter's whole update in one pass over its memory
+(:func:`bnnlib.kernels.update.adamax_step_`, numba, all cores): shift-based AdaMax (or AdaMax),
+the clipping of binary weights (Algorithm 1) and Sign(W) of the updated weight, which it hands
+to the binary layer (:meth:`bnnlib.nn.layers.BinaryLinear.use_weight_sign`), so the next
+forward and backward passes use it instead of binarizing W again: the weights' Sign is computed
+once per step. For :class:`bnnlib.nn.optim.Adam` it runs PyTorch's fused Adam, then clipping
+and Sign(W) in one pass (:func:`bnnlib.kernels.update.clip_sign_`). The parameters are those of
+the plain ``opt.step()`` bit for bit (``tests/test_fast_step.py``), so checkpoints of either
+path resume in the other.
+
+On a GPU (or for tensors the kernels do not take: not float32, not contiguous), shift AdaMax
+steps with ``foreach=True`` (multi-tensor torch operations) and the other optimizers with their
+own ``step()``. The step is always the optimizer's, through its state and param groups, so an LR
+scheduler sees it as it sees the plain path's. :func:`bnnlib.train.fit` takes it with
+``fast=True`` (the default).
 """
 
 from __future__ import annotations
 
 import torch
+from torch import nn
 
-from bnnlib.nn.optim import ShiftAdaMax
+from bnnlib.nn.layers import clip_latent_, is_binary_layer
+from bnnlib.nn.optim import Adam, ShiftAdaMax, adamax_step_size
 
-__all__ = ["fast_step"]
+__all__ = ["FastStep", "fast_step"]
+
+
+def _kernel_ok(p: torch.Tensor) -> bool:
+    return p.device.type == "cpu" and p.dtype == torch.float32 and p.is_contiguous()
+
+
+class FastStep:
+    """The optimizer step of the fast path for ``opt`` over ``net`` (module docstring).
+
+    ``step()`` does what ``opt.step()`` does, bit for bit, and gives each binary layer whose
+    weight it updated on the CPU the Sign of its new weight.
+    """
+
+    def __init__(self, opt: torch.optim.Optimizer, net: nn.Module | None = None) -> None:
+        self.opt = opt
+        self.layers = {}  # id(weight) -> its binary layer
+        if net is not None:
+            for module in net.modules():
+                if is_binary_layer(module) and not module.stochastic_weights:
+                    self.layers[id(module.weight)] = module
+        self._signs: dict[int, torch.Tensor] = {}
+
+    def _sign_buffer(self, p: torch.Tensor) -> torch.Tensor | None:
+        """Where Sign(p) goes, when p is a binary layer's (deterministic) weight."""
+        if id(p) not in self.layers or not _kernel_ok(p):
+            return None
+        buf = self._signs.get(id(p))
+        if buf is None or buf.shape != p.shape:
+            buf = self._signs[id(p)] = torch.empty_like(p, memory_format=torch.contiguous_format)
+        return buf
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """``opt.step()``, bit for bit, through the optimizer's public ``step`` (an LR
+        scheduler sees it): the CPU parameters in one pass each (module docstring)."""
+        opt = self.opt
+        if isinstance(opt, ShiftAdaMax):
+            opt.step(update=self._adamax)
+        elif isinstance(opt, Adam):
+            opt.step(clip=False)
+            for group in opt.param_groups:
+                if group.get("clip"):
+                    for p in group["params"]:
+                        self._clip(p)
+        else:
+            fast_step(opt)
+
+    def _clip(self, p: torch.Tensor) -> None:
+        """Clip a binary weight after a torch step, and Sign(p) in the same pass."""
+        sign = self._sign_buffer(p)
+        if not _kernel_ok(p) or sign is None:
+            clip_latent_([p])
+            return
+        self._kernels().clip_sign_(p, sign)
+        self.layers[id(p)].use_weight_sign(sign)
+
+    def _adamax(self, group: dict, p: torch.Tensor, step: int) -> bool:
+        """:meth:`ShiftAdaMax.step`'s update of ``p`` at ``step`` in one kernel call (and
+        Sign(p) for its layer); False for a tensor the kernel does not take."""
+        if not (_kernel_ok(p) and _kernel_ok(p.grad)):
+            return False
+        beta1, beta2 = group["betas"]
+        variant, shift = group.get("variant", "paper"), group.get("shift", True)
+        state = self.opt.state[p]
+        sign = self._sign_buffer(p)
+        self._kernels().adamax_step_(
+            p, p.grad, state["exp_avg"], state["exp_inf"], beta1=beta1, beta2=beta2,
+            eps=group["eps"], variant=variant, shift=shift, clip=bool(group.get("clip")),
+            alpha=adamax_step_size(step, group["lr"], group["lr_scale"], beta1, variant, shift),
+            sign_out=sign,
+        )  # fmt: skip
+        if sign is not None:
+            self.layers[id(p)].use_weight_sign(sign)
+        return True
+
+    def _kernels(self):
+        """:mod:`bnnlib.kernels.update`, imported (numba) on the first CPU step."""
+        from bnnlib.kernels import update
+
+        return update
 
 
 def fast_step(opt: torch.optim.Optimizer) -> None:
-    """The optimizer step of the fast path: the same update as ``opt.step()``.
-
-    :class:`bnnlib.nn.optim.ShiftAdaMax`: ``opt.step(foreach=True)`` (multi-tensor
-    operations); any other optimizer, :class:`bnnlib.nn.optim.Adam` included:
-    ``opt.step()``.
-    """
+    """The multi-tensor step, for any device: :class:`bnnlib.nn.optim.ShiftAdaMax` with
+    ``foreach=True``; any other optimizer, :class:`bnnlib.nn.optim.Adam` included, with its
+    own ``step()``. The same update as ``opt.step()``."""
     if isinstance(opt, ShiftAdaMax):
         opt.step(foreach=True)
     else:

@@ -25,16 +25,18 @@ Speed. The whole dataset is moved to the training device once; a batch is an
 index slice of the epoch's permutation. Losses and error counts are summed on
 the device and read back once per epoch (``.item()`` syncs a GPU).
 
-The fast path (``fast=True``; the default on a GPU, ``fast=None``) changes only
-how the same arithmetic is launched: the optimizer step is
-:func:`bnnlib.train.fast_step.fast_step`, one multi-tensor (``foreach``) update per
-group (Adam: PyTorch's fused kernel, as on the plain path; shift AdaMax:
-``ShiftAdaMax.step(foreach=True)``), validation and test are evaluated
-in batches of 10,000, and cuDNN picks its convolution algorithms
-(``cudnn.benchmark``). On the CPU it gives the plain path's parameters and
-history bit for bit (tested), so checkpoints of either path resume in the
-other. CUDA graphs and ``torch.compile`` are not used: neither has been
-measured on a GPU here yet.
+The fast path (``fast=True``, the default; ``fast=False`` is the plain path) changes only
+how the same arithmetic is carried out: the optimizer step is
+:class:`bnnlib.train.fast_step.FastStep`: on the CPU one pass over each parameter's memory
+(shift AdaMax, clipping and Sign(W) together, numba; Adam: PyTorch's fused kernel, then
+clipping and Sign(W) in one pass), the binary layers reusing that Sign(W) in the next forward
+and backward passes instead of binarizing again; on a GPU multi-tensor (``foreach``) updates,
+validation and test in batches of 10,000, and cuDNN picking its convolution algorithms
+(``cudnn.benchmark``). It gives the plain path's parameters and history bit for bit (tested on
+the CPU for the Torch7 preset and the Theano recipe), so checkpoints of either path resume in
+the other. CUDA graphs and ``torch.compile`` are not used: neither has been measured on a GPU
+here yet. ``python -m bnnlib.bench --train`` times both paths against the float32 GEMMs of
+the same step.
 
 Reproducibility. ``seed`` seeds a CPU ``torch.Generator`` for the shuffling
 and the global torch RNG (dropout, stochastic binarization; ``seed + rank``
@@ -92,7 +94,7 @@ from bnnlib.train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from bnnlib.train.fast_step import fast_step
+from bnnlib.train.fast_step import FastStep
 from bnnlib.train.history import History, pct
 from bnnlib.train.runfolder import (
     check_resume,
@@ -223,7 +225,7 @@ def _base_lr(opt: torch.optim.Optimizer) -> float:
 # ------------------------------------------------------------------ the training epoch
 
 
-def _train_epoch(model, opt, X, Y, T, perm, batch_size, rank, world, bar, fast=False):
+def _train_epoch(model, opt, X, Y, T, perm, batch_size, rank, world, bar, fast=None):
     """One pass over the permutation; returns device tensors (loss sum, error count, samples)."""
     model.train()
     lo, hi = rank * batch_size // world, (rank + 1) * batch_size // world
@@ -236,8 +238,8 @@ def _train_epoch(model, opt, X, Y, T, perm, batch_size, rank, world, bar, fast=F
         loss = square_hinge(out, T[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        if fast:
-            fast_step(opt)
+        if fast is not None:
+            fast.step()
         else:
             opt.step()
         loss_sum += loss.detach() * len(idx)
@@ -287,7 +289,7 @@ class _Run:
     start: int = 0  # epochs already done (resume)
     best_state: dict | None = None
     model: nn.Module | None = None  # net, or its DistributedDataParallel wrapper
-    fast: bool = False  # the fast path's optimizer step (module docstring)
+    fast: FastStep | None = None  # the fast path's optimizer step (module docstring)
 
 
 def _positive(name: str, value, integer: bool = False) -> None:
@@ -508,9 +510,9 @@ def fit(
     initialized (the CLI does it); ``batch_size`` is then the global batch.
     ``meta`` (plain values) is added to ``history.config`` for the record.
 
-    ``fast`` (default: True on a GPU, else False) takes the fast path (module
-    docstring): the same parameters, launched as fewer kernels. ``eval_batch_size``
-    defaults to 1,000 (10,000 on the fast path).
+    ``fast`` (default True) takes the fast path (module docstring): the same parameters,
+    in fewer passes over memory. ``eval_batch_size`` defaults to 1,000 (10,000 on the fast
+    path on a GPU).
     """
     rank, world = rank_and_world()
     device = as_device(device)
@@ -526,7 +528,7 @@ def fit(
         lr_halve_every=lr_halve_every, seed=seed, world_size=world, fast=fast, meta=meta,
     )  # fmt: skip
     run = _start(net, config, device, rank, world)
-    run.fast = fast
+    run.fast = FastStep(run.opt, net) if fast else None
     if resume:
         _restore(run, checkpoint)
     run.model = _parallel(net, device, world)
@@ -552,9 +554,9 @@ def _checkpoint_path(checkpoint, resume: bool) -> Path | None:
 def _fast_path(device: torch.device, fast: bool | None, eval_batch_size: int | None):
     """(fast, evaluation batch): the fast path's defaults (module docstring); on a GPU
     it lets cuDNN pick its convolution algorithms."""
-    fast = device.type == "cuda" if fast is None else bool(fast)
-    if eval_batch_size is None:
-        eval_batch_size = FAST_EVAL_BATCH if fast else 1000
+    fast = True if fast is None else bool(fast)
+    if eval_batch_size is None:  # the CPU's stays 1,000: its histories match the plain path's
+        eval_batch_size = FAST_EVAL_BATCH if fast and device.type == "cuda" else 1000
     if fast and device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     return fast, eval_batch_size
