@@ -31,12 +31,11 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 from bnnlib import data as bdata
 from bnnlib import inference
-from bnnlib.files import FileLock, LockHeld, atomic_write, read_json
+from bnnlib.files import FileLock, LockHeld, atomic_write, read_json, staging_dir
 from bnnlib.hardware import describe_machine, hardware
 from bnnlib.train.checkpoint import load_checkpoint
 from bnnlib.train.config import RunConfig, RunConfigFormatError
@@ -154,7 +153,7 @@ def _swap_into_place(staging: Path, dest: Path) -> None:
     if not dest.exists():
         os.rename(staging, dest)
         return
-    old = dest.parent / f".{dest.name}.old-{os.getpid()}"
+    old = staging_dir(dest.parent, dest.name, kind="old")  # an empty folder: rename replaces it
     os.rename(dest, old)
     os.rename(staging, dest)
     shutil.rmtree(old, ignore_errors=True)
@@ -163,7 +162,7 @@ def _swap_into_place(staging: Path, dest: Path) -> None:
 def _write_staged(dest: Path, history: dict, build) -> dict:
     """Write the model, history.json and run.json into a staging folder beside ``dest``, then
     rename it into place; ``build(staging)`` writes the model and returns run.json's dict."""
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.staging-", dir=dest.parent))
+    staging = staging_dir(dest.parent, dest.name)  # removes those of a killed publish
     try:
         run = build(staging)
         atomic_write(staging / "history.json", json.dumps(history, indent=1).encode())
@@ -296,6 +295,8 @@ def main(argv: list[str] | None = None) -> dict:
         run = publish(args.run_dir, args.dest, args.note, args.data_root, args.allow_stopped_early)
     except (ValueError, OSError, RunConfigFormatError) as e:
         p.error(str(e))
+    except KeyboardInterrupt:
+        p.exit(130, f"{p.prog}: interrupted (Ctrl-C); {args.dest} is as it was before\n")
     print(json.dumps(run, indent=1))
     return run
 
