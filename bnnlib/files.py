@@ -58,19 +58,6 @@ def _umask() -> int:
     return mask
 
 
-def _remove_stale_tmp(path: Path) -> None:
-    """Remove ``.<name>.<random>.tmp`` siblings of ``path`` (mkstemp's names, as below) left by
-    writes killed before their rename, once older than :data:`STALE_TMP_SECONDS`."""
-    pattern = re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.tmp")
-    cutoff = time.time() - STALE_TMP_SECONDS
-    with contextlib.suppress(OSError):
-        for entry in os.scandir(path.parent):
-            if pattern.fullmatch(entry.name):
-                with contextlib.suppress(OSError):
-                    if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
-                        os.unlink(entry.path)
-
-
 class UnsafePathError(BadInput):
     """A path to write (or lock) that holds something other than a regular file."""
 
@@ -130,7 +117,7 @@ def atomic_write(path: str | os.PathLike, data: bytes | Callable[[BinaryIO], Any
     path = Path(path)
     old = check_writable_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_tmp(path)
+    remove_leftovers(path.parent, path.name)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     raw = None
     try:
@@ -187,21 +174,41 @@ def _gone(tag: str) -> bool:
     return False
 
 
-def remove_leftovers(parent: str | os.PathLike, name: str) -> list[Path]:
-    """Remove what writes of ``parent/name`` killed midway left beside it: staging folders
-    ``.NAME.staging-*`` and ``.NAME.old-*`` (of :func:`staging_dir`) whose process is gone or
-    that are older than :data:`STALE_TMP_SECONDS`. Returns what was removed."""
-    pattern = re.compile(rf"\.{re.escape(name)}\.(?:staging|old)-([0-9a-f]{{6}}-\d+)-.*")
+def _stale(entry: os.DirEntry, tag: str | None, held: bool, cutoff: float) -> bool:
+    if tag == _me():  # this process's own, whatever its age
+        return False
+    if held or (tag is not None and _gone(tag)):
+        return True
+    return entry.stat(follow_symlinks=False).st_mtime < cutoff
+
+
+def remove_leftovers(parent: str | os.PathLike, name: str, held: bool = False) -> list[Path]:
+    """Remove what writes of ``parent/name`` killed midway left beside it, and return it:
+
+    * temporary files of :func:`atomic_write` (``.NAME.<random>.tmp``) older than
+      :data:`STALE_TMP_SECONDS` (a younger one may be a write still running elsewhere);
+    * staging folders of :func:`staging_dir` (``.NAME.staging-HOST-PID-*``, ``.NAME.old-*``)
+      whose process is gone (same host, no such PID) or that are older than that.
+
+    ``held``: the caller holds the lock every writer of ``NAME`` takes (a run folder's), so
+    every leftover is stale, whatever its age or name after ``.NAME.``."""
+    tmp = r"[^/]+" if held else r"[a-z0-9_]{8}"
+    pattern = re.compile(
+        rf"\.{re.escape(name)}\.(?:{tmp}\.tmp|(?:staging|old)-([0-9a-f]{{6}}-\d+)-.*)"
+    )
     cutoff = time.time() - STALE_TMP_SECONDS
     removed = []
     with contextlib.suppress(OSError):
         for entry in os.scandir(parent):
             m = pattern.fullmatch(entry.name)
-            if not m or not entry.is_dir(follow_symlinks=False):
+            if not m:
                 continue
+            tag = m.group(1)
             with contextlib.suppress(OSError):
-                if _gone(m.group(1)) or entry.stat(follow_symlinks=False).st_mtime < cutoff:
-                    shutil.rmtree(entry.path)
+                is_tmp = tag is None and entry.is_file(follow_symlinks=False)
+                is_dir = tag is not None and entry.is_dir(follow_symlinks=False)
+                if (is_tmp or is_dir) and _stale(entry, tag, held, cutoff):
+                    (os.unlink if is_tmp else shutil.rmtree)(entry.path)
                     removed.append(Path(entry.path))
     return removed
 

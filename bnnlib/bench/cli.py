@@ -128,7 +128,11 @@ def _parser() -> argparse.ArgumentParser:
         "XNOR kernels (build/bench/bench_section4_<device>.json)",
     )
     p.add_argument(
-        "--batches", type=cliargs.positive_int, nargs="+", default=[1, 100, 10_000], help="latency batch sizes"
+        "--batches",
+        type=cliargs.positive_int,
+        nargs="+",
+        default=[1, 100, 10_000],
+        help="latency batch sizes",
     )
     p.add_argument("--no-conv", action="store_true", help="latency: leave out the ConvNet")
     p.add_argument(
@@ -140,12 +144,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", help="data folder (default: $BNN_DATA_DIR)")
     p.add_argument("--model-path", help="a trained mnist_mlp state dict (model.pt)")
     p.add_argument("--batchnorm", choices=("standard", "shift"), default="standard")
-    p.add_argument("--hidden", type=cliargs.positive_int, default=4096, help="MLP hidden units (inference)")
-    p.add_argument("--n-test", type=cliargs.positive_int, help="test images (default: all 10,000)")
-    p.add_argument("--n-calib", type=cliargs.positive_int, help="training images for the BN statistics")
-    p.add_argument("--repeats", type=cliargs.positive_int, help="timed repeats of the inference runs")
     p.add_argument(
-        "--train-hidden", type=cliargs.positive_int, nargs="+", help="hidden sizes of the training-step ratio"
+        "--hidden", type=cliargs.positive_int, default=4096, help="MLP hidden units (inference)"
+    )
+    p.add_argument("--n-test", type=cliargs.positive_int, help="test images (default: all 10,000)")
+    p.add_argument(
+        "--n-calib", type=cliargs.positive_int, help="training images for the BN statistics"
+    )
+    p.add_argument(
+        "--repeats", type=cliargs.positive_int, help="timed repeats of the inference runs"
+    )
+    p.add_argument(
+        "--train-hidden",
+        type=cliargs.positive_int,
+        nargs="+",
+        help="hidden sizes of the training-step ratio",
     )
     p.add_argument("--train-repeats", type=cliargs.positive_int, help="timed steps of each model")
     p.add_argument(

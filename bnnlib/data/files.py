@@ -23,11 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
+from bnnlib.errors import BadInput
+
 __all__ = ["CorruptDataError", "read_idx", "read_cifar_batch", "restricted_load"]
 __all__ += ["MAX_IDX_BYTES", "MAX_CLASSES", "MAX_NPZ_ARRAY_BYTES"]
 
 
-class CorruptDataError(ValueError):
+class CorruptDataError(BadInput):
     """A data file exists but is not in the expected format (the message names the file)."""
 
 

@@ -33,6 +33,7 @@ from torch import nn
 
 from bnnlib import kernels
 from bnnlib.analysis.trace import pair
+from bnnlib.errors import BadInput
 from bnnlib.files import atomic_write
 from bnnlib.inference.fold import fold_batchnorm, integer_thresholds
 from bnnlib.inference.graph import (
@@ -54,7 +55,7 @@ FORMAT = "bnnlib.packed"
 FORMAT_VERSION = 1
 
 
-class PackedModelError(ValueError):
+class PackedModelError(BadInput):
     """A packed-model file that cannot be read: truncated, corrupted, wrong format or version,
     or a header whose shapes disagree with each other, with the tensors or with the limits of
     :func:`bnnlib.inference.runtime.check_header`."""

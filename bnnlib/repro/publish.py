@@ -35,6 +35,7 @@ from pathlib import Path
 
 from bnnlib import data as bdata
 from bnnlib import inference
+from bnnlib.errors import BadInput, one_line_errors
 from bnnlib.files import FileLock, LockHeld, atomic_write, read_json, staging_dir
 from bnnlib.hardware import describe_machine, hardware
 from bnnlib.train.checkpoint import load_checkpoint
@@ -93,7 +94,7 @@ def command_line(config: dict) -> str:
     return cmd
 
 
-class PublishError(ValueError):
+class PublishError(BadInput):
     """The run cannot be published as asked (the message says why and what to do)."""
 
 
@@ -292,11 +293,12 @@ def main(argv: list[str] | None = None) -> dict:
     if not (Path(args.run_dir) / "checkpoint.pt").exists():
         p.error(f"{args.run_dir}: no checkpoint.pt; is it a python -m bnnlib.train --out folder?")
     try:
-        run = publish(args.run_dir, args.dest, args.note, args.data_root, args.allow_stopped_early)
-    except (ValueError, OSError, RunConfigFormatError) as e:
+        with one_line_errors(p.prog, f"{args.dest} is as it was before"):  # Ctrl-C: 130
+            run = publish(
+                args.run_dir, args.dest, args.note, args.data_root, args.allow_stopped_early
+            )
+    except (ValueError, RunConfigFormatError) as e:
         p.error(str(e))
-    except KeyboardInterrupt:
-        p.exit(130, f"{p.prog}: interrupted (Ctrl-C); {args.dest} is as it was before\n")
     print(json.dumps(run, indent=1))
     return run
 
