@@ -447,3 +447,37 @@ def test_staging_leftovers_of_a_killed_process_are_removed_by_the_next(tmp_path)
     again = files.staging_dir(tmp_path, "dest")
     assert not any(p.exists() for p in left)
     assert me.exists() and other.exists() and again.exists()
+
+
+def test_sigint_mid_training_leaves_a_loadable_checkpoint_and_exits_130(tmp_path):
+    """A real Ctrl-C (SIGINT) while a run trains: one line, exit 130, the checkpoint whole."""
+    import signal
+    import time
+
+    from test_train import write_tiny_npz
+
+    from bnnlib.train.checkpoint import load_checkpoint
+
+    name = write_tiny_npz(tmp_path / "tiny.npz", n_train=120, n_test=60)
+    out = tmp_path / "run"
+    argv = ["--model", "mnist_mlp", "--dataset", name, "--hidden", "512", "--depth", "2"]
+    argv += ["--epochs", "100000", "--batch-size", "30", "--out", str(out), "--no-progress"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bnnlib.train", *argv],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while not (out / "checkpoint.pt").exists() and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.2)
+        time.sleep(1.0)  # well into a later epoch, or a save
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    _no_traceback(err)
+    assert "interrupted" in err and "--resume" in err
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] >= 1
+    assert not (out / ".lock").exists()

@@ -180,9 +180,12 @@ def _save_static(executed: Path) -> None:
 
     if not executed.exists():
         return
-    nb = nbformat.read(executed, as_version=4)
-    if static_outputs(nb):
-        atomic_write(executed, nbformat.writes(nb).encode("utf-8"))
+    try:
+        nb = nbformat.read(executed, as_version=4)
+        if static_outputs(nb):
+            atomic_write(executed, nbformat.writes(nb).encode("utf-8"))
+    except (OSError, BadInput) as e:  # a full disk: keep the copy as papermill wrote it
+        print(f"{executed}: not rewritten without widget state ({e})", file=sys.stderr)
 
 
 def _failure(path: Path, executed: Path, err: Exception) -> BookError:
