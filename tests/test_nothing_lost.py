@@ -347,7 +347,7 @@ def test_a_full_disk_under_torch_save_is_the_oserror(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_train_on_a_full_disk_says_free_space_and_resume_in_one_line(tmp_path):
+def test_train_on_a_full_disk_is_one_line_without_a_traceback(tmp_path):
     from test_train import write_tiny_npz
 
     name = write_tiny_npz(tmp_path / "tiny.npz", n_train=120, n_test=60)
