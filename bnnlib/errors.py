@@ -4,10 +4,11 @@
 not a regular file, a damaged file, a number out of range): its message names the problem and
 the fix. It is a ``ValueError``, so library callers catching those keep working.
 
-:func:`one_line_errors` is what every ``python -m bnnlib...`` entry point runs its work
-under: a :class:`BadInput` becomes ``PROG: error: MESSAGE`` (exit 2), an ``OSError`` (a full
-disk, a permission) one line naming the file (exit 1), and Ctrl-C one line (exit 130), never a
-traceback. What was written before stays whole: every file goes through
+:func:`one_line_errors` runs an entry point's work (``python -m bnnlib.repro.publish``): a
+:class:`BadInput` becomes ``PROG: error: MESSAGE`` (exit 2), an ``OSError`` (a full disk, a
+permission) one line naming the file (exit 1), and Ctrl-C one line (exit 130), never a
+traceback. ``python -m bnnlib.train``, ``bnnlib.book`` and ``bnnlib.book.tags`` end the same
+way through their own parsers. What was written before stays whole: every file goes through
 :func:`bnnlib.files.atomic_write`, so an interrupt leaves the old file or the new one.
 """
 
