@@ -44,6 +44,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 from pathlib import Path
 
@@ -64,9 +66,36 @@ from bnnlib.bench.latency import bench_latency
 from bnnlib.bench.mlp import bench_mnist_mlp, bench_train_step
 from bnnlib.bench.report import cpu_table, section4_table
 from bnnlib.bench.section4 import bench_section4_gemm, bench_section4_mlp
-from bnnlib.files import atomic_write
+from bnnlib.files import UnsafePathError, atomic_write, check_writable_path
 
 __all__ = ["default_out", "main"]
+
+
+def _gemm_size(text: str) -> int:
+    """A CPU gemm size n (n x n operands): >= 1, and its three float32 n x n matrices must fit
+    in half this machine's memory (``--sizes 100000`` would ask for 120 GB)."""
+    n = cliargs.positive_int(text)
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        memory = 16 << 30
+    largest = math.isqrt(memory // 2 // (3 * 4))
+    if n > largest:
+        raise argparse.ArgumentTypeError(
+            f"{n}^3 needs {3 * 4 * n * n / 1e9:.0f} GB for its float32 matrices; this machine "
+            f"({memory / 2**30:.0f} GiB) takes sizes up to {largest}"
+        )
+    return n
+
+
+def _json_out(text: str) -> str:
+    """A JSON path to write: not empty, not a folder or other non-file."""
+    text = cliargs.nonempty(text)
+    try:
+        check_writable_path(text)
+    except UnsafePathError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
 
 
 def _bench_gemm_cpu(sizes: list[int], quick: bool) -> dict:
@@ -99,26 +128,39 @@ def _parser() -> argparse.ArgumentParser:
         "XNOR kernels (build/bench/bench_section4_<device>.json)",
     )
     p.add_argument(
-        "--batches", type=int, nargs="+", default=[1, 100, 10_000], help="latency batch sizes"
+        "--batches",
+        type=cliargs.positive_int,
+        nargs="+",
+        default=[1, 100, 10_000],
+        help="latency batch sizes",
     )
     p.add_argument("--no-conv", action="store_true", help="latency: leave out the ConvNet")
     p.add_argument(
-        "--out", type=cliargs.nonempty,
+        "--out", type=_json_out,
         help="JSON path (default build/bench/bench_<device>.json; results/... to update the "
         "committed figures)",
     )  # fmt: skip
-    p.add_argument("--sizes", type=cliargs.positive_int, nargs="+", help="CPU gemm sizes M = N = K")
+    p.add_argument("--sizes", type=_gemm_size, nargs="+", help="CPU gemm sizes M = N = K")
     p.add_argument("--data-root", help="data folder (default: $BNN_DATA_DIR)")
     p.add_argument("--model-path", help="a trained mnist_mlp state dict (model.pt)")
     p.add_argument("--batchnorm", choices=("standard", "shift"), default="standard")
-    p.add_argument("--hidden", type=int, default=4096, help="MLP hidden units (inference)")
-    p.add_argument("--n-test", type=int, help="test images (default: all 10,000)")
-    p.add_argument("--n-calib", type=int, help="training images for the BN statistics")
-    p.add_argument("--repeats", type=int, help="timed repeats of the inference runs")
     p.add_argument(
-        "--train-hidden", type=int, nargs="+", help="hidden sizes of the training-step ratio"
+        "--hidden", type=cliargs.positive_int, default=4096, help="MLP hidden units (inference)"
     )
-    p.add_argument("--train-repeats", type=int, help="timed steps of each model")
+    p.add_argument("--n-test", type=cliargs.positive_int, help="test images (default: all 10,000)")
+    p.add_argument(
+        "--n-calib", type=cliargs.positive_int, help="training images for the BN statistics"
+    )
+    p.add_argument(
+        "--repeats", type=cliargs.positive_int, help="timed repeats of the inference runs"
+    )
+    p.add_argument(
+        "--train-hidden",
+        type=cliargs.positive_int,
+        nargs="+",
+        help="hidden sizes of the training-step ratio",
+    )
+    p.add_argument("--train-repeats", type=cliargs.positive_int, help="timed steps of each model")
     p.add_argument(
         "--skip",
         nargs="+",

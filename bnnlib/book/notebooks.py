@@ -40,9 +40,19 @@ def notebooks(book_dir: Path = BOOK_DIR, only: Sequence[str] | None = None) -> l
 
 
 def read_notebook(path: Path):
+    """The notebook at ``path`` (nbformat 4); :class:`BookError` naming the file when it is
+    missing, unreadable or not a notebook."""
     import nbformat
 
-    return nbformat.read(path, as_version=4)
+    try:
+        return nbformat.read(path, as_version=4)
+    except OSError as e:
+        raise BookError(f"{path}: cannot read the notebook ({e.strerror or e})") from None
+    except Exception as e:  # nbformat's NotJSONError, a JSON or a schema error
+        raise BookError(
+            f"{path}: not a readable notebook, damaged or truncated ({type(e).__name__}); "
+            "restore it (git checkout) or run the book again"
+        ) from None
 
 
 def title(nb) -> str:

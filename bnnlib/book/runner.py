@@ -74,6 +74,7 @@ from bnnlib.book.notebooks import (
 )
 from bnnlib.book.results import Run, write_results
 from bnnlib.book.site import build_site
+from bnnlib.errors import BadInput, describe_os_error
 from bnnlib.files import atomic_write
 
 __all__ = ["DEFAULT_TIMEOUT", "kernel_name", "run_notebook", "write_readme_table", "main"]
@@ -179,9 +180,12 @@ def _save_static(executed: Path) -> None:
 
     if not executed.exists():
         return
-    nb = nbformat.read(executed, as_version=4)
-    if static_outputs(nb):
-        atomic_write(executed, nbformat.writes(nb).encode("utf-8"))
+    try:
+        nb = nbformat.read(executed, as_version=4)
+        if static_outputs(nb):
+            atomic_write(executed, nbformat.writes(nb).encode("utf-8"))
+    except (OSError, BadInput) as e:  # a full disk: keep the copy as papermill wrote it
+        print(f"{executed}: not rewritten without widget state ({e})", file=sys.stderr)
 
 
 def _failure(path: Path, executed: Path, err: Exception) -> BookError:
@@ -220,6 +224,8 @@ def run_notebook(
     path, out_dir = Path(path).resolve(), Path(out_dir).resolve()
     params = {**profile_parameters(path, profile), **(extra_parameters or {})}
     executed = out_dir / path.name
+    if executed == path:
+        raise BookError(_OVER_SOURCES.format(out=out_dir))
     record_file = out_dir / "records" / f"{path.stem}.json"
     record_file.parent.mkdir(parents=True, exist_ok=True)
     record_file.unlink(missing_ok=True)
@@ -249,6 +255,12 @@ def run_notebook(
     records = _record.read(record_file) if record_file.exists() else []
     nb_title = title(read_notebook(path))
     return Run(path.stem, nb_title, executed, seconds, params, records)
+
+
+_OVER_SOURCES = (
+    "--out {out} is the folder of the source notebooks: the executed copies would replace "
+    "them; choose another --out (default build/book)"
+)
 
 
 # --- CLI ------------------------------------------------------------------------------------
@@ -333,10 +345,14 @@ def _run_all(
         except (BookError, KeyboardInterrupt) as err:
             rest = [p.stem for p in paths[i:]]
             why = str(err) if isinstance(err, BookError) else "interrupted (Ctrl-C)"
-            json_path, md_path = write_results(
-                runs, args.out, args.profile, failed=path.stem, error=why, not_run=rest
-            )
-            print(f"results (INCOMPLETE, without {path.stem}): {md_path} and {json_path}")
+            try:
+                json_path, md_path = write_results(
+                    runs, args.out, args.profile, failed=path.stem, error=why, not_run=rest
+                )
+            except (OSError, BadInput) as e:  # a full disk: say so, and the first failure
+                print(f"results NOT written ({e})", file=sys.stderr)
+            else:
+                print(f"results (INCOMPLETE, without {path.stem}): {md_path} and {json_path}")
             raise
         runs.append(run)
         print(f"    done in {run.seconds:.1f} s, {len(run.records)} results recorded")
@@ -359,6 +375,15 @@ def write_readme_table(path: Path) -> int:
     except (OSError, UnicodeDecodeError) as e:
         print(f"{path}: cannot read it ({e})", file=sys.stderr)
         return 1
+    counts = (text.count(claims.README_BEGIN), text.count(claims.README_END))
+    if counts != (1, 1) and min(counts) >= 1:
+        print(
+            f"{path}: the markers '{claims.README_BEGIN}' / '{claims.README_END}' appear "
+            f"{counts[0]} / {counts[1]} times, not once (a block pasted twice?); keep one "
+            "block and run again",
+            file=sys.stderr,
+        )
+        return 1
     start, end = text.find(claims.README_BEGIN), text.find(claims.README_END)
     if start < 0 or end < start:
         print(
@@ -367,7 +392,11 @@ def write_readme_table(path: Path) -> int:
         )
         return 1
     new = text[:start] + claims.readme_table() + text[end + len(claims.README_END) :]
-    atomic_write(path, new.encode("utf-8"))
+    try:
+        atomic_write(path, new.encode("utf-8"))
+    except (OSError, BadInput) as e:
+        print(f"{path}: cannot rewrite it ({e})", file=sys.stderr)
+        return 1
     print(f"{path}: the paper vs this book, {len(claims.committed_rows())} committed rows")
     return 0
 
@@ -385,6 +414,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             overrides = parse_overrides(args.param, paths)
         except BookError as err:
             print(f"python -m bnnlib.book: error: {err}", file=sys.stderr)
+            return 2
+        if args.out.resolve() == Path(args.book_dir).resolve():
+            print(f"python -m bnnlib.book: error: {_OVER_SOURCES.format(out=args.out)} "
+                  "(source notebooks untouched)", file=sys.stderr)  # fmt: skip
             return 2
         _mark_stale(args.out, args.profile, paths)
         kernel = kernel_name()
@@ -408,4 +441,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("book INTERRUPTED: the results written so far are marked incomplete", file=sys.stderr)
         return 130
+    except (OSError, BadInput) as err:  # a full disk, an unwritable --out: one line
+        what = describe_os_error(err) if isinstance(err, OSError) else str(err)
+        print(f"book FAILED: {what}", file=sys.stderr)
+        return 1
     return 0

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Sequence
@@ -33,7 +32,7 @@ from bnnlib import paper
 from bnnlib.book.claims import legend_line, row_details
 from bnnlib.book.notebooks import BookError, read_notebook
 from bnnlib.book.results import COLUMNS, SUMMARY_COLUMNS, Run, cell_text, summary_rows
-from bnnlib.files import atomic_write
+from bnnlib.files import atomic_write, staging_dir
 
 __all__ = [
     "PLOTLY_JS",
@@ -272,10 +271,12 @@ def build_site(runs: Sequence[Run], html_dir: Path, profile: str) -> Path:
     """
     html_dir = Path(html_dir).resolve()
     html_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".site-", dir=html_dir.parent) as tmp:
-        src, built = Path(tmp) / "src", Path(tmp) / "html"
+    # Named for this process: the next build removes those a killed one left.
+    tmp = staging_dir(html_dir.parent, html_dir.name)
+    try:
+        src, built = tmp / "src", tmp / "html"
         _write_source(runs, src, profile)
-        result = _build(src, built, Path(tmp) / "doctrees")
+        result = _build(src, built, tmp / "doctrees")
         if result != 0:
             raise BookError(
                 f"the Jupyter Book build of the site failed ({result!r}); its messages are "
@@ -289,10 +290,13 @@ def build_site(runs: Sequence[Run], html_dir: Path, profile: str) -> Path:
             from bnnlib.book import draw  # the draw-a-digit view's weights, beside its page
 
             draw.write_assets(built)
-        old = html_dir.with_name(f".{html_dir.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
+        old = None
         if html_dir.exists():
+            old = staging_dir(html_dir.parent, html_dir.name, kind="old")
             html_dir.rename(old)
         built.rename(html_dir)
-        shutil.rmtree(old, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return html_dir / "index.html"

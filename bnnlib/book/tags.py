@@ -24,7 +24,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bnnlib.book.notebooks import BOOK_DIR, notebooks
+from bnnlib.book.notebooks import BOOK_DIR, BookError, notebooks
+from bnnlib.errors import BadInput
 from bnnlib.files import atomic_write
 
 __all__ = ["HIDE_INPUT", "is_bookkeeping", "untagged", "tag_notebook", "main"]
@@ -94,16 +95,32 @@ def _cells_to_tag(nb: dict) -> list[int]:
     return found
 
 
+def _read(path: Path) -> tuple[str, dict]:
+    """The text and JSON of notebook ``path``; :class:`BookError` naming it when it is missing
+    or not a notebook."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+        nb = json.loads(text)
+    except OSError as e:
+        raise BookError(f"{path}: cannot read the notebook ({e.strerror or e})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BookError(f"{path}: not a notebook, damaged or truncated ({e})") from None
+    if not isinstance(nb, dict) or not isinstance(nb.get("cells"), list):
+        raise BookError(f"{path}: not a notebook (no list of cells)")
+    if not all(isinstance(c, dict) for c in nb["cells"]):
+        raise BookError(f"{path}: not a notebook (a cell is not a JSON object)")
+    return text, nb
+
+
 def untagged(path: Path) -> list[int]:
     """Indices of the bookkeeping cells of notebook ``path`` without the ``hide-input`` tag."""
-    return _cells_to_tag(json.loads(Path(path).read_text(encoding="utf-8")))
+    return _cells_to_tag(_read(path)[1])
 
 
 def tag_notebook(path: Path) -> list[int]:
     """Tag the bookkeeping cells of ``path`` ``hide-input``; the indices of the cells tagged
     now (none: the file is left as it is)."""
-    text = Path(path).read_text(encoding="utf-8")
-    nb = json.loads(text)
+    text, nb = _read(path)
     cells = _cells_to_tag(nb)
     for i in cells:
         meta = nb["cells"][i].setdefault("metadata", {})
@@ -122,10 +139,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("paths", nargs="*", type=Path, help="notebooks (default: book/NN_*.ipynb)")
     parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if untagged")
     args = parser.parse_args(argv)
-    paths = args.paths or notebooks(BOOK_DIR)
+    try:
+        missing = _run(args.paths or notebooks(BOOK_DIR), args.check)
+    except (BookError, BadInput) as e:
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
+    except KeyboardInterrupt:
+        parser.exit(130, f"{parser.prog}: interrupted (Ctrl-C); each notebook is whole\n")
+    if missing:
+        print("fix: python -m bnnlib.book.tags", file=sys.stderr)
+    return 1 if missing else 0
+
+
+def _run(paths: Sequence[Path], check: bool) -> int:
+    """Tag (or with ``check`` only list) the notebooks' bookkeeping cells; cells missing it."""
     missing = 0
     for path in paths:
-        if args.check:
+        if check:
             cells = untagged(path)
             missing += len(cells)
             if cells:
@@ -134,9 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             cells = tag_notebook(path)
             if cells:
                 print(f"{path}: tagged cells {cells} {HIDE_INPUT!r}")
-    if missing:
-        print("fix: python -m bnnlib.book.tags", file=sys.stderr)
-    return 1 if missing else 0
+    return missing
 
 
 if __name__ == "__main__":

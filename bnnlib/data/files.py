@@ -23,11 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
+from bnnlib.errors import BadInput
+
 __all__ = ["CorruptDataError", "read_idx", "read_cifar_batch", "restricted_load"]
 __all__ += ["MAX_IDX_BYTES", "MAX_CLASSES", "MAX_NPZ_ARRAY_BYTES"]
 
 
-class CorruptDataError(ValueError):
+class CorruptDataError(BadInput):
     """A data file exists but is not in the expected format (the message names the file)."""
 
 
@@ -337,6 +339,11 @@ def _check_npz_sizes(path: Path, keys: tuple[str, ...]) -> None:
         raise CorruptDataError(f"{path}: cannot read the npz file ({e})") from e
 
 
+#: The most channels an npz image may have (gray, RGB, RGBA): more is an array stored
+#: channels-first (N x C x H x W), which would otherwise be read as images C pixels wide.
+MAX_CHANNELS = 4
+
+
 def read_npz(path: Path, train: bool) -> tuple[np.ndarray, np.ndarray]:
     """(x, y) of one split of an npz dataset; y checked against y_train's classes."""
     keys = ("x_train", "y_train") if train else ("x_test", "y_test")
@@ -360,6 +367,17 @@ def read_npz(path: Path, train: bool) -> tuple[np.ndarray, np.ndarray]:
             f"got {x.dtype} {x.shape} and {y.shape}"
         )
     x = x[..., None] if x.ndim == 3 else x
+    if x.shape[3] > MAX_CHANNELS:
+        first = (
+            f"; it looks channels-first (N x C x H x W with C = {x.shape[1]}): save "
+            "x.transpose(0, 2, 3, 1)"
+            if x.shape[1] <= MAX_CHANNELS
+            else ""
+        )
+        raise CorruptDataError(
+            f"{path}: {keys[0]} of shape {x.shape} has {x.shape[3]} channels; an npz dataset "
+            f"holds images N x H x W x C, channels-last, C at most {MAX_CHANNELS}{first}"
+        )
     k = npz_num_classes(path)
     y = _labels(y, f"{path} {keys[1]}", 0, k, f"the classes of y_train, 0..{k - 1}")
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2)), y

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import struct
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from torch import nn
 
 from bnnlib import kernels
 from bnnlib.analysis.trace import pair
+from bnnlib.errors import BadInput
 from bnnlib.files import atomic_write
 from bnnlib.inference.fold import fold_batchnorm, integer_thresholds
 from bnnlib.inference.graph import (
@@ -47,13 +49,13 @@ from bnnlib.inference.spec import Conv2dSpec, LayerSpec, LinearSpec, Pair, Windo
 from bnnlib.nn.layers import BinaryConv2d
 from bnnlib.nn.shift import ShiftBatchNormBase
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "PackedModelError", "export", "load"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "MAX_FILE_BYTES", "PackedModelError", "export", "load"]
 
 FORMAT = "bnnlib.packed"
 FORMAT_VERSION = 1
 
 
-class PackedModelError(ValueError):
+class PackedModelError(BadInput):
     """A packed-model file that cannot be read: truncated, corrupted, wrong format or version,
     or a header whose shapes disagree with each other, with the tensors or with the limits of
     :func:`bnnlib.inference.runtime.check_header`."""
@@ -214,6 +216,10 @@ def write_packed(path: Path, header: dict, tensors: dict[str, torch.Tensor]) -> 
     return atomic_write(path, save(tensors, metadata=meta))
 
 
+#: The largest packed-model file :func:`load` reads (the paper's largest net packs to ~20 MB).
+MAX_FILE_BYTES = 1 << 30
+
+
 def _metadata(data: bytes, bad) -> dict:
     """The safetensors metadata of a packed model, checked for format and version."""
     if len(data) < 8:
@@ -244,6 +250,26 @@ def _metadata(data: bytes, bad) -> dict:
     return meta
 
 
+def _read_bounded(path: Path, bad) -> bytes:
+    """The bytes of a regular file of at most :data:`MAX_FILE_BYTES`, its size checked before
+    anything is read (a 6 GB file, a device or a FIFO is refused, not read into memory)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO opens without a writer
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise bad("not a regular file; give the path of a .safetensors model file")
+    with open(fd, "rb", buffering=0) as f:
+        if st.st_size > MAX_FILE_BYTES:
+            raise bad(
+                f"{st.st_size:,} bytes, larger than any packed model this reader takes "
+                f"({MAX_FILE_BYTES:,} bytes, bnnlib.inference.format.MAX_FILE_BYTES)"
+            )
+        data = f.read(st.st_size + 1)
+    if len(data) > st.st_size:
+        raise bad("the file grew while it was read; read it again once it is written")
+    return data
+
+
 def read_packed(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     """The header and tensors of a packed-model file, after the format and checksum checks."""
     from safetensors.torch import load as st_load
@@ -252,7 +278,7 @@ def read_packed(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
         return PackedModelError(f"{path}: {problem}")
 
     try:
-        data = path.read_bytes()
+        data = _read_bounded(path, bad)
     except OSError as e:
         raise bad(f"cannot read the file ({e.strerror or e})") from e
     meta = _metadata(data, bad)

@@ -122,6 +122,10 @@ def check_header(header: dict, tensors: dict[str, torch.Tensor]) -> list[LayerSp
     Returns the layers' typed specs, in order."""
     if not isinstance(header, dict) or not isinstance(header.get("input"), dict):
         raise ValueError("the header is not a JSON object with an 'input' object")
+    if not isinstance(header.get("metadata", {}), dict):
+        raise ValueError(
+            f"metadata must be a JSON object, got a {type(header['metadata']).__name__}"
+        )
     shape = header["input"].get("shape")
     if not isinstance(shape, list) or len(shape) not in (1, 3):
         raise ValueError(f"input shape must be [features] or [C, H, W], got {shape!r}")

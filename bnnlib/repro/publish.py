@@ -31,12 +31,12 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 from bnnlib import data as bdata
 from bnnlib import inference
-from bnnlib.files import FileLock, LockHeld, atomic_write, read_json
+from bnnlib.errors import BadInput, one_line_errors
+from bnnlib.files import FileLock, LockHeld, atomic_write, read_json, staging_dir
 from bnnlib.hardware import describe_machine, hardware
 from bnnlib.train.checkpoint import load_checkpoint
 from bnnlib.train.config import RunConfig, RunConfigFormatError
@@ -94,7 +94,7 @@ def command_line(config: dict) -> str:
     return cmd
 
 
-class PublishError(ValueError):
+class PublishError(BadInput):
     """The run cannot be published as asked (the message says why and what to do)."""
 
 
@@ -154,7 +154,7 @@ def _swap_into_place(staging: Path, dest: Path) -> None:
     if not dest.exists():
         os.rename(staging, dest)
         return
-    old = dest.parent / f".{dest.name}.old-{os.getpid()}"
+    old = staging_dir(dest.parent, dest.name, kind="old")  # an empty folder: rename replaces it
     os.rename(dest, old)
     os.rename(staging, dest)
     shutil.rmtree(old, ignore_errors=True)
@@ -163,7 +163,7 @@ def _swap_into_place(staging: Path, dest: Path) -> None:
 def _write_staged(dest: Path, history: dict, build) -> dict:
     """Write the model, history.json and run.json into a staging folder beside ``dest``, then
     rename it into place; ``build(staging)`` writes the model and returns run.json's dict."""
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.staging-", dir=dest.parent))
+    staging = staging_dir(dest.parent, dest.name)  # removes those of a killed publish
     try:
         run = build(staging)
         atomic_write(staging / "history.json", json.dumps(history, indent=1).encode())
@@ -293,8 +293,11 @@ def main(argv: list[str] | None = None) -> dict:
     if not (Path(args.run_dir) / "checkpoint.pt").exists():
         p.error(f"{args.run_dir}: no checkpoint.pt; is it a python -m bnnlib.train --out folder?")
     try:
-        run = publish(args.run_dir, args.dest, args.note, args.data_root, args.allow_stopped_early)
-    except (ValueError, OSError, RunConfigFormatError) as e:
+        with one_line_errors(p.prog, f"{args.dest} is as it was before"):  # Ctrl-C: 130
+            run = publish(
+                args.run_dir, args.dest, args.note, args.data_root, args.allow_stopped_early
+            )
+    except (ValueError, RunConfigFormatError) as e:
         p.error(str(e))
     print(json.dumps(run, indent=1))
     return run

@@ -6,8 +6,9 @@ and plain containers: ``format``, ``epoch``, ``config``, ``model``, ``optimizer`
 SHA-256 of all the others (every tensor's dtype, shape and bytes, every key and value, in
 order), checked on load: a damaged file gives :class:`CheckpointError`. Checkpoints of
 format 1, written before the checksum, have none and still load unchecked. It is written
-atomically (temporary file in the same folder, fsync, ``os.replace``); the temporaries of
-an interrupted write are removed by :func:`remove_stale_temporaries`. It loads with
+atomically by the one writer, :func:`bnnlib.files.atomic_write` (temporary file in the same
+folder, fsync, ``os.replace``); the temporaries of an interrupted write are removed by
+:func:`remove_stale_temporaries`. It loads with
 ``torch.load(weights_only=True)``: tensors and plain containers only, never arbitrary
 pickles.
 """
@@ -23,7 +24,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bnnlib.files import atomic_write
+from bnnlib.errors import BadInput
+from bnnlib.files import atomic_write, remove_leftovers
 
 __all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "atomic_save", "load_checkpoint"]
 __all__ += ["save_checkpoint", "remove_stale_temporaries"]
@@ -33,7 +35,7 @@ CHECKPOINT_FORMAT = 2
 _READABLE_FORMATS = (1, 2)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(BadInput):
     """A checkpoint that cannot be used: unreadable, not ours, or damaged."""
 
 
@@ -130,10 +132,10 @@ def cpu_state(net: nn.Module) -> dict:
 
 def remove_stale_temporaries(folder: Path, names: Iterable[str]) -> None:
     """Remove the temporary files of ``atomic_write`` (``.NAME.*.tmp``) that a killed
-    process left in ``folder`` for each of ``names``, saying so on stderr."""
+    process left in ``folder`` for each of ``names`` (the caller holds the folder's lock:
+    :func:`bnnlib.files.remove_leftovers` with ``held``), saying so on stderr."""
     for name in names:
-        for tmp in folder.glob(f".{name}.*.tmp"):
-            tmp.unlink()
+        for tmp in remove_leftovers(folder, name, held=True):
             print(
                 f"{folder}: removed a stale temporary file {tmp.name} (an interrupted write)",
                 file=sys.stderr,

@@ -46,6 +46,7 @@ from pathlib import Path
 from bnnlib import data as bdata
 from bnnlib import paper
 from bnnlib.cliargs import fraction, nonnegative_int, positive_float, positive_int
+from bnnlib.errors import BadInput
 from bnnlib.nn import models
 from bnnlib.train.checkpoint import CheckpointError
 from bnnlib.train.config import RunConfig
@@ -341,20 +342,25 @@ def main(argv: list[str] | None = None) -> History:
         return train(config, options)
     except DataError as e:  # the flags were fine: no usage text above the message
         _fail(parser, str(e))
-    except (RunFolderError, RunConfigError, CheckpointError, FitSetupError) as e:
+    except (RunFolderError, RunConfigError, CheckpointError, FitSetupError, BadInput) as e:
         _fail(parser, str(e))
     except NonFiniteLossError as e:
         _fail(parser, str(e), status=1)
+    except KeyboardInterrupt:
+        _fail(parser, f"interrupted (Ctrl-C); {_after_stop(options.out, 'run it again')}", 130)
     except OSError as e:  # a full disk, a folder gone, a permission, while the run went on
         where = f" {e.filename}" if e.filename else ""
-        hint = (
-            "free space and continue it with --resume"
-            if e.errno in (errno.ENOSPC, errno.EDQUOT)
-            else "fix that and continue it with --resume"
-        )
+        fix = "free space and" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "fix that and"
         _fail(
             parser,
-            f"{where.strip() or 'the run'}: {e.strerror or e}; the run stopped, its last "
-            f"checkpoint is intact: {hint}",
+            f"{where.strip() or 'the run'}: {e.strerror or e}; {_after_stop(options.out, fix)}",
             status=1,
         )
+
+
+def _after_stop(out: Path | None, fix: str) -> str:
+    """What a stopped run left, and what to do: "--resume" only once a checkpoint exists."""
+    if out is not None and (out / "checkpoint.pt").is_file():
+        return f"the run stopped, its last checkpoint is intact: {fix} continue it with --resume"
+    what = "run it again" if fix == "run it again" else f"{fix} run it again"
+    return f"no checkpoint was written yet, nothing is lost: {what}"

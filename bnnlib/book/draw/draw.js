@@ -21,16 +21,68 @@ function popcount(x) {
 
 // ---- the model ------------------------------------------------------------------------------
 
+// The header's layers, checked before anything runs (bnnlib.book.draw.weights.check_layers
+// checks the same): the first takes 784 pixels, each takes what the one before gives,
+// row_words is that of `in` inputs, sign layers then one scores layer, every array inside the
+// body at an offset aligned for its type. Throws an Error naming the layer and the field.
+export function checkModel(header, bodyBytes) {
+  const layers = header && header.layers;
+  if (!Array.isArray(layers) || !layers.length) throw new Error("the header has no layers");
+  const isCount = (v) => Number.isSafeInteger(v) && v >= 0;
+  let prev = SIZE * SIZE;
+  layers.forEach((L, i) => {
+    const where = `layer ${i}`;
+    if (!L || typeof L !== "object") throw new Error(`${where} is not an object`);
+    for (const key of ["in", "out", "row_words", "weight"]) {
+      if (!isCount(L[key])) throw new Error(`${where}: ${key} must be an integer >= 0`);
+    }
+    const last = i === layers.length - 1;
+    if (L.kind !== (last ? "scores" : "sign") || L.first !== (i === 0)) {
+      throw new Error(`${where}: kind ${L.kind}, first ${L.first}; want sign layers, then ` +
+                      "one scores layer, the first one first");
+    }
+    if (L.in !== prev || L.out < 1) {
+      throw new Error(`${where} takes ${L.in} inputs, the layer before gives ${prev}`);
+    }
+    if (L.row_words !== 2 * Math.ceil(L.in / 64)) { // the 64-bit words of kernels.pack
+      throw new Error(`${where}: row_words ${L.row_words} does not hold ${L.in} inputs`);
+    }
+    const arrays = [["weight", 4, L.out * L.row_words]];
+    for (const t of last ? ["a", "mu", "beta"] : ["threshold", "direction"]) {
+      arrays.push([t, last ? 8 : 4, L.out]);
+    }
+    for (const [key, size, count] of arrays) {
+      const off = L[key];
+      if (!isCount(off) || off % size) throw new Error(`${where}: offset ${key} is not aligned`);
+      if (off + size * count > bodyBytes) {
+        throw new Error(`${where}: ${key} lies outside the file (a truncated file?)`);
+      }
+    }
+    prev = L.out;
+  });
+}
+
 export function parseModel(buffer) {
   const u8 = new Uint8Array(buffer);
   const magic = String.fromCharCode(u8[0], u8[1], u8[2], u8[3]);
-  if (magic !== "BNND") {
+  if (u8.length < 8 || magic !== "BNND") {
     throw new Error(`not a bnnlib draw-a-digit model (magic ${JSON.stringify(magic)})`);
   }
   const n = new DataView(buffer).getUint32(4, true);
-  const header = JSON.parse(new TextDecoder().decode(u8.subarray(8, 8 + n)));
-  if (header.version !== 1) throw new Error(`draw-a-digit model version ${header.version}, want 1`);
+  let header;
+  try {
+    header = JSON.parse(new TextDecoder().decode(u8.subarray(8, 8 + n)));
+  } catch (err) {
+    throw new Error(`the model's header is not JSON (${err.message})`);
+  }
+  if (!header || header.version !== 1) {
+    throw new Error(`draw-a-digit model version ${header && header.version}, want 1`);
+  }
   const base = header.body_offset;
+  if (!Number.isSafeInteger(base) || base < 8 + n || base > u8.length || base % 8) {
+    throw new Error(`body_offset ${base} is not an aligned offset inside the file`);
+  }
+  checkModel(header, u8.length - base);
   const view = (Type, offset, count) => new Type(buffer, base + offset, count);
   const layers = header.layers.map((L) => {
     const out = { ...L, w: view(Uint32Array, L.weight, L.out * L.row_words) };
@@ -421,15 +473,26 @@ function showError(root, message) {
 
 // The weights come from a script beside the page (bnnlib.book.draw.write_assets writes it),
 // which sets globalThis.bnnDrawWeights[key] to their base64; a <script src> loads from file://
-// pages too, where fetch() is refused. Calls done(bytes) or fail(message).
+// pages too, where fetch() is refused. Calls done(bytes) or fail(message): invalid base64 too,
+// so the page shows an error, never "Loading..." forever.
 function loadAsset(opts, done, fail) {
   const store = (globalThis.bnnDrawWeights = globalThis.bnnDrawWeights || {});
-  if (store[opts.key]) return done(base64Bytes(store[opts.key]));
+  const decode = () => {
+    let bytes;
+    try {
+      bytes = base64Bytes(store[opts.key]);
+    } catch (err) {
+      return fail(`${opts.assetUrl} holds invalid base64 (${err.message}); rebuild the page's ` +
+                  "assets with bnnlib.book.draw.write_assets(html_dir)");
+    }
+    return done(bytes);
+  };
+  if (store[opts.key]) return decode();
   const s = document.createElement("script");
   s.src = opts.assetUrl;
   s.onload = () =>
     store[opts.key]
-      ? done(base64Bytes(store[opts.key]))
+      ? decode()
       : fail(`${opts.assetUrl} holds the weights of another model; rebuild the page's assets ` +
              "with bnnlib.book.draw.write_assets(html_dir)");
   s.onerror = () =>
