@@ -164,3 +164,18 @@ def test_section4_quick_run_writes_build_bench_only(tmp_path, monkeypatch):
     assert (tmp_path / "build" / "bench" / "bench_section4_cpu.json").exists()
     with pytest.raises(SystemExit):
         bench.main(["--section4", "--latency"])
+
+
+def test_bench_train_times_both_paths_against_the_gemm_floor_of_the_same_layers():
+    """bench --train's record: each path's split adds up to its step, the floor covers every
+    dense layer of the model, the ratios are the quotients of the figures (no timing asserted)."""
+    from bnnlib.bench.train import TrainModel, bench_one, train_table
+
+    model = TrainModel("tiny", ("--preset", "torch7", "--hidden", "64"), "tiny preset", 1000)
+    r = bench_one(model, repeats=2, warmup=1, log=lambda _: None)
+    assert r["gemm_layers"] == 4 and r["steps_per_epoch"] == 10  # 3 hidden + output, batch 100
+    for path in ("plain", "fast"):
+        p = r[path]
+        assert p["step"] > 0 and p["over_floor"] == p["step"] / r["gemm_floor_ms"]
+        assert abs(p["epoch_s"] - 10 * p["step"] / 1e3) < 1e-12
+    assert "tiny preset" in train_table({"threads": 1, "models": [r]})

@@ -24,6 +24,11 @@ Sections:
   10,000 against torch float32 and the time to stream the packed weights once, and the
   CIFAR-10 ConvNet at batch 1 (:mod:`bnnlib.bench.latency`). Written to
   ``build/bench/bench_latency_<device>.json`` unless ``--out`` says otherwise.
+* ``train_cpu`` -- only with ``--train``: one training step of the Torch7 preset MLP, the
+  Theano recipe's MLP and the ConvNet at width 0.5, split into forward / backward / optimizer,
+  on the plain and the fast path, against the float32 GEMM floor of the same step timed in the
+  same run (:mod:`bnnlib.bench.train`). Written to ``build/bench/bench_train_<device>.json``
+  unless ``--out`` says otherwise.
 * ``section4_cpu`` -- only with ``--section4``: the CPU counterparts of the paper's three
   Section 4 claims (:mod:`bnnlib.bench.section4`): the baseline kernel, XNOR with and without
   packing and torch float32 at ``--sizes`` (default 8192^3), and the MNIST MLP on baseline
@@ -66,6 +71,7 @@ from bnnlib.bench.latency import bench_latency
 from bnnlib.bench.mlp import bench_mnist_mlp, bench_train_step
 from bnnlib.bench.report import cpu_table, section4_table
 from bnnlib.bench.section4 import bench_section4_gemm, bench_section4_mlp
+from bnnlib.bench.train import TRAIN_MODELS, bench_train, train_table
 from bnnlib.files import UnsafePathError, atomic_write, check_writable_path
 
 __all__ = ["default_out", "main"]
@@ -126,6 +132,19 @@ def _parser() -> argparse.ArgumentParser:
         help="only the paper's Section 4 claims on this CPU: baseline kernel / XNOR / XNOR with "
         "packing / torch float32 at --sizes (default 8192), and the MNIST MLP on baseline vs "
         "XNOR kernels (build/bench/bench_section4_<device>.json)",
+    )
+    p.add_argument(
+        "--train",
+        action="store_true",
+        help="only the training-step section: forward / backward / optimizer of the plain and "
+        "the fast path against the float32 GEMM floor of the same step "
+        "(build/bench/bench_train_<device>.json)",
+    )
+    p.add_argument(
+        "--train-models",
+        nargs="+",
+        choices=[m.key for m in TRAIN_MODELS],
+        help="--train: the models to time (default: all)",
     )
     p.add_argument(
         "--batches",
@@ -197,6 +216,8 @@ def _settings(args) -> dict:
         "skip": args.skip,
         "latency": args.latency,
         "section4": args.section4,
+        "train": args.train,
+        "train_models": args.train_models,
         "batches": args.batches if args.latency else None,
     }
 
@@ -208,6 +229,14 @@ def _log(msg: str) -> None:
 def _run_sections(args, res: dict, save) -> None:
     """The sections not skipped, GPU first (the figures that need the rare machine), each
     saved as soon as it exists."""
+    if args.train:
+        _log("training step, CPU ...")
+        models = tuple(args.train_models) if args.train_models else None
+        reps = 6 if args.quick else (args.train_repeats or 20)
+        res["train_cpu"] = bench_train(models, repeats=reps, warmup=2 if args.quick else 3,
+                                       log=_log)  # fmt: skip
+        save()
+        return
     if args.latency:
         _log("latency, CPU ...")
         res["latency_cpu"] = bench_latency(
@@ -269,9 +298,10 @@ def main(argv: list[str] | None = None) -> dict:
     _defaults(args)
     res: dict = {"meta": machine_info(argv)}
     res["settings"] = _settings(args)
-    if args.latency and args.section4:
-        _parser().error("--latency and --section4 are separate runs: give one of them")
-    kind = "bench_latency" if args.latency else "bench_section4" if args.section4 else "bench"
+    if sum((args.latency, args.section4, args.train)) > 1:
+        _parser().error("--latency, --section4 and --train are separate runs: give one of them")
+    kind = ("bench_latency" if args.latency else "bench_section4" if args.section4
+            else "bench_train" if args.train else "bench")  # fmt: skip
     out = Path(args.out) if args.out else default_out(kind, res["meta"]["device"])
 
     def save(_partial=None) -> None:  # after every figure: a later crash loses nothing
@@ -280,7 +310,10 @@ def main(argv: list[str] | None = None) -> dict:
     res["meta"]["allow_tf32"] = torch.backends.cuda.matmul.allow_tf32
     _run_sections(args, res, save)
     res["meta"]["load_average_end"] = loadavg()
-    print(section4_table(res) if args.section4 else cpu_table(res))
+    if args.train:
+        print(train_table(res["train_cpu"]))
+    else:
+        print(section4_table(res) if args.section4 else cpu_table(res))
     atomic_write(out, json.dumps(plain(res), indent=1).encode())
     print(f"\nwrote {out}")
     return res
