@@ -158,7 +158,11 @@ def test_a_full_live_record_wins_over_the_committed_row_a_reduced_one_does_not()
     t7 = {r["claim"]: r for r in book_results.summary_rows(runs)}[
         paper.claim("table1_mnist_torch7").claim
     ]
-    assert t7["ours"] == committed["table1_mnist_torch7"].ours and "interval" in t7["ours"]
+    # the protocol decides it (results/protocol.md): the committed row stays, even "not run yet"
+    assert (t7["ours"], t7["status"]) == (
+        committed["table1_mnist_torch7"].ours,
+        committed["table1_mnist_torch7"].status,
+    )
 
 
 #: What only the notes and the machine list under the table may say: a CPU's flags, a command,
@@ -189,7 +193,8 @@ def test_how_measured_is_a_few_words_and_the_details_are_kept_once():
     for m in machines:  # each machine written once, as a line of its own
         assert block.count(m) == 1 and any(x.endswith(f": {m}") for x in _block_lines())
     t7 = next(r for r in rows if r.key == "table1_mnist_torch7")
-    assert "best-validation epoch" in t7.details and "extended on resume" in t7.details
+    assert "best-validation epoch" in t7.details
+    assert "extended after the test error was seen" in t7.details  # issue 28: not as planned
     assert "MNIST: 50,000 train / 10,000 val / 10,000 test images" in t7.details
 
 

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from bnnlib import paper, results
+from bnnlib.repro import protocol
 
 __all__ = [
     "Row",
@@ -82,38 +83,84 @@ def _pct(x: float) -> str:
 
 def table1_torch7() -> dict[str, Any] | None:
     """Table 1's Torch7 MNIST cell from every committed ``--preset torch7`` MNIST run: each
-    seed's figure, the mean, the 95% interval and the status; None without such a run."""
+    seed's figure, the mean, the 95% interval and the status; None without such a run.
+
+    Where ``results/protocol.json`` exists (issue 28), its experiment E1 decides: each seed read
+    at the planned 100 epochs, the protocol's statistics and words, and no verdict ("not run
+    yet") until all five seeds are published (:mod:`bnnlib.repro.protocol`)."""
     found = [r for r in results.runs(preset="torch7", dataset="mnist") if r.test_errors is not None]
     if not found:
         return None
     found.sort(key=lambda r: r.config.get("seed", 0))
+    proto = protocol.load()
+    if proto is not None:
+        return _protocol_cell(proto, found)
     n = found[0].n_test
     interval = paper.error_interval([r.test_errors for r in found], n)
     c = paper.claim("table1_mnist_torch7")
-    seeds = [
-        {
-            "run": r.name,
-            "seed": r.config.get("seed"),
-            "epochs": len(r.epochs),
-            "planned_epochs": r.config.get("epochs"),
-            "best_epoch": r.best_epoch,
-            "val_error": r.best_val_error,
-            "test_error": r.test_error,
-            "test_errors": r.test_errors,
-            "selection_changed": r.selection_changed,
-            "extended": list(r.history.get("config", {}).get("extended") or []),
-            "stopped_early": r.run.get("stopped_early") or r.history.get("stopped"),
-            "note": r.run.get("note") or "",
-            "data": r.run.get("data") or "",
-        }
-        for r in found
-    ]
+    seeds = [_seed_entry(r) for r in found]
     reduced = any(s["stopped_early"] for s in seeds)
     return {
         "seeds": seeds,
         "n_test": n,
         "interval": interval,
         "status": paper.status(c.key, interval.value, reduced=reduced, interval=interval),
+        "hardware": sorted({str(r.run.get("hardware", "?")) for r in found}),
+    }
+
+
+def _seed_entry(r: results.CommittedRun) -> dict[str, Any]:
+    return {
+        "run": r.name,
+        "seed": r.config.get("seed"),
+        "epochs": len(r.epochs),
+        "planned_epochs": r.config.get("epochs"),
+        "best_epoch": r.best_epoch,
+        "val_error": r.best_val_error,
+        "test_error": r.test_error,
+        "test_errors": r.test_errors,
+        "selection_changed": r.selection_changed,
+        "extended": list(r.history.get("config", {}).get("extended") or []),
+        "stopped_early": r.run.get("stopped_early") or r.history.get("stopped"),
+        "note": r.run.get("note") or "",
+        "data": r.run.get("data") or "",
+    }
+
+
+def _protocol_cell(proto: dict[str, Any], found: list[results.CommittedRun]) -> dict[str, Any]:
+    """The cell as the protocol's E1 reads it: every seed at its planned length."""
+    verdict = protocol.e1(proto)
+    by_name = {r.name: r for r in found}
+    seeds = []
+    for s in verdict.seeds:
+        entry = _seed_entry(by_name[s.run]) if s.run in by_name else {"run": s.run}
+        entry.update(
+            seed=s.seed, best_epoch=s.best_epoch, val_error=s.val_error,
+            test_error=s.test_error, test_errors=s.test_errors, planned_epochs=proto["epochs"],
+            protocol_note=s.note, packed_matches_history=s.packed_matches_history,
+        )  # fmt: skip
+        seeds.append(entry)
+    n = verdict.seeds[0].n_test if verdict.seeds else found[0].n_test
+    k = len(seeds)
+    if verdict.stats:
+        st = verdict.stats
+        interval = paper.Interval(
+            st["mean"], st["low95"], st["high95"],
+            f"mean of {k} seeds +- t(0.975, {k - 1}) s / sqrt({k}): the seeds' spread "
+            f"(results/protocol.md); one run's test-set noise is +-{100 * st['binomial_sd']:.2f} "
+            "points (binomial, 1 sd)",
+        )  # fmt: skip
+    elif k:
+        mean = sum(s["test_error"] for s in seeds) / k
+        interval = paper.Interval(mean, mean, mean, f"{verdict.done} published: no interval yet")
+    else:
+        interval = paper.Interval(float("nan"), float("nan"), float("nan"), "no seed published")
+    return {
+        "seeds": seeds,
+        "n_test": n,
+        "interval": interval,
+        "status": verdict.status,
+        "protocol": verdict,
         "hardware": sorted({str(r.run.get("hardware", "?")) for r in found}),
     }
 
@@ -125,19 +172,30 @@ def _torch7_row() -> Row:
         return Row(c.key, c.claim, _pct(c.paper), "—", "", c.missing, "05_training")
     iv, seeds = cell["interval"], cell["seeds"]
     each = ", ".join(f"seed {s['seed']}: {_pct(s['test_error'])}" for s in seeds)
-    ours = f"{_pct(iv.value)} ({each}; 95% interval {_pct(iv.low)}–{_pct(iv.high)})"
+    verdict = cell.get("protocol")
+    if verdict is not None and not verdict.stats:
+        ours = f"{_pct(iv.value)} ({each}; {verdict.done} of the protocol: no verdict yet)"
+    else:
+        ours = f"{_pct(iv.value)} ({each}; 95% interval {_pct(iv.low)}–{_pct(iv.high)})"
     machines = tuple(cell["hardware"])
     k = len(seeds)
     how = f"3 × 2048 MLP, {k} seed{'s' if k != 1 else ''}, {machine_kind(machines) or 'CPU'}"
-    data = sorted({s["data"] for s in seeds if s["data"]}) or ["full MNIST 50k/10k/10k"]
+    data = sorted({s.get("data", "") for s in seeds if s.get("data")}) or ["full MNIST 50k/10k/10k"]
     notes = ["; ".join(data), "test error at the best-validation epoch"]
+    if verdict is not None:
+        notes.append(
+            "decided by results/protocol.md (experiment E1: 5 seeds at exactly 100 epochs, "
+            "equivalence margin ±0.20 points), committed before its new runs"
+        )
     for s in seeds:
-        for ext in s["extended"]:
+        if s.get("protocol_note"):
+            notes.append(f"seed {s['seed']} {s['protocol_note']}")
+        for ext in s.get("extended", []) if verdict is None else []:
             notes.append(
                 f"seed {s['seed']} extended on resume from {ext['from_epochs']} to "
                 f"{ext['to_epochs']} epochs (its run.json says why)"
             )
-        if s["stopped_early"]:
+        if s.get("stopped_early"):
             notes.append(f"seed {s['seed']} stopped early: {s['stopped_early']}")
     details = (
         "; ".join(notes)

@@ -25,6 +25,7 @@ from bnnlib.book.claims import (
 )
 from bnnlib.files import atomic_write
 from bnnlib.hardware import hardware
+from bnnlib.repro import protocol
 
 __all__ = ["Run", "SUMMARY_COLUMNS", "summary_rows", "write_results"]
 
@@ -103,6 +104,9 @@ def summary_rows(runs: Sequence[Run]) -> list[dict[str, str]]:
     (:func:`bnnlib.book.claims.committed_rows`, the same rows as the README's), then one row
     per claim the notebooks measure live (:data:`bnnlib.book.claims.LIVE_CLAIMS`).
 
+    A committed row that ``results/protocol.md`` decides (:mod:`bnnlib.repro.protocol`) is
+    never filled by a notebook's record, even while its runs are incomplete.
+
     A live row's figure is the record the claim names (``"NN:name"``: notebook NN's record
     ``name``); its status is the record's own ``status`` field when it set one
     (a notebook knows whether its run was reduced), else computed by
@@ -110,10 +114,12 @@ def summary_rows(runs: Sequence[Run]) -> list[dict[str, str]]:
     ``missing`` status. Each row names the notebook (``section``) that shows it.
     """
     records = {f"{r.notebook[:2]}:{e['name']}": (r, e) for r in runs for e in r.records}
+    decided = protocol.decided_claims(protocol.load())  # the protocol's rows: never filled live
     rows = []
     for r in committed_rows():
         row = summary_row(r)
-        live = _full_live_record(r.key, runs, records) if r.status in _FILLABLE else None
+        fill = r.status in _FILLABLE and r.key not in decided
+        live = _full_live_record(r.key, runs, records) if fill else None
         if live is not None:  # a full measurement of this run (a GPU, PROFILE=full) fills it
             row.update(live)
         rows.append(row)

@@ -1,0 +1,143 @@
+"""results/protocol.md and its machine-readable copy, and the verdicts bnnlib.repro.protocol
+draws from committed runs: every seed at its planned length, no verdict on a partial set, the
+protocol's statistics and words."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from scipy.stats import t
+
+from bnnlib import results
+from bnnlib.book import claims
+from bnnlib.repro import protocol
+from bnnlib.train import cli as train_cli
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_the_json_is_the_markdown_protocol():
+    """Seeds, length, margin and commands agree between protocol.md and protocol.json, and each
+    planned command builds exactly the planned run configuration."""
+    text = (REPO / "results" / "protocol.md").read_text()
+    p = json.loads((REPO / "results" / "protocol.json").read_text())
+    assert p["epochs"] == 100 and "exactly 100 epochs" in text
+    assert p["margin"] == 0.002 and "Delta = 0.20 points" in text
+    assert p["experiments"]["E1"]["seeds"] == [0, 1, 2, 3, 4]
+    assert p["experiments"]["E2"]["seeds"] == [0, 1, 2]
+    for run in p["runs"]:
+        if "argv" in run:
+            argv = run["argv"][: run["argv"].index("--out")]
+            assert train_cli.config_from_argv(argv).to_dict() == run["run_config"]
+            shown = " ".join(argv).replace(f"--seed {run['seed']}", "--seed S")
+            assert shown in text, shown
+    assert re.search(r"--batchnorm standard --optimizer adamax_torch7", text)
+
+
+def _runs_like_the_protocol(root: Path, outcomes: dict[tuple[str, int], int]) -> None:
+    """A results folder holding the protocol and one committed run per (experiment, seed),
+    whose test errors reach ``outcomes`` at epoch 100 (its best validation epoch)."""
+    shutil.copy(REPO / "results" / "protocol.json", root / "protocol.json")
+    p = json.loads((root / "protocol.json").read_text())
+    for planned in p["runs"]:
+        key = (planned["experiment"], planned["seed"])
+        if key not in outcomes:
+            continue
+        name = (planned.get("committed") or planned["publish_to"]).removeprefix("results/")
+        n = 10_000
+        epochs = [
+            {"epoch": e, "val_error": 0.02 - e * 1e-5, "test_error": (outcomes[key] + 7) / n}
+            for e in range(1, 101)
+        ]
+        epochs[-1]["test_error"] = outcomes[key] / n
+        epochs.append({"epoch": 101, "val_error": 0.0, "test_error": 0.0})  # past the plan
+        hist = {"config": {"n_test": n, "run_config": dict(planned["run_config"], epochs=101)},
+                "epochs": epochs}  # fmt: skip
+        (root / name).mkdir()
+        (root / name / "history.json").write_text(json.dumps(hist))
+        (root / name / "run.json").write_text(json.dumps({"hardware": "CPU: test"}))
+
+
+E1 = [("E1", s) for s in range(5)]
+
+
+def test_a_partial_set_of_seeds_gets_no_verdict(tmp_path, monkeypatch):
+    monkeypatch.setenv(results.ENV_VAR, str(tmp_path))
+    _runs_like_the_protocol(tmp_path, {("E1", 0): 140, ("E1", 1): 141})
+    v = protocol.e1(protocol.load())
+    assert v.status == "not run yet" and v.done == "2 of 5 seeds" and not v.stats
+    # each seed read at 100 epochs: epoch 101 (best validation, test 0.00%) does not count
+    assert [(s.seed, s.best_epoch, s.test_errors) for s in v.seeds] == [
+        (0, 100, 140),
+        (1, 100, 141),
+    ]
+    assert "extended after the test error was seen" in v.seeds[0].note
+    row = next(r for r in claims.committed_rows() if r.key == "table1_mnist_torch7")
+    assert (
+        row.status == "not run yet" and "2 of 5 seeds of the protocol: no verdict yet" in row.ours
+    )
+
+
+@pytest.mark.parametrize(
+    "errors, word",
+    [
+        ([140, 141, 139, 142, 138], "reproduced"),  # tight around 1.40%: equivalence shown
+        ([150, 110, 170, 130, 160], "consistent"),  # 1.40% inside, spread too wide for TOST
+        ([171, 172, 170, 173, 169], "not reproduced"),
+        ([101, 102, 100, 103, 99], "better than the paper"),
+    ],
+)
+def test_e1_names_the_outcome_as_the_protocol_says(tmp_path, monkeypatch, errors, word):
+    monkeypatch.setenv(results.ENV_VAR, str(tmp_path))
+    _runs_like_the_protocol(tmp_path, dict(zip(E1, errors, strict=True)))
+    v = protocol.e1(protocol.load())
+    assert v.status == word
+    rates = [e / 10_000 for e in errors]
+    m = sum(rates) / 5
+    s = math.sqrt(sum((r - m) ** 2 for r in rates) / 4)
+    half90 = t.ppf(0.95, 4) * s / math.sqrt(5)
+    assert v.stats["mean"] == pytest.approx(m) and v.stats["sd"] == pytest.approx(s)
+    assert v.stats["diff_high90"] == pytest.approx(m - 0.014 + half90)
+    assert v.stats["high95"] == pytest.approx(m + t.ppf(0.975, 4) * s / math.sqrt(5))
+
+
+@pytest.mark.parametrize(
+    "gaps, word",
+    [
+        ([1, 0, -1], "reproduced"),  # no loss beyond the margin
+        ([30, 31, 32], "not reproduced"),  # a loss of 0.31 points, tight
+        ([0, 40, -30], "consistent"),  # too noisy to tell
+    ],
+)
+def test_e2_pairs_by_seed_and_bounds_the_loss(tmp_path, monkeypatch, gaps, word):
+    monkeypatch.setenv(results.ENV_VAR, str(tmp_path))
+    outcomes = {("E1", s): 140 + g for s, g in enumerate(gaps)}
+    outcomes |= {("E2", s): 140 for s in range(3)}
+    _runs_like_the_protocol(tmp_path, outcomes)
+    v = protocol.e2(protocol.load())
+    assert v.status == word
+    d = [g / 10_000 for g in gaps]
+    mean = sum(d) / 3
+    sd = math.sqrt(sum((x - mean) ** 2 for x in d) / 2)
+    assert v.stats["upper95"] == pytest.approx(mean + t.ppf(0.95, 2) * sd / math.sqrt(3))
+
+
+def test_e2_waits_for_its_e1_partners(tmp_path, monkeypatch):
+    monkeypatch.setenv(results.ENV_VAR, str(tmp_path))
+    _runs_like_the_protocol(tmp_path, {("E2", s): 140 for s in range(3)} | {("E1", 0): 140})
+    assert protocol.e2(protocol.load()).status == "not run yet"
+
+
+def test_a_run_with_another_configuration_does_not_count(tmp_path, monkeypatch):
+    monkeypatch.setenv(results.ENV_VAR, str(tmp_path))
+    _runs_like_the_protocol(tmp_path, {("E1", 0): 140})
+    path = tmp_path / "torch7_mnist" / "history.json"
+    hist = json.loads(path.read_text())
+    hist["config"]["run_config"]["batchnorm"] = "standard"
+    path.write_text(json.dumps(hist))
+    assert protocol.e1(protocol.load()).seeds == ()
