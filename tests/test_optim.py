@@ -266,12 +266,16 @@ def test_shift_adamax_two_steps_by_hand():
         assert bool((w.abs() <= 1).all())
 
 
-def test_shift_adamax_torch7_variant_three_steps_by_hand():
+@pytest.mark.parametrize("shift", [True, False], ids=["shift", "no-shift"])
+def test_shift_adamax_torch7_variant_three_steps_by_hand(shift):
     """adaMax_binary_clip_shift.lua: v = AP2(max(b2 v, |g|)) + eps, stored; the step
-    AP2(lr / (1 - b1^t)) times the Glorot scale, which also covers batch-norm gamma."""
+    AP2(lr / (1 - b1^t)) times the Glorot scale, which also covers batch-norm gamma.
+    ``shift=False`` (the optimizer ``adamax_torch7``, the ablation E2 of results/protocol.md):
+    the same with no AP2 anywhere."""
     lr, (b1, b2), eps = 2.0**-6, (0.9, 0.999), 2.0**-27
     net = _net()
-    opt = ShiftAdaMax(net, lr=lr, glorot_scale="torch7", variant="torch7")
+    opt = ShiftAdaMax(net, lr=lr, glorot_scale="torch7", variant="torch7", shift=shift)
+    rounded = _naive_ap2 if shift else (lambda x: x)
     with torch.no_grad():
         for w in _binary_weights(net):
             w.mul_(0.001)
@@ -287,8 +291,9 @@ def test_shift_adamax_torch7_variant_three_steps_by_hand():
         for i, p in enumerate(params):
             g = p.grad.detach()
             m[i] = b1 * m[i] + (1 - b1) * g
-            v[i] = _naive_ap2(torch.maximum(b2 * v[i], g.abs())) + eps
-            step = 2.0 ** round(math.log2(lr / (1 - b1**t)))
+            v[i] = rounded(torch.maximum(b2 * v[i], g.abs())) + eps
+            step = lr / (1 - b1**t)
+            step = 2.0 ** round(math.log2(step)) if shift else step
             theta[i] = theta[i] - step * scale.get(id(p), 1.0) * m[i] / v[i]
             if p is net[0].weight or p is net[3].weight:
                 theta[i] = theta[i].clamp(-1, 1)
@@ -298,6 +303,7 @@ def test_shift_adamax_torch7_variant_three_steps_by_hand():
     # Beta keeps the base LR; the BN gamma groups are not clipped.
     groups = {id(g["params"][0]): g for g in opt.param_groups if len(g["params"]) == 1}
     assert groups[id(net[1].weight)]["clip"] is False
+    assert all(g["shift"] is shift for g in opt.param_groups)
 
 
 def test_shift_adamax_rejects_unknown_variant_and_glorot_mode():
@@ -434,36 +440,3 @@ def test_step_lr_rejects_bad_arguments(every, factor):
     opt = ShiftAdaMax(_net())
     with pytest.raises(ValueError, match="step_lr"):
         step_lr(opt, every, factor)
-
-
-def test_adamax_torch7_without_shifts_three_steps_by_hand():
-    """shift=False (the optimizer ``adamax_torch7``, the ablation E2 of results/protocol.md):
-    the Torch7 variant with no AP2 anywhere: v = max(b2 v, |g|) + eps, stored; the step
-    lr / (1 - b1^t) exactly; and it differs from the shift-based step."""
-    lr, (b1, b2), eps = 2.0**-6, (0.9, 0.999), 2.0**-27
-    net = _net()
-    opt = ShiftAdaMax(net, lr=lr, glorot_scale="torch7", variant="torch7", shift=False)
-    with torch.no_grad():
-        for w in _binary_weights(net):
-            w.mul_(0.001)
-    params = list(net.parameters())
-    fans = zip(_binary_weights(net), (50, 40), strict=True)
-    scale = {id(w): 1 / math.sqrt(1.5 / n) for w, n in fans}
-    scale |= {id(net[1].weight): 1 / math.sqrt(1.5 / 30), id(net[4].weight): 1 / math.sqrt(0.15)}
-    theta = [p.detach().clone() for p in params]
-    m = [torch.zeros_like(p) for p in params]
-    v = [torch.zeros_like(p) for p in params]
-    for t in (1, 2, 3):
-        _set_grads(net, 20 + t)
-        for i, p in enumerate(params):
-            g = p.grad.detach()
-            m[i] = b1 * m[i] + (1 - b1) * g
-            v[i] = torch.maximum(b2 * v[i], g.abs()) + eps
-            theta[i] = theta[i] - lr * scale.get(id(p), 1.0) / (1 - b1**t) * m[i] / v[i]
-            if p is net[0].weight or p is net[3].weight:
-                theta[i] = theta[i].clamp(-1, 1)
-        opt.step()
-        for p, expect in zip(params, theta, strict=True):
-            torch.testing.assert_close(p.detach(), expect, rtol=1e-12, atol=1e-12)
-    shifted = ShiftAdaMax(_net(), lr=lr, glorot_scale="torch7", variant="torch7")
-    assert shifted.param_groups[0]["shift"] is True and opt.param_groups[0]["shift"] is False
