@@ -83,7 +83,10 @@ class Browser:
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # no proxy
         targets = json.load(opener.open(f"http://127.0.0.1:{port}/json/list", timeout=30))
         page = next(t for t in targets if t["type"] == "page")
-        self.ws = websocket.create_connection(page["webSocketDebuggerUrl"], timeout=60)
+        # no Origin header: Chromium refuses DevTools websockets from other origins (403)
+        self.ws = websocket.create_connection(
+            page["webSocketDebuggerUrl"], timeout=60, suppress_origin=True
+        )
         self.ids = count(1)
         self.events: list[dict] = []
         for domain in ("Page", "Network", "Runtime", "Log"):
