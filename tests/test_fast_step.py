@@ -52,7 +52,8 @@ def test_the_table_copies_torchs_ap2_and_shows_where_it_is_not_exact():
             K.ap2_numpy(x, exact=exact).view(np.uint32), torch_ap2.view(np.uint32)
         )
     nan = np.array([np.nan], dtype=np.float32)
-    assert np.isnan(K.ap2_numpy(nan)).all() and np.isnan(ap2_nonnegative([torch.tensor(nan)])[0])
+    assert np.isnan(K.ap2_numpy(nan)).all()
+    assert torch.isnan(ap2_nonnegative([torch.tensor(nan)])[0]).all()
     exact = K.ap2_numpy(x, exact=True)
     normal = (x >= 2.0**-126) & np.isfinite(x)
     differ = x[(exact != torch_ap2) & normal]
@@ -203,3 +204,19 @@ def test_200_steps_of_the_fast_path_equal_the_plain_path_bit_for_bit(argv):
         for key in sa:
             a, b = sa[key], sb[key]
             assert torch.equal(torch.as_tensor(a), torch.as_tensor(b)), key
+
+
+def test_where_torchs_ap2_cannot_be_copied_the_step_falls_back_to_torch(monkeypatch):
+    """An AP2TableError (torch's AP2 not one step near sqrt(2) * 2^e on some CPU) is a warning
+    and torch's operations, with the same parameters as opt.step()."""
+    cfg = train_cli.config_from_argv(["--preset", "torch7", "--hidden", "64"])
+
+    def refuse(exact=False):
+        raise K.AP2TableError("not one step here")
+
+    monkeypatch.setattr(K, "ap2_thresholds", refuse)
+    with pytest.warns(RuntimeWarning, match="not one step here"):
+        (fast, _) = _train_steps(cfg, True, steps=3, batch=100)
+    (plain, _) = _train_steps(cfg, False, steps=3, batch=100)
+    for a, b in zip(plain.state_dict().values(), fast.state_dict().values(), strict=True):
+        assert torch.equal(a, b)

@@ -76,7 +76,7 @@ def _pow2_bits(e: int) -> int:
 
 
 def _torch_ap2(bits: np.ndarray) -> np.ndarray:
-
+    """torch's AP2 of the floats whose bits are ``bits``, as bits."""
     x = torch.from_numpy(bits.view(np.float32))
     return ap2_nonnegative([x])[0].numpy().view(np.uint32)
 
@@ -114,8 +114,9 @@ def ap2_thresholds(exact: bool = False) -> np.ndarray:
         far = e >= -126 and abs((a + first_up) - centre) >= NEAR  # outside the kernel's window
         if not one_step or (a > lo and up[0]) or (b < hi and not up[-1]) or far:
             raise AP2TableError(
-                f"torch's AP2 is not one step within {NEAR} floats of sqrt(2) * 2^{e}: the fused "
-                "AdaMax cannot copy it; use the plain path (bnnlib.train.fit(fast=False))"
+                f"torch's AP2 is not one step within {NEAR} floats of sqrt(2) * 2^{e} on this "
+                "machine: the one-pass AdaMax cannot copy it (the fast training step then uses "
+                "torch's operations)"
             )
         table[i] = a + first_up if first_up < len(up) else hi
     return table

@@ -13,7 +13,8 @@ and Sign(W) in one pass (:func:`bnnlib.kernels.update.clip_sign_`). The paramete
 the plain ``opt.step()`` bit for bit (``tests/test_fast_step.py``), so checkpoints of either
 path resume in the other.
 
-On a GPU (or for tensors the kernels do not take: not float32, not contiguous), shift AdaMax
+On a GPU (or for tensors the kernels do not take: not float32, not contiguous; or where torch's
+AP2 cannot be copied, :class:`bnnlib.kernels.update.AP2TableError`, with a warning), shift AdaMax
 steps with ``foreach=True`` (multi-tensor torch operations) and the other optimizers with their
 own ``step()``. The step is always the optimizer's, through its state and param groups, so an LR
 scheduler sees it as it sees the plain path's. :func:`bnnlib.train.fit` takes it with
@@ -21,6 +22,8 @@ scheduler sees it as it sees the plain path's. :func:`bnnlib.train.fit` takes it
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 from torch import nn
@@ -50,6 +53,7 @@ class FastStep:
                 if is_binary_layer(module) and not module.stochastic_weights:
                     self.layers[id(module.weight)] = module
         self._signs: dict[int, torch.Tensor] = {}
+        self._no_table = False  # torch's AP2 could not be copied here: torch's operations
 
     def _sign_buffer(self, p: torch.Tensor) -> torch.Tensor | None:
         """Where Sign(p) goes, when p is a binary layer's (deterministic) weight."""
@@ -88,13 +92,21 @@ class FastStep:
     def _adamax(self, group: dict, p: torch.Tensor, step: int) -> bool:
         """:meth:`ShiftAdaMax.step`'s update of ``p`` at ``step`` in one kernel call (and
         Sign(p) for its layer); False for a tensor the kernel does not take."""
-        if not (_kernel_ok(p) and _kernel_ok(p.grad)):
+        if self._no_table or not (_kernel_ok(p) and _kernel_ok(p.grad)):
             return False
+        kernels = self._kernels()
+        if group.get("shift", True):
+            try:
+                kernels.ap2_thresholds()  # once per process (cached)
+            except kernels.AP2TableError as e:
+                warnings.warn(f"{e}", RuntimeWarning, stacklevel=2)
+                self._no_table = True
+                return False
         beta1, beta2 = group["betas"]
         variant, shift = group.get("variant", "paper"), group.get("shift", True)
         state = self.opt.state[p]
         sign = self._sign_buffer(p)
-        self._kernels().adamax_step_(
+        kernels.adamax_step_(
             p, p.grad, state["exp_avg"], state["exp_inf"], beta1=beta1, beta2=beta2,
             eps=group["eps"], variant=variant, shift=shift, clip=bool(group.get("clip")),
             alpha=adamax_step_size(step, group["lr"], group["lr_scale"], beta1, variant, shift),
