@@ -410,7 +410,8 @@ def summary_row(row: Row) -> dict[str, Any]:
     """A :class:`Row` in the book summary's shape (:data:`bnnlib.book.results.SUMMARY_COLUMNS`
     plus ``section``, ``details``, ``machines``), the shape :func:`summary_markdown` renders."""
     return {
-        "claim": row.claim, "paper": row.paper, "ours": row.ours, "how measured": row.how,
+        "key": row.key, "claim": row.claim, "paper": row.paper, "ours": row.ours,
+        "how measured": row.how,
         "status": row.status, "section": row.section, "details": row.details,
         "machines": list(row.machines),
     }  # fmt: skip

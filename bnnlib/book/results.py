@@ -125,7 +125,7 @@ def summary_rows(runs: Sequence[Run]) -> list[dict[str, str]]:
         section = next(
             (r.notebook for r in runs if c.record and r.notebook[:2] == c.record[:2]), ""
         )
-        row = {"claim": c.claim, "paper": paper_text, "ours": "—", "how measured": "",
+        row = {"key": c.key, "claim": c.claim, "paper": paper_text, "ours": "—", "how measured": "",
                "status": c.missing, "section": section, "details": "", "machines": []}  # fmt: skip
         if found is not None:
             run, e = found

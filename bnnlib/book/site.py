@@ -7,8 +7,11 @@ builds it with Jupyter Book's Sphinx builder, never executing a notebook (myst-n
 ``nb_execution_mode = "off"``). The result has a sidebar, previous/next links and Sphinx's
 full-text search, which works offline.
 
-The results page (:func:`results_page`) opens with "the paper vs this book", each claim linked
-to the notebook that measured it (a row's ``section``), then the records of every notebook.
+The first page is "the paper vs this book" (:func:`bnnlib.book.landing.results_page`: the
+verdict, the full-width table, a fold per row); the records of every notebook are on their own
+page (``records``); the committed runs' ``run.json`` and ``history.json`` and the benchmark files
+are shipped under ``_static/results/`` and linked from the rows. Sphinx's smart quotes are off,
+so a command reads as typed (``--out``, never an en dash).
 Bookkeeping cells carry the tag ``hide-input`` (:mod:`bnnlib.book.tags`): their code is folded
 behind a toggle, their output shows.
 
@@ -29,10 +32,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bnnlib import paper
-from bnnlib.book.claims import legend_line, row_details
+from bnnlib.book import landing
 from bnnlib.book.notebooks import BookError, read_notebook
-from bnnlib.book.results import COLUMNS, SUMMARY_COLUMNS, Run, cell_text, summary_rows
+from bnnlib.book.results import Run
 from bnnlib.files import atomic_write
 
 __all__ = [
@@ -40,7 +42,6 @@ __all__ = [
     "MAX_PAGE_BYTES",
     "TITLE",
     "build_site",
-    "results_page",
     "offline_problems",
     "page_problems",
 ]
@@ -82,78 +83,6 @@ def page_problems(html_dir: Path) -> list[str]:
         if remote:
             problems.append(f"{name} loads from the network: {remote[:3]}")
     return problems
-
-
-# --- the results page -------------------------------------------------------------------------
-
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+!|$~&])")
-_STATUS_BADGE = {
-    "reproduced": "success",
-    "better than the paper": "info",
-    "not reproduced": "danger",
-    "reduced run": "warning",
-}
-
-
-def _md(text: Any) -> str:
-    """``text`` as literal Markdown inline text (every special character escaped, one line)."""
-    return _MD_SPECIAL.sub(r"\\\1", str(text)).replace("\n", " ")
-
-
-def _badge(status: str) -> str:
-    kind = _STATUS_BADGE.get(status, "secondary")
-    return f"{{bdg-{kind}}}`{status.replace('`', '')}`"
-
-
-def _summary_cell(row: dict[str, str], column: str, pages: set[str], note: int) -> str:
-    if column == "status":
-        return _badge(row["status"])
-    text = _md(row[column])
-    if column == "claim" and row.get("section") in pages:  # the notebook that measured it
-        text = f"[{text}]({row['section']}.ipynb)"
-    if column == "how measured" and row_details(row):  # the details under the table
-        text += f" [^details-{note}]"
-    return text
-
-
-def results_page(runs: Sequence[Run], profile: str) -> str:
-    """The site's first page (MyST Markdown): "the paper vs this book", each claim linked to the
-    notebook that measured it (its ``section``), the details of a row as its footnote, the
-    status legend, the notebooks, then every record."""
-    pages = {r.notebook for r in runs}
-    rows = summary_rows(runs)
-    lines = ["# The paper vs this book", ""]
-    built = time.strftime("%Y-%m-%d %H:%M")
-    lines += [
-        f"{_md(paper.CITATION)}. Profile `{profile}`, built {built} by `python -m bnnlib.book`.",
-        "A claim links to the notebook that measured it.",
-        "",
-    ]
-    lines += ["| " + " | ".join(SUMMARY_COLUMNS) + " |", "|" + "---|" * len(SUMMARY_COLUMNS)]
-    for note, row in enumerate(rows, start=1):
-        cells = (_summary_cell(row, c, pages, note) for c in SUMMARY_COLUMNS)
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", legend_line(), ""]  # one line, each status once
-    for note, row in enumerate(rows, start=1):
-        if row_details(row):  # its details and machines
-            lines += [f"[^details-{note}]: {_md(row_details(row))}", ""]
-    lines += ["", "## The notebooks", ""]
-    for r in runs:
-        lines.append(f"1. [{_md(r.title or r.notebook)}]({r.notebook}.ipynb) ({r.seconds:.0f} s)")
-    lines += ["", "## Appendix: the records of each notebook", ""]
-    for r in runs:
-        lines += [f"### {_md(r.notebook)}", ""]
-        if r.parameters:
-            params = ", ".join(f"`{k}={v}`" for k, v in r.parameters.items())
-            lines += [f"Parameters: {params}", ""]
-        if not r.records:
-            lines += ["No records.", ""]
-            continue
-        lines += ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-        for e in r.records:
-            lines.append("| " + " | ".join(_md(cell_text(e.get(c))) for c in COLUMNS) + " |")
-        lines.append("")
-    return "\n".join(lines)
 
 
 # --- the Jupyter Book source and its build ----------------------------------------------------
@@ -210,7 +139,14 @@ def _config(profile: str) -> dict[str, Any]:
                 "nb_ipywidgets_js": {},  # the widget manager comes from a CDN: none
                 "html_static_path": ["_static"],
                 "html_js_files": [PLOTLY_JS],  # before the pages' figure scripts run
-                "html_title": f"{TITLE} ({profile})",
+                "html_css_files": [landing.CSS_FILE],
+                "html_title": TITLE,  # the profile is said on the first page
+                # Commands stay as typed: no "--out" turned into an en dash, no curly quotes.
+                "smartquotes": False,
+                # The first page is the full-width table: no contents rail beside it.
+                "html_theme_options": {
+                    "secondary_sidebar_items": {"**": ["page-toc"], "index": []},
+                },
                 # Jupyter Book's filter, and plotly's JSON beside each figure's HTML (the HTML
                 # is what the page shows; the JSON stays for JupyterLab in the .ipynb download).
                 "suppress_warnings": ["myst.domains", "mystnb.unknown_mime_type"],
@@ -223,7 +159,7 @@ def _toc(runs: Sequence[Run]) -> dict[str, Any]:
     return {
         "format": "jb-book",
         "root": "index",
-        "chapters": [{"file": r.notebook} for r in runs],
+        "chapters": [{"file": r.notebook} for r in runs] + [{"file": landing.RECORDS_PAGE}],
     }
 
 
@@ -235,7 +171,12 @@ def _write_source(runs: Sequence[Run], src: Path, profile: str) -> None:
     atomic_write(src / "_static" / PLOTLY_JS, get_plotlyjs().encode("utf-8"))
     atomic_write(src / "_config.yml", yaml.safe_dump(_config(profile)).encode("utf-8"))
     atomic_write(src / "_toc.yml", yaml.safe_dump(_toc(runs), sort_keys=False).encode("utf-8"))
-    atomic_write(src / "index.md", results_page(runs, profile).encode("utf-8"))
+    atomic_write(src / "_static" / landing.CSS_FILE, landing.CSS.encode("utf-8"))
+    landing.ship_results(src / "_static" / "results")  # run.json, history.json, benchmarks
+    built = time.strftime("%Y-%m-%d %H:%M")
+    atomic_write(src / "index.md", landing.results_page(runs, profile, built).encode("utf-8"))
+    page = src / f"{landing.RECORDS_PAGE}.md"
+    atomic_write(page, landing.records_page(runs).encode("utf-8"))
     for run in runs:
         _static_notebook(run.executed, src / f"{run.notebook}.ipynb")
 

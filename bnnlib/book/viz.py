@@ -51,6 +51,8 @@ __all__ = [
     "figure1",
     "epoch_axis",
     "table",
+    "source",
+    "METRIC_DASH",
     "SignProbe",
     "sign_probes",
     "saturation",
@@ -342,6 +344,8 @@ def training_curves(
     A History is a :class:`bnnlib.train.History`, its ``to_dict()``, or a list of
     per-epoch dicts. ``color_by="run"``: each run its colour, each metric its dash style;
     ``"metric"``: each metric (train / val / test) its colour, each run its dash style;
+    by run, the training error is dotted and the validation error solid, as in the paper's
+    Figure 1 (:data:`METRIC_DASH`);
     ``"auto"``: by metric for a single run, else by run. Runs over 30 epochs are drawn as
     lines without markers, so close curves stay apart.
     """
@@ -360,6 +364,9 @@ def training_curves(
                 continue
             x, y = zip(*points, strict=True)
             colour, dash = (j, i) if by_metric else (i, j)
+            style = dashes[dash % len(dashes)]
+            if not by_metric:
+                style = METRIC_DASH.get(metric, style)
             fig.add_trace(
                 go.Scatter(
                     x=x,
@@ -368,7 +375,7 @@ def training_curves(
                     mode="lines+markers" if num_epochs <= 30 else "lines",
                     line={
                         "color": palette[colour % len(palette)],
-                        "dash": dashes[dash % len(dashes)],
+                        "dash": style,
                         "width": 2,
                     },
                 )
@@ -376,6 +383,11 @@ def training_curves(
     fig.update_layout(title=title, xaxis_title="epoch", yaxis_title="error (%)")
     epoch_axis(fig, num_epochs)
     return fig
+
+
+#: The dash of each metric when each run has its colour: Figure 1's dotted training and solid
+#: validation curves.
+METRIC_DASH = {"train_error": "dot", "val_error": "solid", "test_error": "dash", "loss": "dot"}
 
 
 def epoch_axis(fig: go.Figure, num_epochs: int, row: int | None = None, col=None) -> go.Figure:
@@ -389,27 +401,65 @@ def epoch_axis(fig: go.Figure, num_epochs: int, row: int | None = None, col=None
     return fig
 
 
-def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> None:
-    """Display rows (dicts) as an HTML table (plain text when no HTML is rendered)."""
+_CELL_STYLE = "padding: 0.25em 0.8em; border-bottom: 1px solid #ddd; text-align: {};"
+
+
+def table_cell(v: Any, digits: int = 4) -> str:
+    """A table cell's text: a float with ``digits`` significant digits (no float noise such as
+    0.30000001192092896), other values as they are."""
+    return f"{v:.{digits}g}" if isinstance(v, float) else str(v)
+
+
+def table(
+    rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None, *, digits: int = 4
+) -> None:
+    """Display rows (dicts) as an HTML table with padded cells, numbers right-aligned, floats
+    to ``digits`` significant digits (plain text, columns aligned, when no HTML is rendered)."""
     columns = list(columns or (rows[0].keys() if rows else []))
+    texts = [[table_cell(r.get(c, ""), digits) for c in columns] for r in rows]
+    numeric = [
+        all(isinstance(r.get(c), (int, float)) and not isinstance(r.get(c), bool) for r in rows)
+        for c in columns
+    ]
 
-    def cell(v: Any) -> str:
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
+    def td(tag: str, text: str, right: bool) -> str:
+        style = _CELL_STYLE.format("right" if right else "left")
+        return f'<{tag} style="{style}">{html.escape(text)}</{tag}>'
 
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    head = "".join(td("th", c, n) for c, n in zip(columns, numeric, strict=True))
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(cell(r.get(c, '')))}</td>" for c in columns) + "</tr>"
-        for r in rows
+        "<tr>" + "".join(td("td", t, n) for t, n in zip(row, numeric, strict=True)) + "</tr>"
+        for row in texts
     )
-    text = "\n".join(
-        [" | ".join(columns)] + [" | ".join(cell(r.get(c, "")) for c in columns) for r in rows]
-    )
+    widths = [max([len(c)] + [len(row[i]) for row in texts]) for i, c in enumerate(columns)]
+    lines = []
+    for line in [columns, *texts]:
+        cells = zip(line, widths, numeric, strict=True)
+        lines.append("  ".join(t.rjust(w) if n else t.ljust(w) for t, w, n in cells).rstrip())
+    text = "\n".join(lines)
     show_figure(
         {
-            "text/html": f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>",
+            "text/html": '<table style="border-collapse: collapse;"><thead><tr>'
+            f"{head}</tr></thead><tbody>{body}</tbody></table>",
             "text/plain": text,
         }
     )
+
+
+def source(obj: Any) -> None:
+    """Show the source code of a bnnlib function or class (read with :mod:`inspect`, never
+    copied into the notebook) as a Python code block, with the file it comes from."""
+    import inspect
+    from pathlib import Path
+
+    from IPython.display import Markdown, display
+
+    code = inspect.getsource(obj).rstrip()
+    path = Path(inspect.getsourcefile(obj) or "?")
+    parts = path.parts
+    where = "/".join(parts[parts.index("bnnlib") :]) if "bnnlib" in parts else path.name
+    name = f"{obj.__module__}.{obj.__qualname__}"
+    display(Markdown(f"`{name}` ({where}):\n\n```python\n{code}\n```"))
 
 
 # --- probes -----------------------------------------------------------------------------------
