@@ -294,7 +294,10 @@ def test_results_page_links_each_claim_to_the_notebook_that_measured_it():
 
 def test_bookkeeping_cells_are_folded_in_the_site():
     assert book_tags.is_bookkeeping('rows = []\nrecord("a", 1)\nviz.table(rows)')
-    assert not book_tags.is_bookkeeping("net = fit(a)\nb = evaluate(net)\nrecord('e', b)")
+    # A cell that records is a record cell, folded whatever else it does (split it instead).
+    assert book_tags.is_bookkeeping("net = fit(a)\nb = evaluate(net)\nrecord('e', b)")
+    assert book_tags.is_bookkeeping("for k in x:\n    if k:\n        record(k, 1)")
+    assert not book_tags.is_bookkeeping("net = fit(a)\nb = evaluate(net)\nviz.table(b)")
     assert not book_tags.is_bookkeeping("viz.show(fig)")  # records nothing
     # Every committed notebook has its bookkeeping cells tagged (python -m bnnlib.book.tags).
     assert book_tags.main(["--check"]) == 0

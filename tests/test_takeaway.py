@@ -11,11 +11,11 @@ def test_a_gap_whose_interval_excludes_zero_is_called_a_gap():
     # Notebook 04's small-profile run: shift AdaMax 2.62 points worse, interval +1.71 to +3.53.
     gap = Interval(0.0262, 0.0171, 0.0353, "unpaired")
     text = takeaway.gap_sentence(gap, "Shift-based AdaMax", "Adam", reduced=True, claim="E2")
-    assert "2.62 points worse than Adam's" in text and "excludes 0" in text
+    assert "ends 2.62 points worse than Adam in test error" in text and "excludes 0" in text
     assert "much as" not in text and "no difference" not in text
     assert "reduced run" in text and "which E2 decides" in text
     better = takeaway.gap_sentence(Interval(-0.02, -0.03, -0.01, "x"), "A", "B")
-    assert "2.00 points better than B's" in better and "reduced" not in better
+    assert "A ends 2.00 points better than B" in better and "reduced" not in better
 
 
 def test_a_gap_whose_interval_contains_zero_shows_no_difference():
@@ -26,6 +26,9 @@ def test_a_gap_whose_interval_contains_zero_shows_no_difference():
 
 
 def test_compare_and_the_paragraph():
-    assert takeaway.compare(0.2, 0.1, "A", "B", what="cost") == "A's cost (0.2) ends above B's (0.1)"
+    assert (
+        takeaway.compare(0.2, 0.1, "A", "B", what="cost")
+        == "A ends above B in cost (0.2 against 0.1)"
+    )
     assert "ends below" in takeaway.compare(0.01, 0.02, "A", "B", what="error", unit="%")
     assert takeaway.text("One.", " ", "Two.") == "**What to take away.** One. Two."

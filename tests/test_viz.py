@@ -193,3 +193,14 @@ def test_source_shows_a_bnnlib_function_read_from_its_file(monkeypatch):
     text = shown[0].data
     assert "bnnlib/nn/optim.py" in text and "def clip_binary_weights(" in text
     assert text.count("```") == 2
+
+
+def test_reference_line_spans_the_figure_at_the_paper_figure():
+    h = [{"epoch": e, "val_error": 0.02, "test_error": 0.015} for e in range(1, 101)]
+    fig = viz.reference_line(viz.training_curves({"seed 0": h}, ("val_error", "test_error")), 1.40,
+                             "paper (Torch7): 1.40%")  # fmt: skip
+    line = fig.data[-1]
+    assert list(line.x) == [1, 100] and list(line.y) == [1.40, 1.40]
+    assert line.name == "paper (Torch7): 1.40%"
+    with pytest.raises(ValueError, match="no data"):
+        viz.reference_line(viz.go.Figure(), 1.0, "x")

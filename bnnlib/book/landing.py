@@ -42,6 +42,7 @@ __all__ = [
     "LEARNER_ORDER",
     "RECORDS_PAGE",
     "SECTIONS",
+    "SHORT",
     "STATUS_KIND",
     "commands_as_code",
     "details_html",
@@ -98,7 +99,8 @@ LEARNER_ORDER = ("01", "02", "03", "04", "05", "07", "06", "08", "09", "10")
 
 #: The landing page's style: status colours, the full-width table, cards on a phone.
 CSS = """
-.bd-article-container:has(.bnn-landing), .bd-content:has(.bnn-landing) { max-width: none; }
+.bd-main .bd-content .bd-article-container:has(.bnn-landing),
+.bd-container .bd-container__inner:has(.bnn-landing) { max-width: none; }
 .bnn-verdict { font-size: 1.05em; line-height: 1.5; margin: 0 0 1em 0; }
 .bnn-verdict li { margin: 0.15em 0; }
 table.bnn-claims { width: 100%; border-collapse: collapse; font-size: 0.92em; }
@@ -177,45 +179,74 @@ def _plain_heading(title: str) -> str:
 
 # --- the verdict -----------------------------------------------------------------------------
 
-_GROUPS = (
-    ("reproduced", ("reproduced", "better than the paper"), "reproduced"),
-    ("consistent", ("consistent",), "consistent with the paper (equivalence not shown)"),
-    ("failed", ("not reproduced",), "not reproduced"),
-    ("reduced", ("reduced run",), "only a reduced run here (not comparable yet)"),
-    ("neutral", ("measured", "computed"), "measured or computed, no figure of the paper"),
-    ("notrun", ("not run yet", "not run yet: needs a GPU", "data not available here"), "not run"),
-)
+#: A few words per claim, for the verdict.
+SHORT = {
+    "table1_mnist_torch7": "Table 1 MNIST, Torch7",
+    "table1_mnist_theano": "Table 1 MNIST, Theano",
+    "table1_svhn": "Table 1 SVHN",
+    "table1_cifar10": "Table 1 CIFAR-10",
+    "memory_ratio": "32× less memory",
+    "gpu_xnor_over_baseline": "GPU XNOR vs baseline kernel",
+    "gpu_xnor_over_cublas": "GPU XNOR vs cuBLAS",
+    "gpu_mlp_over_baseline": "GPU MNIST MLP",
+    "cpu_xnor_over_baseline": "CPU XNOR vs baseline kernel",
+    "cpu_xnor_over_blas": "CPU XNOR vs BLAS",
+    "cpu_mlp_over_baseline": "CPU MNIST MLP",
+    "energy_mac": "energy per MAC",
+    "packed_equals_float": "packed = float",
+    "cpu_latency": "CPU latency",
+    "unique_filters": "42% unique filters",
+    "shift_bn_no_loss": "shift batch norm, no loss",
+    "shift_adamax_no_loss": "shift AdaMax, no loss",
+}
+#: Why a row was not run, in the verdict's words.
+_NOT_RUN = {
+    "not run yet: needs a GPU": "need a GPU",
+    "data not available here": "need data not available here",
+    "not run yet": "not run yet",
+}
 
 
-def _short(claim: str) -> str:
-    """A claim's words before its first colon-free clause, for the verdict's lists."""
-    text = re.sub(r"^Table 1: BNN,? ", "Table 1 ", claim)
-    text = re.sub(r"\s*\((?:paper|Torch7)[^)]*\)", "", text)
-    return text.split(" (")[0].rstrip(".")
+def _names(rows: Sequence[Mapping[str, Any]]) -> str:
+    return ", ".join(SHORT.get(str(r.get("key")), str(r["claim"])) for r in rows)
 
 
 def verdict(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     """Three lines generated from the rows' statuses: what matches the paper (reproduced,
-    consistent) and what does not; what is only a reduced run; what was measured with no
-    figure of the paper, and what was not run and why. Each line counts its rows and names
+    consistent, better) and what does not; what is only a reduced run; what has no figure of
+    the paper to meet, and what was not run and why. Each group counts its rows and names
     them."""
-    by = {kind: [r for r in rows if r.get("status") in statuses] for kind, statuses, _ in _GROUPS}
-    words = {kind: text for kind, _, text in _GROUPS}
 
-    def part(kind: str) -> str:
-        found = by[kind]
-        names = "; ".join(_short(str(r["claim"])) for r in found)
-        return f"**{len(found)} {words[kind]}**" + (f" ({names})" if found else "")
+    def having(*statuses: str) -> list[Mapping[str, Any]]:
+        return [r for r in rows if r.get("status") in statuses]
 
-    reasons: dict[str, int] = {}
-    for r in by["notrun"]:
-        reasons[str(r["status"])] = reasons.get(str(r["status"]), 0) + 1
-    why = ", ".join(f"{n} {s}" for s, n in reasons.items())
+    def group(found: Sequence[Mapping[str, Any]], words: str) -> str:
+        return f"**{len(found)} {words}**" + (f" ({_names(found)})" if found else "")
+
+    matched = [
+        group(having("reproduced"), "reproduced"),
+        group(having("consistent"), "consistent"),
+    ]
+    if having("better than the paper"):
+        matched.append(group(having("better than the paper"), "better than the paper"))
+    reasons = {}
+    for status, words in _NOT_RUN.items():
+        found = having(status)
+        if found:
+            reasons[words] = len(found)
+    not_run = ", ".join(f"{n} {w}" for w, n in reasons.items()) or "none"
     return [
-        f"Of the paper's claims checked here: {part('reproduced')}; {part('consistent')}; "
-        f"{part('failed')}.",
-        f"{part('reduced')}.",
-        f"{part('neutral')}; **{len(by['notrun'])} not run**" + (f" ({why})." if why else "."),
+        "Against the paper: "
+        + "; ".join(matched)
+        + "; "
+        + group(having("not reproduced"), "not reproduced")
+        + ".",
+        "Only a reduced run here, not comparable yet: "
+        + group(having("reduced run"), "rows")
+        + ".",
+        "No figure of the paper to meet: "
+        + group(having("measured", "computed"), "measured or computed")
+        + f". Not run: {not_run}.",
     ]
 
 

@@ -46,12 +46,12 @@ def gap_sentence(
     iv = f"95% interval {_points(gap.low)} to {_points(gap.high)}"
     if gap.low > 0:
         verdict = (
-            f"{a}'s {what} is {100 * gap.value:.2f} points worse than {b}'s ({iv}, which "
+            f"{a} ends {100 * gap.value:.2f} points worse than {b} in {what} ({iv}, which "
             "excludes 0): a real gap in this run"
         )
     elif gap.high < 0:
         verdict = (
-            f"{a}'s {what} is {-100 * gap.value:.2f} points better than {b}'s ({iv}, which "
+            f"{a} ends {-100 * gap.value:.2f} points better than {b} in {what} ({iv}, which "
             "excludes 0)"
         )
     else:
@@ -80,7 +80,7 @@ def compare(a_value: float, b_value: float, a: str, b: str, *, what: str, unit: 
         word = "below"
     else:
         word = "equal to"
-    return f"{a}'s {what} ({fmt(a_value)}) ends {word} {b}'s ({fmt(b_value)})"
+    return f"{a} ends {word} {b} in {what} ({fmt(a_value)} against {fmt(b_value)})"
 
 
 def text(*sentences: str) -> str:

@@ -50,6 +50,8 @@ __all__ = [
     "training_curves",
     "figure1",
     "epoch_axis",
+    "reference_line",
+    "threshold_figure",
     "table",
     "source",
     "METRIC_DASH",
@@ -385,6 +387,51 @@ def training_curves(
     return fig
 
 
+def reference_line(fig: go.Figure, y: float, label: str) -> go.Figure:
+    """A horizontal line at ``y`` across the figure (e.g. the paper's figure, in the figure's
+    units), labelled at its right end and in the legend."""
+    xs = [x for t in fig.data for x in (t.x or ())]
+    if not xs:
+        raise ValueError("reference_line: the figure has no data to span")
+    fig.add_trace(
+        go.Scatter(
+            x=[min(xs), max(xs)], y=[y, y], name=label, mode="lines+text",
+            text=["", label], textposition="top left",
+            line={"color": "#444", "dash": "longdash", "width": 1.5},
+        )
+    )  # fmt: skip
+    return fig
+
+
+def threshold_figure(
+    a: float, mu: float, beta: float, threshold: int, flip: bool, bound: int, *, title: str = ""
+) -> go.Figure:
+    """One hidden unit's batch norm in evaluation, ``y = a (s - mu) + beta``, over the integer
+    pre-activations ``s`` near its integer threshold (of ``-bound .. bound``), with Sign(y): the
+    curve crosses 0 between ``threshold - 1`` and ``threshold``, so Sign(BN(s)) is the integer
+    compare ``s >= threshold`` (``s < threshold`` when ``flip``, a negative ``a``)."""
+    span = max(6, int(abs(1.5 / a)) if a else 6)
+    lo, hi = max(-bound, threshold - span), min(bound, threshold + span)
+    s = np.arange(lo, hi + 1)
+    y = a * (s - mu) + beta
+    bit = np.where(y >= 0, 1.0, -1.0)
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=s, y=y, name="BN(s) = a (s − μ) + β", mode="lines+markers",
+                             line={"color": PALETTE[0]}))  # fmt: skip
+    fig.add_trace(go.Scatter(x=s, y=bit, name="Sign(BN(s))", mode="markers",
+                             marker={"color": PALETTE[1], "symbol": "square"}))  # fmt: skip
+    compare = f"s < {threshold}" if flip else f"s ≥ {threshold}"
+    fig.add_vline(x=threshold - 0.5, line={"dash": "dash", "color": "#444"})
+    fig.add_hline(y=0, line={"color": "#999", "width": 1})
+    fig.add_annotation(x=threshold - 0.5, y=float(max(y.max(), 1)), text=f"+1 iff {compare}",
+                       showarrow=False, xanchor="left", yanchor="bottom")  # fmt: skip
+    fig.update_layout(
+        title=title, xaxis_title="integer pre-activation s (popcount form)",
+        yaxis_title="batch-norm output / bit",
+    )  # fmt: skip
+    return fig
+
+
 #: The dash of each metric when each run has its colour: Figure 1's dotted training and solid
 #: validation curves.
 METRIC_DASH = {"train_error": "dot", "val_error": "solid", "test_error": "dash", "loss": "dot"}
@@ -446,15 +493,39 @@ def table(
     )
 
 
-def source(obj: Any) -> None:
-    """Show the source code of a bnnlib function or class (read with :mod:`inspect`, never
-    copied into the notebook) as a Python code block, with the file it comes from."""
+def _without_docstrings(code: str) -> str:
+    """``code`` without the docstrings of its functions and classes (the book's text says what
+    they say)."""
+    import ast
+
+    drop: set[int] = set()
+    for node in ast.walk(ast.parse(code)):
+        body = getattr(node, "body", None)
+        if (
+            isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(getattr(body[0], "value", None), ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
+            drop |= set(range(body[0].lineno, body[0].end_lineno + 1))
+    return "\n".join(line for i, line in enumerate(code.splitlines(), 1) if i not in drop)
+
+
+def source(obj: Any, *, docstring: bool = False) -> None:
+    """Show the source code of a bnnlib function, method or class (read with :mod:`inspect`,
+    never copied into the notebook) as a Python code block, with the file it comes from; its
+    docstrings left out unless ``docstring``."""
     import inspect
+    import textwrap
     from pathlib import Path
 
     from IPython.display import Markdown, display
 
-    code = inspect.getsource(obj).rstrip()
+    obj = inspect.unwrap(obj)
+    code = textwrap.dedent(inspect.getsource(obj)).rstrip()
+    if not docstring:
+        code = _without_docstrings(code)
     path = Path(inspect.getsourcefile(obj) or "?")
     parts = path.parts
     where = "/".join(parts[parts.index("bnnlib") :]) if "bnnlib" in parts else path.name
