@@ -255,7 +255,7 @@ def verdict(rows: Sequence[Mapping[str, Any]]) -> list[str]:
 #: A command in a row's details: ``python -m module args`` or ``make target``, up to a ``;``,
 #: a comma, a bracket or the end.
 _COMMAND = re.compile(
-    r"(?:python -m [\w.]+|make [\w-]+)(?:[ ][^;,()\s][^;,()]*?)?(?=[;,()]|\.\s|\.$|$)"
+    r"(?:python -m [\w.]+|make [\w-]+)(?:[ ][^;,()\s][^;,()]*?)?(?=[;,()]|:\s|\.\s|\.$|$)"
 )
 #: A committed run folder or benchmark file named in a row's details.
 _RESULT = re.compile(r"results/([\w.-]+?)(/|\.json)")

@@ -44,6 +44,7 @@ __all__ = [
     "build_site",
     "offline_problems",
     "page_problems",
+    "smart_quoted_commands",
 ]
 
 TITLE = "Binarized Neural Networks: the book"
@@ -68,9 +69,23 @@ def offline_problems(page: str) -> list[str]:
     return [m.group(0)[:160] for rx in _REMOTE for m in rx.finditer(page)]
 
 
+#: A command whose ``--`` became a dash or whose quotes curled (Sphinx's smart quotes).
+_SMART_COMMAND = re.compile(
+    r"(?:python -m [\w.]+|make \w[\w-]*)[^<\n;]{0,80}?"
+    r"(?:\s[\u2013\u2014]\w|[\u201c\u201d\u2018\u2019])"
+)
+
+
+def smart_quoted_commands(page: str) -> list[str]:
+    """Commands in ``page`` that would break when copied (``--out`` set as ``–out``, curly
+    quotes); empty when none."""
+    return [m.group(0)[:120] for m in _SMART_COMMAND.finditer(page)]
+
+
 def page_problems(html_dir: Path) -> list[str]:
     """What is wrong with the built site in ``html_dir``: a page over :data:`MAX_PAGE_BYTES`, a
-    page loading from the network, plotly.js missing (empty when the site is fine)."""
+    page loading from the network, a command spoilt by smart quotes, plotly.js missing (empty
+    when the site is fine)."""
     problems = []
     if not (Path(html_dir) / "_static" / PLOTLY_JS).is_file():
         problems.append(f"_static/{PLOTLY_JS} is missing")
@@ -79,9 +94,13 @@ def page_problems(html_dir: Path) -> list[str]:
         size = page.stat().st_size
         if size > MAX_PAGE_BYTES:
             problems.append(f"{name} weighs {size:,} bytes (more than {MAX_PAGE_BYTES:,})")
-        remote = offline_problems(page.read_text(encoding="utf-8", errors="replace"))
+        text = page.read_text(encoding="utf-8", errors="replace")
+        remote = offline_problems(text)
         if remote:
             problems.append(f"{name} loads from the network: {remote[:3]}")
+        spoilt = smart_quoted_commands(text)
+        if spoilt:
+            problems.append(f"{name} has commands spoilt by smart quotes: {spoilt[:3]}")
     return problems
 
 

@@ -30,6 +30,8 @@ from bnnlib.files import atomic_write
 __all__ = ["HIDE_INPUT", "is_bookkeeping", "untagged", "tag_notebook", "main"]
 
 HIDE_INPUT = "hide-input"
+
+
 def _calls_record(tree: ast.AST) -> bool:
     return any(
         isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "record"
