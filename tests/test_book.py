@@ -349,8 +349,9 @@ def test_commands_are_code_never_smart_quoted(text, command):
 def test_a_smart_quoted_command_in_the_site_is_found(tmp_path):
     """The site's check: a command whose "--" Sphinx turned into a dash, or whose quotes curled,
     fails the build (page_problems)."""
-    (tmp_path / "_static").mkdir()
+    (tmp_path / "_static" / "mathjax").mkdir(parents=True)
     (tmp_path / "_static" / book_site.PLOTLY_JS).write_text("x")
+    (tmp_path / "_static" / book_site.MATHJAX_JS).write_text("x")
     good = "<p><code>python -m bnnlib.book --out /tmp/x</code></p>"
     (tmp_path / "index.html").write_text(good)
     assert book_site.page_problems(tmp_path) == []

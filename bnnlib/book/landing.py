@@ -47,6 +47,7 @@ __all__ = [
     "commands_as_code",
     "details_html",
     "heading_id",
+    "learner_order",
     "records_page",
     "results_page",
     "ship_results",
@@ -135,6 +136,12 @@ details.bnn-row code { white-space: pre-wrap; word-break: break-word; }
   table.bnn-claims td.bnn-paper { white-space: normal; }
 }
 """
+
+
+def learner_order(runs: Sequence[Run]) -> list[Run]:
+    """``runs`` in :data:`LEARNER_ORDER` (notebooks it does not name keep their place after)."""
+    rank = {n: i for i, n in enumerate(LEARNER_ORDER)}
+    return sorted(runs, key=lambda r: rank.get(r.notebook[:2], len(rank)))
 
 
 def heading_id(title: str) -> str:

@@ -16,9 +16,12 @@ Bookkeeping cells carry the tag ``hide-input`` (:mod:`bnnlib.book.tags`): their 
 behind a toggle, their output shows.
 
 Offline: every page loads the one copy of plotly.js in ``_static/`` (:data:`PLOTLY_JS`); the
-widgets' CDN scripts are switched off (their outputs keep the static figure), MyST's dollar math
-is off (no MathJax), and :func:`offline_problems` checks every page: a page that would load
-anything from the network, or weighs more than :data:`MAX_PAGE_BYTES`, fails the build.
+widgets' CDN scripts are switched off (their outputs keep the static figure); the maths (MyST's
+``$...$`` and ``$$...$$``) is typeset by a local copy of MathJax 3 in ``_static/mathjax/``
+(:data:`MATHJAX_JS`, from the ``sphinx-mathjax-offline`` package, SVG output: no fonts to
+fetch), loaded only by pages with maths; and :func:`offline_problems` checks every page: a page
+that would load anything from the network, or weighs more than :data:`MAX_PAGE_BYTES`, fails
+the build.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from bnnlib.files import atomic_write
 
 __all__ = [
     "PLOTLY_JS",
+    "MATHJAX_JS",
     "MAX_PAGE_BYTES",
     "TITLE",
     "build_site",
@@ -50,6 +54,10 @@ __all__ = [
 TITLE = "Binarized Neural Networks: the book"
 #: The one copy of plotly.js, under the site's ``_static/``; every page loads it.
 PLOTLY_JS = "plotly.min.js"
+#: The local MathJax 3 (TeX in, SVG out: one self-contained file), under ``_static/``.
+MATHJAX_JS = "mathjax/tex-svg.js"
+#: The package that ships it, and the file's path inside that distribution.
+_MATHJAX_DIST = ("sphinx-mathjax-offline", "sphinx-mathjax-offline/static/mathjax/tex-svg.js")
 #: The largest HTML page the build accepts (plotly.js and other assets are shared, not inlined).
 MAX_PAGE_BYTES = 1_500_000
 
@@ -89,6 +97,8 @@ def page_problems(html_dir: Path) -> list[str]:
     problems = []
     if not (Path(html_dir) / "_static" / PLOTLY_JS).is_file():
         problems.append(f"_static/{PLOTLY_JS} is missing")
+    if not (Path(html_dir) / "_static" / MATHJAX_JS).is_file():
+        problems.append(f"_static/{MATHJAX_JS} is missing")
     for page in sorted(Path(html_dir).rglob("*.html")):
         name = page.relative_to(html_dir)
         size = page.stat().st_size
@@ -133,9 +143,8 @@ def _config(profile: str) -> dict[str, Any]:
         "copyright": time.strftime("%Y"),
         "only_build_toc_files": True,
         "execute": {"execute_notebooks": "off"},
-        # No dollarmath / amsmath: nothing needs MathJax (the notebooks write equations in code
-        # blocks or Unicode), so no page loads it.
-        "parse": {"myst_enable_extensions": ["colon_fence"]},
+        # $...$ and $$...$$ maths, typeset by the local MathJax (MATHJAX_JS).
+        "parse": {"myst_enable_extensions": ["colon_fence", "dollarmath", "amsmath"]},
         "html": {"use_multitoc_numbering": False, "home_page_in_navbar": True},
         "launch_buttons": {"thebe": False},
         "latex": {"use_jupyterbook_latex": False},  # HTML only
@@ -159,6 +168,7 @@ def _config(profile: str) -> dict[str, Any]:
                 "html_static_path": ["_static"],
                 "html_js_files": [PLOTLY_JS],  # before the pages' figure scripts run
                 "html_css_files": [landing.CSS_FILE],
+                "mathjax_path": MATHJAX_JS,  # the local copy, never a CDN
                 "html_title": TITLE,  # the profile is said on the first page
                 # Commands stay as typed: no "--out" turned into an en dash, no curly quotes.
                 "smartquotes": False,
@@ -178,15 +188,35 @@ def _toc(runs: Sequence[Run]) -> dict[str, Any]:
     return {
         "format": "jb-book",
         "root": "index",
-        "chapters": [{"file": r.notebook} for r in runs] + [{"file": landing.RECORDS_PAGE}],
+        "chapters": [{"file": r.notebook} for r in landing.learner_order(runs)]
+        + [{"file": landing.RECORDS_PAGE}],
     }
+
+
+def _mathjax_file() -> Path:
+    """The local MathJax file (:data:`MATHJAX_JS`) in its installed package; a clear error
+    naming the fix when the package is missing."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    name, inside = _MATHJAX_DIST
+    try:
+        path = Path(str(distribution(name).locate_file(inside)))
+    except PackageNotFoundError:
+        path = None
+    if path is None or not path.is_file():
+        raise BookError(
+            f"the site's maths needs a local MathJax ({name}); install the book's dependencies "
+            '(pip install -e ".[test]" or make venv)'
+        )
+    return path
 
 
 def _write_source(runs: Sequence[Run], src: Path, profile: str) -> None:
     import yaml
     from plotly.offline import get_plotlyjs
 
-    (src / "_static").mkdir(parents=True)
+    (src / "_static" / "mathjax").mkdir(parents=True)
+    shutil.copyfile(_mathjax_file(), src / "_static" / MATHJAX_JS)
     atomic_write(src / "_static" / PLOTLY_JS, get_plotlyjs().encode("utf-8"))
     atomic_write(src / "_config.yml", yaml.safe_dump(_config(profile)).encode("utf-8"))
     atomic_write(src / "_toc.yml", yaml.safe_dump(_toc(runs), sort_keys=False).encode("utf-8"))
