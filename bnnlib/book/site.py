@@ -164,6 +164,7 @@ def _config(profile: str) -> dict[str, Any]:
                 ],
                 "html_context": {"default_mode": "light"},  # else the theme logs an error
                 "nb_execution_mode": "off",
+                "nb_merge_streams": True,  # a cell's printed lines in one box, not one per epoch
                 "nb_ipywidgets_js": {},  # the widget manager comes from a CDN: none
                 "html_static_path": ["_static"],
                 "html_js_files": [PLOTLY_JS],  # before the pages' figure scripts run
