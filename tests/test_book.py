@@ -398,3 +398,19 @@ def test_tagging_is_idempotent_and_keeps_the_layout(tmp_path):
     tags = [c.metadata.get("tags") for c in nbformat.read(path, as_version=4).cells]
     assert tags == [None, None, ["parameters"], ["hide-input"], ["mine", "hide-input"]]
     assert text == nbformat.writes(nbformat.read(path, as_version=4)) + "\n"
+
+
+def test_search_text_keeps_sections_and_drops_code_and_figures():
+    from bnnlib.book import search
+
+    page = (
+        '<html><body><nav>menu</nav><div role="main"><section id="the-ste"><h1>The STE'
+        '<a class="headerlink">#</a></h1><p>Sign forward, hardtanh backward.</p>'
+        '<script>var x = "http://cdn";</script><div class="plotly-graph-div">fig</div>'
+        "</section></div></body></html>"
+    )
+    text = search.page_text(page)
+    assert text.startswith('<div role="main"><section id="the-ste">')
+    assert "Sign forward, hardtanh backward." in text
+    assert "cdn" not in text and "menu" not in text and "fig" not in text and "#" not in text
+    assert search.page_text("<p>no main</p>") == ""

@@ -12,6 +12,7 @@ run in the browser, must find the straight-through estimator. Every page stays u
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -175,7 +176,9 @@ def test_every_page_is_small_and_offline(site):
     for p in pages:
         text = p.read_text(encoding="utf-8")
         assert "plotly.js v" not in text, p  # plotly.js is in _static, once
-        assert "mathjax" not in text.lower(), p
+        # Maths comes from the site's own MathJax copy, never a CDN.
+        for src in re.findall(r"<script[^>]*src=\"([^\"]*mathjax[^\"]*)\"", text, re.I):
+            assert src.startswith("_static/mathjax/"), (p, src)
 
 
 def test_bookkeeping_cells_are_folded_not_removed(site):
@@ -216,5 +219,11 @@ def test_search_finds_the_straight_through_estimator(site, browser):
         "Array.from(document.querySelectorAll('ul.search li a')).map(a => a.getAttribute('href'))"
     )
     assert any(h.startswith("02_straight_through_estimator.html") for h in hits), hits
+    # Each hit shows an excerpt, from file:// too (bnnlib.book.search answers the page fetch).
+    browser.open(url, "document.querySelectorAll('ul.search li p.context').length > 0")
+    excerpts = browser.evaluate(
+        "Array.from(document.querySelectorAll('ul.search li p.context')).map(p => p.textContent)"
+    )
+    assert any("straight" in e.lower() for e in excerpts), excerpts
     external = [u for u in browser.requests() if not u.startswith(("file:", "data:", "blob:"))]
     assert external == [] and browser.errors() == []

@@ -161,6 +161,7 @@ def _config(profile: str) -> dict[str, Any]:
                     "sphinx_external_toc",
                     "sphinx_design",
                     "sphinx_book_theme",
+                    "bnnlib.book.search",  # search excerpts from file:// (the pages' text)
                 ],
                 "html_context": {"default_mode": "light"},  # else the theme logs an error
                 "nb_execution_mode": "off",
