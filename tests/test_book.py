@@ -136,7 +136,7 @@ def test_summary_has_one_row_per_claim_with_status():
     assert all(paper.claim(k).claim in claims_shown for k in keys)
     by_claim = {r["claim"]: r for r in rows}
     gap = by_claim[paper.claim("shift_bn_no_loss").claim]
-    assert (gap["paper"], gap["ours"], gap["status"]) == ("0.00%", "0.10%", "reduced run")
+    assert (gap["paper"], gap["ours"], gap["status"]) == ('"no loss"', "0.10%", "reduced run")
     assert gap["how measured"] == "notebook 03, CPU"  # a few words; the rest in the notes
     assert "5 epochs" in gap["details"] and gap["machines"] == ["CPU: x"]
     assert gap["section"] == "03_shift_batch_norm"

@@ -124,6 +124,9 @@ def summary_rows(runs: Sequence[Run]) -> list[dict[str, str]]:
             continue
         found = records.get(c.record) if c.record else None
         paper_text = "—" if c.better == "report" else _claim_value(c.paper, c.unit)
+        if c.paper == 0.0 and c.better == "at_most":  # a "no loss" claim: a gap of at most 0
+            paper_text = '"no loss"'
+
         section = next(
             (r.notebook for r in runs if c.record and r.notebook[:2] == c.record[:2]), ""
         )
