@@ -72,10 +72,28 @@ CONFIG = {"displaylogo": False, "responsive": True}
 BOOK_ENV = settings.BOOK_RUN_VAR
 
 
+#: Titles longer than this wrap onto a second line (a page column is ~800 px wide).
+TITLE_CHARS = 70
+
+
+def wrap_title(title: str, width: int = TITLE_CHARS) -> str:
+    """``title`` broken with ``<br>`` at spaces into lines of at most ``width`` characters, so
+    that a long title is not clipped at the figure's edge."""
+    import textwrap
+
+    if not title or "<br>" in title or len(title) <= width:
+        return title
+    return "<br>".join(textwrap.wrap(title, width, break_long_words=False))
+
+
 def _sized(fig: go.Figure) -> go.Figure:
     fig = go.Figure(fig)
     if fig.layout.height is None:
         fig.update_layout(height=HEIGHT)
+    title = fig.layout.title.text
+    if title and wrap_title(title) != title:  # two lines: room for them above the plot
+        top = max(fig.layout.margin.t or 0, 100)
+        fig.update_layout(title_text=wrap_title(title), margin={"t": top})
     return fig
 
 
