@@ -41,6 +41,7 @@ FLAGS = [
     "--host-resolver-rules=MAP * ~NOTFOUND",  # nothing outside this machine resolves
     "--window-size=1200,3000",
     "--remote-debugging-port=0",
+    "--remote-allow-origins=*",  # Chromium >= 111 refuses the DevTools websocket otherwise
     "about:blank",
 ]
 

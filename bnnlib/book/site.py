@@ -217,8 +217,8 @@ def _write_source(runs: Sequence[Run], src: Path, profile: str) -> None:
     import yaml
     from plotly.offline import get_plotlyjs
 
-    (src / "_static" / "mathjax").mkdir(parents=True)
-    shutil.copyfile(_mathjax_file(), src / "_static" / MATHJAX_JS)
+    (src / "_static").mkdir(parents=True)
+    _mathjax_file()  # fails early, naming the fix, when the local MathJax is missing
     atomic_write(src / "_static" / PLOTLY_JS, get_plotlyjs().encode("utf-8"))
     atomic_write(src / "_config.yml", yaml.safe_dump(_config(profile)).encode("utf-8"))
     atomic_write(src / "_toc.yml", yaml.safe_dump(_toc(runs), sort_keys=False).encode("utf-8"))
@@ -274,6 +274,10 @@ def build_site(runs: Sequence[Run], html_dir: Path, profile: str) -> Path:
                 "above. Check the executed notebooks and that jupyter-book is installed "
                 '(pip install -e ".[test]")'
             )
+        # Copied after the build: Jupyter Book loads every .js of the source's _static/ on every
+        # page, and the mathjax extension adds this one (deferred) only to the pages with maths.
+        (built / "_static" / "mathjax").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(_mathjax_file(), built / "_static" / MATHJAX_JS)
         problems = page_problems(built)
         if problems:
             raise BookError("the site would not work offline: " + "; ".join(problems[:5]))
