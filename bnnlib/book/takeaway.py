@@ -88,10 +88,9 @@ def text(*sentences: str) -> str:
     return " ".join([PREFIX, *(s.strip() for s in sentences if s.strip())])
 
 
-def show(*sentences: str) -> str:
-    """Display the take-away paragraph as Markdown in the notebook (and return its text)."""
+def show(*sentences: str) -> None:
+    """Display the take-away paragraph (:func:`text`) as Markdown in the notebook (returning
+    nothing, so that the cell shows the paragraph once)."""
     from IPython.display import Markdown, display
 
-    paragraph = text(*sentences)
-    display(Markdown(paragraph))
-    return paragraph
+    display(Markdown(text(*sentences)))
