@@ -328,6 +328,9 @@ def test_landing_page_colours_each_status_and_says_the_verdict(tmp_path):
     assert f"**{n['measured'] + n['computed']} measured or computed**" in lines[2]
     assert f"{n['not run yet: needs a GPU']} need a GPU" in lines[2]
     assert "@media (max-width: 700px)" in css  # cards on a phone
+    legend = page[page.index('<ul class="bnn-legend">') :]
+    for status in paper.STATUSES:  # the legend shows each status as its badge
+        assert f'bnn-status-{landing.STATUS_KIND[status]}">{status}</span> ' in legend
 
 
 @pytest.mark.parametrize(

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from bnnlib import paper, results
-from bnnlib.book.claims import legend_line, row_details
+from bnnlib.book.claims import row_details
 from bnnlib.book.results import COLUMNS, SUMMARY_COLUMNS, Run, cell_text, summary_rows
 
 __all__ = [
@@ -124,7 +124,8 @@ details.bnn-row { margin: 0.3em 0; padding: 0.3em 0.6em; border-left: 4px solid 
 details.bnn-row[open] { background: #fafafa; }
 details.bnn-row summary { cursor: pointer; }
 details.bnn-row code { white-space: pre-wrap; word-break: break-word; }
-.bnn-legend { font-size: 0.9em; }
+.bnn-legend { font-size: 0.9em; list-style: none; padding-left: 0; }
+.bnn-legend li { margin: 0.2em 0; }
 @media (max-width: 700px) {
   table.bnn-claims thead { display: none; }
   table.bnn-claims tr { display: block; border: 1px solid #ddd; border-radius: 6px;
@@ -403,8 +404,25 @@ def results_page(runs: Sequence[Run], profile: str, built: str = "") -> str:
             f"{html.escape(str(row['claim']))} {_badge(str(row['status']))}</summary>"
             f"<p>{details_html(text, shipped) if text else 'No details.'}</p></details>"
         )
-    lines += ["</div>", "```", "", f'<p class="bnn-legend">{_inline(legend_line())}</p>', ""]
+    lines += [_OPEN_ROW, "</div>", "```", "", "```{raw} html", _legend_html(), "```", ""]
     return "\n".join(lines)
+
+
+#: Following a row's "details" link opens its fold.
+_OPEN_ROW = (
+    "<script>function bnnOpenRow() { const d = document.getElementById("
+    "decodeURIComponent(location.hash.slice(1))); if (d && d.tagName === 'DETAILS') "
+    "d.open = true; } window.addEventListener('hashchange', bnnOpenRow); "
+    "document.addEventListener('DOMContentLoaded', bnnOpenRow);</script>"
+)
+
+
+def _legend_html() -> str:
+    """The status legend: each status as its coloured badge and its meaning."""
+    items = "".join(
+        f"<li>{_badge(s)} {html.escape(paper.STATUS_LEGEND[s])}</li>" for s in paper.STATUSES
+    )
+    return f'<ul class="bnn-legend">{items}</ul>'
 
 
 def _inline(markdown: str) -> str:
