@@ -97,12 +97,15 @@ def test_runner_collects_results_exports_html_and_names_a_failing_cell(tmp_path,
     assert [(e["name"], e["value"], e["paper"]) for e in nb["records"]] == [("answer", 84, 42)]
     assert "| answer | 84 |" in (out / "results.md").read_text()
     index = (out / "html" / "index.html").read_text()
-    assert 'href="01_ok.html"' in index and "answer" in index
+    assert 'href="01_ok.html"' in index
     assert (out / "html" / "01_ok.html").exists() and (out / "01_ok.ipynb").exists()
-    # The site opens with "the paper vs this book"; the per-notebook records are an appendix.
+    # The site opens with "the paper vs this book" and each row's details; the per-notebook
+    # records are on their own page, linked from it.
     article = index[index.index("<article") :]
-    assert article.index("The paper vs this book") < article.index("The notebooks")
-    assert article.index("The notebooks") < article.index("Appendix") < article.index("answer")
+    assert article.index("The paper vs this book") < article.index("Details of each row")
+    assert "answer" not in article and 'href="records.html"' in article
+    records = (out / "html" / "records.html").read_text()
+    assert "answer" in records[records.index("<article") :]
     md = (out / "results.md").read_text()
     assert md.index("## The paper vs this book") < md.index("## Appendix") < md.index("| answer |")
     # One shared, offline plotly.js in _static/; every page loads it by a relative path.
