@@ -365,8 +365,6 @@ def test_a_smart_quoted_command_in_the_site_is_found(tmp_path):
         (tmp_path / "index.html").write_text(f"<p>{bad}</p>")
         problems = book_site.page_problems(tmp_path)
         assert problems and "smart quotes" in problems[0], problems
-    # Sphinx's setting is off in the site's configuration.
-    assert book_site._config("small")["sphinx"]["config"]["smartquotes"] is False
 
 
 def test_the_site_ships_the_committed_run_files_and_links_them():

@@ -206,11 +206,14 @@ def test_reference_line_spans_the_figure_at_the_paper_figure():
         viz.reference_line(viz.go.Figure(), 1.0, "x")
 
 
-def test_long_titles_wrap_instead_of_being_clipped():
+def test_long_titles_wrap_instead_of_being_clipped(monkeypatch):
     title = "Figure 1 on a half-width ConvNet, CIFAR-10 subset (5,085 / 1,017), 50 epochs, two runs"
     assert viz.wrap_title("short") == "short"
     wrapped = viz.wrap_title(title)
     assert wrapped.replace("<br>", " ") == title
     assert all(len(line) <= viz.TITLE_CHARS for line in wrapped.split("<br>"))
-    fig = viz._sized(viz.go.Figure(layout={"title": title}))
-    assert fig.layout.title.text == wrapped and fig.layout.margin.t >= 100
+    shown = []
+    monkeypatch.setattr(viz, "show_figure", shown.append)
+    viz.show(viz.go.Figure(layout={"title": title}))
+    layout = shown[0][viz.PLOTLY_MIME]["layout"]
+    assert layout["title"]["text"] == wrapped and layout["margin"]["t"] >= 100
