@@ -92,10 +92,16 @@ def test_a_cell_far_above_the_paper_is_not_reproduced(tmp_path, monkeypatch):
 
 def test_readme_writer_replaces_only_the_block(tmp_path, capsys):
     readme = tmp_path / "README.md"
-    readme.write_text(f"# x\nbefore\n{claims.README_BEGIN}\nold\n{claims.README_END}\nafter\n")
+    readme.write_text(
+        f"# x\nbefore\n{claims.README_BEGIN}\nSTALE-BLOCK\n{claims.README_END}\nafter\n"
+    )
     assert runner.main(["--readme", str(readme)]) == 0
     text = readme.read_text()
-    assert text.startswith("# x\nbefore\n") and text.endswith("\nafter\n") and "old" not in text
+    assert (
+        text.startswith("# x\nbefore\n")
+        and text.endswith("\nafter\n")
+        and "STALE-BLOCK" not in text
+    )
     assert claims.readme_table() in text
     readme.write_text("no markers\n")
     assert runner.main(["--readme", str(readme)]) == 1

@@ -23,10 +23,11 @@ import nbformat
 import pytest
 
 from bnnlib import data, results
-from bnnlib.book import claims
+from bnnlib.book import claims, takeaway
 from bnnlib.book import notebooks as book_notebooks
 from bnnlib.book import record as rec
 from bnnlib.book import runner as book
+from bnnlib.paper import gap_interval
 
 ROOT = Path(__file__).resolve().parent.parent
 BOOK = ROOT / "book"
@@ -216,6 +217,92 @@ def check_10(r: dict) -> None:
     assert 0.2 < r["draw_fire_fraction_mean"] < 0.8
 
 
+# --- take-aways against the records ------------------------------------------------------------
+
+
+def _gap(r: dict, a: str, b: str):
+    n = r["test_images"]
+    return gap_interval(round(r[a] * n), round(r[b] * n), n)
+
+
+def takeaway_02(r: dict) -> list[str]:
+    gap = _gap(r, "test_error_hardtanh", "test_error_identity")
+    return [
+        f"its test error is {100 * r['test_error_none']:.1f}%, against "
+        f"{100 * r['test_error_hardtanh']:.1f}% and {100 * r['test_error_identity']:.1f}%",
+        f"({100 * r['saturation_first_layer']:.0f}% of the first layer's after batch norm)",
+        takeaway.gap_sentence(gap, "the paper's estimator (hardtanh)", "the identity"),
+    ]
+
+
+def takeaway_03(r: dict) -> list[str]:
+    gap = _gap(r, "test_error_shift_bn", "test_error_standard_bn")
+    return [takeaway.gap_sentence(gap, "Shift-based batch norm", "ordinary batch norm")[:-1]]
+
+
+def takeaway_04(r: dict) -> list[str]:
+    gap = _gap(r, "test_error_shift_adamax", "test_error_adam")
+    variants = _gap(r, "test_error_shift_adamax_torch7", "test_error_shift_adamax")
+    return [
+        takeaway.gap_sentence(gap, "Shift-based AdaMax", "Adam")[:-1],
+        takeaway.gap_sentence(variants, "the Torch7 code's variant", "Algorithm 4 as written"),
+    ]
+
+
+def takeaway_05(r: dict) -> list[str]:
+    cost = takeaway.compare(r["training_cost_final_bnn"], r["training_cost_final_float"],
+                            "the BNN", "its float twin", what="final training cost")  # fmt: skip
+    smaller = r["generalization_gap_bnn"] < r["generalization_gap_float"]
+    return [cost, f"gap is {'smaller' if smaller else 'not smaller'} than the float twin's"]
+
+
+#: Notebooks whose take-away is generated: what it must say, recomputed from the records.
+TAKEAWAYS = {
+    "02_straight_through_estimator": takeaway_02,
+    "03_shift_batch_norm": takeaway_03,
+    "04_shift_adamax": takeaway_04,
+    "05_training": takeaway_05,
+}
+
+
+def takeaway_text(nb) -> str:
+    """The take-away paragraph an executed notebook shows (generated Markdown)."""
+    found = [
+        "".join(o.get("data", {}).get("text/markdown", ""))
+        for c in nb.cells
+        for o in c.get("outputs", [])
+    ]
+    found = [t for t in found if t.startswith(takeaway.PREFIX)]
+    assert len(found) == 1, f"one take-away expected, found {len(found)}"
+    return found[0]
+
+
+def test_a_takeaway_that_disagrees_with_its_record_fails():
+    """The check itself: notebook 04's small run (+2.62 points, interval +1.71 to +3.53) must
+    not read "much as with Adam"."""
+    r = {"test_images": 10_000, "test_error_adam": 0.1102, "test_error_shift_adamax": 0.1364,
+         "test_error_shift_adamax_torch7": 0.1529}  # fmt: skip
+    wrong = nbformat.v4.new_notebook()
+    wrong.cells = [nbformat.v4.new_code_cell("")]
+    wrong.cells[0].outputs = [nbformat.v4.new_output(
+        "display_data", data={"text/markdown": takeaway.text(
+            "Training proceeds much as with Adam.",
+            takeaway.gap_sentence(gap_interval(1102, 1102, 10_000), "Shift-based AdaMax", "Adam"))},
+    )]  # fmt: skip
+    text = takeaway_text(wrong)
+    assert not all(s in text for s in takeaway_04(r))
+
+
+@pytest.mark.parametrize("name", sorted(TAKEAWAYS))
+def test_generated_takeaways_are_not_typed(name):
+    """A take-away that compares numbers is generated (takeaway.show), never typed as Markdown."""
+    cells = _cells(BOOK / f"{name}.ipynb")
+    typed = [c for c in cells if c.cell_type == "markdown" and takeaway.PREFIX in c.source]
+    shown = [c for c in cells if c.cell_type == "code" and "takeaway.show(" in c.source]
+    assert not typed and len(shown) == 1
+    assert "remove-input" in shown[0].metadata.get("tags", [])
+
+
 CHECKS = {
     "01_binarization": check_01,
     "02_straight_through_estimator": check_02,
@@ -323,6 +410,10 @@ def test_notebook_runs_and_records(path, tmp_path, monkeypatch):
     executed = nbformat.read(run.executed, as_version=4)
     errors = [o for c in executed.cells for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
+    if path.stem in TAKEAWAYS:  # the take-away says what the records say
+        text = takeaway_text(executed)
+        for sentence in TAKEAWAYS[path.stem](values):
+            assert sentence in text, (sentence, text)
 
 
 # --- widgets through a real kernel -----------------------------------------------------------

@@ -49,6 +49,13 @@ def test_appends_to_the_file_with_every_field(record_file):
     assert list(record_file.parent.iterdir()) == [record_file]
 
 
+def test_silent_when_writing_to_the_file(record_file, capsys):
+    """The book's run writes to a file: the rendered page shows no "recorded ..." line."""
+    rec.record("a", 0.5, unit="fraction")
+    assert capsys.readouterr().out == ""
+    assert rec.values(record_file) == {"a": 0.5}
+
+
 def test_recording_a_name_again_replaces_it_in_place(record_file):
     for name, value in [("a", 1), ("b", 2), ("a", 3)]:
         rec.record(name, value)

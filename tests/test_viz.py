@@ -159,3 +159,61 @@ def test_fraction_figure_keeps_the_papers_label_inside_the_figure():
     title = fig.layout.title.text
     assert "<br>" in title and max(len(x) for x in title.split("<br>")) <= 80
     assert fig.layout.legend.y < 0  # under the plot: the title keeps its room
+
+
+def test_training_curves_by_run_draw_training_dotted_and_validation_solid():
+    """What notebook 05's text says of its figure: training error dotted, validation solid."""
+    h = [{"epoch": e, "train_error": 0.1, "val_error": 0.2} for e in range(1, 4)]
+    fig = viz.training_curves({"BNN": h, "float twin": h})
+    dash = {t.name: t.line.dash for t in fig.data}
+    assert dash == {
+        "BNN: train error": "dot", "BNN: val error": "solid",
+        "float twin: train error": "dot", "float twin: val error": "solid",
+    }  # fmt: skip
+
+
+def test_table_pads_cells_and_fixes_significant_digits(monkeypatch):
+    shown = []
+    monkeypatch.setattr(viz, "show_figure", shown.append)
+    viz.table([{"run": "results/x_seed1", "seed": 1, "error": 0.30000001192092896}])
+    page, text = shown[0]["text/html"], shown[0]["text/plain"]
+    assert "0.30000001" not in page and ">0.3</td>" in page
+    assert page.count("padding:") == 6  # every header and cell
+    assert text.splitlines() == ["run" + " " * 14 + "seed  error", "results/x_seed1     1    0.3"]
+
+
+def test_source_shows_a_bnnlib_function_read_from_its_file(monkeypatch):
+    import IPython.display
+
+    from bnnlib.nn.optim import clip_binary_weights
+
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", shown.append)
+    viz.source(clip_binary_weights)
+    text = shown[0].data
+    assert "bnnlib/nn/optim.py" in text and "def clip_binary_weights(" in text
+    assert text.count("```") == 2
+
+
+def test_reference_line_spans_the_figure_at_the_paper_figure():
+    h = [{"epoch": e, "val_error": 0.02, "test_error": 0.015} for e in range(1, 101)]
+    fig = viz.reference_line(viz.training_curves({"seed 0": h}, ("val_error", "test_error")), 1.40,
+                             "paper (Torch7): 1.40%")  # fmt: skip
+    line = fig.data[-1]
+    assert list(line.x) == [1, 100] and list(line.y) == [1.40, 1.40]
+    assert line.name == "paper (Torch7): 1.40%"
+    with pytest.raises(ValueError, match="no data"):
+        viz.reference_line(viz.go.Figure(), 1.0, "x")
+
+
+def test_long_titles_wrap_instead_of_being_clipped(monkeypatch):
+    title = "Figure 1 on a half-width ConvNet, CIFAR-10 subset (5,085 / 1,017), 50 epochs, two runs"
+    assert viz.wrap_title("short") == "short"
+    wrapped = viz.wrap_title(title)
+    assert wrapped.replace("<br>", " ") == title
+    assert all(len(line) <= viz.TITLE_CHARS for line in wrapped.split("<br>"))
+    shown = []
+    monkeypatch.setattr(viz, "show_figure", shown.append)
+    viz.show(viz.go.Figure(layout={"title": title}))
+    layout = shown[0][viz.PLOTLY_MIME]["layout"]
+    assert layout["title"]["text"] == wrapped and layout["margin"]["t"] >= 100

@@ -15,8 +15,10 @@ Where the record goes is set by the environment variable ``BNN_RECORD_FILE``:
 * unset (interactive use in JupyterLab): the record is kept in memory
   (:func:`recorded`).
 
-Either way it is printed, so the executed notebook shows it. Recording the same
-name again replaces the earlier entry, so re-running a cell is harmless.
+Interactively (no file) it is also printed, so that the person running the cell sees it; in the
+book's run (a file) it is silent: the rendered page shows the teaching output only, and every
+record is on the site's records page. Recording the same name again replaces the earlier entry,
+so re-running a cell is harmless.
 :func:`read` returns the entries of a file, :func:`values` maps names to values.
 
 The hardware line of a record defaults to :func:`bnnlib.hardware.hardware`.
@@ -105,7 +107,7 @@ def record(
     note: str | None = None,
     status: str | None = None,
 ) -> None:
-    """Record one result of a notebook (and print it).
+    """Record one result of a notebook (printed only when kept in memory, see the module).
 
     ``paper`` is the paper's figure for the same quantity (same unit), ``unit`` e.g.
     ``"fraction"`` or ``"s"``, ``data`` and ``schedule`` say what was run,
@@ -135,8 +137,8 @@ def record(
     if target:
         path = Path(target)
         _write_atomic(path, _upsert(read(path) if path.exists() else [], entry))
-    else:
-        _memory = _upsert(_memory, entry)
+        return  # silent in the book's run: the records page shows it
+    _memory = _upsert(_memory, entry)
     paper_text = f"   (paper: {_format(entry['paper'])})" if paper is not None else ""
     unit_text = f" {unit}" if unit else ""
     print(f"recorded {name} = {_format(entry['value'])}{unit_text}{paper_text}")

@@ -27,7 +27,7 @@ from bnnlib.files import atomic_write
 from bnnlib.hardware import hardware
 from bnnlib.repro import protocol
 
-__all__ = ["Run", "SUMMARY_COLUMNS", "summary_rows", "write_results"]
+__all__ = ["Run", "SUMMARY_COLUMNS", "INTERVAL_SUFFIX", "summary_rows", "write_results"]
 
 
 @dataclass
@@ -56,6 +56,8 @@ def cell_text(v: Any) -> str:
 
 
 SUMMARY_COLUMNS = ("claim", "paper", "ours", "how measured", "status")
+#: A gap's 95% interval ``[low, high]`` is recorded as the gap's record name plus this suffix.
+INTERVAL_SUFFIX = "_interval95"
 
 
 def _claim_value(v: Any, unit: str) -> str:
@@ -128,14 +130,24 @@ def summary_rows(runs: Sequence[Run]) -> list[dict[str, str]]:
             continue
         found = records.get(c.record) if c.record else None
         paper_text = "—" if c.better == "report" else _claim_value(c.paper, c.unit)
+        if c.paper == 0.0 and c.better == "at_most":  # a "no loss" claim: a gap of at most 0
+            paper_text = '"no loss"'
+
         section = next(
             (r.notebook for r in runs if c.record and r.notebook[:2] == c.record[:2]), ""
         )
-        row = {"claim": c.claim, "paper": paper_text, "ours": "—", "how measured": "",
+        row = {"key": c.key, "claim": c.claim, "paper": paper_text, "ours": "—", "how measured": "",
                "status": c.missing, "section": section, "details": "", "machines": []}  # fmt: skip
         if found is not None:
             run, e = found
             row.update(_live_how(run, e), ours=_claim_value(e["value"], c.unit))
+            interval = records.get(f"{c.record}{INTERVAL_SUFFIX}")
+            if interval is not None and c.paper == 0.0:  # a "no loss" gap: its 95% interval
+                low, high = interval[1]["value"]
+                row["ours"] = (
+                    f"{100 * e['value']:+.2f} points (95% interval {100 * low:+.2f} to "
+                    f"{100 * high:+.2f})"
+                )
             row["status"] = e.get("status") or _paper.status(c.key, e["value"], reduced=False)
         rows.append(row)
     return rows

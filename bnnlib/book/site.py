@@ -7,15 +7,21 @@ builds it with Jupyter Book's Sphinx builder, never executing a notebook (myst-n
 ``nb_execution_mode = "off"``). The result has a sidebar, previous/next links and Sphinx's
 full-text search, which works offline.
 
-The results page (:func:`results_page`) opens with "the paper vs this book", each claim linked
-to the notebook that measured it (a row's ``section``), then the records of every notebook.
+The first page is "the paper vs this book" (:func:`bnnlib.book.landing.results_page`: the
+verdict, the full-width table, a fold per row); the records of every notebook are on their own
+page (``records``); the committed runs' ``run.json`` and ``history.json`` and the benchmark files
+are shipped under ``_static/results/`` and linked from the rows. Sphinx's smart quotes are off,
+so a command reads as typed (``--out``, never an en dash).
 Bookkeeping cells carry the tag ``hide-input`` (:mod:`bnnlib.book.tags`): their code is folded
 behind a toggle, their output shows.
 
 Offline: every page loads the one copy of plotly.js in ``_static/`` (:data:`PLOTLY_JS`); the
-widgets' CDN scripts are switched off (their outputs keep the static figure), MyST's dollar math
-is off (no MathJax), and :func:`offline_problems` checks every page: a page that would load
-anything from the network, or weighs more than :data:`MAX_PAGE_BYTES`, fails the build.
+widgets' CDN scripts are switched off (their outputs keep the static figure); the maths (MyST's
+``$...$`` and ``$$...$$``) is typeset by a local copy of MathJax 3 in ``_static/mathjax/``
+(:data:`MATHJAX_JS`, from the ``sphinx-mathjax-offline`` package, SVG output: no fonts to
+fetch), loaded only by pages with maths; and :func:`offline_problems` checks every page: a page
+that would load anything from the network, or weighs more than :data:`MAX_PAGE_BYTES`, fails
+the build.
 """
 
 from __future__ import annotations
@@ -28,25 +34,29 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bnnlib import paper
-from bnnlib.book.claims import legend_line, row_details
+from bnnlib.book import landing
 from bnnlib.book.notebooks import BookError, read_notebook
-from bnnlib.book.results import COLUMNS, SUMMARY_COLUMNS, Run, cell_text, summary_rows
+from bnnlib.book.results import Run
 from bnnlib.files import atomic_write, staging_dir
 
 __all__ = [
     "PLOTLY_JS",
+    "MATHJAX_JS",
     "MAX_PAGE_BYTES",
     "TITLE",
     "build_site",
-    "results_page",
     "offline_problems",
     "page_problems",
+    "smart_quoted_commands",
 ]
 
 TITLE = "Binarized Neural Networks: the book"
 #: The one copy of plotly.js, under the site's ``_static/``; every page loads it.
 PLOTLY_JS = "plotly.min.js"
+#: The local MathJax 3 (TeX in, SVG out: one self-contained file), under ``_static/``.
+MATHJAX_JS = "mathjax/tex-svg.js"
+#: The package that ships it, and the file's path inside that distribution.
+_MATHJAX_DIST = ("sphinx-mathjax-offline", "sphinx-mathjax-offline/static/mathjax/tex-svg.js")
 #: The largest HTML page the build accepts (plotly.js and other assets are shared, not inlined).
 MAX_PAGE_BYTES = 1_500_000
 
@@ -66,93 +76,41 @@ def offline_problems(page: str) -> list[str]:
     return [m.group(0)[:160] for rx in _REMOTE for m in rx.finditer(page)]
 
 
+#: A command whose ``--`` became a dash or whose quotes curled (Sphinx's smart quotes).
+_SMART_COMMAND = re.compile(
+    r"(?:python -m [\w.]+|make \w[\w-]*)[^<\n;]{0,80}?"
+    r"(?:\s[\u2013\u2014]\w|[\u201c\u201d\u2018\u2019])"
+)
+
+
+def smart_quoted_commands(page: str) -> list[str]:
+    """Commands in ``page`` that would break when copied (``--out`` set as ``–out``, curly
+    quotes); empty when none."""
+    return [m.group(0)[:120] for m in _SMART_COMMAND.finditer(page)]
+
+
 def page_problems(html_dir: Path) -> list[str]:
     """What is wrong with the built site in ``html_dir``: a page over :data:`MAX_PAGE_BYTES`, a
-    page loading from the network, plotly.js missing (empty when the site is fine)."""
+    page loading from the network, a command spoilt by smart quotes, plotly.js missing (empty
+    when the site is fine)."""
     problems = []
     if not (Path(html_dir) / "_static" / PLOTLY_JS).is_file():
         problems.append(f"_static/{PLOTLY_JS} is missing")
+    if not (Path(html_dir) / "_static" / MATHJAX_JS).is_file():
+        problems.append(f"_static/{MATHJAX_JS} is missing")
     for page in sorted(Path(html_dir).rglob("*.html")):
         name = page.relative_to(html_dir)
         size = page.stat().st_size
         if size > MAX_PAGE_BYTES:
             problems.append(f"{name} weighs {size:,} bytes (more than {MAX_PAGE_BYTES:,})")
-        remote = offline_problems(page.read_text(encoding="utf-8", errors="replace"))
+        text = page.read_text(encoding="utf-8", errors="replace")
+        remote = offline_problems(text)
         if remote:
             problems.append(f"{name} loads from the network: {remote[:3]}")
+        spoilt = smart_quoted_commands(text)
+        if spoilt:
+            problems.append(f"{name} has commands spoilt by smart quotes: {spoilt[:3]}")
     return problems
-
-
-# --- the results page -------------------------------------------------------------------------
-
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+!|$~&])")
-_STATUS_BADGE = {
-    "reproduced": "success",
-    "better than the paper": "info",
-    "not reproduced": "danger",
-    "reduced run": "warning",
-}
-
-
-def _md(text: Any) -> str:
-    """``text`` as literal Markdown inline text (every special character escaped, one line)."""
-    return _MD_SPECIAL.sub(r"\\\1", str(text)).replace("\n", " ")
-
-
-def _badge(status: str) -> str:
-    kind = _STATUS_BADGE.get(status, "secondary")
-    return f"{{bdg-{kind}}}`{status.replace('`', '')}`"
-
-
-def _summary_cell(row: dict[str, str], column: str, pages: set[str], note: int) -> str:
-    if column == "status":
-        return _badge(row["status"])
-    text = _md(row[column])
-    if column == "claim" and row.get("section") in pages:  # the notebook that measured it
-        text = f"[{text}]({row['section']}.ipynb)"
-    if column == "how measured" and row_details(row):  # the details under the table
-        text += f" [^details-{note}]"
-    return text
-
-
-def results_page(runs: Sequence[Run], profile: str) -> str:
-    """The site's first page (MyST Markdown): "the paper vs this book", each claim linked to the
-    notebook that measured it (its ``section``), the details of a row as its footnote, the
-    status legend, the notebooks, then every record."""
-    pages = {r.notebook for r in runs}
-    rows = summary_rows(runs)
-    lines = ["# The paper vs this book", ""]
-    built = time.strftime("%Y-%m-%d %H:%M")
-    lines += [
-        f"{_md(paper.CITATION)}. Profile `{profile}`, built {built} by `python -m bnnlib.book`.",
-        "A claim links to the notebook that measured it.",
-        "",
-    ]
-    lines += ["| " + " | ".join(SUMMARY_COLUMNS) + " |", "|" + "---|" * len(SUMMARY_COLUMNS)]
-    for note, row in enumerate(rows, start=1):
-        cells = (_summary_cell(row, c, pages, note) for c in SUMMARY_COLUMNS)
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", legend_line(), ""]  # one line, each status once
-    for note, row in enumerate(rows, start=1):
-        if row_details(row):  # its details and machines
-            lines += [f"[^details-{note}]: {_md(row_details(row))}", ""]
-    lines += ["", "## The notebooks", ""]
-    for r in runs:
-        lines.append(f"1. [{_md(r.title or r.notebook)}]({r.notebook}.ipynb) ({r.seconds:.0f} s)")
-    lines += ["", "## Appendix: the records of each notebook", ""]
-    for r in runs:
-        lines += [f"### {_md(r.notebook)}", ""]
-        if r.parameters:
-            params = ", ".join(f"`{k}={v}`" for k, v in r.parameters.items())
-            lines += [f"Parameters: {params}", ""]
-        if not r.records:
-            lines += ["No records.", ""]
-            continue
-        lines += ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-        for e in r.records:
-            lines.append("| " + " | ".join(_md(cell_text(e.get(c))) for c in COLUMNS) + " |")
-        lines.append("")
-    return "\n".join(lines)
 
 
 # --- the Jupyter Book source and its build ----------------------------------------------------
@@ -184,9 +142,8 @@ def _config(profile: str) -> dict[str, Any]:
         "copyright": time.strftime("%Y"),
         "only_build_toc_files": True,
         "execute": {"execute_notebooks": "off"},
-        # No dollarmath / amsmath: nothing needs MathJax (the notebooks write equations in code
-        # blocks or Unicode), so no page loads it.
-        "parse": {"myst_enable_extensions": ["colon_fence"]},
+        # $...$ and $$...$$ maths, typeset by the local MathJax (MATHJAX_JS).
+        "parse": {"myst_enable_extensions": ["colon_fence", "dollarmath", "amsmath"]},
         "html": {"use_multitoc_numbering": False, "home_page_in_navbar": True},
         "launch_buttons": {"thebe": False},
         "latex": {"use_jupyterbook_latex": False},  # HTML only
@@ -203,13 +160,23 @@ def _config(profile: str) -> dict[str, Any]:
                     "sphinx_external_toc",
                     "sphinx_design",
                     "sphinx_book_theme",
+                    "bnnlib.book.search",  # search excerpts from file:// (the pages' text)
                 ],
                 "html_context": {"default_mode": "light"},  # else the theme logs an error
                 "nb_execution_mode": "off",
+                "nb_merge_streams": True,  # a cell's printed lines in one box, not one per epoch
                 "nb_ipywidgets_js": {},  # the widget manager comes from a CDN: none
                 "html_static_path": ["_static"],
                 "html_js_files": [PLOTLY_JS],  # before the pages' figure scripts run
-                "html_title": f"{TITLE} ({profile})",
+                "html_css_files": [landing.CSS_FILE],
+                "mathjax_path": MATHJAX_JS,  # the local copy, never a CDN
+                "html_title": TITLE,  # the profile is said on the first page
+                # Commands stay as typed: no "--out" turned into an en dash, no curly quotes.
+                "smartquotes": False,
+                # The first page is the full-width table: no contents rail beside it.
+                "html_theme_options": {
+                    "secondary_sidebar_items": {"**": ["page-toc"], "index": []},
+                },
                 # Jupyter Book's filter, and plotly's JSON beside each figure's HTML (the HTML
                 # is what the page shows; the JSON stays for JupyterLab in the .ipynb download).
                 "suppress_warnings": ["myst.domains", "mystnb.unknown_mime_type"],
@@ -222,8 +189,27 @@ def _toc(runs: Sequence[Run]) -> dict[str, Any]:
     return {
         "format": "jb-book",
         "root": "index",
-        "chapters": [{"file": r.notebook} for r in runs],
+        "chapters": [{"file": r.notebook} for r in landing.learner_order(runs)]
+        + [{"file": landing.RECORDS_PAGE}],
     }
+
+
+def _mathjax_file() -> Path:
+    """The local MathJax file (:data:`MATHJAX_JS`) in its installed package; a clear error
+    naming the fix when the package is missing."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    name, inside = _MATHJAX_DIST
+    try:
+        path = Path(str(distribution(name).locate_file(inside)))
+    except PackageNotFoundError:
+        path = None
+    if path is None or not path.is_file():
+        raise BookError(
+            f"the site's maths needs a local MathJax ({name}); install the book's dependencies "
+            '(pip install -e ".[test]" or make venv)'
+        )
+    return path
 
 
 def _write_source(runs: Sequence[Run], src: Path, profile: str) -> None:
@@ -231,10 +217,16 @@ def _write_source(runs: Sequence[Run], src: Path, profile: str) -> None:
     from plotly.offline import get_plotlyjs
 
     (src / "_static").mkdir(parents=True)
+    _mathjax_file()  # fails early, naming the fix, when the local MathJax is missing
     atomic_write(src / "_static" / PLOTLY_JS, get_plotlyjs().encode("utf-8"))
     atomic_write(src / "_config.yml", yaml.safe_dump(_config(profile)).encode("utf-8"))
     atomic_write(src / "_toc.yml", yaml.safe_dump(_toc(runs), sort_keys=False).encode("utf-8"))
-    atomic_write(src / "index.md", results_page(runs, profile).encode("utf-8"))
+    atomic_write(src / "_static" / landing.CSS_FILE, landing.CSS.encode("utf-8"))
+    landing.ship_results(src / "_static" / "results")  # run.json, history.json, benchmarks
+    built = time.strftime("%Y-%m-%d %H:%M")
+    atomic_write(src / "index.md", landing.results_page(runs, profile, built).encode("utf-8"))
+    page = src / f"{landing.RECORDS_PAGE}.md"
+    atomic_write(page, landing.records_page(runs).encode("utf-8"))
     for run in runs:
         _static_notebook(run.executed, src / f"{run.notebook}.ipynb")
 
@@ -283,6 +275,10 @@ def build_site(runs: Sequence[Run], html_dir: Path, profile: str) -> Path:
                 "above. Check the executed notebooks and that jupyter-book is installed "
                 '(pip install -e ".[test]")'
             )
+        # Copied after the build: Jupyter Book loads every .js of the source's _static/ on every
+        # page, and the mathjax extension adds this one (deferred) only to the pages with maths.
+        (built / "_static" / "mathjax").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(_mathjax_file(), built / "_static" / MATHJAX_JS)
         problems = page_problems(built)
         if problems:
             raise BookError("the site would not work offline: " + "; ".join(problems[:5]))

@@ -4,11 +4,11 @@
 
     python -m bnnlib.book.tags [--check] [NOTEBOOK ...]   # default: every book/NN_*.ipynb
 
-A code cell is *bookkeeping* (:func:`is_bookkeeping`) when it records results (calls
-``record(...)`` or ``viz.table(...)``) and at least half of its lines are statements doing only
-that: calls to ``record``, ``viz.table``, ``rows.append``, ``print`` and plain builtins
-(``dict``, ``len``, ``round``, ...), assignments and loops made of those. Its code is then folded
-behind a "show" toggle in the site (myst-nb's ``hide-input``); its output stays visible.
+A code cell is *bookkeeping* (:func:`is_bookkeeping`) when it calls ``record(...)``: a *record
+cell*. A notebook splits a cell that teaches and records into a visible teaching cell and a
+record cell after it; the record cell's code is folded behind a "show" toggle in the site
+(myst-nb's ``hide-input``), and :func:`bnnlib.book.record.record` prints nothing in the book's
+run, so the reader sees neither. Other cells may carry the tag by hand (tables of bookkeeping).
 
 The script only adds the tag (idempotent, keeps tags set by hand) and writes a notebook only
 when it changes it, keeping its JSON layout. ``--check`` changes nothing and exits 1 naming the
@@ -31,56 +31,21 @@ from bnnlib.files import atomic_write
 __all__ = ["HIDE_INPUT", "is_bookkeeping", "untagged", "tag_notebook", "main"]
 
 HIDE_INPUT = "hide-input"
-#: Calls a bookkeeping statement may make: recording, tables, printing, plain builtins.
-_NAMES = frozenset(
-    "record dict print len round hardware str float int list sorted zip enumerate range status "
-    "sum min max abs".split()
-)
-#: ``owner.method`` calls it may make (``None``: any owner).
-_METHODS = frozenset(
-    [("viz", "table"), ("rows", "append")]
-    + [(None, m) for m in ("items", "item", "values", "keys", "join")]
-)
-_NOT_BOOKKEEPING = (ast.FunctionDef, ast.ClassDef, ast.Import, ast.ImportFrom, ast.Assert)
-_RECORDING = frozenset([("record", None), ("viz", "table")])
 
 
-def _call_name(call: ast.Call) -> tuple[str | None, str | None] | None:
-    f = call.func
-    if isinstance(f, ast.Name):
-        return f.id, None
-    if isinstance(f, ast.Attribute):
-        return (f.value.id if isinstance(f.value, ast.Name) else None), f.attr
-    return None
-
-
-def _only_bookkeeping(stmt: ast.stmt) -> bool:
-    for node in ast.walk(stmt):
-        if isinstance(node, _NOT_BOOKKEEPING):
-            return False
-        if isinstance(node, ast.Call):
-            name = _call_name(node)
-            if name is None:
-                return False
-            owner, method = name
-            if method is None:
-                if owner not in _NAMES:
-                    return False
-            elif (owner, method) not in _METHODS and (None, method) not in _METHODS:
-                return False
-    return True
+def _calls_record(tree: ast.AST) -> bool:
+    return any(
+        isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "record"
+        for n in ast.walk(tree)
+    )
 
 
 def is_bookkeeping(source: str) -> bool:
-    """Whether a code cell's ``source`` is bookkeeping (see the module docstring)."""
+    """Whether a code cell's ``source`` is a record cell (calls ``record``; module docstring)."""
     try:
-        tree = ast.parse(source)
+        return _calls_record(ast.parse(source))
     except SyntaxError:
         return False
-    records = any(isinstance(n, ast.Call) and _call_name(n) in _RECORDING for n in ast.walk(tree))
-    lines = [s.end_lineno - s.lineno + 1 for s in tree.body]
-    booked = [n for n, s in zip(lines, tree.body, strict=True) if _only_bookkeeping(s)]
-    return records and bool(lines) and 2 * sum(booked) >= sum(lines)
 
 
 def _cells_to_tag(nb: dict) -> list[int]:

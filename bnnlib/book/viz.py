@@ -50,7 +50,11 @@ __all__ = [
     "training_curves",
     "figure1",
     "epoch_axis",
+    "reference_line",
+    "threshold_figure",
     "table",
+    "source",
+    "METRIC_DASH",
     "SignProbe",
     "sign_probes",
     "saturation",
@@ -68,10 +72,28 @@ CONFIG = {"displaylogo": False, "responsive": True}
 BOOK_ENV = settings.BOOK_RUN_VAR
 
 
+#: Titles longer than this wrap onto a second line (a page column is ~800 px wide).
+TITLE_CHARS = 70
+
+
+def wrap_title(title: str, width: int = TITLE_CHARS) -> str:
+    """``title`` broken with ``<br>`` at spaces into lines of at most ``width`` characters, so
+    that a long title is not clipped at the figure's edge."""
+    import textwrap
+
+    if not title or "<br>" in title or len(title) <= width:
+        return title
+    return "<br>".join(textwrap.wrap(title, width, break_long_words=False))
+
+
 def _sized(fig: go.Figure) -> go.Figure:
     fig = go.Figure(fig)
     if fig.layout.height is None:
         fig.update_layout(height=HEIGHT)
+    title = fig.layout.title.text
+    if title and wrap_title(title) != title:  # two lines: room for them above the plot
+        top = max(fig.layout.margin.t or 0, 100)
+        fig.update_layout(title_text=wrap_title(title), margin={"t": top})
     return fig
 
 
@@ -342,6 +364,8 @@ def training_curves(
     A History is a :class:`bnnlib.train.History`, its ``to_dict()``, or a list of
     per-epoch dicts. ``color_by="run"``: each run its colour, each metric its dash style;
     ``"metric"``: each metric (train / val / test) its colour, each run its dash style;
+    by run, the training error is dotted and the validation error solid, as in the paper's
+    Figure 1 (:data:`METRIC_DASH`);
     ``"auto"``: by metric for a single run, else by run. Runs over 30 epochs are drawn as
     lines without markers, so close curves stay apart.
     """
@@ -360,6 +384,9 @@ def training_curves(
                 continue
             x, y = zip(*points, strict=True)
             colour, dash = (j, i) if by_metric else (i, j)
+            style = dashes[dash % len(dashes)]
+            if not by_metric:
+                style = METRIC_DASH.get(metric, style)
             fig.add_trace(
                 go.Scatter(
                     x=x,
@@ -368,7 +395,7 @@ def training_curves(
                     mode="lines+markers" if num_epochs <= 30 else "lines",
                     line={
                         "color": palette[colour % len(palette)],
-                        "dash": dashes[dash % len(dashes)],
+                        "dash": style,
                         "width": 2,
                     },
                 )
@@ -376,6 +403,56 @@ def training_curves(
     fig.update_layout(title=title, xaxis_title="epoch", yaxis_title="error (%)")
     epoch_axis(fig, num_epochs)
     return fig
+
+
+def reference_line(fig: go.Figure, y: float, label: str) -> go.Figure:
+    """A horizontal line at ``y`` across the figure (e.g. the paper's figure, in the figure's
+    units), labelled at its right end and in the legend."""
+    xs = [x for t in fig.data for x in (t.x or ())]
+    if not xs:
+        raise ValueError("reference_line: the figure has no data to span")
+    fig.add_trace(
+        go.Scatter(
+            x=[min(xs), max(xs)], y=[y, y], name=label, mode="lines+text",
+            text=["", label], textposition="top left",
+            line={"color": "#444", "dash": "longdash", "width": 1.5},
+        )
+    )  # fmt: skip
+    return fig
+
+
+def threshold_figure(
+    a: float, mu: float, beta: float, threshold: int, flip: bool, bound: int, *, title: str = ""
+) -> go.Figure:
+    """One hidden unit's batch norm in evaluation, ``y = a (s - mu) + beta``, over the integer
+    pre-activations ``s`` near its integer threshold (of ``-bound .. bound``), with Sign(y): the
+    curve crosses 0 between ``threshold - 1`` and ``threshold``, so Sign(BN(s)) is the integer
+    compare ``s >= threshold`` (``s < threshold`` when ``flip``, a negative ``a``)."""
+    span = max(6, int(abs(1.5 / a)) if a else 6)
+    lo, hi = max(-bound, threshold - span), min(bound, threshold + span)
+    s = np.arange(lo, hi + 1)
+    y = a * (s - mu) + beta
+    bit = np.where(y >= 0, 1.0, -1.0)
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=s, y=y, name="BN(s) = a (s − μ) + β", mode="lines+markers",
+                             line={"color": PALETTE[0]}))  # fmt: skip
+    fig.add_trace(go.Scatter(x=s, y=bit, name="Sign(BN(s))", mode="markers",
+                             marker={"color": PALETTE[1], "symbol": "square"}))  # fmt: skip
+    compare = f"s < {threshold}" if flip else f"s ≥ {threshold}"
+    fig.add_vline(x=threshold - 0.5, line={"dash": "dash", "color": "#444"})
+    fig.add_hline(y=0, line={"color": "#999", "width": 1})
+    fig.add_annotation(x=threshold - 0.5, y=float(max(y.max(), 1)), text=f"+1 iff {compare}",
+                       showarrow=False, xanchor="left", yanchor="bottom")  # fmt: skip
+    fig.update_layout(
+        title=title, xaxis_title="integer pre-activation s (popcount form)",
+        yaxis_title="batch-norm output / bit",
+    )  # fmt: skip
+    return fig
+
+
+#: The dash of each metric when each run has its colour: Figure 1's dotted training and solid
+#: validation curves.
+METRIC_DASH = {"train_error": "dot", "val_error": "solid", "test_error": "dash", "loss": "dot"}
 
 
 def epoch_axis(fig: go.Figure, num_epochs: int, row: int | None = None, col=None) -> go.Figure:
@@ -389,27 +466,89 @@ def epoch_axis(fig: go.Figure, num_epochs: int, row: int | None = None, col=None
     return fig
 
 
-def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> None:
-    """Display rows (dicts) as an HTML table (plain text when no HTML is rendered)."""
+_CELL_STYLE = "padding: 0.25em 0.8em; border-bottom: 1px solid #ddd; text-align: {};"
+
+
+def table_cell(v: Any, digits: int = 4) -> str:
+    """A table cell's text: a float with ``digits`` significant digits (no float noise such as
+    0.30000001192092896), other values as they are."""
+    return f"{v:.{digits}g}" if isinstance(v, float) else str(v)
+
+
+def table(
+    rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None, *, digits: int = 4
+) -> None:
+    """Display rows (dicts) as an HTML table with padded cells, numbers right-aligned, floats
+    to ``digits`` significant digits (plain text, columns aligned, when no HTML is rendered)."""
     columns = list(columns or (rows[0].keys() if rows else []))
+    texts = [[table_cell(r.get(c, ""), digits) for c in columns] for r in rows]
+    numeric = [
+        all(isinstance(r.get(c), (int, float)) and not isinstance(r.get(c), bool) for r in rows)
+        for c in columns
+    ]
 
-    def cell(v: Any) -> str:
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
+    def td(tag: str, text: str, right: bool) -> str:
+        style = _CELL_STYLE.format("right" if right else "left")
+        return f'<{tag} style="{style}">{html.escape(text)}</{tag}>'
 
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    head = "".join(td("th", c, n) for c, n in zip(columns, numeric, strict=True))
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(cell(r.get(c, '')))}</td>" for c in columns) + "</tr>"
-        for r in rows
+        "<tr>" + "".join(td("td", t, n) for t, n in zip(row, numeric, strict=True)) + "</tr>"
+        for row in texts
     )
-    text = "\n".join(
-        [" | ".join(columns)] + [" | ".join(cell(r.get(c, "")) for c in columns) for r in rows]
-    )
+    widths = [max([len(c)] + [len(row[i]) for row in texts]) for i, c in enumerate(columns)]
+    lines = []
+    for line in [columns, *texts]:
+        cells = zip(line, widths, numeric, strict=True)
+        lines.append("  ".join(t.rjust(w) if n else t.ljust(w) for t, w, n in cells).rstrip())
+    text = "\n".join(lines)
     show_figure(
         {
-            "text/html": f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>",
+            "text/html": '<table style="border-collapse: collapse;"><thead><tr>'
+            f"{head}</tr></thead><tbody>{body}</tbody></table>",
             "text/plain": text,
         }
     )
+
+
+def _without_docstrings(code: str) -> str:
+    """``code`` without the docstrings of its functions and classes (the book's text says what
+    they say)."""
+    import ast
+
+    drop: set[int] = set()
+    for node in ast.walk(ast.parse(code)):
+        body = getattr(node, "body", None)
+        if (
+            isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(getattr(body[0], "value", None), ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
+            drop |= set(range(body[0].lineno, body[0].end_lineno + 1))
+    return "\n".join(line for i, line in enumerate(code.splitlines(), 1) if i not in drop)
+
+
+def source(obj: Any, *, docstring: bool = False) -> None:
+    """Show the source code of a bnnlib function, method or class (read with :mod:`inspect`,
+    never copied into the notebook) as a Python code block, with the file it comes from; its
+    docstrings left out unless ``docstring``."""
+    import inspect
+    import textwrap
+    from pathlib import Path
+
+    from IPython.display import Markdown, display
+
+    obj = inspect.unwrap(obj)
+    code = textwrap.dedent(inspect.getsource(obj)).rstrip()
+    if not docstring:
+        code = _without_docstrings(code)
+    path = Path(inspect.getsourcefile(obj) or "?")
+    parts = path.parts
+    where = "/".join(parts[parts.index("bnnlib") :]) if "bnnlib" in parts else path.name
+    name = f"{obj.__module__}.{obj.__qualname__}"
+    display(Markdown(f"`{name}` ({where}):\n\n```python\n{code}\n```"))
 
 
 # --- probes -----------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import torch
 
 from bnnlib.nn.binarize import sign, stochastic_sign
 
-__all__ = ["ste_sign", "identity_ste_sign", "ESTIMATORS"]
+__all__ = ["ste_sign", "identity_ste_sign", "SignHardtanhSTE", "ESTIMATORS"]
 
 ESTIMATORS = ("hardtanh", "identity", "none")
 
@@ -29,7 +29,7 @@ def _binarize(x: torch.Tensor, stochastic: bool, generator: torch.Generator | No
     return stochastic_sign(x, generator) if stochastic else sign(x)
 
 
-class _SignHardtanhSTE(torch.autograd.Function):
+class SignHardtanhSTE(torch.autograd.Function):
     """Sign forward; g * 1{|x| <= 1} backward (paper Eq. 4)."""
 
     @staticmethod
@@ -67,7 +67,7 @@ def ste_sign(
     (g unchanged) or ``"none"`` (the true derivative of Sign: zero).
     """
     if estimator == "hardtanh":
-        return _SignHardtanhSTE.apply(x, stochastic, generator)
+        return SignHardtanhSTE.apply(x, stochastic, generator)
     if estimator == "identity":
         return _SignIdentitySTE.apply(x, stochastic, generator)
     if estimator == "none":
