@@ -5,7 +5,7 @@
 
 :func:`bnnlib.nn.optim.shift_adamax_` is the readable update (paper Algorithm 4 and the Torch7
 variant), written as eleven multi-tensor torch operations. Each reads and writes whole tensors:
-on the Torch7 MNIST preset's 8.6 M latent weights that is about 40 passes over memory a step, and
+on the Torch7 MNIST preset's 10.0 M latent weights that is about 40 passes over memory a step, and
 more time than the forward pass. :func:`adamax_step_` does the same arithmetic element by element
 in one pass (reading theta, g, m, v once, writing theta, m, v once), clipping included, on all
 cores, and gives the same float32 values bit for bit. The operations are the ones torch runs,
