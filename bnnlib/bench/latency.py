@@ -50,7 +50,6 @@ import statistics
 import time
 from collections.abc import Callable
 
-import numpy as np
 import torch
 
 from bnnlib import data
@@ -267,7 +266,9 @@ def bench_latency(
     log("  exactness against the float simulation ...")
     exact = _exactness(net, packed, xt)
     macs = mlp_macs(net)
-    gmacs = {b: {k: macs / v / 1e6 for k, v in r.items() if k != "repeats"} for b, r in rows.items()}
+    gmacs = {
+        b: {k: macs / v / 1e6 for k, v in r.items() if k != "repeats"} for b, r in rows.items()
+    }
     out = {
         "model": model_note,
         "data": data_note,
