@@ -85,7 +85,7 @@ def weight_stream_floor(packed, repeats: int = 2000) -> dict:
     each layer between all threads unless ``fused.parallel`` is False, as it is under
     ``OMP_WAIT_POLICY=PASSIVE``)."""
     f = packed.fused
-    r = bounds.stream_floor([f.first.weight, f.hidden.weights, f.last.weight], repeats)
+    r = bounds.stream_floor([f.first.weight_t, f.hidden.weights, f.last.weight], repeats)
     parallel = (f.parallel is None or f.parallel) and r["threads"] > 1
     same = "all_threads" if parallel else "one_thread"
     return {

@@ -117,7 +117,7 @@ class FusedMLP:
         self._w8t: np.ndarray | None = None
         #: The first layer's arrays; ``int8_rows`` is filled in by the first call that needs it.
         self.first = kfused.FirstLayer(
-            weight=first.weight.numpy(),
+            weight_t=np.ascontiguousarray(first.weight.numpy().T),
             int8_rows=np.zeros((0, 0), np.int8),
             wsum=_i64(first.input.wsum),
             threshold=_i64(first.output.threshold),
@@ -168,7 +168,7 @@ class FusedMLP:
             self._calls.clear()  # bounded: a caller cycling through sizes
         words = math.ceil(max(self.widths) / 64)
         buffers = kfused.Buffers(
-            planes=np.zeros((m, 8, self.first.weight.shape[1]), np.int64),
+            planes=np.zeros((m, 8, self.first.weight_t.shape[0]), np.int64),
             nonzero=np.zeros((m, self.k), np.int64),
             nnz=np.zeros(m, np.int64),
             sumx=np.zeros(m, np.int64),
