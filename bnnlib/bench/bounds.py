@@ -17,13 +17,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 
 import numba
 import numpy as np
 
-from bnnlib.hardware import _cpuinfo_field
 from bnnlib.kernels.xnor import popcount
 
 __all__ = ["stream_floor", "popcount_bound", "clock_hz"]
@@ -106,13 +106,23 @@ def clock_hz(iterations: int = 20_000_000) -> dict:
         _timed(lambda: _dependent_chain(iterations, np.int64(time.perf_counter_ns())))
         for _ in range(5)
     )
-    nominal = _cpuinfo_field("cpu MHz")
+    nominal = _nominal_mhz()
     return {
         "measured_hz": 2 * iterations / best,
         "nominal_mhz": float(nominal) if nominal else None,
         "how": "dependent x = (x ^ c) + (x >> 1) chain, 2 cycles per iteration, thread CPU "
         "time, best of 5",
     }
+
+
+def _nominal_mhz() -> str | None:
+    """The first ``cpu MHz`` of ``/proc/cpuinfo`` (the nominal or current clock; Linux only)."""
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("cpu MHz"):
+                    return line.split(":", 1)[1].strip()
+    return None
 
 
 def _timed(fn) -> float:

@@ -159,7 +159,7 @@ class BaselineMLP:
 
     Weights and activations are float32 ±1 (unpacked once from the packed net), every product
     is :func:`~bnnlib.kernels.baseline_gemm`; batch norm + Sign is the packed net's own integer
-    compare (:class:`~bnnlib.inference.runtime.SignOutput`), applied to the exact integer
+    compare (:class:`~bnnlib.inference.layer.SignOutput`), applied to the exact integer
     pre-activations, so the network is the same and only the kernel differs.
     ``hidden="xnor"`` runs the hidden layers on XNOR-popcount instead (the paper's XNOR run,
     whose first layer stays on the float kernel).
