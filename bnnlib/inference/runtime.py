@@ -68,7 +68,7 @@ __all__ = [
 
 
 #: ``first_layer`` of :meth:`PackedNet.scores` / :meth:`PackedNet.predict`.
-FIRST_LAYER_CHOICES = ("auto", "real", "bitplanes", "int8")
+FIRST_LAYER_CHOICES = ("auto", "real", "bitplanes", "int8", "int8_gemm")
 
 
 # --------------------------------------------------------------------------------------------
@@ -304,8 +304,9 @@ class PackedNet:
         ConvNet in one per layer (:mod:`bnnlib.inference.fused`, CPU only, chunks of
         ``FUSED_CHUNK`` images); ``"auto"`` the fused path where it runs. ``first_layer``:
         ``"real"`` (a float matmul with +/-1 weights, layers path), ``"bitplanes"`` (both
-        paths), ``"int8"`` (int8 rows of the nonzero pixels, fused path) or ``"auto"`` (real on
-        the layers path; per image on the fused path). All give the same integers.
+        paths), ``"int8"`` (int8 rows of the nonzero pixels, fused path), ``"int8_gemm"`` (a
+        dense ``torch._int_mm``, fused MLP path) or ``"auto"`` (real on the layers path; per
+        image on the fused path). All give the same integers.
         """
         batch_size = check_batch_size(batch_size)
         x = self._images(X)
@@ -314,8 +315,8 @@ class PackedNet:
                 return torch.zeros(0, self.num_classes, dtype=torch.float64)
             x = x.cpu().reshape(len(x), -1).numpy()
             return torch.from_numpy(self._fused_scores(x, first_layer, batch_size))
-        if first_layer == "int8":
-            raise ValueError('first_layer="int8" runs on the fused path only (CPU)')
+        if first_layer in ("int8", "int8_gemm"):
+            raise ValueError(f'first_layer="{first_layer}" runs on the fused path only (CPU)')
         ops = backend(device, kernel)
         mode = "real" if first_layer == "auto" else first_layer
         out = [
@@ -342,7 +343,7 @@ class PackedNet:
                     'path="fused" runs MLPs and ConvNets with a Sign after every hidden layer '
                     'on the CPU; use path="layers"'
                 )
-            if first_layer == "real" or (conv and first_layer == "bitplanes"):
+            if first_layer == "real" or (conv and first_layer in ("bitplanes", "int8_gemm")):
                 raise ValueError(
                     f'path="fused" has no {first_layer} first layer for this net: use '
                     'first_layer="auto"'
@@ -350,7 +351,7 @@ class PackedNet:
             return True
         if path == "layers":
             return False
-        modes = ("auto", "bitplanes", "int8") if mlp else ("auto", "int8")
+        modes = ("auto", "bitplanes", "int8", "int8_gemm") if mlp else ("auto", "int8")
         return (mlp or conv) and first_layer in modes
 
     @property

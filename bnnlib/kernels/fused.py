@@ -53,9 +53,13 @@ __all__ = [
     "FIRST_BITPLANES",
     "FIRST_INT8",
     "FIRST_AUTO",
+    "FIRST_GIVEN",
 ]
 
 FIRST_BITPLANES, FIRST_INT8, FIRST_AUTO = 0, 1, 2
+#: ``first_mode``: the first layer's packed output is already in ``acts[0]`` (computed by the
+#: caller, e.g. on a library's int8 gemm); the call runs the other layers.
+FIRST_GIVEN = 3
 
 
 def _compiles_for(feature: str) -> bool:
@@ -398,11 +402,10 @@ def _first_block(x, m, use_int8, planes, nonzero, nnz, sumx, w0, w8t, wsum, thr0
 
 
 @numba.njit(inline="always", **_JIT)
-def _forward(x, first_mode, int8_max_nonzero, planes, nonzero, nnz, sumx, use_int8,
-             w0, w8t, wsum, thr0, dir0, table, w_flat, thr_flat, dir_flat, acts,
-             w_last, k_last, s):  # fmt: skip
-    """The whole MLP: the arguments of :func:`mlp_forward`, its groups' arrays one by one in
-    the order of :attr:`BoundMLP.arrays`."""
+def _first_layer(x, first_mode, int8_max_nonzero, planes, nonzero, nnz, sumx, use_int8,
+                 w0, w8t, wsum, thr0, dir0, acts):  # fmt: skip
+    """The first layer of :func:`_forward` into ``acts[0]``: each image by int8 rows or bit
+    planes, threads over images (large calls) or over each image's neurons (small ones)."""
     M = x.shape[0]
     _prepare_input(x, planes, nonzero, nnz, sumx)
     words = (w0.shape[1] + 63) // 64
@@ -420,6 +423,18 @@ def _forward(x, first_mode, int8_max_nonzero, planes, nonzero, nnz, sumx, use_in
             for b in numba.prange(blocks):
                 _first_block(x, m, use_int8, planes, nonzero, nnz, sumx, w0, w8t, wsum,
                              thr0, dir0, out, b)  # fmt: skip
+
+
+@numba.njit(inline="always", **_JIT)
+def _forward(x, first_mode, int8_max_nonzero, planes, nonzero, nnz, sumx, use_int8,
+             w0, w8t, wsum, thr0, dir0, table, w_flat, thr_flat, dir_flat, acts,
+             w_last, k_last, s):  # fmt: skip
+    """The whole MLP: the arguments of :func:`mlp_forward`, its groups' arrays one by one in
+    the order of :attr:`BoundMLP.arrays`."""
+    M = x.shape[0]
+    if first_mode != FIRST_GIVEN:
+        _first_layer(x, first_mode, int8_max_nonzero, planes, nonzero, nnz, sumx, use_int8,
+                     w0, w8t, wsum, thr0, dir0, acts)  # fmt: skip
     for layer in range(table.shape[0]):
         n, w_in, k = table[layer, 0], table[layer, 1], table[layer, 2]
         w_off, t_off = table[layer, 3], table[layer, 4]
@@ -489,10 +504,12 @@ def mlp_forward(
 ) -> np.ndarray:
     """Run the MLP on uint8 images ``x`` (M, k), on one thread or on all of them; returns
     ``buffers.s``, filled in place. ``first_mode``: :data:`FIRST_BITPLANES`,
-    :data:`FIRST_INT8` or :data:`FIRST_AUTO` (int8 for images with fewer than
-    ``int8_max_nonzero`` nonzero pixels); the arrays are grouped by :class:`FirstLayer`,
-    :class:`HiddenLayers`, :class:`LastLayer` and :class:`Buffers` (integers int64 unless
-    said). For repeated calls on the same arrays bind them once with :class:`BoundMLP`.
+    :data:`FIRST_INT8`, :data:`FIRST_AUTO` (int8 for images with fewer than
+    ``int8_max_nonzero`` nonzero pixels) or :data:`FIRST_GIVEN` (the caller has written the
+    first layer's packed output into ``buffers.acts[0]``); the arrays are grouped by
+    :class:`FirstLayer`, :class:`HiddenLayers`, :class:`LastLayer` and :class:`Buffers`
+    (integers int64 unless said). For repeated calls on the same arrays bind them once with
+    :class:`BoundMLP`.
 
     Validated by the caller (:class:`bnnlib.inference.fused.FusedMLP`): no bounds checks here.
     """
