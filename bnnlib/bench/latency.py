@@ -29,6 +29,8 @@ For the MNIST MLP (784 -> 3 x ``hidden`` -> 10) and each batch size, ms per imag
 * at batch 1, ``float32_training_module``: the BNN module itself in eval mode, which
   re-binarizes its weights on every call (what a training script would time; never a
   baseline);
+* ``packed_int8_gemm``: the fused path with its first layer on ``torch._int_mm`` (oneDNN),
+  the library path PackedNet can take for that layer (not its default);
 * at batch 1, the fused path with each first layer (``packed_bitplanes``, ``packed_int8``) and
   on the calling thread only (``packed_one_thread``; by default its layers are split between
   threads), the figure to set beside the single-threaded floor.
@@ -145,6 +147,9 @@ def _mlp_rows(net, packed, xt, batches, repeats) -> dict:
                 row["float32_training_module"] = per_image(lambda sl: net(xs[sl]))
         row["packed"] = per_image(lambda sl: packed.predict(xt[sl]))
         row["packed_layers"] = per_image(lambda sl: packed.predict(xt[sl], path="layers"))
+        row["packed_int8_gemm"] = per_image(
+            lambda sl: packed.predict(xt[sl], first_layer="int8_gemm")
+        )
         if b == 1:
             row.update(_batch1_variants(packed, xt, per_image))
         rows[str(b)] = {k: round(v, 5) for k, v in row.items()} | {"repeats": reps}
