@@ -125,10 +125,13 @@ def deployed_int8_dynamic(deployed: nn.Module) -> nn.Module:
     """The deployed float32 network with its linear layers dynamically quantized to int8
     (torch's default quantized engine: x86 / fbgemm on this CPU)."""
     import copy
+    import warnings
 
     from torch.ao.quantization import quantize_dynamic
 
-    return quantize_dynamic(copy.deepcopy(deployed), {nn.Linear}, dtype=torch.qint8).eval()
+    with warnings.catch_warnings():  # torch deprecates its quantized tensors, not this path yet
+        warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*", category=UserWarning)
+        return quantize_dynamic(copy.deepcopy(deployed), {nn.Linear}, dtype=torch.qint8).eval()
 
 
 class ExactMLP:
