@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -30,6 +32,11 @@ def test_bench_quick_smoke(tmp_path, monkeypatch):
     assert saved["meta"]["command"].endswith(" ".join(argv))
     for key in ("cpu", "torch", "numba", "date", "device"):
         assert key in saved["meta"]
+    # The commit of the code that measured (issue 28): the checkout's HEAD.
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(bench.__file__).parents[2],
+                          capture_output=True, text=True)  # fmt: skip
+    if head.returncode == 0:
+        assert saved["meta"]["code"]["commit"] == head.stdout.strip()
     g = saved["gemm_cpu"]
     assert "results" in g or "skipped" in g
     m = saved["mnist_mlp_cpu"]
@@ -155,11 +162,16 @@ def test_section4_quick_run_writes_build_bench_only(tmp_path, monkeypatch):
     argv = ["--section4", "--quick", "--sizes", "96", "--hidden", "64"]
     res = bench.main([*argv, "--n-test", "200", "--n-calib", "200"])
     s4 = res["section4_cpu"]
-    assert s4["gemm"][0]["exact"] == {"baseline": True, "xnor": True}
+    # k = 96: every +/-1 sum is within 256, so even the bf16 output is exact
+    assert s4["gemm"][0]["exact"] == {
+        "baseline": True, "xnor": True, "torch_int8": True, "torch_bfloat16": True,
+    }  # fmt: skip
     assert set(s4["gemm"][0]["seconds"]) == {
-        "baseline", "xnor", "xnor_with_packing", "torch_float32",
+        "baseline", "xnor", "xnor_with_packing", "torch_float32", "torch_bfloat16", "torch_int8",
     }  # fmt: skip
     assert s4["mlp"]["all_identical"] and s4["mlp"]["n_images"] == 200
+    assert s4["mlp"]["identical_to_simulation"]["int8_exact"] == 200
+    assert s4["mlp"]["best_deployed"] in s4["mlp"]["seconds"]
     assert list((tmp_path / "results").iterdir()) == []
     assert (tmp_path / "build" / "bench" / "bench_section4_cpu.json").exists()
     with pytest.raises(SystemExit):
@@ -179,3 +191,29 @@ def test_bench_train_times_both_paths_against_the_gemm_floor_of_the_same_layers(
         assert p["step"] > 0 and p["over_floor"] == p["step"] / r["gemm_floor_ms"]
         assert abs(p["epoch_s"] - 10 * p["step"] / 1e3) < 1e-12
     assert "tiny preset" in train_table({"threads": 1, "models": [r]})
+
+
+def test_latency_quick_run_has_every_baseline_the_floor_and_the_bound(tmp_path, monkeypatch):
+    """``--latency``: the bf16 / int8 baselines beside float32, the exact int8 / bf16 BNN equal
+    to the float simulation on every image, the floor on the same threads and on one, the
+    compute bound from a measured clock, the libraries named."""
+    monkeypatch.chdir(tmp_path)
+    argv = ["--latency", "--quick", "--hidden", "64", "--batches", "1", "16", "--no-conv"]
+    lat = bench.main(argv)["latency_cpu"]
+    for b in ("1", "16"):
+        assert set(lat["ms_per_image"][b]) >= {"packed", "float32", "bfloat16", "int8_dynamic",
+                                                "int8_exact", "bfloat16_exact"}  # fmt: skip
+    e = lat["exactness"]
+    assert e["all_identical"] is True
+    assert e["int8_exact_identical_to_simulation"] == e["n_images"]
+    assert e["bfloat16_exact_identical_to_simulation"] == e["n_images"]  # k <= 256: exact
+    f = lat["floor"]
+    assert f["ms"] in (f["all_threads_ms"], f["one_thread_ms"]) and f["bytes"] > 0
+    assert lat["ratios"]["batch1_packed_over_floor"] == pytest.approx(
+        lat["ms_per_image"]["1"]["packed"] / f["ms"], rel=1e-3
+    )
+    cb = lat["compute_bound"]
+    assert 0.3e9 < cb["clock"]["measured_hz"] < 7e9  # a real clock, not a nominal one
+    assert cb["bound_macs_per_s"] > 0 and "batch16_packed_share_of_compute_bound" in lat["ratios"]
+    assert lat["libraries"]["blas"] and lat["libraries"]["cpu_capability"]
+    assert (tmp_path / "build" / "bench" / "bench_latency_cpu.json").exists()

@@ -21,9 +21,11 @@ Sections:
   other load on a shared machine hits both alike; the ratio is the median of the ratios of
   adjacent (BNN, float) steps (the ratio of the two medians is reported too).
 * ``latency_cpu`` -- only with ``--latency``: ms per image of the packed MLP at batch 1 / 100 /
-  10,000 against torch float32 and the time to stream the packed weights once, and the
-  CIFAR-10 ConvNet at batch 1 (:mod:`bnnlib.bench.latency`). Written to
-  ``build/bench/bench_latency_<device>.json`` unless ``--out`` says otherwise.
+  10,000 against torch float32, bf16 and int8 (:mod:`bnnlib.bench.lowp`), the time to stream
+  the packed weights once on the same threads and the machine's compute bound
+  (:mod:`bnnlib.bench.bounds`), and the CIFAR-10 ConvNet at batch 1
+  (:mod:`bnnlib.bench.latency`). Written to ``build/bench/bench_latency_<device>.json``
+  unless ``--out`` says otherwise.
 * ``train_cpu`` -- only with ``--train``: one training step of the Torch7 preset MLP, the
   Theano recipe's MLP and the ConvNet at width 0.5, split into forward / backward / optimizer,
   on the plain and the fast path, against the float32 GEMM floor of the same step timed in the
@@ -31,8 +33,8 @@ Sections:
   unless ``--out`` says otherwise.
 * ``section4_cpu`` -- only with ``--section4``: the CPU counterparts of the paper's three
   Section 4 claims (:mod:`bnnlib.bench.section4`): the baseline kernel, XNOR with and without
-  packing and torch float32 at ``--sizes`` (default 8192^3), and the MNIST MLP on baseline
-  kernels vs XNOR kernels on all test images. Written to
+  packing and torch float32 / bf16 / int8 at ``--sizes`` (default 8192^3), and the MNIST MLP
+  on baseline kernels vs XNOR kernels on all test images. Written to
   ``build/bench/bench_section4_<device>.json`` unless ``--out`` says otherwise.
 * ``gpu`` -- run first, with a CUDA GPU: :func:`bnnlib.bench.kernels.bench_gpu_gemm` (8192^3,
   the XNOR kernels with and without the packing of both operands) and :func:`bench_gpu_mlp`

@@ -15,7 +15,7 @@ from torch import nn
 from bnnlib import data
 from bnnlib.hardware import describe_machine
 
-__all__ = ["machine_info", "calibrate_batchnorm", "deployed_float32", "plain_mlp"]
+__all__ = ["machine_info", "git_commit", "calibrate_batchnorm", "deployed_float32", "plain_mlp"]
 
 
 # --------------------------------------------------------------------------- machine
@@ -50,8 +50,27 @@ def loadavg() -> list[float] | None:
     return None
 
 
+def git_commit() -> dict:
+    """The commit of the code that ran (``git rev-parse HEAD`` in the package's folder) and
+    whether tracked files differed from it; None values outside a git checkout."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out: dict = {"commit": None, "dirty": None}
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+
+        def git(*a: str) -> subprocess.CompletedProcess:
+            return subprocess.run(
+                ["git", "-C", root, *a], capture_output=True, text=True, timeout=20
+            )
+
+        head = git("rev-parse", "HEAD")
+        if head.returncode == 0:
+            out["commit"] = head.stdout.strip()
+            out["dirty"] = bool(git("status", "--porcelain", "--untracked-files=no").stdout.strip())
+    return out
+
+
 def machine_info(argv: list[str] | None = None) -> dict:
-    """Where and how the figures were measured."""
+    """Where and how the figures were measured, and the commit of the code that measured."""
     import numba
     import numpy
 
@@ -64,6 +83,7 @@ def machine_info(argv: list[str] | None = None) -> dict:
         "numpy": numpy.__version__,
         "env": {k: os.environ.get(k) for k in _ENV},
         "load_average_start": loadavg(),
+        "code": git_commit(),
         "command": shlex.join([sys.executable, "-m", "bnnlib.bench", *(argv or [])]),
     }
 

@@ -1,10 +1,12 @@
 """``python -m bnnlib.bench --latency``: packed inference per image at batch 1, 100 and 10,000.
 
 Embedded users judge a BNN runtime by single-image latency. At batch 1 every packed weight is
-read once per image, so the floor is the time to **stream the packed weights once**: measured
-in the same run as the fastest of two numpy reductions over every packed weight array (sum,
-bitwise or; median of repeats after warm-up), on weights that, like the network's, stay in
-the caches between calls.
+read once per image, so the floor is the time to **stream the packed weights once with the
+same threads** (:func:`bnnlib.bench.bounds.stream_floor`: a compiled XOR-reduction over the
+words the fused path reads, on all threads and on one; ``floor["ms"]`` is the one with the
+threads the packed path uses at batch 1). Large batches are set against the machine's
+**compute bound** (:func:`bnnlib.bench.bounds.popcount_bound`: binary MACs per cycle of an
+XOR-popcount loop, the clock measured), as GMAC/s.
 
 For the MNIST MLP (784 -> 3 x ``hidden`` -> 10) and each batch size, ms per image of:
 
@@ -15,18 +17,29 @@ For the MNIST MLP (784 -> 3 x ``hidden`` -> 10) and each batch size, ms per imag
 * ``float32``: the float32 network a user would deploy instead (:func:`deployed_float32`: the
   same shape, fixed float32 weights, Hardtanh, eval mode, under ``torch.inference_mode()``,
   torch's threads, input already scaled); every ratio against float32 uses it;
+* ``bfloat16``, ``int8_dynamic``: the deployed network in bfloat16 and dynamically quantized
+  to int8 (:mod:`bnnlib.bench.lowp`: oneDNN / fbgemm, what a torch user of an AVX512_BF16 /
+  VNNI / AMX CPU deploys; Hardtanh networks, so not the BNN's predictions);
+* ``int8_exact``, ``bfloat16_exact``: the BNN itself on ``torch._int_mm`` (int8 -> int32,
+  exact) and on bf16 matmuls (bf16 output: exact while sums stay within 256, or 512 for even
+  k), with the packed net's integer compares (:class:`bnnlib.bench.lowp.ExactMLP`); their
+  predictions are compared with the float simulation on every image;
 * ``float32_plain_sequential``: a float32 MLP of the same shape written from scratch
   (:func:`plain_mlp`), the cross-check that the baseline is as fast as plain torch;
 * at batch 1, ``float32_training_module``: the BNN module itself in eval mode, which
   re-binarizes its weights on every call (what a training script would time; never a
   baseline);
+* ``packed_int8_gemm``: the fused path with its first layer on ``torch._int_mm`` (oneDNN),
+  the library path PackedNet can take for that layer (not its default);
 * at batch 1, the fused path with each first layer (``packed_bitplanes``, ``packed_int8``) and
   on the calling thread only (``packed_one_thread``; by default its layers are split between
   threads), the figure to set beside the single-threaded floor.
 
 Batch 1 cycles through different test images (one call, one image, timed alone); larger
-batches are timed whole. Ratios (``ratios``) compare figures of this run only. The packed
-predictions at batch 1 and 100 are compared with the float simulation on the whole test set.
+batches are timed whole. Ratios (``ratios``) compare figures of this run only; ``gmac_per_s``
+gives each path's rate at each batch size. The packed predictions at batch 1 and 100 (and the
+``*_exact`` baselines' at the largest batch) are compared with the float simulation on the
+whole test set. ``libraries`` names the BLAS and the oneDNN kernels (and ISA) torch used.
 
 The CIFAR-10 ConvNet (``conv``) gets the same batch-1 figures: ``packed`` (its fused
 convolutions, :mod:`bnnlib.kernels.fused_conv`), ``packed_layers`` and ``float32``, on random
@@ -39,10 +52,10 @@ import statistics
 import time
 from collections.abc import Callable
 
-import numpy as np
 import torch
 
 from bnnlib import data
+from bnnlib.bench import bounds, lowp
 from bnnlib.bench.common import (
     calibrate_batchnorm,
     deployed_float32,
@@ -52,7 +65,7 @@ from bnnlib.bench.common import (
 )
 from bnnlib.bench.mlp import export_and_load
 
-__all__ = ["bench_latency", "conv_batch1", "weight_stream_floor"]
+__all__ = ["bench_latency", "conv_batch1", "weight_stream_floor", "mlp_macs"]
 
 
 def _median_ms(fn: Callable[[int], object], repeats: int, warmup: int) -> float:
@@ -68,22 +81,53 @@ def _median_ms(fn: Callable[[int], object], repeats: int, warmup: int) -> float:
 
 
 def weight_stream_floor(packed, repeats: int = 2000) -> dict:
-    """ms to read every packed weight of ``packed`` once (the batch-1 floor), and the bytes."""
-    arrays = [lay.weight.numpy() for lay in packed.layers]
-    nbytes = sum(a.nbytes for a in arrays)
-    ways = {
-        "sum": lambda _i: [np.add.reduce(a, axis=None) for a in arrays],
-        "bitwise_or": lambda _i: [np.bitwise_or.reduce(a, axis=None) for a in arrays],
+    """ms to read the words the fused path reads (all its packed weights) once, on all
+    threads and on one (:func:`bnnlib.bench.bounds.stream_floor`). ``ms`` is the figure
+    for the threads the packed path takes at batch 1 (``threads``: its fused path splits
+    each layer between all threads unless ``fused.parallel`` is False, as it is under
+    ``OMP_WAIT_POLICY=PASSIVE``)."""
+    f = packed.fused
+    r = bounds.stream_floor([f.first.weight_t, f.hidden.weights, f.last.weight], repeats)
+    parallel = (f.parallel is None or f.parallel) and r["threads"] > 1
+    same = "all_threads" if parallel else "one_thread"
+    return {
+        "ms": r["ms"][same],
+        "threads": r["threads"] if parallel else 1,
+        "bytes": r["bytes"],
+        "GB_per_s": r["GB_per_s"][same],
+        "all_threads_ms": r["ms"]["all_threads"],
+        "one_thread_ms": r["ms"]["one_thread"],
+        "numba_threads": r["threads"],
+        "how": r["how"],
     }
-    ms = {k: _median_ms(f, repeats, repeats // 10) for k, f in ways.items()}
-    best = min(ms.values())
-    return {"ms": best, "bytes": nbytes, "GB_per_s": nbytes / best / 1e6, "by_reduction_ms": ms}
+
+
+def mlp_macs(net) -> int:
+    """Multiply-accumulates per image of an MLP's linear layers."""
+    return sum(m.in_features * m.out_features for m in net.modules() if hasattr(m, "in_features"))
+
+
+def _baselines(net, packed, xs) -> dict[str, Callable]:
+    """The float32, bf16 and int8 networks of the module docstring, each a function of a
+    slice of the scaled images ``xs`` (or, for the exact ones, of the uint8 images)."""
+    deployed, plain = deployed_float32(net), plain_mlp(xs[0].numel(), *_shape(net))
+    bf16, q8 = lowp.deployed_bfloat16(deployed), lowp.deployed_int8_dynamic(deployed)
+    xb = xs.to(torch.bfloat16)
+    exact8, exact16 = lowp.ExactMLP(packed, torch.int8), lowp.ExactMLP(packed, torch.bfloat16)
+    return {
+        "float32": lambda sl, _xt: deployed(xs[sl]),
+        "float32_plain_sequential": lambda sl, _xt: plain(xs[sl]),
+        "bfloat16": lambda sl, _xt: bf16(xb[sl]),
+        "int8_dynamic": lambda sl, _xt: q8(xs[sl]),
+        "int8_exact": lambda sl, xt: exact8.scores(xt[sl]),
+        "bfloat16_exact": lambda sl, xt: exact16.scores(xt[sl]),
+    }
 
 
 def _mlp_rows(net, packed, xt, batches, repeats) -> dict:
     """ms per image of every path at every batch size (module docstring)."""
     xs = data.scale(xt)
-    deployed, plain = deployed_float32(net), plain_mlp(xs[0].numel(), *_shape(net))
+    base = _baselines(net, packed, xs)
     rows = {}
     for b in batches:
         n_batches = len(xt) // b
@@ -94,24 +138,33 @@ def _mlp_rows(net, packed, xt, batches, repeats) -> dict:
             return _median_ms(lambda i: call(slice((i % n) * b, (i % n + 1) * b)), reps,
                               max(1, reps // 10)) / b  # fmt: skip
 
+        row = {}
         with torch.inference_mode():
-            row = {"float32": per_image(lambda sl: deployed(xs[sl]))}
-            row["float32_plain_sequential"] = per_image(lambda sl: plain(xs[sl]))
+            for name, fn in base.items():
+                row[name] = per_image(lambda sl, fn=fn: fn(sl, xt))
         if b == 1:
             with torch.no_grad():  # the BNN module itself: binarizes every weight on each call
                 row["float32_training_module"] = per_image(lambda sl: net(xs[sl]))
         row["packed"] = per_image(lambda sl: packed.predict(xt[sl]))
         row["packed_layers"] = per_image(lambda sl: packed.predict(xt[sl], path="layers"))
+        row["packed_int8_gemm"] = per_image(
+            lambda sl: packed.predict(xt[sl], first_layer="int8_gemm")
+        )
         if b == 1:
-            for mode in ("bitplanes", "int8"):
-                row[f"packed_{mode}"] = per_image(
-                    lambda sl, m=mode: packed.predict(xt[sl], first_layer=m)
-                )
-            default, packed.fused.parallel = packed.fused.parallel, False  # one thread
-            row["packed_one_thread"] = per_image(lambda sl: packed.predict(xt[sl]))
-            packed.fused.parallel = default
+            row.update(_batch1_variants(packed, xt, per_image))
         rows[str(b)] = {k: round(v, 5) for k, v in row.items()} | {"repeats": reps}
     return rows
+
+
+def _batch1_variants(packed, xt, per_image) -> dict[str, float]:
+    """Batch 1: the fused path with each first layer, and on the calling thread only."""
+    row = {}
+    for mode in ("bitplanes", "int8"):
+        row[f"packed_{mode}"] = per_image(lambda sl, m=mode: packed.predict(xt[sl], first_layer=m))
+    default, packed.fused.parallel = packed.fused.parallel, False  # one thread
+    row["packed_one_thread"] = per_image(lambda sl: packed.predict(xt[sl]))
+    packed.fused.parallel = default
+    return row
 
 
 def _shape(net) -> tuple[int, int, int]:
@@ -121,30 +174,42 @@ def _shape(net) -> tuple[int, int, int]:
 
 
 def _exactness(net, packed, xt) -> dict:
+    """Predictions compared with the float simulation on every image: the packed path at
+    batch 1 and 100, the exact int8 / bf16 baselines on all images at once."""
     from bnnlib.inference import simulate
 
     sim = simulate(net, xt)
     one = torch.cat([packed.predict(xt[i : i + 1]) for i in range(len(xt))])
     hundred = packed.predict(xt, batch_size=100, path="fused")
+    lowp_preds = {
+        "int8_exact": lowp.ExactMLP(packed, torch.int8).predict(xt),
+        "bfloat16_exact": lowp.ExactMLP(packed, torch.bfloat16).predict(xt),
+    }
     return {
         "n_images": len(xt),
         "batch1_identical_to_simulation": int((one == sim).sum()),
         "batch100_identical_to_simulation": int((hundred == sim).sum()),
         "all_identical": bool(torch.equal(one, sim) and torch.equal(hundred, sim)),
+        **{f"{k}_identical_to_simulation": int((p == sim).sum()) for k, p in lowp_preds.items()},
     }
 
 
 def conv_batch1(net, packed, xt: torch.Tensor, repeats: int) -> dict[str, float]:
     """Batch-1 ms of a ConvNet: ``packed`` (:meth:`PackedNet.predict`, its fused path),
-    ``packed_layers`` (a layer at a time) and ``float32`` (the deployed float32 network of the
-    same shape, :func:`deployed_float32` of ``net``, under ``inference_mode``), each the median
+    ``packed_layers`` (a layer at a time), ``float32`` (the deployed float32 network of the
+    same shape, :func:`deployed_float32` of ``net``, under ``inference_mode``) and
+    ``bfloat16`` (that network in bf16, oneDNN; torch's dynamic int8 quantization leaves
+    convolutions in float, so there is no int8 ConvNet baseline here), each the median
     of ``repeats`` single-image calls after warm-up, cycling through the uint8 images ``xt``."""
     xs, n = data.scale(xt), len(xt)
     deployed = deployed_float32(net)
+    bf16, xb = lowp.deployed_bfloat16(deployed), xs.to(torch.bfloat16)
     with torch.inference_mode():
         f32 = _median_ms(lambda i: deployed(xs[i % n : i % n + 1]), repeats, 2)
+        b16 = _median_ms(lambda i: bf16(xb[i % n : i % n + 1]), repeats, 2)
     return {
         "float32": f32,
+        "bfloat16": b16,
         "packed": _median_ms(lambda i: packed.predict(xt[i % n : i % n + 1]), repeats, 2),
         "packed_layers": _median_ms(
             lambda i: packed.predict(xt[i % n : i % n + 1], path="layers"), repeats, 2
@@ -171,6 +236,7 @@ def _conv_rows(repeats: int, log) -> dict:
         "packed_weight_bytes": packed.nbytes,
         "batch1_ms": {k: round(v, 4) for k, v in row.items()},
         "speedup_packed_over_float32": row["float32"] / row["packed"],
+        "speedup_packed_over_bfloat16": row["bfloat16"] / row["packed"],
         "speedup_packed_over_layers": row["packed_layers"] / row["packed"],
         "batch1_identical_to_layers_path_64_images": same,
         "repeats": reps,
@@ -197,34 +263,59 @@ def bench_latency(
     net, model_note = mlp_model(hidden, batchnorm, model_path, xcal)
     packed, _ = export_and_load(net, inference)
     log(f"  model: {model_note}\n  data: {data_note}")
-    log("  weight-streaming floor ...")
+    log("  weight-streaming floor and compute bound ...")
     floor = weight_stream_floor(packed, repeats * 400)
+    bound = bounds.popcount_bound()
     log(f"  batches {list(batches)} ...")
     rows = _mlp_rows(net, packed, xt, batches, repeats)
     log("  exactness against the float simulation ...")
     exact = _exactness(net, packed, xt)
-    b1, big = rows["1"], rows[str(max(batches))]
+    macs = mlp_macs(net)
+    gmacs = {
+        b: {k: macs / v / 1e6 for k, v in r.items() if k != "repeats"} for b, r in rows.items()
+    }
     out = {
         "model": model_note,
         "data": data_note,
         "threads": {"torch": torch.get_num_threads(), "numba": _numba_threads()},
         "codegen": _codegen(),
+        "libraries": lowp.blas_info(),
         "floor": floor,
+        "compute_bound": bound,
+        "macs_per_image": macs,
         "ms_per_image": rows,
-        "ratios": {
-            "batch1_packed_over_floor": b1["packed"] / floor["ms"],
-            "batch1_float32_over_packed": b1["float32"] / b1["packed"],
-            "batch1_float32_over_plain_sequential": b1["float32"] / b1["float32_plain_sequential"],
-            "batch1_layers_over_packed": b1["packed_layers"] / b1["packed"],
-            "batch1_one_thread_over_floor": b1["packed_one_thread"] / floor["ms"],
-            f"batch{max(batches)}_float32_over_packed": big["float32"] / big["packed"],
-            f"batch{max(batches)}_layers_over_packed": big["packed_layers"] / big["packed"],
-        },
+        "gmac_per_s": gmacs,
+        "ratios": _ratios(rows, floor, bound, gmacs, max(batches)),
+        "best_baseline_at_largest_batch": min(BASELINES, key=lambda k: rows[str(max(batches))][k]),
         "exactness": exact,
     }
     if conv:
         out["conv"] = _conv_rows(repeats, log)
     return out
+
+
+#: The baselines a packed figure is compared with at large batches (module docstring).
+BASELINES = ("float32", "bfloat16", "int8_dynamic", "int8_exact", "bfloat16_exact")
+
+
+def _ratios(rows: dict, floor: dict, bound: dict, gmacs: dict, big: int) -> dict[str, float]:
+    """The ratios of the figures of one run (module docstring)."""
+    b1, bb = rows["1"], rows[str(big)]
+    best = min(BASELINES, key=lambda k: bb[k])
+    return {
+        "batch1_packed_over_floor": b1["packed"] / floor["ms"],
+        "batch1_packed_over_floor_all_threads": b1["packed"] / floor["all_threads_ms"],
+        "batch1_one_thread_over_floor_one_thread": b1["packed_one_thread"] / floor["one_thread_ms"],
+        "batch1_float32_over_packed": b1["float32"] / b1["packed"],
+        "batch1_best_baseline_over_packed": min(b1[k] for k in BASELINES) / b1["packed"],
+        "batch1_float32_over_plain_sequential": b1["float32"] / b1["float32_plain_sequential"],
+        "batch1_layers_over_packed": b1["packed_layers"] / b1["packed"],
+        **{f"batch{big}_{k}_over_packed": bb[k] / bb["packed"] for k in BASELINES},
+        f"batch{big}_best_baseline_over_packed": bb[best] / bb["packed"],
+        f"batch{big}_layers_over_packed": bb["packed_layers"] / bb["packed"],
+        f"batch{big}_packed_share_of_compute_bound": 1e9 * gmacs[str(big)]["packed"]
+        / bound["bound_macs_per_s"],
+    }  # fmt: skip
 
 
 def _numba_threads() -> int:

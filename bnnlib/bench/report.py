@@ -26,19 +26,29 @@ def section4_table(res: dict) -> str:
     lines = ["", "=" * 72, "bnnlib.bench --section4 " + res["meta"]["date"], "=" * 72]
     if s4.get("gemm"):
         lines.append("GEMM, M = N = K = n: ms (GMAC/s); ratios measured in this run")
-        names = ("baseline", "xnor", "xnor_with_packing", "torch_float32")
-        lines.append("      n " + "".join(f"{k:>22}" for k in names) + "   exact")
         for g in s4["gemm"]:
-            cells = "".join(
-                f"{1e3 * g['seconds'][k]:>12.1f} ({g['macs_per_s'][k] / 1e9:6.1f})" for k in names
-            )
-            lines.append(f"  {g['n']:5d} {cells}   {g['exact']}")
+            lines.append(f"  n = {g['n']}: {'kernel':<20} {'ms':>10} {'GMAC/s':>8}  exact")
+            for k, t in g["seconds"].items():
+                ex = g["exact"].get(k, "")
+                lines.append(
+                    f"  {'':8}{k:<20} {1e3 * t:10.1f} {g['macs_per_s'][k] / 1e9:8.1f}  {ex}"
+                )
             r = g["ratios"]
             lines.append(
-                f"         XNOR / baseline {r['xnor_over_baseline']:.1f}x (paper, GPU: 23x); "
-                f"XNOR / torch float32 {r['xnor_over_torch_float32']:.2f}x (paper: 3.4x cuBLAS); "
-                f"with packing {r['xnor_with_packing_over_torch_float32']:.2f}x"
+                f"  XNOR with packing / baseline {r['xnor_with_packing_over_baseline']:.1f}x "
+                f"(like for like with the paper's 23x, GPU: its code packs both operands); "
+                f"pre-packed {r['xnor_over_baseline']:.1f}x"
             )
+            lines.append(
+                f"  XNOR / torch float32 {r['xnor_over_torch_float32']:.2f}x (paper: 3.4x cuBLAS); "
+                f"/ the best of torch float32, bf16, int8: {r.get('xnor_over_best_torch', 0):.2f}x"
+            )
+            if "libraries" in g:
+                lib = g["libraries"]
+                lines.append(
+                    f"  torch: BLAS {lib['blas']} {lib['mkl']}, oneDNN {lib['onednn']} "
+                    f"{lib['onednn_kernels']}, capability {lib['cpu_capability']}"
+                )
     m = s4.get("mlp")
     if m:
         lines.append(f"MNIST MLP 784-{m['hidden']}x3-10, {m['n_images']:,} images at once:")
@@ -108,20 +118,32 @@ def _latency_lines(lat: dict | None) -> list[str]:
     lines = [
         f"Latency, MNIST MLP, CPU, ms per image ({lat['model'].split(';')[0]}):",
         f"  weight-streaming floor {f['ms']:.4f} ms ({f['bytes']:,} B, {f['GB_per_s']:.1f} GB/s)",
-        "   batch    packed  packed(layers)   float32",
     ]
-    for b, row in lat["ms_per_image"].items():
+    if "all_threads_ms" in f:
+        lines.append(f"    ({f['threads']} thread(s), as the packed path at batch 1; all "
+                     f"{f['numba_threads']} threads {f['all_threads_ms']:.4f} ms, one thread "
+                     f"{f['one_thread_ms']:.4f} ms)")  # fmt: skip
+    cb = lat.get("compute_bound")
+    if cb:
         lines.append(
-            f"  {b:>6s}  {row['packed']:8.4f}  {row['packed_layers']:14.4f}  {row['float32']:8.4f}"
+            f"  compute bound {cb['bound_macs_per_s'] / 1e9:.0f} GMAC/s: "
+            f"{cb['macs_per_cycle_per_core']:.0f} binary MACs/cycle/core (XOR-popcount loop) x "
+            f"{cb['clock']['measured_hz'] / 1e9:.2f} GHz measured x {cb['threads']} threads"
         )
+    names = [k for k in next(iter(lat["ms_per_image"].values())) if k != "repeats"]
+    names = [k for k in names if not k.startswith(("packed_", "float32_"))]
+    lines.append("   batch" + "".join(f"{k:>15}" for k in names))
+    for b, row in lat["ms_per_image"].items():
+        lines.append(f"  {b:>6s}" + "".join(f"{row.get(k, float('nan')):15.4f}" for k in names))
     lines += [f"  {k}: {v:.2f}" for k, v in r.items()]
+    if "libraries" in lat:
+        lines.append(f"  torch libraries: {lat['libraries']}")
     e = lat["exactness"]
     lines.append(f"  identical to the simulation, all {e['n_images']} images: {e['all_identical']}")
     if "conv" in lat:
         c = lat["conv"]["batch1_ms"]
         lines.append(
-            f"CIFAR-10 ConvNet, batch 1, ms: packed {c['packed']:.3f}, layers path "
-            f"{c['packed_layers']:.3f}, float32 {c['float32']:.3f}"
+            "CIFAR-10 ConvNet, batch 1, ms: " + ", ".join(f"{k} {v:.3f}" for k, v in c.items())
         )
     return lines
 

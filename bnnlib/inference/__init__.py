@@ -19,8 +19,12 @@ One module per job:
   :func:`load` (:class:`PackedModelError` for a bad file: corrupted, or a header whose shapes
   disagree with each other, the tensors or the limits of
   :func:`~bnnlib.inference.runtime.check_header`);
-* :mod:`~bnnlib.inference.runtime`: :class:`PackedNet` and its back ends, one interface
-  (:class:`Backend`) implemented by :class:`CpuBackend` (numba) and :class:`CudaBackend`;
+* :mod:`~bnnlib.inference.runtime`: :class:`PackedNet`, loading and checking its layers,
+  running them;
+* :mod:`~bnnlib.inference.layer`: a loaded layer (:class:`PackedLayer`) and the typed parts
+  of its input and output sides;
+* :mod:`~bnnlib.inference.backend`: its back ends, one interface (:class:`Backend`)
+  implemented by :class:`CpuBackend` (numba) and :class:`CudaBackend`;
 * :mod:`~bnnlib.inference.fused`: the small-batch CPU path :class:`PackedNet` takes by itself
   (a whole MLP in one compiled call; direct packed convolutions for ConvNets);
 * :mod:`~bnnlib.inference.simulate`: the float simulation, the exact reference;
@@ -29,11 +33,12 @@ One module per job:
 """
 
 from bnnlib.data.loaders import to_uint8
+from bnnlib.inference.backend import Backend, CpuBackend, CudaBackend, backend
 from bnnlib.inference.cli import main
 from bnnlib.inference.fold import Affine, fold_batchnorm, integer_thresholds, kernel_thresholds
 from bnnlib.inference.format import FORMAT, FORMAT_VERSION, PackedModelError, export, load
 from bnnlib.inference.graph import INPUT_SCALING
-from bnnlib.inference.runtime import Backend, CpuBackend, CudaBackend, PackedNet, backend
+from bnnlib.inference.runtime import PackedNet
 from bnnlib.inference.simulate import float32_nbytes, simulate, simulate_scores
 from bnnlib.inference.spec import Conv2dSpec, LayerSpec, LinearSpec
 

@@ -22,8 +22,9 @@ from pathlib import Path
 
 from bnnlib import data
 from bnnlib.hardware import hardware
+from bnnlib.inference.backend import backend
 from bnnlib.inference.format import load
-from bnnlib.inference.runtime import PackedNet, backend
+from bnnlib.inference.runtime import PackedNet
 
 __all__ = ["main", "evaluate"]
 

@@ -12,6 +12,11 @@ at most :data:`FUSED_CHUNK` images, split between threads from :data:`PARALLEL_M
 images on. The first layer's product is chosen per image
 (``first_layer="auto"``): int8 rows of the nonzero pixels when fewer than
 :data:`INT8_MAX_NONZERO_FRACTION` of the pixels are nonzero, else bit planes. Both are exact.
+``first_layer="int8_gemm"`` runs the first layer as a dense int8 gemm in torch
+(``torch._int_mm``, oneDNN: VNNI or AMX where the CPU has them) on ``x - 128`` (pixels do not fit
+int8) and adds ``128 sum(W_b)`` back, exact in int32, then the other layers fused. Not the
+default: on the AVX-512 EPYC (Zen 4, no AMX) it is no faster than the bit planes (``bench
+--latency`` times it as ``packed_int8_gemm``); on a CPU with AMX int8 it may be.
 
 :class:`FusedConvNet` does the same for a ConvNet whose first layer is an 8-bit convolution:
 direct packed convolutions on NHWC words (no im2col), pooling, threshold and packing in one
@@ -66,6 +71,7 @@ FIRST_LAYER_MODES = {
     "bitplanes": kfused.FIRST_BITPLANES,
     "int8": kfused.FIRST_INT8,
     "auto": kfused.FIRST_AUTO,
+    "int8_gemm": kfused.FIRST_GIVEN,
 }
 
 
@@ -117,7 +123,7 @@ class FusedMLP:
         self._w8t: np.ndarray | None = None
         #: The first layer's arrays; ``int8_rows`` is filled in by the first call that needs it.
         self.first = kfused.FirstLayer(
-            weight=first.weight.numpy(),
+            weight_t=np.ascontiguousarray(first.weight.numpy().T),
             int8_rows=np.zeros((0, 0), np.int8),
             wsum=_i64(first.input.wsum),
             threshold=_i64(first.output.threshold),
@@ -168,7 +174,7 @@ class FusedMLP:
             self._calls.clear()  # bounded: a caller cycling through sizes
         words = math.ceil(max(self.widths) / 64)
         buffers = kfused.Buffers(
-            planes=np.zeros((m, 8, self.first.weight.shape[1]), np.int64),
+            planes=np.zeros((m, 8, self.first.weight_t.shape[0]), np.int64),
             nonzero=np.zeros((m, self.k), np.int64),
             nnz=np.zeros(m, np.int64),
             sumx=np.zeros(m, np.int64),
@@ -197,8 +203,24 @@ class FusedMLP:
             if self._w8t is None and mode != kfused.FIRST_BITPLANES:
                 self._make_int8_rows()
             call = self._calls.get(m) or self._new_call(m)
+            if mode == kfused.FIRST_GIVEN:
+                self._first_by_int8_gemm(x, call.buffers.acts)
             call.run(parallel, x, mode, max_nonzero)
             return call.buffers.s.copy()  # the buffer is reused by the next call
+
+    def _first_by_int8_gemm(self, x: np.ndarray, acts: np.ndarray) -> None:
+        """The first layer's packed output into ``acts[0]`` by ``torch._int_mm``: W_b . x =
+        W_b . (x - 128) + 128 sum(W_b), so t = 2 W_b . x - 255 sum(W_b) = 2 W_b . (x - 128)
+        + sum(W_b) (int32: |t| <= 511 k), then the integer compare of Sign(BN), packed."""
+        from bnnlib import kernels
+
+        x8 = (torch.from_numpy(x).to(torch.int16) - 128).to(torch.int8)
+        dot = torch._int_mm(x8, torch.from_numpy(self._w8t))
+        wsum = torch.from_numpy(self.first.wsum)
+        t = 2 * dot.to(torch.int64) + wsum
+        thr, d = torch.from_numpy(self.first.threshold), torch.from_numpy(self.first.direction)
+        words = kernels.threshold_pack(t, thr, d).numpy()
+        acts[0, : words.size] = words.reshape(-1)
 
     def scores(self, x: np.ndarray, first_layer: str = "auto") -> np.ndarray:
         """float64 scores a * (s - mu) + beta (M, classes): the simulation's rounding."""

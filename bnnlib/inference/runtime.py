@@ -30,7 +30,8 @@ position, channels padded to whole words). Two corrections keep the result exact
 Max-pooling (Conv -> MaxPool -> BN -> Sign, the paper's order) is applied to the integer s
 before the threshold, which is exact whatever the sign of gamma.
 
-**Back ends.** :class:`Backend` is the one interface the runtime calls; :class:`CpuBackend`
+**Back ends** (:mod:`bnnlib.inference.backend`). :class:`Backend` is the one interface the
+runtime calls; :class:`CpuBackend`
 implements it with the numba kernels of :mod:`bnnlib.kernels`, :class:`CudaBackend` with the
 kernels of :mod:`bnnlib.kernels.cuda`. Both kernel modules take the same arguments (packed int64
 words, ``xnor_gemm(a, b, k)``, ``threshold_pack(acc, threshold, direction)``), and the
@@ -40,9 +41,7 @@ thresholds are converted to (threshold, direction) once, at load, for every devi
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from pathlib import PurePath
-from types import ModuleType
 
 import numpy as np
 import torch
@@ -51,21 +50,15 @@ from torch.nn import functional as F
 from bnnlib import kernels
 from bnnlib.data.loaders import to_uint8
 from bnnlib.inference import fused
-from bnnlib.inference.fold import EXACT_F32, Affine, kernel_thresholds
+from bnnlib.inference.backend import Backend, backend
+from bnnlib.inference.fold import Affine, kernel_thresholds
 from bnnlib.inference.graph import INPUT_SCALING, check_batch_size
 from bnnlib.inference.header import MAX_ELEMENTS, MAX_SIDE, check_header
-from bnnlib.inference.spec import Conv2dSpec, LayerSpec, PoolSpec
+from bnnlib.inference.layer import BinaryInput, ImageInput, PackedLayer, SignOutput
+from bnnlib.inference.spec import Conv2dSpec, LayerSpec
 
 __all__ = [
     "PackedNet",
-    "PackedLayer",
-    "ImageInput",
-    "BinaryInput",
-    "SignOutput",
-    "Backend",
-    "CpuBackend",
-    "CudaBackend",
-    "backend",
     "conv_rows",
     "conv_weight",
     "check_header",
@@ -75,7 +68,7 @@ __all__ = [
 
 
 #: ``first_layer`` of :meth:`PackedNet.scores` / :meth:`PackedNet.predict`.
-FIRST_LAYER_CHOICES = ("auto", "real", "bitplanes", "int8")
+FIRST_LAYER_CHOICES = ("auto", "real", "bitplanes", "int8", "int8_gemm")
 
 
 # --------------------------------------------------------------------------------------------
@@ -101,79 +94,6 @@ def conv_weight(rows: torch.Tensor, spec: Conv2dSpec) -> torch.Tensor:
     if spec.first:
         return rows.reshape(out, c, kh, kw)
     return rows.reshape(out, kh, kw, c).permute(0, 3, 1, 2)
-
-
-# --------------------------------------------------------------------------------------------
-# A loaded layer: its spec, packed weights, and the typed parts of its input and output sides
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ImageInput:
-    """The input side of the first layer, which reads the 8-bit image, not packed bits.
-
-    ``wb``: its +/-1 weights as float32 (out, k), for the ``"real"`` product and the int8 rows;
-    ``wsum``: int32 sums of W_b over the valid (non-padded) inputs, (out,) for a linear layer
-    or (Ho * Wo, out) for a convolution (``t = 2 W_b . x - 255 wsum``, module docstring).
-    """
-
-    wb: torch.Tensor
-    wsum: torch.Tensor
-
-
-@dataclass(frozen=True)
-class BinaryInput:
-    """The input side of a hidden layer, which reads packed +/-1 activations.
-
-    ``pad_fix``: for a convolution, the int32 (Ho * Wo, out) sums of W_b over the zero-padded
-    positions of each output position (the padding correction, module docstring); None for a
-    linear layer.
-    """
-
-    pad_fix: torch.Tensor | None = None
-
-
-@dataclass(frozen=True)
-class SignOutput:
-    """The output side of a hidden layer: batch norm + Sign as the kernels' integer compare.
-
-    ``threshold`` and ``direction`` are int32 (out,): a neuron fires for ``s >= threshold``
-    (direction +1) or ``s <= threshold`` (-1), from the file's (T, flip) by
-    :func:`~bnnlib.inference.fold.kernel_thresholds`.
-    """
-
-    threshold: torch.Tensor
-    direction: torch.Tensor
-
-    @property
-    def flip(self) -> torch.Tensor:
-        """bool (out,): the neurons whose compare flips (gamma < 0)."""
-        return self.direction < 0
-
-
-@dataclass(eq=False)
-class PackedLayer:
-    """One layer of a :class:`PackedNet`, as loaded and checked.
-
-    * ``spec``: its typed spec (:mod:`bnnlib.inference.spec`);
-    * ``weight``: the packed int64 words (out, groups * words_per_group);
-    * ``input``: :class:`ImageInput` for the first layer, else :class:`BinaryInput`;
-    * ``output``: :class:`SignOutput` for a hidden layer (``spec.output == "sign"``), the
-      float64 :class:`~bnnlib.inference.fold.Affine` of the last layer's batch norm
-      (``"scores"``);
-    * ``cache``: its tensors copied to other devices (:meth:`Backend.get`).
-    """
-
-    spec: LayerSpec
-    weight: torch.Tensor
-    input: ImageInput | BinaryInput
-    output: SignOutput | Affine
-    cache: dict = field(default_factory=dict)
-
-    @property
-    def flip(self) -> torch.Tensor | None:
-        """bool (out,): the neurons whose compare flips (gamma < 0); None for the last layer."""
-        return self.output.flip if isinstance(self.output, SignOutput) else None
 
 
 class PackedNet:
@@ -384,8 +304,9 @@ class PackedNet:
         ConvNet in one per layer (:mod:`bnnlib.inference.fused`, CPU only, chunks of
         ``FUSED_CHUNK`` images); ``"auto"`` the fused path where it runs. ``first_layer``:
         ``"real"`` (a float matmul with +/-1 weights, layers path), ``"bitplanes"`` (both
-        paths), ``"int8"`` (int8 rows of the nonzero pixels, fused path) or ``"auto"`` (real on
-        the layers path; per image on the fused path). All give the same integers.
+        paths), ``"int8"`` (int8 rows of the nonzero pixels, fused path), ``"int8_gemm"`` (a
+        dense ``torch._int_mm``, fused MLP path) or ``"auto"`` (real on the layers path; per
+        image on the fused path). All give the same integers.
         """
         batch_size = check_batch_size(batch_size)
         x = self._images(X)
@@ -394,8 +315,8 @@ class PackedNet:
                 return torch.zeros(0, self.num_classes, dtype=torch.float64)
             x = x.cpu().reshape(len(x), -1).numpy()
             return torch.from_numpy(self._fused_scores(x, first_layer, batch_size))
-        if first_layer == "int8":
-            raise ValueError('first_layer="int8" runs on the fused path only (CPU)')
+        if first_layer in ("int8", "int8_gemm"):
+            raise ValueError(f'first_layer="{first_layer}" runs on the fused path only (CPU)')
         ops = backend(device, kernel)
         mode = "real" if first_layer == "auto" else first_layer
         out = [
@@ -422,7 +343,7 @@ class PackedNet:
                     'path="fused" runs MLPs and ConvNets with a Sign after every hidden layer '
                     'on the CPU; use path="layers"'
                 )
-            if first_layer == "real" or (conv and first_layer == "bitplanes"):
+            if first_layer == "real" or (conv and first_layer in ("bitplanes", "int8_gemm")):
                 raise ValueError(
                     f'path="fused" has no {first_layer} first layer for this net: use '
                     'first_layer="auto"'
@@ -430,7 +351,7 @@ class PackedNet:
             return True
         if path == "layers":
             return False
-        modes = ("auto", "bitplanes", "int8") if mlp else ("auto", "int8")
+        modes = ("auto", "bitplanes", "int8", "int8_gemm") if mlp else ("auto", "int8")
         return (mlp or conv) and first_layer in modes
 
     @property
@@ -577,132 +498,3 @@ class PackedNet:
             flip = ops.get(lay, lay.output.direction) < 0
             mx = torch.where(flip.view(1, -1, 1, 1), mn, mx)
         return mx.permute(0, 2, 3, 1)
-
-
-# --------------------------------------------------------------------------------------------
-# Back ends: one interface, the CPU one (numba kernels) and the CUDA one (bnnlib.kernels.cuda)
-# --------------------------------------------------------------------------------------------
-
-
-class Backend:
-    """The operations :class:`PackedNet` runs on one device.
-
-    ``kernels`` is a module with ``pack(x, dim)``, ``threshold_pack(acc, threshold,
-    direction)`` and an XNOR product ``gemm(a, b, k)`` with the conventions of
-    :mod:`bnnlib.kernels` (int64 words, LSB first, exact int32 results), which
-    :mod:`bnnlib.kernels.cuda` shares. Subclasses give the first layer's products and the pooling.
-    """
-
-    device = "cpu"
-    kernels: ModuleType
-
-    def gemm(self, a: torch.Tensor, b: torch.Tensor, k: int) -> torch.Tensor:
-        return self.kernels.xnor_gemm(a, b, k)
-
-    def get(self, lay: PackedLayer, t: torch.Tensor) -> torch.Tensor:
-        """``t``, one of the tensors of ``lay``, on this device: copied once, then kept in
-        ``lay.cache`` (keyed by the tensor's identity, which ``lay`` keeps alive)."""
-        key = (self.device, id(t))
-        on_device = lay.cache.get(key)
-        if on_device is None:
-            on_device = t.to(self.device)
-            lay.cache[key] = on_device
-        return on_device
-
-    def threshold_pack(self, lay: PackedLayer, s: torch.Tensor) -> torch.Tensor:
-        """Sign(BN(s)) as packed words along the last dim (integer compares only)."""
-        lead, n = s.shape[:-1], s.shape[-1]
-        acc = s.reshape(-1, n).to(torch.int32).contiguous()
-        thr, direction = self.get(lay, lay.output.threshold), self.get(lay, lay.output.direction)
-        return self.kernels.threshold_pack(acc, thr, direction).reshape(*lead, -1)
-
-    def xnor(self, lay: PackedLayer, a: torch.Tensor) -> torch.Tensor:
-        """Exact integer products of packed activations (rows of ``a``) with the weights."""
-        return self.gemm(a.contiguous(), self.get(lay, lay.weight), lay.spec.layout.packed_bits)
-
-    def real_dot(self, lay: PackedLayer, cols: torch.Tensor) -> torch.Tensor:
-        """Integer W_b . x of uint8 inputs (rows of ``cols``) by a float matmul."""
-        raise NotImplementedError
-
-    def bitplane_dot(self, lay: PackedLayer, cols: torch.Tensor) -> torch.Tensor:
-        """Integer W_b . x of uint8 inputs on the paper's 8 bit planes with XNOR-popcount."""
-        raise NotImplementedError
-
-    def pool(self, x: torch.Tensor, p: PoolSpec) -> torch.Tensor:
-        """Max-pooling of integers (N, C, H, W) with the layer's pool spec."""
-        raise NotImplementedError
-
-
-class CpuBackend(Backend):
-    """The CPU back end: the numba kernels of :mod:`bnnlib.kernels`."""
-
-    device = "cpu"
-    kernels = kernels
-
-    def real_dot(self, lay: PackedLayer, cols: torch.Tensor) -> torch.Tensor:
-        # integer operands, partial sums < 2^24 in float32 (else float64): exact
-        dt = torch.float32 if 255 * lay.spec.layout.k < EXACT_F32 else torch.float64
-        return (cols.to(dt) @ self.get(lay, lay.input.wb).to(dt).T).round().to(torch.int32)
-
-    def bitplane_dot(self, lay: PackedLayer, cols: torch.Tensor) -> torch.Tensor:
-        return self.kernels.bitplane_dot(cols.contiguous(), lay.weight, lay.spec.layout.k)
-
-    def pool(self, x: torch.Tensor, p: PoolSpec) -> torch.Tensor:
-        return F.max_pool2d(x, p.kernel, p.stride, p.padding)
-
-
-class CudaBackend(Backend):
-    """The CUDA back end: the kernels of :mod:`bnnlib.kernels.cuda` on CUDA tensors.
-
-    ``kernel="fast"`` uses :func:`bnnlib.kernels.cuda.xnor_gemm_fast` (64-bit popcount or 1-bit
-    tensor cores), ``"paper"`` the paper's 32-bit XNOR kernel.
-    """
-
-    device = "cuda"
-
-    def __init__(self, mod: ModuleType, kernel: str = "fast"):
-        if kernel not in ("fast", "paper"):
-            raise ValueError(f"kernel must be 'fast' or 'paper', got {kernel!r}")
-        self.kernels = mod
-        self._gemm = mod.xnor_gemm_fast if kernel == "fast" else mod.xnor_gemm
-
-    def gemm(self, a: torch.Tensor, b: torch.Tensor, k: int) -> torch.Tensor:
-        return self._gemm(a, b, k)
-
-    def real_dot(self, lay: PackedLayer, cols: torch.Tensor) -> torch.Tensor:
-        # float64: exact whatever cuBLAS's float32 settings (TF32) are.
-        w = self.get(lay, lay.input.wb).double()
-        return (cols.double() @ w.T).round().to(torch.int32)
-
-    def bitplane_dot(self, lay: PackedLayer, cols: torch.Tensor) -> torch.Tensor:
-        # Bit plane n as the +/-1 vector p_n = 2 x^n - 1:  x^n . w = (p_n . w + sum w) / 2.
-        k, w = lay.spec.layout.k, self.get(lay, lay.weight)
-        acc = torch.zeros(cols.shape[0], w.shape[0], dtype=torch.int64, device=self.device)
-        for n in range(8):
-            plane = ((cols >> n) & 1).float() * 2 - 1
-            words = self.kernels.pack(plane, dim=-1, check=False)
-            acc += self.gemm(words, w, k).long() << n
-        wsum = self.get(lay, lay.input.wb).sum(1).round().long()
-        return ((acc + 255 * wsum) // 2).to(torch.int32)
-
-    def pool(self, x: torch.Tensor, p: PoolSpec) -> torch.Tensor:
-        # CUDA max-pooling has no integer kernel; float64 holds these integers exactly.
-        return F.max_pool2d(x.double(), p.kernel, p.stride, p.padding).to(x.dtype)
-
-
-def backend(device: str = "cpu", kernel: str = "fast") -> Backend:
-    """The back end for ``device`` ("cpu" or "cuda"); RuntimeError naming what is missing."""
-    dev = torch.device(device)
-    if dev.type == "cpu":
-        return CpuBackend()
-    if dev.type != "cuda":
-        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
-    try:
-        from bnnlib.kernels import cuda as bcuda
-    except ImportError as e:
-        raise RuntimeError(
-            f"device='cuda' needs bnnlib.kernels.cuda, which failed to import: {e}"
-        ) from e
-    if not bcuda.available():
-        raise RuntimeError(f"device='cuda' is not available: {bcuda.reason()}")
-    return CudaBackend(bcuda, kernel)

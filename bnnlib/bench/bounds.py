@@ -1,0 +1,178 @@
+"""The machine's limits a packed-inference figure is set against, measured in the same run.
+
+* **Weight-streaming floor** (:func:`stream_floor`): at batch 1 a packed MLP reads every packed
+  weight once per image, so no runtime can beat the time to read those bytes once, *with the
+  same threads*. The floor is a compiled XOR-reduction over the weight arrays the fused path
+  reads (vectorized loads, nothing else), on all numba threads (words split between them, as
+  the fused path splits a layer) and on one thread; weights that stay in the caches between
+  calls, as the network's do. The old floor (a numpy reduction) ran on one thread only.
+* **Compute bound** (:func:`popcount_bound`): the binary multiply-accumulates one core retires
+  per cycle in an XOR-popcount-add loop over L1-resident words (8 independent accumulators,
+  vectorized: ``vpopcntq`` on AVX-512 VPOPCNTDQ, a byte-table popcount on AVX2), times the
+  clock, times the threads. The clock is measured (:func:`clock_hz`): a dependent chain of
+  ``x = (x ^ c) + (x >> 1)`` (two 1-cycle ops per iteration) timed in thread CPU time; the
+  nominal clock from ``/proc/cpuinfo`` is reported beside it. A kernel's GMAC/s over this
+  bound is the share of the machine's XOR-popcount throughput it reaches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+
+import numba
+import numpy as np
+
+from bnnlib.kernels.xnor import popcount
+
+__all__ = ["stream_floor", "popcount_bound", "clock_hz"]
+
+_JIT = {"fastmath": True, "boundscheck": False, "nogil": True, "cache": False}
+
+
+@numba.njit(**_JIT)
+def _xor_words(w, lo, hi):
+    acc = np.int64(0)
+    for i in range(lo, hi):
+        acc ^= w[i]
+    return acc
+
+
+@numba.njit(parallel=True, **_JIT)
+def _stream_parallel(w, parts, chunk):
+    """XOR of every word of ``w``: one parallel region, chunks of ``chunk`` words per task."""
+    n = w.shape[0]
+    for c in numba.prange(parts.shape[0]):
+        parts[c] = _xor_words(w, c * chunk, min(n, c * chunk + chunk))
+    total = np.int64(0)
+    for c in range(parts.shape[0]):
+        total ^= parts[c]
+    return total
+
+
+@numba.njit(**_JIT)
+def _stream_serial(w):
+    return _xor_words(w, 0, w.shape[0])
+
+
+def _median_s(fn, repeats: int) -> float:
+    for _ in range(max(2, repeats // 10)):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def stream_floor(arrays: list[np.ndarray], repeats: int = 2000) -> dict:
+    """ms to read ``arrays`` (int64 words) once: on all numba threads and on one thread.
+    The arrays are copied, one after the other, into one buffer (the same bytes, one
+    parallel region per read)."""
+    w = np.concatenate([np.ascontiguousarray(a).reshape(-1).view(np.int64) for a in arrays])
+    threads = numba.get_num_threads()
+    chunk = max(512, -(-w.shape[0] // (4 * threads)))
+    parts = np.zeros(-(-w.shape[0] // chunk), np.int64)
+    ms = {
+        "all_threads": 1e3 * _median_s(lambda: _stream_parallel(w, parts, chunk), repeats),
+        "one_thread": 1e3 * _median_s(lambda: _stream_serial(w), repeats),
+    }
+    return {
+        "ms": ms,
+        "bytes": int(w.nbytes),
+        "threads": threads,
+        "GB_per_s": {k: w.nbytes / v / 1e6 for k, v in ms.items()},
+        "how": "compiled XOR-reduction over the packed weight words the fused path reads; "
+        "median of repeats after warm-up, weights cache-resident between calls",
+    }
+
+
+@numba.njit(**_JIT)
+def _dependent_chain(n, x):
+    c = np.int64(0x5DEECE66D)
+    for _ in range(n):
+        x = (x ^ c) + (x >> 1)
+    return x
+
+
+def clock_hz(iterations: int = 20_000_000) -> dict:
+    """The core clock: a chain of ``iterations`` dependent (xor, add) pairs, 2 cycles each
+    (1-cycle latency ALU ops on current x86 cores), timed in thread CPU time (time slices
+    lost to other work on a shared machine are not counted), best of 5; and the nominal MHz."""
+    _dependent_chain(10, 1)
+    best = min(
+        _timed(lambda: _dependent_chain(iterations, np.int64(time.perf_counter_ns())))
+        for _ in range(5)
+    )
+    nominal = _nominal_mhz()
+    return {
+        "measured_hz": 2 * iterations / best,
+        "nominal_mhz": float(nominal) if nominal else None,
+        "how": "dependent x = (x ^ c) + (x >> 1) chain, 2 cycles per iteration, thread CPU "
+        "time, best of 5",
+    }
+
+
+def _nominal_mhz() -> str | None:
+    """The first ``cpu MHz`` of ``/proc/cpuinfo`` (the nominal or current clock; Linux only)."""
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("cpu MHz"):
+                    return line.split(":", 1)[1].strip()
+    return None
+
+
+def _timed(fn) -> float:
+    """Seconds of thread CPU time ``fn()`` took (single-threaded work only)."""
+    t0 = time.thread_time_ns()
+    fn()
+    return 1e-9 * (time.thread_time_ns() - t0)
+
+
+@numba.njit(**_JIT)
+def _xor_popcount_loop(a, b, reps):
+    """sum of popcount(a[i] ^ b[j, i]) for 8 rows j, ``reps`` times: 8 accumulators."""
+    total = 0
+    W = a.shape[0]
+    for _ in range(reps):
+        h0 = h1 = h2 = h3 = h4 = h5 = h6 = h7 = 0
+        for i in range(W):
+            x = a[i]
+            h0 += popcount(x ^ b[0, i])
+            h1 += popcount(x ^ b[1, i])
+            h2 += popcount(x ^ b[2, i])
+            h3 += popcount(x ^ b[3, i])
+            h4 += popcount(x ^ b[4, i])
+            h5 += popcount(x ^ b[5, i])
+            h6 += popcount(x ^ b[6, i])
+            h7 += popcount(x ^ b[7, i])
+        total += h0 + h1 + h2 + h3 + h4 + h5 + h6 + h7
+    return total
+
+
+def popcount_bound(threads: int | None = None, clock: dict | None = None) -> dict:
+    """Binary MACs per cycle of one core in an XOR-popcount-add loop on L1-resident words,
+    and the bound in GMAC/s on ``threads`` cores (default: numba's threads) at the measured
+    clock (the loop runs on one core; cores are assumed to scale, SMT siblings would not)."""
+    rng = np.random.default_rng(0)
+    w = 256  # 2 kB per row, 9 rows: L1-resident
+    a = rng.integers(-(2**62), 2**62, w, dtype=np.int64)
+    b = rng.integers(-(2**62), 2**62, (8, w), dtype=np.int64)
+    reps = 5_000
+    _xor_popcount_loop(a, b, 2)
+    best = min(_timed(lambda: _xor_popcount_loop(a, b, reps)) for _ in range(5))
+    clock = clock or clock_hz()
+    macs = 64 * 8 * w * reps
+    per_cycle = macs / best / clock["measured_hz"]
+    threads = threads or numba.get_num_threads()
+    return {
+        "macs_per_cycle_per_core": per_cycle,
+        "clock": clock,
+        "threads": threads,
+        "bound_macs_per_s": per_cycle * clock["measured_hz"] * threads,
+        "how": "XOR-popcount-add over 8 rows x 256 L1-resident words, 8 accumulators, "
+        "one thread, thread CPU time, best of 5; bound = per cycle x measured clock x threads",
+    }
