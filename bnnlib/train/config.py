@@ -48,7 +48,8 @@ from bnnlib import data as bdata
 from bnnlib.nn import models, ste
 from bnnlib.train.optimizers import OPTIMIZERS
 
-__all__ = ["RunConfig", "RunConfigFormatError", "CONFIG_KEY", "MAX_DEPTH", "BYTES_PER_PARAMETER"]
+__all__ = ["RunConfig", "RunConfigFormatError", "CONFIG_KEY", "RECORD", "MAX_DEPTH"]
+__all__ += ["BYTES_PER_PARAMETER"]
 
 #: Where :func:`bnnlib.train.run.train` stores the configuration in ``history.config``.
 CONFIG_KEY = "run_config"
@@ -181,10 +182,11 @@ class RunConfig:
 
     def record(self) -> dict[str, Any]:
         """The settings as ``history.json``'s ``config`` has always named them beside the
-        configuration (for its readers, and to compare runs recorded before it)."""
+        configuration (:data:`RECORD`: for its readers, and to compare runs recorded before
+        it)."""
         return {
             key: (getattr(self, name) if get is None else get(self))
-            for key, (name, get) in _RECORD.items()
+            for key, (name, get) in RECORD.items()
         }
 
     def record_differences(self, recorded: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
@@ -200,7 +202,7 @@ class RunConfig:
         defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)}
         return {
             key: defaults[name] if get is None else get(_Defaults(defaults))
-            for key, (name, get) in _RECORD.items()
+            for key, (name, get) in RECORD.items()
             if defaults[name] is not dataclasses.MISSING and key != "dropout_hidden"
         }
 
@@ -294,7 +296,7 @@ def _dropout_hidden(c: RunConfig) -> float | None:
 
 
 #: history.json's flat keys: {key: (the field, how its value is read; None: the field's value)}.
-_RECORD: dict[str, tuple[str, Any]] = {
+RECORD: dict[str, tuple[str, Any]] = {
     "num_epochs": ("epochs", None), "batch_size": ("batch_size", None),
     "lr_start": ("lr_start", None), "lr_end": ("lr_end", None),
     "optimizer": ("optimizer", None), "glorot_scale": ("glorot_scale", None),

@@ -29,7 +29,7 @@ from torch import nn
 
 from bnnlib.files import FileLock, LockHeld
 from bnnlib.train.checkpoint import remove_stale_temporaries
-from bnnlib.train.config import CONFIG_KEY, RunConfig, RunConfigFormatError
+from bnnlib.train.config import CONFIG_KEY, RECORD, RunConfig, RunConfigFormatError
 
 __all__ = ["RunConfigError", "config_differences", "run_config", "check_resume"]
 __all__ += ["NOT_COMPARED", "RUN_FILES", "claim_run_folder", "release"]
@@ -64,10 +64,10 @@ def config_differences(saved: dict, now: dict) -> dict[str, tuple]:
     skip = set(NOT_COMPARED)
     if CONFIG_KEY in saved and CONFIG_KEY in now:
         try:
-            diff = _configs(saved).differences(_configs(now))
+            diff = _named_differences(_configs(saved), _configs(now))
         except RunConfigFormatError as e:
             raise RunConfigError(f"the checkpoint's run configuration cannot be read: {e}") from e
-        skip |= set(RunConfig.record_defaults()) | {"dropout_hidden"}  # compared just now
+        skip |= set(RECORD)  # compared just now
     defaults = RunConfig.record_defaults()
     for k in dict.fromkeys([*saved, *now]):
         if k in skip:
@@ -81,6 +81,16 @@ def config_differences(saved: dict, now: dict) -> dict[str, tuple]:
 
 def _configs(config: dict) -> RunConfig:
     return RunConfig.from_dict(config[CONFIG_KEY])
+
+
+def _named_differences(a: RunConfig, b: RunConfig) -> dict[str, tuple]:
+    """``a.differences(b)``, each named as the history names it where it has a name
+    (``depth``, ``float``, ``num_epochs`` ...: :data:`~bnnlib.train.config.RECORD`), else by
+    its field."""
+    ra, rb = a.record(), b.record()
+    named = {k: (ra[k], rb[k]) for k in ra if ra[k] != rb[k]}
+    covered = {RECORD[k][0] for k in named}
+    return {**named, **{k: v for k, v in a.differences(b).items() if k not in covered}}
 
 
 def extends_step_schedule(ckpt: dict, config: dict) -> bool:
