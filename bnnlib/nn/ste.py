@@ -71,9 +71,7 @@ def _none(x, stochastic, generator):
 
 
 #: The estimators by name: ``f(x, stochastic, generator)``, Sign forward, each one's backward.
-ESTIMATORS = Registry(
-    "estimator", {"hardtanh": _hardtanh, "identity": _identity, "none": _none}
-)
+ESTIMATORS = Registry("estimator", {"hardtanh": _hardtanh, "identity": _identity, "none": _none})
 #: The paper's estimator (Eq. 4).
 PAPER_ESTIMATOR = "hardtanh"
 
