@@ -10,6 +10,8 @@ import importlib
 import pkgutil
 from pathlib import Path
 
+import pytest
+
 import bnnlib
 
 ROOT = Path(bnnlib.__file__).resolve().parent
@@ -191,10 +193,10 @@ def test_environment_yml_lists_what_pyproject_installs():
     """environment.yml (conda users) says it mirrors pyproject.toml: every dependency and test
     extra that pip would install is listed there too."""
     import re
-    import tomllib
 
     import yaml
 
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
     root = Path(__file__).resolve().parents[1]
     project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
     wanted = [*project["dependencies"], *project["optional-dependencies"]["test"]]

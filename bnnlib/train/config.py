@@ -34,6 +34,7 @@ still reads the older form).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import types
@@ -302,7 +303,8 @@ RECORD: dict[str, tuple[str, Any]] = {
     "optimizer": ("optimizer", None), "glorot_scale": ("glorot_scale", None),
     "lr_halve_every": ("lr_halve_every", None), "seed": ("seed", None),
     "model": ("model", None), "recipe": ("recipe", None), "preset": ("preset", None),
-    "hidden": ("widths", lambda c: c.hidden), "dropout_in": ("dropout_in", None),
+    "hidden": ("widths", lambda c: list(c.widths) if isinstance(c.hidden, tuple) else c.hidden),
+    "dropout_in": ("dropout_in", None),
     "batchnorm": ("batchnorm", None),
     "stochastic_activations": ("stochastic_activations", None),
     "stochastic_weights": ("stochastic_weights", None),
@@ -334,16 +336,17 @@ def _is(value: Any, tp: Any) -> bool:
     return isinstance(value, tp)
 
 
-_HINTS: dict[str, Any] = {}
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
 
 
 def _type_problems(c: RunConfig) -> list[str]:
-    if not _HINTS:
-        _HINTS.update(typing.get_type_hints(RunConfig))
+    hints = _hints(type(c))
     return [
-        f"{f.name} {getattr(c, f.name)!r} (not {_type_name(_HINTS[f.name])})"
+        f"{f.name} {getattr(c, f.name)!r} (not {_type_name(hints[f.name])})"
         for f in dataclasses.fields(c)
-        if not _is(getattr(c, f.name), _HINTS[f.name])
+        if not _is(getattr(c, f.name), hints[f.name])
     ]
 
 

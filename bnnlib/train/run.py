@@ -93,7 +93,7 @@ def check_device(device: str | None) -> None:
         dev = torch.device(device)
     except (RuntimeError, ValueError):
         raise DeviceError(
-            f"--device {device!r} is not a device: use cpu, cuda or cuda:N (or leave it out)"
+            f"--device {device} is not a device: use cpu, cuda or cuda:N (or leave it out)"
         ) from None
     if dev.type == "cuda":
         n = torch.cuda.device_count()
