@@ -235,8 +235,8 @@ def test_a_huge_depth_is_refused_before_anything_is_loaded(tmp_path, monkeypatch
 def test_a_huge_width_is_refused_before_allocation(tiny, capsys):
     name, out = tiny
     argv = _argv(name, out)
-    argv[argv.index("16")] = "2000000,2000000"  # 4e12 parameters
-    err = _cli_error([a for a in argv if a not in ("--depth", "1")], capsys)
+    argv[argv.index("16")], argv[argv.index("--depth") + 1] = "2000000", "2"  # 4e12 parameters
+    err = _cli_error(argv, capsys)
     assert "parameters: training needs about" in err and "GiB, this machine has" in err
 
 
