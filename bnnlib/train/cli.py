@@ -32,8 +32,13 @@ refused; a lock left by a process that no longer runs (SIGKILL, a power cut) is
 taken over with a message. The folder is created and the lock written before
 any data are loaded, so an unwritable ``--out`` fails at once; temporary files
 of an interrupted write (``.checkpoint.pt.*.tmp`` ...) are removed then.
-Numbers are checked as they are parsed (a batch size, hidden units, epochs: >= 1;
-learning rates, width, time limit: finite and > 0; dropout in [0, 1)).
+Numbers are checked as they are parsed (hidden units, epochs: >= 1; learning rates, width,
+time limit: finite and > 0; dropout in [0, 1)), then as the :class:`RunConfig` they resolve
+into (a batch of at least 2 for batch norm, at most ``MAX_DEPTH`` hidden layers, a model
+whose training state fits in this machine's memory), and ``--device`` before the folder is
+claimed: each a one-line error. ``--hidden 2048,1024,512`` gives an MLP one width per hidden
+layer; ``--model``, ``--estimator``, ``--optimizer`` and ``--batchnorm`` offer the names of
+their registries (:mod:`bnnlib.registry`).
 """
 
 from __future__ import annotations
