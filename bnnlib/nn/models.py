@@ -42,7 +42,7 @@ from bnnlib.registry import Registry
 
 __all__ = [
     "mnist_mlp", "cifar10_convnet", "svhn_convnet", "MODELS", "ModelSpec", "BATCHNORMS",
-    "build", "default_model", "for_data",
+    "build", "default_model", "for_data", "mlp_widths",
 ]  # fmt: skip
 
 BN_EPS = 1e-4
