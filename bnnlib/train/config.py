@@ -199,12 +199,15 @@ class RunConfig:
     @staticmethod
     def record_defaults() -> dict[str, Any]:
         """The :meth:`record` values of the fields' defaults (what a record written before a
-        setting existed counts it as)."""
-        defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)}
+        setting existed counts it as); ``dropout_hidden``, recorded for an MLP only, has none."""
+        fields = {f.name: f for f in dataclasses.fields(RunConfig)}
+        required = {k for k, f in fields.items() if f.default is dataclasses.MISSING}
+        base = RunConfig.__new__(RunConfig)  # the defaults, unchecked: no model to check
+        object.__setattr__(base, "__dict__", {k: f.default for k, f in fields.items()})
         return {
-            key: defaults[name] if get is None else get(_Defaults(defaults))
+            key: getattr(base, name) if get is None else get(base)
             for key, (name, get) in RECORD.items()
-            if defaults[name] is not dataclasses.MISSING and key != "dropout_hidden"
+            if name not in required and key != "dropout_hidden"
         }
 
     # ------------------------------------------------------------------ what it builds
@@ -281,15 +284,6 @@ class RunConfig:
             f"{self.batchnorm} batch norm{drop}{est}, "
             f"stochastic {' and '.join(stoch) or 'nothing'}"
         )
-
-
-class _Defaults:
-    """Attribute access to the fields' defaults (for :meth:`RunConfig.record_defaults`)."""
-
-    def __init__(self, values: dict[str, Any]) -> None:
-        self.__dict__.update(values)
-        self.hidden = self.widths[0]
-        self.depth = len(self.widths)
 
 
 def _dropout_hidden(c: RunConfig) -> float | None:
