@@ -13,7 +13,8 @@ The packages, by job:
 * :mod:`bnnlib.gpucheck`: the prepared GPU check.
 
 Cross-cutting modules: :mod:`bnnlib.paper` (the paper's figures), :mod:`bnnlib.results`
-(committed results), :mod:`bnnlib.hardware`, :mod:`bnnlib.files`, :mod:`bnnlib.settings`.
+(committed results), :mod:`bnnlib.registry` (the names a run chooses from),
+:mod:`bnnlib.hardware`, :mod:`bnnlib.files`, :mod:`bnnlib.settings`.
 Importing bnnlib never touches a GPU; the paper's main names are importable from here.
 """
 

@@ -30,6 +30,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import stat
 import tempfile
 import time
@@ -103,6 +104,28 @@ class _RecordingFile(io.FileIO):
             raise
 
 
+@contextlib.contextmanager
+def _ctrl_c_after():
+    """Hold a Ctrl-C (SIGINT) that arrives inside the block until the block has ended, then
+    deliver it as the handler in place would have: a write is never cut by Ctrl-C half-way
+    through a library's own writer (``torch.save`` reports an interrupt inside its callback
+    with a traceback of its own). Only the main thread can handle signals; elsewhere a no-op."""
+    got: list[int] = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if got and callable(previous):
+            previous(signal.SIGINT, None)  # Python's default handler raises KeyboardInterrupt
+        elif got and previous == signal.SIG_DFL:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
 def atomic_write(path: str | os.PathLike, data: bytes | Callable[[BinaryIO], Any]) -> Path:
     """Write ``data`` (bytes, or a function that writes to a binary file) to ``path`` atomically.
 
@@ -112,9 +135,14 @@ def atomic_write(path: str | os.PathLike, data: bytes | Callable[[BinaryIO], Any
     as itself. What is at ``path`` must be a regular file (else :class:`UnsafePathError`); it
     keeps its permission bits, a new file gets 0666 less the umask. Temporary files of earlier
     writes of ``path`` killed before their rename are removed once an hour old
-    (:data:`STALE_TMP_SECONDS`).
+    (:data:`STALE_TMP_SECONDS`). A Ctrl-C during the write is delivered once it is done.
     """
-    path = Path(path)
+    with _ctrl_c_after():
+        return _atomic_write(Path(path), data)
+
+
+def _atomic_write(path: Path, data: bytes | Callable[[BinaryIO], Any]) -> Path:
+    """:func:`atomic_write`'s work."""
     old = check_writable_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_leftovers(path.parent, path.name)

@@ -74,3 +74,21 @@ def test_data_dir_from_the_environment_is_absolute_for_the_tests():
     if value is None:
         pytest.skip("BNN_DATA_DIR is not set")
     assert Path(value).is_absolute(), value
+
+
+def test_a_ctrl_c_during_a_write_is_delivered_after_it(tmp_path):
+    """SIGINT half-way through the bytes: the file is written whole, then KeyboardInterrupt."""
+    import os
+    import signal
+
+    from bnnlib.files import atomic_write
+
+    def data(f):
+        f.write(b"a" * 10)
+        os.kill(os.getpid(), signal.SIGINT)
+        f.write(b"b" * 10)
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(tmp_path / "x", data)
+    assert (tmp_path / "x").read_bytes() == b"a" * 10 + b"b" * 10
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -10,6 +10,8 @@ import importlib
 import pkgutil
 from pathlib import Path
 
+import pytest
+
 import bnnlib
 
 ROOT = Path(bnnlib.__file__).resolve().parent
@@ -185,3 +187,24 @@ def test_every_imported_name_exists():
                     ):
                         missing.append(f"{path.name}:{node.lineno}: {full}")
     assert missing == [], "\n".join(missing)
+
+
+def test_environment_yml_lists_what_pyproject_installs():
+    """environment.yml (conda users) says it mirrors pyproject.toml: every dependency and test
+    extra that pip would install is listed there too."""
+    import re
+
+    import yaml
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    root = Path(__file__).resolve().parents[1]
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    wanted = [*project["dependencies"], *project["optional-dependencies"]["test"]]
+    env = yaml.safe_load((root / "environment.yml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
+
+    def name(spec: str) -> str:
+        return re.split(r"[<>=!~\[ ;]", spec.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+    missing = sorted({name(s) for s in wanted} - {name(s) for s in pip})
+    assert not missing, f"environment.yml lacks {missing} (pyproject.toml installs them)"

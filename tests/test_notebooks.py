@@ -27,6 +27,7 @@ from bnnlib.book import claims, takeaway
 from bnnlib.book import notebooks as book_notebooks
 from bnnlib.book import record as rec
 from bnnlib.book import runner as book
+from bnnlib.nn.ste import ESTIMATORS, PAPER_ESTIMATOR
 from bnnlib.paper import gap_interval
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,10 +75,10 @@ def check_01(r: dict) -> None:
 
 def check_02(r: dict) -> None:
     assert r["sign_autograd_gradient_max"] == 0.0
-    errors = {e: r[f"test_error_{e}"] for e in ("hardtanh", "identity", "none")}
+    errors = {e: r[f"test_error_{e}"] for e in ESTIMATORS}
     assert all(_fraction(v) for v in errors.values()), errors
     # Without a straight-through estimator only the last layer learns.
-    assert errors["hardtanh"] < errors["none"] - 0.1, errors
+    assert errors[PAPER_ESTIMATOR] < errors["none"] - 0.1, errors
     assert errors["identity"] < errors["none"] - 0.1, errors
     assert 0.05 < r["saturation_first_layer"] < 0.95
     # The cancelled gradients are the saturated units (plus samples with no loss at all).

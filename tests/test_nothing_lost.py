@@ -140,11 +140,11 @@ def test_rewritten_files_keep_their_permissions(tmp_path, capsys):
     atomic_write(hist, b'{"a": 1}')
     assert stat.S_IMODE(hist.stat().st_mode) == 0o600
     readme = tmp_path / "README.md"
-    readme.write_text(f"intro\n{claims.README_BEGIN}\nold\n{claims.README_END}\nend\n")
+    readme.write_text(f"intro\n{claims.README_BEGIN}\nSTALE-BLOCK\n{claims.README_END}\nend\n")
     readme.chmod(0o640)
     assert book.main(["--readme", str(readme)]) == 0
     assert stat.S_IMODE(readme.stat().st_mode) == 0o640
-    assert "old" not in readme.read_text()
+    assert "STALE-BLOCK" not in readme.read_text()
 
 
 # --------------------------------------------------------------- 7, 19: bench's numbers
@@ -270,7 +270,7 @@ def test_draw_page_shows_an_error_for_invalid_base64(tmp_path):
 
 
 def test_readme_with_two_marker_blocks_is_refused(tmp_path, capsys):
-    block = f"{claims.README_BEGIN}\nold\n{claims.README_END}\n"
+    block = f"{claims.README_BEGIN}\nSTALE-BLOCK\n{claims.README_END}\n"
     readme = tmp_path / "README.md"
     readme.write_text("a\n" + block + "b\n" + block)
     before = readme.read_bytes()

@@ -17,6 +17,7 @@ from bnnlib import results
 from bnnlib.book import claims
 from bnnlib.repro import protocol
 from bnnlib.train import cli as train_cli
+from bnnlib.train.config import RunConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,7 +34,7 @@ def test_the_json_is_the_markdown_protocol():
     for run in p["runs"]:
         if "argv" in run:
             argv = run["argv"][: run["argv"].index("--out")]
-            assert train_cli.config_from_argv(argv).to_dict() == run["run_config"]
+            assert train_cli.config_from_argv(argv) == RunConfig.from_dict(run["run_config"])
             shown = " ".join(argv).replace(f"--seed {run['seed']}", "--seed S")
             assert shown in text, shown
     assert re.search(r"--batchnorm standard --optimizer adamax_torch7", text)

@@ -9,6 +9,7 @@ import pytest
 
 from bnnlib.book import site as book_site
 from bnnlib.book import viz
+from bnnlib.nn.ste import ESTIMATORS
 
 
 def test_sign_probes_see_what_each_estimator_passes_back():
@@ -22,7 +23,7 @@ def test_sign_probes_see_what_each_estimator_passes_back():
     X, y = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
     net(X)  # one training-mode pass so the running statistics are not the initial ones
     net.eval()
-    probes = {e: viz.sign_probes(net, X, y, estimator=e) for e in ("hardtanh", "identity", "none")}
+    probes = {e: viz.sign_probes(net, X, y, estimator=e) for e in ESTIMATORS}
     assert [p.name for p in probes["hardtanh"]] == ["3", "6", "9"]  # the SignActivations
     for h, i, n in zip(probes["hardtanh"], probes["identity"], probes["none"], strict=True):
         assert torch.equal(h.input, i.input)  # the same weights, the same forward pass

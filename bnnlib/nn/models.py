@@ -20,33 +20,48 @@ uses, in place of Sign. ``batchnorm="shift"`` uses the shift-based batch norm.
 The layer order follows the paper's code: Linear -> BN -> Sign -> Dropout -> Linear,
 so a hidden layer after dropout takes its (already binary) input as it comes
 (``binarize_input=False``), and Conv -> MaxPool -> BN -> Sign for the ConvNets.
+
+Registries (:class:`bnnlib.registry.Registry`): :data:`MODELS` holds each model's
+:class:`ModelSpec` (its builder, its kind, the run settings it takes, the paper's schedule
+for it), :data:`BATCHNORMS` the batch norms by name. A new model is a builder and one entry.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
 from torch import nn
 
+from bnnlib import paper
 from bnnlib.nn.layers import BinaryConv2d, BinaryLinear, SignActivation
 from bnnlib.nn.shift import ShiftBatchNorm1d, ShiftBatchNorm2d
+from bnnlib.registry import Registry
 
 __all__ = [
-    "mnist_mlp", "cifar10_convnet", "svhn_convnet", "MODELS", "build", "default_model",
-    "for_data",
+    "mnist_mlp", "cifar10_convnet", "svhn_convnet", "MODELS", "ModelSpec", "BATCHNORMS",
+    "build", "default_model", "for_data", "mlp_widths",
 ]  # fmt: skip
 
 BN_EPS = 1e-4
 BN_MOMENTUM = 0.1
 
+#: The batch norms by name: (the 1-d class, the 2-d class).
+BATCHNORMS = Registry(
+    "batchnorm",
+    {
+        "standard": (nn.BatchNorm1d, nn.BatchNorm2d),
+        "shift": (ShiftBatchNorm1d, ShiftBatchNorm2d),
+    },
+)
+
 
 def _bn(
     num_features: int, kind: str, dims: int, eps: float = BN_EPS, momentum: float = BN_MOMENTUM
 ) -> nn.Module:
-    if kind == "standard":
-        cls = nn.BatchNorm1d if dims == 1 else nn.BatchNorm2d
-    elif kind == "shift":
-        cls = ShiftBatchNorm1d if dims == 1 else ShiftBatchNorm2d
-    else:
-        raise ValueError(f"unknown batchnorm {kind!r}; choose 'standard' or 'shift'")
+    cls = BATCHNORMS.pick(kind)[0 if dims == 1 else 1]
     return cls(num_features, eps=eps, momentum=momentum)
 
 
@@ -72,8 +87,8 @@ def _conv(c_in: int, c_out: int, binary: bool, stochastic_weights: bool) -> nn.M
 
 
 def mnist_mlp(
-    hidden: int = 4096,
-    depth: int = 3,
+    hidden: int | Sequence[int] = 4096,
+    depth: int | None = None,
     dropout_in: float = 0.2,
     dropout_hidden: float = 0.5,
     binary: bool = True,
@@ -90,6 +105,9 @@ def mnist_mlp(
 ) -> nn.Sequential:
     """The paper's MNIST MLP: in_features -> depth x hidden -> num_classes (Section 2.1).
 
+    ``hidden`` is one width for ``depth`` layers (default 3), or one width per hidden layer
+    (a sequence: 784-2048-1024-512-10 is ``hidden=(2048, 1024, 512)``).
+
     ``stochastic_activations`` / ``stochastic_weights`` binarize the Sign
     activations / the weights stochastically while training (paper Eq. 2);
     ``estimator`` picks the STE of the activations (:mod:`bnnlib.nn.ste`).
@@ -97,12 +115,13 @@ def mnist_mlp(
     the Torch7 code keeps an ordinary one there), with ``bn_eps`` and
     ``bn_momentum`` for every batch norm.
     """
+    widths = mlp_widths(hidden, depth)
     bn = {"eps": bn_eps, "momentum": bn_momentum}
     layers: list[nn.Module] = [nn.Flatten()]
     if dropout_in > 0:
         layers.append(nn.Dropout(dropout_in))
     width = in_features
-    for _ in range(depth):
+    for hidden in widths:
         layers += [
             _linear(width, hidden, binary, stochastic_weights),
             _bn(hidden, batchnorm, 1, **bn),
@@ -116,6 +135,17 @@ def mnist_mlp(
         _bn(num_classes, last_batchnorm or batchnorm, 1, **bn),
     ]
     return nn.Sequential(*layers)
+
+
+def mlp_widths(hidden: int | Sequence[int], depth: int | None = None) -> tuple[int, ...]:
+    """The hidden widths of an MLP: ``hidden`` repeated ``depth`` times (default 3), or the
+    sequence ``hidden`` itself (``depth``, if given, must be its length)."""
+    if isinstance(hidden, int):
+        return (hidden,) * (3 if depth is None else depth)
+    widths = tuple(hidden)
+    if depth is not None and depth != len(widths):
+        raise ValueError(f"depth {depth} but {len(widths)} hidden widths {widths}")
+    return widths
 
 
 def cifar10_convnet(
@@ -173,43 +203,66 @@ def svhn_convnet(binary: bool = True, width: float = 1.0, **kw) -> nn.Sequential
     return cifar10_convnet(binary=binary, width=0.5 * width, fc_width=width, **kw)
 
 
-MODELS = {"mnist_mlp": mnist_mlp, "cifar10_convnet": cifar10_convnet, "svhn_convnet": svhn_convnet}
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model of :data:`MODELS`: ``build`` (its builder), ``kind`` (``"mlp"``: sized by its
+    hidden widths, the input flattened; ``"convnet"``: sized by a width multiplier, for C x H x W
+    images), ``options`` (the run settings, :class:`bnnlib.train.config.RunConfig` fields,
+    that its builder takes besides those every model takes: ``binary``, ``batchnorm``,
+    ``estimator`` and the stochastic flags) and ``schedule`` (the paper's: dataset, epochs,
+    batch size, LR start and end; the training CLI's defaults)."""
+
+    build: Callable[..., nn.Sequential]
+    kind: str
+    options: tuple[str, ...]
+    schedule: dict[str, Any]
+
+    def sized(self, shape: Sequence[int], num_classes: int) -> dict[str, int]:
+        """The builder's keywords that size it for samples of ``shape`` and ``num_classes``."""
+        if self.kind == "mlp":
+            return {"in_features": math.prod(shape), "num_classes": num_classes}
+        c, h, _ = shape
+        return {"in_channels": c, "num_classes": num_classes, "image_size": h}
+
+
+_MLP_OPTIONS = ("hidden", "dropout_in", "dropout_hidden", "last_batchnorm", "bn_eps")
+MODELS = Registry(
+    "model",
+    {
+        "mnist_mlp": ModelSpec(
+            mnist_mlp, "mlp", (*_MLP_OPTIONS, "bn_momentum"), paper.SCHEDULES["mnist_mlp"]
+        ),
+        "cifar10_convnet": ModelSpec(
+            cifar10_convnet, "convnet", ("width", "fc_width"), paper.SCHEDULES["cifar10_convnet"]
+        ),
+        "svhn_convnet": ModelSpec(
+            svhn_convnet, "convnet", ("width",), paper.SCHEDULES["svhn_convnet"]
+        ),
+    },
+)
 
 
 def build(name: str, **kw) -> nn.Sequential:
     """Build a model by name (``mnist_mlp``, ``cifar10_convnet``, ``svhn_convnet``)."""
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
-    return MODELS[name](**kw)
+    return MODELS.pick(name).build(**kw)
 
 
 def default_model(dataset: str, shape: tuple[int, ...]) -> str:
-    """The paper's model for a dataset: the MLP for 1 x 28 x 28 images, else the ConvNet
-    (the SVHN one for ``svhn``)."""
-    if tuple(shape) == (1, 28, 28):
-        return "mnist_mlp"
-    return "svhn_convnet" if dataset == "svhn" else "cifar10_convnet"
+    """The paper's model for a dataset: the one whose schedule trains on it, else the MLP
+    for 1 x 28 x 28 images and the first ConvNet for others."""
+    for name, spec in MODELS.items():
+        if spec.schedule["dataset"] == dataset:
+            return name
+    kind = "mlp" if tuple(shape) == (1, 28, 28) else "convnet"
+    return next(name for name, spec in MODELS.items() if spec.kind == kind)
 
 
-def for_data(
-    name: str,
-    shape: tuple[int, ...],
-    num_classes: int,
-    *,
-    hidden: int = 4096,
-    width: float = 1.0,
-    **kw,
-) -> nn.Sequential:
+def for_data(name: str, shape: tuple[int, ...], num_classes: int, **kw) -> nn.Sequential:
     """Model ``name`` sized for samples of ``shape`` (C, H, W) and ``num_classes`` classes.
 
-    ``hidden`` sets the MLP's units, ``width`` the ConvNets' (see :func:`cifar10_convnet`);
-    the other keywords go to the model (``binary``, ``batchnorm``, stochastic flags ...).
-    The training CLI and the notebooks build their models with it.
+    The keywords go to the model (``hidden`` for an MLP, ``width`` for a ConvNet, ``binary``,
+    ``batchnorm``, stochastic flags ...). The training CLI and the notebooks build their
+    models with it.
     """
-    if name == "mnist_mlp":
-        n_in = 1
-        for d in shape:
-            n_in *= d
-        return mnist_mlp(hidden=hidden, in_features=n_in, num_classes=num_classes, **kw)
-    c, h, _ = shape
-    return build(name, width=width, in_channels=c, num_classes=num_classes, image_size=h, **kw)
+    spec = MODELS.pick(name)
+    return spec.build(**spec.sized(shape, num_classes), **kw)

@@ -12,6 +12,10 @@ the gradient when r is saturated (|r| > 1); without it performance drops.
 
 For the book's comparison, ``estimator="identity"`` passes the gradient
 unchanged (g_r = g_q) and ``estimator="none"`` uses the true derivative, 0.
+
+:data:`ESTIMATORS` is the registry of the estimators by name (what a run's ``estimator``
+setting, the training CLI's ``--estimator``, the book and the tests choose from): a new
+estimator is one function here and one entry there.
 """
 
 from __future__ import annotations
@@ -19,10 +23,9 @@ from __future__ import annotations
 import torch
 
 from bnnlib.nn.binarize import sign, stochastic_sign
+from bnnlib.registry import Registry
 
-__all__ = ["ste_sign", "identity_ste_sign", "SignHardtanhSTE", "ESTIMATORS"]
-
-ESTIMATORS = ("hardtanh", "identity", "none")
+__all__ = ["ste_sign", "identity_ste_sign", "SignHardtanhSTE", "ESTIMATORS", "PAPER_ESTIMATOR"]
 
 
 def _binarize(x: torch.Tensor, stochastic: bool, generator: torch.Generator | None):
@@ -55,6 +58,24 @@ class _SignIdentitySTE(torch.autograd.Function):
         return grad_output, None, None
 
 
+def _hardtanh(x, stochastic, generator):
+    return SignHardtanhSTE.apply(x, stochastic, generator)
+
+
+def _identity(x, stochastic, generator):
+    return _SignIdentitySTE.apply(x, stochastic, generator)
+
+
+def _none(x, stochastic, generator):
+    return _binarize(x.detach(), stochastic, generator) + 0 * x
+
+
+#: The estimators by name: ``f(x, stochastic, generator)``, Sign forward, each one's backward.
+ESTIMATORS = Registry("estimator", {"hardtanh": _hardtanh, "identity": _identity, "none": _none})
+#: The paper's estimator (Eq. 4).
+PAPER_ESTIMATOR = "hardtanh"
+
+
 def ste_sign(
     x: torch.Tensor,
     stochastic: bool = False,
@@ -63,16 +84,11 @@ def ste_sign(
 ) -> torch.Tensor:
     """Binarize x (deterministic or stochastic) with a straight-through gradient.
 
-    ``estimator``: ``"hardtanh"`` (the paper's, g * 1{|x| <= 1}), ``"identity"``
-    (g unchanged) or ``"none"`` (the true derivative of Sign: zero).
+    ``estimator``: a name of :data:`ESTIMATORS`: ``"hardtanh"`` (the paper's,
+    g * 1{|x| <= 1}), ``"identity"`` (g unchanged) or ``"none"`` (the true derivative of
+    Sign: zero).
     """
-    if estimator == "hardtanh":
-        return SignHardtanhSTE.apply(x, stochastic, generator)
-    if estimator == "identity":
-        return _SignIdentitySTE.apply(x, stochastic, generator)
-    if estimator == "none":
-        return _binarize(x.detach(), stochastic, generator) + 0 * x
-    raise ValueError(f"unknown estimator {estimator!r}; choose one of {ESTIMATORS}")
+    return ESTIMATORS.pick(estimator)(x, stochastic, generator)
 
 
 def identity_ste_sign(x: torch.Tensor, stochastic: bool = False) -> torch.Tensor:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bnnlib import results
+from bnnlib.train.config import RunConfig, RunConfigFormatError
 
 __all__ = ["SeedResult", "Verdict", "load", "decided_claims", "seed_result", "e1", "e2"]
 
@@ -79,10 +80,14 @@ class Verdict:
 
 
 def _matches(run: results.CommittedRun, planned: dict[str, Any], epochs: int) -> bool:
-    """The run was trained with the planned configuration (its length at least the plan's)."""
-    have = run.config
-    decides = {k: v for k, v in planned.items() if k not in ("epochs", "fast")}
-    return all(have.get(k) == v for k, v in decides.items()) and have.get("epochs", 0) >= epochs
+    """The run was trained with the planned configuration (every setting that decides the
+    result, as :class:`RunConfig` compares them, whatever form each was recorded in), for at
+    least the planned length."""
+    try:
+        have, want = RunConfig.from_dict(run.config), RunConfig.from_dict(planned)
+    except RunConfigFormatError:
+        return False
+    return have.epochs >= epochs and have.replace(epochs=want.epochs) == want
 
 
 def seed_result(experiment: str, seed: int, run: results.CommittedRun, epochs: int) -> SeedResult:

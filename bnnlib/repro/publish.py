@@ -39,7 +39,7 @@ from bnnlib.errors import BadInput, one_line_errors
 from bnnlib.files import FileLock, LockHeld, atomic_write, read_json, staging_dir
 from bnnlib.hardware import describe_machine, hardware
 from bnnlib.train.checkpoint import load_checkpoint
-from bnnlib.train.config import RunConfig, RunConfigFormatError
+from bnnlib.train.config import CONFIG_KEY, RunConfig, RunConfigFormatError
 from bnnlib.train.history import History
 from bnnlib.train.loop import predict
 
@@ -175,6 +175,114 @@ def _write_staged(dest: Path, history: dict, build) -> dict:
     return run
 
 
+def _read_run(run_dir: Path) -> tuple[dict, RunConfig]:
+    """The run's history and its configuration, read strictly and checked against the
+    settings the history recorded (a configuration edited after the run is refused)."""
+    path = run_dir / "history.json"
+    history = read_json(path)
+    if not isinstance(history, dict) or not isinstance(history.get("config"), dict):
+        raise PublishError(f"{path} is not a training history")
+    if not isinstance(history.get("epochs"), list) or not history["epochs"]:
+        raise PublishError(f"{path} records no epoch")
+    run_config = RunConfig.from_history(history["config"])
+    diff = run_config.record_differences(history["config"])
+    if diff:
+        shown = ", ".join(f"{k}: recorded {a!r} vs run_config {b!r}" for k, (a, b) in diff.items())
+        raise PublishError(
+            f"{path}: its run_config disagrees with the settings the run recorded ({shown}): "
+            "the file was edited after the run; publish the run as it trained; nothing written"
+        )
+    return history, run_config
+
+
+def _best_model(run_dir: Path, run_config: RunConfig, train: bdata.Dataset):
+    """The run's best-validation model, rebuilt from ``run_config``; refused when the
+    checkpoint was trained with another configuration or holds another model."""
+    path = run_dir / "checkpoint.pt"
+    ckpt = load_checkpoint(path)
+    saved = ckpt["config"].get(CONFIG_KEY) if isinstance(ckpt.get("config"), dict) else None
+    if saved is not None:
+        diff = RunConfig.from_dict(saved).differences(run_config)
+        if diff:
+            shown = ", ".join(
+                f"{k}: checkpoint {a!r} vs history {b!r}" for k, (a, b) in diff.items()
+            )
+            raise PublishError(
+                f"{path} was trained with another run configuration than history.json's "
+                f"({shown}): they are not the same run's; nothing written"
+            )
+    net = run_config.build_model(train.shape, train.num_classes)
+    try:
+        net.load_state_dict(ckpt["best_model"])
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[-1].strip()
+        raise PublishError(
+            f"{path} holds another model than the run configuration builds "
+            f"({run_config.describe_shape()}: {first}); nothing written"
+        ) from None
+    return net.eval()
+
+
+def _check_dest(dest: Path, config: dict) -> None:
+    """DEST is new, empty, or holds this very run (its run.json has the same command line)."""
+    if (dest / "run.json").exists():
+        old = read_json(dest / "run.json")
+        if not isinstance(old, dict) or old.get("argv") != config.get("argv"):
+            what = old.get("command") if isinstance(old, dict) else old
+            raise PublishError(f"{dest} holds another run ({what}); choose another DEST")
+    elif dest.exists() and any(dest.iterdir()):
+        raise PublishError(f"{dest} is a folder with other files; choose another DEST")
+
+
+def _model_check(net, test, best: History, run_config: RunConfig, where: Path, metadata: dict):
+    """The float model's errors and predictions on ``test``, and (a binary run) the packed
+    model's, exported to ``where``; refused when they differ from each other or the history."""
+    pred_float = predict(net, test.X, device="cpu")
+    check = {
+        "test_images": len(test),
+        "errors_float_model": int((pred_float != test.y).sum()),
+        "errors_history": round(best.test_error_at_best * len(test)),
+        # One digit per test image (classes < 10), else a list: what the packed model
+        # must predict, checked again by the tests from the committed files.
+        "predictions_float_model": _predictions(pred_float),
+        "checked_on": describe_machine(),
+    }
+    if run_config.binary:
+        model_path = inference.export(net, where, metadata=metadata)
+        pred_packed = inference.load(model_path).predict(test.X)
+        check["errors_packed"] = int((pred_packed != test.y).sum())
+        check["predictions_differing_packed_vs_float"] = int((pred_packed != pred_float).sum())
+        check["model_bytes"] = model_path.stat().st_size
+    _check_packed(check)
+    return check
+
+
+def _run_json(history: dict, run_config: RunConfig, splits, check: dict, note, stopped_early):
+    """run.json's record of the run."""
+    config, best = history["config"], History(epochs=history["epochs"])
+    return {
+        "command": command_line(config),
+        "argv": config["argv"],
+        "run_config": run_config.to_dict(),
+        # What the run trained on (it records it, e.g. after --train-size).
+        "data": config.get("data") or bdata.describe_splits(*splits),
+        "schedule": _schedule(config, history),
+        "stopped": history.get("stopped"),
+        "stopped_early": stopped_early,
+        # Published on the machine that trained it (a session's CPU may change later).
+        "hardware": config.get("hardware") or hardware(),
+        "seed": config["seed"],
+        "date": datetime.date.today().isoformat(),
+        "code_at_publish": _git_commit(),
+        "note": note,
+        "best_epoch": best.best_epoch,
+        "selection": "best validation error; ties: the later epoch",
+        "test_error_at_best": best.test_error_at_best,
+        # A float twin has no packed model: its check is the float model's errors.
+        "packed_check" if run_config.binary else "float_check": check,
+    }
+
+
 def publish(
     run_dir: str | Path,
     dest: str | Path,
@@ -188,21 +296,17 @@ def publish(
     run.json; ``code_at_publish`` is the git commit of the code that published it.
     ``data_root``: where the run's data set is (None: ``$BNN_DATA_DIR``, else the cache).
     Refused (:class:`PublishError`, nothing written): a run that did not run all its epochs
-    (``allow_stopped`` publishes one its time limit stopped, labelled so), a packed model whose
-    errors differ from the float model's or the history's, a DEST holding another run. The
-    files are written into a staging folder renamed into place, under a lock on DEST, so a
-    second publish waits for none and mixes nothing, and a kill or a full disk leaves the old
-    DEST as it was.
+    (``allow_stopped`` publishes one its time limit stopped, labelled so), a run configuration
+    that disagrees with the settings the history recorded or with the checkpoint's (or whose
+    model is not the checkpoint's), a packed model whose errors differ from the float
+    model's or the history's, a DEST holding another run. The files are written into a
+    staging folder renamed into place, under a lock on DEST, so a second publish waits for
+    none and mixes nothing, and a kill or a full disk leaves the old DEST as it was.
     """
     run_dir, dest = Path(run_dir), _dest(dest)
-    history = read_json(run_dir / "history.json")
-    if not isinstance(history, dict) or not isinstance(history.get("config"), dict):
-        raise PublishError(f"{run_dir / 'history.json'} is not a training history")
-    if not isinstance(history.get("epochs"), list) or not history["epochs"]:
-        raise PublishError(f"{run_dir / 'history.json'} records no epoch")
+    history, run_config = _read_run(run_dir)
     config = history["config"]
     stopped_early = _finished(history, allow_stopped)
-    run_config = RunConfig.from_history(config)
     best = History(epochs=history["epochs"])  # re-read under the one tie rule
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -210,67 +314,18 @@ def publish(
     except LockHeld as e:
         raise PublishError(f"another publish into {dest} is running ({e}); try again") from e
     try:
-        if (dest / "run.json").exists():
-            old = read_json(dest / "run.json")
-            if not isinstance(old, dict) or old.get("argv") != config.get("argv"):
-                raise PublishError(
-                    f"{dest} holds another run ({old.get('command')}); choose another DEST"
-                )
-        elif dest.exists() and any(dest.iterdir()):
-            raise PublishError(f"{dest} is a folder with other files; choose another DEST")
-        train, val, test = run_config.load_data(data_root)
+        _check_dest(dest, config)
+        splits = run_config.load_data(data_root)
+        train, _, test = splits
         if test is None or not len(test):
             raise PublishError(f"{run_config.dataset} has no test images to check the model on")
-        net = run_config.build_model(train.shape, train.num_classes)
-        net.load_state_dict(load_checkpoint(run_dir / "checkpoint.pt")["best_model"])
-        net.eval()
+        net = _best_model(run_dir, run_config, train)
+        metadata = {"run": dest.name, "argv": config["argv"], "dataset": run_config.dataset}
 
         def build(staging: Path) -> dict:
-            pred_float = predict(net, test.X, device="cpu")
-            check = {
-                "test_images": len(test),
-                "errors_float_model": int((pred_float != test.y).sum()),
-                "errors_history": round(best.test_error_at_best * len(test)),
-                # One digit per test image (classes < 10), else a list: what the packed model
-                # must predict, checked again by the tests from the committed files.
-                "predictions_float_model": _predictions(pred_float),
-                "checked_on": describe_machine(),
-            }
-            if run_config.binary:
-                model_path = inference.export(
-                    net, staging / "model.safetensors",
-                    metadata={
-                        "run": dest.name, "argv": config["argv"], "dataset": run_config.dataset,
-                    },
-                )  # fmt: skip
-                pred_packed = inference.load(model_path).predict(test.X)
-                check["errors_packed"] = int((pred_packed != test.y).sum())
-                check["predictions_differing_packed_vs_float"] = int(
-                    (pred_packed != pred_float).sum()
-                )
-                check["model_bytes"] = model_path.stat().st_size
-            _check_packed(check)
-            return {
-                "command": command_line(config),
-                "argv": config["argv"],
-                "run_config": run_config.to_dict(),
-                # What the run trained on (it records it, e.g. after --train-size).
-                "data": config.get("data") or bdata.describe_splits(train, val, test),
-                "schedule": _schedule(config, history),
-                "stopped": history.get("stopped"),
-                "stopped_early": stopped_early,
-                # Published on the machine that trained it (a session's CPU may change later).
-                "hardware": config.get("hardware") or hardware(),
-                "seed": config["seed"],
-                "date": datetime.date.today().isoformat(),
-                "code_at_publish": _git_commit(),
-                "note": note,
-                "best_epoch": best.best_epoch,
-                "selection": "best validation error; ties: the later epoch",
-                "test_error_at_best": best.test_error_at_best,
-                # A float twin has no packed model: its check is the float model's errors.
-                "packed_check" if run_config.binary else "float_check": check,
-            }
+            where = staging / "model.safetensors"
+            check = _model_check(net, test, best, run_config, where, metadata)
+            return _run_json(history, run_config, splits, check, note, stopped_early)
 
         return _write_staged(dest, history, build)
     finally:

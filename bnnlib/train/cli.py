@@ -32,27 +32,36 @@ refused; a lock left by a process that no longer runs (SIGKILL, a power cut) is
 taken over with a message. The folder is created and the lock written before
 any data are loaded, so an unwritable ``--out`` fails at once; temporary files
 of an interrupted write (``.checkpoint.pt.*.tmp`` ...) are removed then.
-Numbers are checked as they are parsed (a batch size, hidden units, epochs: >= 1;
-learning rates, width, time limit: finite and > 0; dropout in [0, 1)).
+Numbers are checked as they are parsed (hidden units, epochs: >= 1; learning rates, width,
+time limit: finite and > 0; dropout in [0, 1)), then as the :class:`RunConfig` they resolve
+into (a batch of at least 2 for batch norm, at most ``MAX_DEPTH`` hidden layers, a model
+whose training state fits in this machine's memory), and ``--device`` before the folder is
+claimed: each a one-line error. ``--hidden 2048,1024,512`` gives an MLP one width per hidden
+layer; ``--model``, ``--estimator``, ``--optimizer`` and ``--batchnorm`` offer the names of
+their registries (:mod:`bnnlib.registry`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import errno
+import io
 import sys
 from pathlib import Path
+from typing import Any
 
 from bnnlib import data as bdata
-from bnnlib import paper
 from bnnlib.cliargs import fraction, nonnegative_int, positive_float, positive_int
 from bnnlib.errors import BadInput
-from bnnlib.nn import models
+from bnnlib.nn import models, ste
 from bnnlib.train.checkpoint import CheckpointError
-from bnnlib.train.config import RunConfig
+from bnnlib.train.config import MAX_DEPTH, RunConfig, RunConfigFormatError
 from bnnlib.train.history import History
-from bnnlib.train.loop import OPTIMIZERS, FitSetupError, NonFiniteLossError
-from bnnlib.train.run import DataError, RunOptions, train
+from bnnlib.train.loop import FitSetupError, NonFiniteLossError
+from bnnlib.train.optimizers import OPTIMIZERS
+from bnnlib.train.run import DataError, RunOptions, check_device, train
 from bnnlib.train.runfolder import RunConfigError, RunFolderError
 
 __all__ = [
@@ -62,6 +71,7 @@ __all__ = [
     "config_from_argv",
     "PAPER_DEFAULTS",
     "PRESETS",
+    "PRESET_ONLY",
     "SHORT_RECIPE",
     "SHORT_RUN_EPOCHS",
 ]
@@ -70,8 +80,12 @@ __all__ = [
 SHORT_RUN_EPOCHS = 100
 SHORT_RECIPE = {"lr_end_ratio": 1e-2, "dropout": 0.0}
 
-# The paper's schedules (Theano code): epochs, batch size, LR start and end.
-PAPER_DEFAULTS = paper.SCHEDULES
+# The paper's schedules (Theano code) of the registered models: epochs, batch size, LR start
+# and end (bnnlib.nn.models.MODELS, from bnnlib.paper.SCHEDULES).
+PAPER_DEFAULTS = {name: spec.schedule for name, spec in models.MODELS.items()}
+#: RunConfig fields that only a preset sets (every other field has its flag; ``widths`` has two,
+#: --hidden and --depth).
+PRESET_ONLY = ("glorot_scale", "last_batchnorm", "bn_eps", "bn_momentum")
 
 # The Torch7 code's MNIST setup (itayhubara/BinaryNet: Main_BinaryNet_MNIST.lua,
 # Models/BinaryNet_MNIST_Model.lua, adaMax_binary_clip_shift.lua,
@@ -113,24 +127,38 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def widths_arg(text: str) -> int | tuple[int, ...]:
+    """``--hidden``: one width (``2048``) or one per hidden layer (``2048,1024,512``)."""
+    parts = [positive_int(t.strip()) for t in text.split(",")]
+    if len(parts) > MAX_DEPTH:
+        raise argparse.ArgumentTypeError(f"at most {MAX_DEPTH} hidden widths, got {len(parts)}")
+    return parts[0] if len(parts) == 1 and "," not in text else tuple(parts)
+
+
 def _data_and_model_options(p: argparse.ArgumentParser) -> None:
     """The dataset and the model's shape."""
-    p.add_argument("--model", choices=sorted(models.MODELS), help="required unless --preset")
+    p.add_argument("--model", choices=list(models.MODELS), help="required unless --preset")
     p.add_argument(
         "--dataset",
-        help="mnist, fashion_mnist, cifar10, svhn or npz:<path> "
-        "(default: mnist for mnist_mlp, cifar10 for cifar10_convnet, svhn for svhn_convnet)",
+        help="mnist, fashion_mnist, cifar10, svhn or npz:<path> (default: the dataset of the "
+        "model's paper schedule: mnist for mnist_mlp, cifar10 for cifar10_convnet, svhn for "
+        "svhn_convnet)",
     )
     p.add_argument("--data-root", help=f"data folder (default: ${bdata.ENV_VAR}, else ~/.cache)")
-    p.add_argument("--hidden", type=positive_int, help="MLP hidden units (paper: 4096)")
-    p.add_argument("--depth", type=nonnegative_int, default=3, help="MLP hidden layers (paper: 3)")
+    p.add_argument(
+        "--hidden", type=widths_arg, help="MLP hidden units (paper: 4096), or one width per "
+        "hidden layer: 2048,1024,512",
+    )  # fmt: skip
+    p.add_argument(
+        "--depth", type=nonnegative_int, help=f"MLP hidden layers (paper: 3; at most {MAX_DEPTH})"
+    )
     p.add_argument("--dropout-in", type=fraction, help="MLP input dropout (paper: 0.2)")
     p.add_argument(
         "--dropout-hidden",
         type=fraction,
         help="MLP hidden dropout (paper: 0.5; see --recipe)",
     )
-    p.add_argument("--width", type=positive_float, default=1.0, help="ConvNet width multiplier")
+    p.add_argument("--width", type=positive_float, help="ConvNet width multiplier (default: 1)")
     p.add_argument(
         "--fc-width",
         type=positive_float,
@@ -154,7 +182,6 @@ def _schedule_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--recipe",
         choices=("auto", "paper", "short"),
-        default="auto",
         help="defaults of --lr-end and --dropout-hidden. paper: the paper's; short: "
         f"LR end = LR start / {1 / SHORT_RECIPE['lr_end_ratio']:g} and no hidden dropout, "
         f"for runs of a few epochs; auto (default): short below {SHORT_RUN_EPOCHS} epochs, "
@@ -172,8 +199,13 @@ def _method_options(p: argparse.ArgumentParser) -> None:
         "deterministic weights, Torch7's shift AdaMax with its Glorot scales, LR 2^-6 halved "
         "every 20 epochs, batch 100. Options given explicitly still win.",
     )
-    p.add_argument("--optimizer", choices=OPTIMIZERS, help="default: adam")
-    p.add_argument("--batchnorm", choices=("standard", "shift"), help="default: standard")
+    p.add_argument("--optimizer", choices=list(OPTIMIZERS), help="default: adam")
+    p.add_argument("--batchnorm", choices=list(models.BATCHNORMS), help="default: standard")
+    p.add_argument(
+        "--estimator", choices=list(ste.ESTIMATORS),
+        help=f"the straight-through estimator of the Sign activations (default: "
+        f"{ste.PAPER_ESTIMATOR}, the paper's)",
+    )  # fmt: skip
     p.add_argument(
         "--lr-halve-every", type=positive_int,
         help="halve the LR every N epochs (Torch7) instead of the exponential decay",
@@ -183,22 +215,25 @@ def _method_options(p: argparse.ArgumentParser) -> None:
 def _variant_options(p: argparse.ArgumentParser) -> None:
     """Stochastic binarization, the float twin, the fast path, a time limit, a subset."""
     p.add_argument(
-        "--stochastic", action="store_true", help="stochastic binarization of both the "
-        "activations and the weights (training only)",
+        "--stochastic", action="store_true", default=None,
+        help="stochastic binarization of both the activations and the weights (training only)",
     )  # fmt: skip
     p.add_argument(
-        "--stochastic-activations", action="store_true",
+        "--stochastic-activations", action="store_true", default=None,
         help="stochastic binarization of the Sign activations (training only)",
     )  # fmt: skip
     p.add_argument(
-        "--stochastic-weights", action="store_true",
+        "--stochastic-weights", action="store_true", default=None,
         help="stochastic binarization of the weights (training only)",
     )  # fmt: skip
     p.add_argument(
         "--max-time", type=positive_float, help="seconds; stop cleanly at the last epoch boundary "
         "that fits (history.json says so)",
     )  # fmt: skip
-    p.add_argument("--float", action="store_true", help="train the float twin (no binarization)")
+    p.add_argument(
+        "--float", dest="binary", action="store_false", default=None,
+        help="train the float twin (no binarization)",
+    )  # fmt: skip
     p.add_argument(
         "--fast", action=argparse.BooleanOptionalAction, help="the fast path: multi-tensor "
         "optimizer step and clipping, evaluation in batches of 10,000; the same parameters "
@@ -215,7 +250,7 @@ def _variant_options(p: argparse.ArgumentParser) -> None:
 
 def _run_options(p: argparse.ArgumentParser) -> None:
     """Seed, device, and the run folder."""
-    p.add_argument("--seed", type=nonnegative_int, default=0)
+    p.add_argument("--seed", type=nonnegative_int, help="default: 0")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--out", help="folder for history.json, checkpoint.pt, model.pt, best_model.pt")
     p.add_argument(
@@ -230,72 +265,86 @@ def _run_options(p: argparse.ArgumentParser) -> None:
 
 
 def resolve_settings(args: argparse.Namespace) -> RunConfig:
-    """The run's :class:`RunConfig`, from the flags, then the preset, then the paper's defaults.
+    """The run's :class:`RunConfig`: the flags given (a flag whose value is None was not
+    given; each has the name of its field), then the preset, then the defaults of the model's
+    :class:`~bnnlib.nn.models.ModelSpec` (its paper schedule) and of the recipe, then the
+    fields' defaults.
 
     The ``short`` recipe (module docstring) sets the LR end and the hidden dropout
     of runs under ``SHORT_RUN_EPOCHS`` epochs unless ``--recipe paper``.
     """
-    preset = PRESETS.get(args.preset, {}) if args.preset else {}
+    preset = dict(PRESETS[args.preset]) if args.preset else {}
+    given = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(RunConfig)
+        if getattr(args, f.name, None) is not None
+    }
+    given.pop("recipe", None)  # resolved below
+    if args.stochastic:
+        given.update(stochastic_activations=True, stochastic_weights=True)
     model = preset.get("model", args.model)
     if model is None:
         raise ValueError("choose a model with --model (or a --preset)")
     if args.model not in (None, model):
         raise ValueError(f"--preset {args.preset} trains {model}, not {args.model}")
-    defaults = PAPER_DEFAULTS[model]
+    schedule = models.MODELS[model].schedule
+    settings: dict[str, Any] = {"dataset": schedule["dataset"]}
+    settings.update(epochs=schedule["epochs"], batch_size=schedule["batch_size"])
+    settings.update(lr_start=schedule["lr"][0])
+    settings.update(preset)
+    settings.update(_recipe({**settings, **given}, args, schedule), **given)
+    settings["widths"] = _widths(args.hidden, args.depth, preset.get("hidden"))
+    settings.pop("hidden", None)
+    return RunConfig(**settings)
 
-    def pick(flag: str, default):
-        value = getattr(args, flag, None)
-        return value if value is not None else preset.get(flag, default)
 
-    epochs = pick("epochs", defaults["epochs"])
-    lr_start = pick("lr_start", defaults["lr"][0])
-    recipe = args.recipe
+def _recipe(settings: dict, args: argparse.Namespace, schedule: dict) -> dict[str, Any]:
+    """The recipe's name, LR end and hidden dropout (module docstring)."""
+    recipe = args.recipe or "auto"
     if recipe == "auto":
-        recipe = "short" if epochs < SHORT_RUN_EPOCHS and not args.preset else "paper"
+        recipe = "short" if settings["epochs"] < SHORT_RUN_EPOCHS and not args.preset else "paper"
     if recipe == "short":
-        lr_end, drop = lr_start * SHORT_RECIPE["lr_end_ratio"], SHORT_RECIPE["dropout"]
+        lr_end, drop = settings["lr_start"] * SHORT_RECIPE["lr_end_ratio"], SHORT_RECIPE["dropout"]
     else:
-        lr_end, drop = defaults["lr"][1], 0.5
-    both = args.stochastic
-    return RunConfig(
-        model=model,
-        dataset=args.dataset or defaults["dataset"],
-        preset=args.preset,
-        recipe="preset" if args.preset and args.recipe == "auto" else recipe,
-        epochs=epochs,
-        batch_size=pick("batch_size", defaults["batch_size"]),
-        lr_start=lr_start,
-        lr_end=pick("lr_end", lr_end),
-        lr_halve_every=pick("lr_halve_every", None),
-        dropout_hidden=pick("dropout_hidden", drop),
-        dropout_in=pick("dropout_in", 0.2),
-        hidden=pick("hidden", 4096),
-        depth=args.depth,
-        width=args.width,
-        fc_width=args.fc_width,
-        batchnorm=pick("batchnorm", "standard"),
-        optimizer=pick("optimizer", "adam"),
-        glorot_scale=preset.get("glorot_scale", True),
-        stochastic_activations=bool(
-            both or args.stochastic_activations or preset.get("stochastic_activations", False)
-        ),
-        stochastic_weights=bool(
-            both or args.stochastic_weights or preset.get("stochastic_weights", False)
-        ),
-        last_batchnorm=preset.get("last_batchnorm"),
-        bn_eps=preset.get("bn_eps"),
-        bn_momentum=preset.get("bn_momentum"),
-        binary=not args.float,
-        seed=args.seed,
-        train_size=args.train_size,
-        eval_batch_size=args.eval_batch_size,
-        fast=args.fast,
-    )
+        lr_end, drop = schedule["lr"][1], 0.5
+    label = "preset" if args.preset and args.recipe in (None, "auto") else recipe
+    return {
+        "recipe": label,
+        "lr_end": settings.get("lr_end", lr_end),
+        "dropout_hidden": settings.get("dropout_hidden", drop),
+    }
+
+
+def _widths(hidden, depth: int | None, preset_hidden: int | None) -> tuple[int, ...]:
+    """An MLP's widths from --hidden (one width, or one per layer), --depth and the preset."""
+    if isinstance(hidden, tuple):
+        if depth is not None and depth != len(hidden):
+            raise ValueError(f"--depth {depth} but --hidden gives {len(hidden)} widths")
+        return hidden
+    return models.mlp_widths(hidden or preset_hidden or 4096, depth)
 
 
 def config_from_argv(argv: list[str]) -> RunConfig:
-    """The :class:`RunConfig` that ``python -m bnnlib.train ARGV`` trains (flags resolved)."""
-    return resolve_settings(build_parser().parse_args(argv))
+    """The :class:`RunConfig` that ``python -m bnnlib.train ARGV`` trains (flags resolved).
+
+    A command line that is not a training one (``--help``, an unknown flag, a bad value) is
+    a :class:`RunConfigFormatError` naming it, never an exit: the parser's output is kept."""
+    parser = build_parser()
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            args = parser.parse_args(argv)
+    except SystemExit:
+        said = out.getvalue().strip().splitlines()
+        why = (
+            said[-1]
+            if said and not any(a in ("-h", "--help") for a in argv)
+            else "it asks for the help"
+        )
+        raise RunConfigFormatError(
+            f"the command line {argv} is not one that trains a run: {why}"
+        ) from None
+    return resolve_settings(args)
 
 
 def _fail(parser: argparse.ArgumentParser, message: str, status: int = 2):
@@ -321,6 +370,7 @@ def main(argv: list[str] | None = None) -> History:
             parser.error(f"--out {args.out!r} is not valid UTF-8: choose another folder name")
     try:
         config = resolve_settings(args)
+        check_device(args.device)
     except ValueError as e:
         parser.error(str(e))
     if args.out is None:
@@ -342,7 +392,9 @@ def main(argv: list[str] | None = None) -> History:
         return train(config, options)
     except DataError as e:  # the flags were fine: no usage text above the message
         _fail(parser, str(e))
-    except (RunFolderError, RunConfigError, CheckpointError, FitSetupError, BadInput) as e:
+    except (RunFolderError, RunConfigError, RunConfigFormatError, CheckpointError, BadInput) as e:
+        _fail(parser, str(e))
+    except FitSetupError as e:  # the flags were fine, the data too small for them
         _fail(parser, str(e))
     except NonFiniteLossError as e:
         _fail(parser, str(e), status=1)

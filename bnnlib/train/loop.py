@@ -69,7 +69,6 @@ Command line: ``python -m bnnlib.train --model mnist_mlp --epochs 10``, in
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import sys
@@ -86,7 +85,7 @@ from tqdm.auto import tqdm
 
 from bnnlib import data as bdata
 from bnnlib.nn.losses import pm1_targets, square_hinge
-from bnnlib.nn.optim import Adam, ShiftAdaMax, exponential_lr, step_lr
+from bnnlib.nn.optim import exponential_lr, step_lr
 from bnnlib.train.checkpoint import (
     cpu_state,
     load_checkpoint,
@@ -96,6 +95,7 @@ from bnnlib.train.checkpoint import (
 )
 from bnnlib.train.fast_step import FastStep
 from bnnlib.train.history import History, pct
+from bnnlib.train.optimizers import OPTIMIZERS
 from bnnlib.train.runfolder import (
     check_resume,
     extends_step_schedule,
@@ -187,7 +187,6 @@ def dist_errors(net: nn.Module, ds, batch_size: int, rank: int, world: int) -> f
 # --------------------------------------------------------------------------- training
 
 
-OPTIMIZERS = ("adam", "shift_adamax", "shift_adamax_torch7", "adamax_torch7")
 #: The evaluation batch of the fast path (a GPU holds 10,000 MNIST or CIFAR-10 images' activations).
 FAST_EVAL_BATCH = 10_000
 
@@ -195,19 +194,11 @@ FAST_EVAL_BATCH = 10_000
 def make_optimizer(
     net: nn.Module, name: str, lr: float, glorot_scale: bool | str = True
 ) -> torch.optim.Optimizer:
-    """``"adam"`` (fused kernels where PyTorch has them), ``"shift_adamax"`` (Algorithm 4)
-    , ``"shift_adamax_torch7"`` (the Torch7 code's variant) or ``"adamax_torch7"`` (that
-    variant without its AP2 roundings: the ablation of the shifts), over ``net``."""
-    if name == "adam":
-        if _net_device(net).type in ("cpu", "cuda"):
-            with contextlib.suppress(RuntimeError, ValueError):
-                return Adam(net, lr=lr, glorot_scale=glorot_scale, fused=True)
-        return Adam(net, lr=lr, glorot_scale=glorot_scale)
-    if name in ("shift_adamax", "shift_adamax_torch7", "adamax_torch7"):
-        variant = "torch7" if name.endswith("torch7") else "paper"
-        shift = name.startswith("shift_")
-        return ShiftAdaMax(net, lr=lr, glorot_scale=glorot_scale, variant=variant, shift=shift)
-    raise ValueError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
+    """The optimizer ``name`` of :data:`bnnlib.train.optimizers.OPTIMIZERS` over ``net``:
+    ``"adam"`` (fused kernels where PyTorch has them), ``"shift_adamax"`` (Algorithm 4),
+    ``"shift_adamax_torch7"`` (the Torch7 code's variant) or ``"adamax_torch7"`` (that
+    variant without its AP2 roundings: the ablation of the shifts)."""
+    return OPTIMIZERS.pick(name)(net, lr, glorot_scale)
 
 
 def make_scheduler(opt, lr_start: float, lr_end: float, num_epochs: int, halve_every):

@@ -13,6 +13,7 @@ configuration.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,11 +30,15 @@ from bnnlib.train.history import History
 from bnnlib.train.loop import as_device, fit, rank_and_world
 from bnnlib.train.runfolder import claim_run_folder, release
 
-__all__ = ["RunOptions", "train", "DataError"]
+__all__ = ["RunOptions", "train", "DataError", "DeviceError", "check_device"]
 
 
 class DataError(ValueError):
     """The run's data set could not be loaded (the message says which file and why)."""
+
+
+class DeviceError(ValueError):
+    """The device asked for does not exist, or this machine has none of it."""
 
 
 @dataclass(frozen=True)
@@ -69,24 +74,40 @@ def _init_distributed(device_choice: str | None) -> tuple[int, torch.device]:
 
 
 def _meta(config: RunConfig, options: RunOptions, device, splits) -> dict:
-    """What the history records beside the fit's own settings."""
-    meta: dict[str, Any] = {
-        k: getattr(config, k)
-        for k in ("model", "recipe", "preset", "hidden", "dropout_in", "batchnorm")
+    """What the history records beside the fit's own settings: the configuration, and its
+    settings under the names the history has always used (:meth:`RunConfig.record`)."""
+    return {
+        **config.record(),
+        "argv": list(options.command or []),
+        "hardware": hardware(device),
+        "data": bdata.describe_splits(*splits),
+        CONFIG_KEY: config.to_dict(),
     }
-    meta.update(
-        stochastic_activations=config.stochastic_activations,
-        stochastic_weights=config.stochastic_weights,
-        dropout_hidden=config.dropout_hidden if config.model == "mnist_mlp" else None,
-        depth=config.depth,
-        width=config.width,
-        float=not config.binary,
-    )
-    meta["argv"] = list(options.command or [])
-    meta["hardware"] = hardware(device)
-    meta["data"] = bdata.describe_splits(*splits)
-    meta[CONFIG_KEY] = config.to_dict()
-    return meta
+
+
+def check_device(device: str | None) -> None:
+    """Refuse (:class:`DeviceError`) a ``--device`` torch does not know or this machine lacks."""
+    if device is None:
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise DeviceError(
+            f"--device {device} is not a device: use cpu, cuda or cuda:N (or leave it out)"
+        ) from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count()
+        if n == 0:
+            raise DeviceError(
+                f"--device {device}: this machine has no CUDA GPU that torch can use; "
+                "use --device cpu (or leave --device out)"
+            )
+        if dev.index is not None and dev.index >= n:
+            raise DeviceError(
+                f"--device {device}: this machine has {n} GPU(s): cuda:0 to cuda:{n - 1}"
+            )
+    elif dev.type != "cpu":
+        raise DeviceError(f"--device {device}: training runs on cpu or cuda, not {dev.type}")
 
 
 def train(config: RunConfig, options: RunOptions = RunOptions()) -> History:
@@ -97,6 +118,7 @@ def train(config: RunConfig, options: RunOptions = RunOptions()) -> History:
     :class:`~bnnlib.train.checkpoint.CheckpointError` (a resume that does not match),
     :class:`~bnnlib.train.loop.NonFiniteLossError`, and the data loaders' errors.
     """
+    check_device(options.device)
     lock = None  # rank 0 owns the run folder (the only rank that writes)
     if options.out is not None and int(os.environ.get("RANK", "0")) == 0:
         lock = claim_run_folder(Path(options.out), options.resume, options.overwrite)
@@ -104,6 +126,18 @@ def train(config: RunConfig, options: RunOptions = RunOptions()) -> History:
         return _train(config, options)
     finally:
         release(lock)
+
+
+def _restore_history(history: History, path: Path) -> None:
+    """Write ``path`` again when it is missing after the fit (a finished run resumed after its
+    history.json was deleted: no epoch was left to write it), and say so."""
+    if not path.exists():
+        history.to_json(path)
+        print(
+            f"{path} was missing: written again from the checkpoint's history "
+            f"({len(history.epochs)} epochs; the run had no epoch left to train)",
+            file=sys.stderr,
+        )
 
 
 def _train(config: RunConfig, options: RunOptions) -> History:
@@ -137,6 +171,7 @@ def _train(config: RunConfig, options: RunOptions) -> History:
         )  # fmt: skip
         if rank_and_world()[0] == 0:
             if out is not None:
+                _restore_history(history, out / "history.json")
                 atomic_save(cpu_state(net), out / "model.pt")
                 if history.best_state is not None:
                     atomic_save(history.best_state, out / "best_model.pt")

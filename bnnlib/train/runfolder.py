@@ -2,9 +2,10 @@
 
 Resuming. :func:`bnnlib.train.fit` records the run configuration (:func:`run_config`) in
 the history and the checkpoint, and ``resume=True`` refuses a checkpoint whose
-configuration differs (:func:`config_differences`: every setting that changes the result,
-each differing one named; settings missing from an older checkpoint count as their
-defaults, :data:`CONFIG_DEFAULTS`) or whose model has other parameter shapes
+configuration differs (:func:`config_differences`, each differing setting named: the
+:class:`~bnnlib.train.config.RunConfig` fields when both sides hold one, a field missing from
+an older checkpoint counting as its default, and the fit's own settings no field holds, such
+as the number of processes and of images) or whose model has other parameter shapes
 (:func:`check_resume`, :class:`RunConfigError`).
 
 The run folder (``--out`` of ``python -m bnnlib.train``, :func:`claim_run_folder`). A
@@ -28,9 +29,10 @@ from torch import nn
 
 from bnnlib.files import FileLock, LockHeld
 from bnnlib.train.checkpoint import remove_stale_temporaries
+from bnnlib.train.config import CONFIG_KEY, RECORD, RunConfig, RunConfigFormatError
 
 __all__ = ["RunConfigError", "config_differences", "run_config", "check_resume"]
-__all__ += ["CONFIG_DEFAULTS", "NOT_COMPARED", "RUN_FILES", "claim_run_folder", "release"]
+__all__ += ["NOT_COMPARED", "RUN_FILES", "claim_run_folder", "release"]
 __all__ += ["RunFolderError"]
 
 
@@ -43,25 +45,52 @@ class RunFolderError(RuntimeError):
 
 
 #: Settings recorded for the record only: they may change when a run is resumed.
-NOT_COMPARED = ("argv", "hardware", "data", "fast", "run_config")
-#: The values of settings that older checkpoints did not record (the CLI's defaults then).
-CONFIG_DEFAULTS = {"depth": 3, "width": 1.0, "float": False}
+NOT_COMPARED = ("argv", "hardware", "data", "fast", CONFIG_KEY, "extended")
 _MISSING = "<not recorded>"
 
 
 def config_differences(saved: dict, now: dict) -> dict[str, tuple]:
     """``{setting: (saved value, value now)}`` for every setting of a run's configuration
-    that differs, but those in :data:`NOT_COMPARED`; a setting missing on one side counts
-    as its :data:`CONFIG_DEFAULTS` value (settings added after ``saved`` was written)."""
-    diff = {}
+    that differs (a checkpoint's ``config`` and the one of the run asked for).
+
+    When both hold a :class:`~bnnlib.train.config.RunConfig` (``run_config``), its fields are
+    compared (:meth:`~bnnlib.train.config.RunConfig.differences`; a field the older one lacks
+    is its default), then the fit's settings that no field holds (``world_size``,
+    ``n_train`` ...). Otherwise (a bare :func:`~bnnlib.train.loop.fit`, or a checkpoint from
+    before run configurations) every recorded setting is compared, but those in
+    :data:`NOT_COMPARED`, one missing on one side counting as its field's default
+    (:meth:`~bnnlib.train.config.RunConfig.record_defaults`)."""
+    diff: dict[str, tuple] = {}
+    skip = set(NOT_COMPARED)
+    if CONFIG_KEY in saved and CONFIG_KEY in now:
+        try:
+            diff = _named_differences(_configs(saved), _configs(now))
+        except RunConfigFormatError as e:
+            raise RunConfigError(f"the checkpoint's run configuration cannot be read: {e}") from e
+        skip |= set(RECORD)  # compared just now
+    defaults = RunConfig.record_defaults()
     for k in dict.fromkeys([*saved, *now]):
-        if k in NOT_COMPARED:
+        if k in skip:
             continue
-        a = saved.get(k, CONFIG_DEFAULTS.get(k, _MISSING))
-        b = now.get(k, CONFIG_DEFAULTS.get(k, _MISSING))
+        a = saved.get(k, defaults.get(k, _MISSING))
+        b = now.get(k, defaults.get(k, _MISSING))
         if a != b:
             diff[k] = (a, b)
     return diff
+
+
+def _configs(config: dict) -> RunConfig:
+    return RunConfig.from_dict(config[CONFIG_KEY])
+
+
+def _named_differences(a: RunConfig, b: RunConfig) -> dict[str, tuple]:
+    """``a.differences(b)``, each named as the history names it where it has a name
+    (``depth``, ``float``, ``num_epochs`` ...: :data:`~bnnlib.train.config.RECORD`), else by
+    its field."""
+    ra, rb = a.record(), b.record()
+    named = {k: (ra[k], rb[k]) for k in ra if ra[k] != rb[k]}
+    covered = {RECORD[k][0] for k in named}
+    return {**named, **{k: v for k, v in a.differences(b).items() if k not in covered}}
 
 
 def extends_step_schedule(ckpt: dict, config: dict) -> bool:
@@ -88,6 +117,7 @@ def check_resume(ckpt: dict, config: dict, net: nn.Module, path) -> None:
     diff = config_differences(ckpt["config"], config)
     if extends_step_schedule(ckpt, config):
         diff.pop("num_epochs", None)
+        diff.pop("epochs", None)
     if diff:
         shown = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
         raise RunConfigError(
