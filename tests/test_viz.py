@@ -1,4 +1,4 @@
-"""bnnlib.book.viz: figures, widgets with a static fallback, plotly.js, probes."""
+"""bnnlib.book.viz: figures, widgets with a static fallback, plotly.js; the Sign probes it draws."""
 
 from __future__ import annotations
 
@@ -16,21 +16,21 @@ def test_sign_probes_see_what_each_estimator_passes_back():
     import torch
 
     import bnnlib
-    from bnnlib.book import viz
+    from bnnlib.analysis import probes as probing
 
     torch.manual_seed(0)
     net = bnnlib.mnist_mlp(hidden=32, dropout_in=0, dropout_hidden=0)
     X, y = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
     net(X)  # one training-mode pass so the running statistics are not the initial ones
     net.eval()
-    probes = {e: viz.sign_probes(net, X, y, estimator=e) for e in ESTIMATORS}
+    probes = {e: probing.sign_probes(net, X, y, estimator=e) for e in ESTIMATORS}
     assert [p.name for p in probes["hardtanh"]] == ["3", "6", "9"]  # the SignActivations
     for h, i, n in zip(probes["hardtanh"], probes["identity"], probes["none"], strict=True):
         assert torch.equal(h.input, i.input)  # the same weights, the same forward pass
         saturated = h.input.abs() > 1
         assert torch.count_nonzero(h.grad[saturated]) == 0  # Eq. 4: cancelled where |r| > 1
         assert torch.count_nonzero(n.grad) == 0
-        assert viz.saturation(h.input) == saturated.float().mean().item()
+        assert probing.saturation(h.input) == saturated.float().mean().item()
     # The last hidden Sign gets the same upstream gradient with both straight-through
     # estimators: the paper's is the identity's, cancelled exactly where |r| > 1.
     h, i = probes["hardtanh"][-1], probes["identity"][-1]

@@ -1,4 +1,4 @@
-"""Figures for the book: plotly rendered offline, widgets with a static fallback, probes.
+"""Figures for the book: plotly rendered offline, widgets with a static fallback.
 
 The book's notebooks import only bnnlib; every figure goes through this module,
 so it renders the same way in JupyterLab, in a headless papermill run and in
@@ -17,9 +17,9 @@ the exported HTML, which must work offline:
   same options, so headless runs and the HTML export can still switch.
 * Figure builders the notebooks share: :func:`line`, :func:`histograms`,
   :func:`binarized_histograms`, :func:`training_curves`, and :func:`table`.
-* Probes that measure a model for a figure: :func:`sign_probes` (the input
-  and gradient of each Sign activation), :func:`saturation` (the fraction
-  ``|x| > 1`` where the straight-through estimator cancels the gradient).
+
+What a figure measures on a model lives in :mod:`bnnlib.analysis` (e.g. the Sign activations'
+probes, :mod:`bnnlib.analysis.probes`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from __future__ import annotations
 import html
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import ipywidgets
@@ -55,9 +54,6 @@ __all__ = [
     "table",
     "source",
     "METRIC_DASH",
-    "SignProbe",
-    "sign_probes",
-    "saturation",
 ]
 
 HEIGHT = 420  # default figure height in pixels (an HTML page has no height to fill)
@@ -549,72 +545,6 @@ def source(obj: Any, *, docstring: bool = False) -> None:
     where = "/".join(parts[parts.index("bnnlib") :]) if "bnnlib" in parts else path.name
     name = f"{obj.__module__}.{obj.__qualname__}"
     display(Markdown(f"`{name}` ({where}):\n\n```python\n{code}\n```"))
-
-
-# --- probes -----------------------------------------------------------------------------------
-
-
-@dataclass
-class SignProbe:
-    """What one Sign activation saw: its real input and the gradient that reached that input."""
-
-    name: str
-    input: torch.Tensor
-    grad: torch.Tensor | None
-
-
-def sign_probes(
-    net: torch.nn.Module,
-    X: torch.Tensor,
-    y: torch.Tensor | None = None,
-    num_classes: int = 10,
-    estimator: str | None = None,
-) -> list[SignProbe]:
-    """Run ``net`` on ``X`` and return, for each :class:`~bnnlib.nn.layers.SignActivation`,
-    its input and (when labels ``y`` are given) the square-hinge loss gradient at that input.
-
-    ``estimator`` (see :mod:`bnnlib.nn.ste`) replaces the activations' estimator for this
-    one pass, so the same weights can be probed with each. The model's mode
-    (train/eval) is left as it is; parameter gradients are left zeroed.
-    """
-    from bnnlib.nn.layers import SignActivation
-    from bnnlib.nn.losses import pm1_targets, square_hinge
-
-    signs = [(n, m) for n, m in net.named_modules() if isinstance(m, SignActivation)]
-    saved = [m.estimator for _, m in signs]
-    seen: list[tuple[str, torch.Tensor]] = []
-
-    def grab(name: str):
-        def hook(_module, args):
-            if args[0].requires_grad:
-                args[0].retain_grad()  # keep the gradient of this non-leaf tensor
-            seen.append((name, args[0]))
-
-        return hook
-
-    hooks = [m.register_forward_pre_hook(grab(n)) for n, m in signs]
-    try:
-        for _, module in signs:
-            module.estimator = estimator or module.estimator
-        with torch.set_grad_enabled(y is not None):
-            out = net(X)
-            if y is not None:
-                square_hinge(out, pm1_targets(y, num_classes)).backward()
-    finally:
-        for h in hooks:
-            h.remove()
-        for (_, module), original in zip(signs, saved, strict=True):
-            module.estimator = original
-    probes = [
-        SignProbe(n, x.detach(), None if x.grad is None else x.grad.detach()) for n, x in seen
-    ]
-    net.zero_grad(set_to_none=True)
-    return probes
-
-
-def saturation(x: torch.Tensor) -> float:
-    """Fraction of entries with |x| > 1: where the STE of paper Eq. 4 cancels the gradient."""
-    return (x.abs() > 1).float().mean().item()
 
 
 def figure1(histories: Mapping[str, Any], *, title: str = "") -> go.Figure:
