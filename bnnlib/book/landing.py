@@ -249,8 +249,8 @@ def verdict(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         + "; "
         + group(having("not reproduced"), "not reproduced")
         + ".",
-        "Only a reduced run here, not comparable yet: "
-        + group(having("reduced run"), "rows")
+        "Reduced runs here, not comparable yet: "
+        + group(having("reduced run"), "row" if len(having("reduced run")) == 1 else "rows")
         + ".",
         "No figure of the paper to meet: "
         + group(having("measured", "computed"), "measured or computed")
