@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 from test_train import write_tiny_npz
+from test_train_hardening import cli_error, no_data
 
-from bnnlib import data
 from bnnlib.nn import models, ste
 from bnnlib.repro import publish
 from bnnlib.train import cli as train_cli
@@ -41,22 +41,6 @@ def finished(tiny):
     return name, out
 
 
-def _cli_error(argv, capsys) -> str:
-    with pytest.raises(SystemExit) as e:
-        train_cli.main(argv)
-    assert e.value.code != 0
-    return capsys.readouterr().err
-
-
-def _no_data(monkeypatch):
-    """Fail the test if the CLI gets as far as loading data."""
-
-    def refuse(*a, **kw):
-        raise AssertionError("the data were loaded: the check came too late")
-
-    monkeypatch.setattr(data, "load_splits", refuse)
-
-
 def _edit(path: Path, change) -> None:
     d = json.loads(path.read_text())
     change(d)
@@ -72,7 +56,7 @@ def test_resume_with_another_estimator_is_refused_naming_it(tiny, capsys):
     name, out = tiny
     train_cli.main(_argv(name, out, "--max-time", "1e-9"))  # stops after epoch 1 of 2
     before = (out / "checkpoint.pt").read_bytes()
-    err = _cli_error([*_argv(name, out), "--estimator", "identity", "--resume"], capsys)
+    err = cli_error([*_argv(name, out), "--estimator", "identity", "--resume"], capsys)
     assert "cannot resume with different settings (estimator: checkpoint 'hardtanh' vs now " \
         "'identity')" in err  # fmt: skip
     assert (out / "checkpoint.pt").read_bytes() == before
@@ -227,8 +211,8 @@ def test_publish_refuses_a_run_config_that_is_not_the_checkpoints(finished, tmp_
 
 
 def test_a_huge_depth_is_refused_before_anything_is_loaded(tmp_path, monkeypatch, capsys):
-    _no_data(monkeypatch)
-    err = _cli_error(_argv("mnist", tmp_path / "r", "--depth", "1000000"), capsys)
+    no_data(monkeypatch)
+    err = cli_error(_argv("mnist", tmp_path / "r", "--depth", "1000000"), capsys)
     assert f"at most {MAX_DEPTH}" in err
 
 
@@ -236,7 +220,7 @@ def test_a_huge_width_is_refused_before_allocation(tiny, capsys):
     name, out = tiny
     argv = _argv(name, out)
     argv[argv.index("16")], argv[argv.index("--depth") + 1] = "2000000", "2"  # 4e12 parameters
-    err = _cli_error(argv, capsys)
+    err = cli_error(argv, capsys)
     assert "parameters: training needs about" in err and "GiB, this machine has" in err
 
 
@@ -244,8 +228,8 @@ def test_a_huge_width_is_refused_before_allocation(tiny, capsys):
 
 
 def test_batch_size_one_is_refused_for_batch_norm(tmp_path, monkeypatch, capsys):
-    _no_data(monkeypatch)
-    err = _cli_error(_argv("mnist", tmp_path / "r", "--batch-size", "1"), capsys)
+    no_data(monkeypatch)
+    err = cli_error(_argv("mnist", tmp_path / "r", "--batch-size", "1"), capsys)
     assert "batch_size 1 (at least 2: batch norm" in err
 
 
@@ -254,8 +238,8 @@ def test_a_device_this_machine_lacks_is_one_clear_error(device, tmp_path, monkey
     n = torch.cuda.device_count()
     if device.startswith("cuda") and n > int(device.partition(":")[2] or 0):
         pytest.skip(f"this machine has {device}")
-    _no_data(monkeypatch)
-    err = _cli_error(_argv("mnist", tmp_path / "r", "--device", device), capsys)
+    no_data(monkeypatch)
+    err = cli_error(_argv("mnist", tmp_path / "r", "--device", device), capsys)
     assert f"--device {device}" in err and "Traceback" not in err
     assert not (tmp_path / "r").exists()  # refused before the folder was claimed
 

@@ -45,14 +45,14 @@ def tiny(tmp_path):
     return write_tiny_npz(tmp_path / "tiny.npz"), tmp_path / "run"
 
 
-def _cli_error(argv, capsys) -> str:
+def cli_error(argv, capsys) -> str:
     with pytest.raises(SystemExit) as e:
         train_cli.main(argv)
     assert e.value.code != 0
     return capsys.readouterr().err
 
 
-def _no_data(monkeypatch):
+def no_data(monkeypatch):
     """Fail the test if the CLI gets as far as loading data."""
 
     def refuse(*a, **kw):
@@ -81,7 +81,7 @@ def test_cli_resume_with_another_model_setting_is_refused(tiny, capsys, change, 
     name, out = tiny
     train_cli.main(_argv(name, out, "--max-time", "1e-9"))  # stops after epoch 1 of 2
     before = (out / "checkpoint.pt").read_bytes()
-    err = _cli_error([*_argv(name, out), *change, "--resume"], capsys)
+    err = cli_error([*_argv(name, out), *change, "--resume"], capsys)
     assert "cannot resume" in err
     for key in names:
         assert f"{key}: checkpoint " in err
@@ -93,7 +93,7 @@ def test_cli_resume_on_another_dataset_is_refused(tiny, tmp_path, capsys):
     name, out = tiny
     train_cli.main(_argv(name, out, "--max-time", "1e-9"))
     other = write_tiny_npz(tmp_path / "other.npz")
-    err = _cli_error([*_argv(other, out), "--resume"], capsys)
+    err = cli_error([*_argv(other, out), "--resume"], capsys)
     assert "cannot resume" in err and "dataset: checkpoint" in err
     assert json.loads((out / "history.json").read_text())["config"]["dataset"] == name
 
@@ -109,7 +109,7 @@ def test_cli_resume_with_the_same_settings_continues(tiny):
 
 def test_cli_resume_without_a_checkpoint_is_an_error(tiny, capsys):
     name, out = tiny
-    err = _cli_error([*_argv(name, out), "--resume"], capsys)
+    err = cli_error([*_argv(name, out), "--resume"], capsys)
     assert "no checkpoint.pt" in err and "without --resume" in err
     assert not out.exists()  # nothing created
 
@@ -176,14 +176,14 @@ def test_cli_refuses_an_existing_run_folder(tiny, capsys):
     name, out = tiny
     train_cli.main(_argv(name, out))
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    err = _cli_error(_argv(name, out), capsys)
+    err = cli_error(_argv(name, out), capsys)
     assert "holds a run" in err and "--resume" in err and "--overwrite" in err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     h = train_cli.main([*_argv(name, out, "--epochs", "1"), "--overwrite"])
     assert len(h.epochs) == 1
     assert len(json.loads((out / "history.json").read_text())["epochs"]) == 1
     assert {p.name for p in out.iterdir()} == set(before)  # the lock is gone
-    err = _cli_error([*_argv(name, out), "--overwrite", "--resume"], capsys)
+    err = cli_error([*_argv(name, out), "--overwrite", "--resume"], capsys)
     assert "not both" in err
 
 
@@ -191,7 +191,7 @@ def test_cli_a_folder_with_only_a_history_is_a_run_too(tiny, capsys):
     name, out = tiny
     out.mkdir()
     (out / "history.json").write_text("{}")
-    assert "holds a run" in _cli_error(_argv(name, out), capsys)
+    assert "holds a run" in cli_error(_argv(name, out), capsys)
 
 
 _HOLDER = (
@@ -214,7 +214,7 @@ def test_cli_lock_refuses_a_concurrent_run(tiny, capsys, monkeypatch):
     out.mkdir()
     holder = _hold(out / ".lock")
     try:
-        err = _cli_error(_argv(name, out), capsys)
+        err = cli_error(_argv(name, out), capsys)
         assert f"in use by process {holder.pid}" in err
         assert {p.name for p in out.iterdir()} == {".lock"}
     finally:
@@ -278,7 +278,7 @@ def test_cli_two_runs_at_once_on_one_folder(tiny, monkeypatch, capsys):
     errors = []
 
     def fit_with_a_second_run(*a, **kw):
-        errors.append(_cli_error(_argv(name, out, "--overwrite"), capsys))
+        errors.append(cli_error(_argv(name, out, "--overwrite"), capsys))
         return real_fit(*a, **kw)
 
     monkeypatch.setattr(train_run, "fit", fit_with_a_second_run)
@@ -314,8 +314,8 @@ def test_cli_lock_is_released_when_the_run_fails(tiny, monkeypatch):
     ],
 )  # fmt: skip
 def test_cli_refuses_bad_values_before_loading_anything(flag, value, capsys, monkeypatch):
-    _no_data(monkeypatch)
-    err = _cli_error(["--model", "mnist_mlp", flag, value], capsys)
+    no_data(monkeypatch)
+    err = cli_error(["--model", "mnist_mlp", flag, value], capsys)
     assert f"argument {flag}" in err
 
 
@@ -360,7 +360,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_
 def test_cli_a_non_finite_loss_exports_no_model(tiny, capsys, monkeypatch):
     name, out = tiny
     _nan_from_epoch(monkeypatch, 1)
-    err = _cli_error(_argv(name, out), capsys)
+    err = cli_error(_argv(name, out), capsys)
     assert "the training loss is nan" in err
     assert not (out / "model.pt").exists() and not (out / "best_model.pt").exists()
     assert not (out / ".lock").exists()
@@ -368,10 +368,10 @@ def test_cli_a_non_finite_loss_exports_no_model(tiny, capsys, monkeypatch):
 
 def test_cli_an_unwritable_out_fails_before_training(tiny, tmp_path, capsys, monkeypatch):
     name, _ = tiny
-    _no_data(monkeypatch)
+    no_data(monkeypatch)
     blocker = tmp_path / "a_file"
     blocker.write_text("")
-    err = _cli_error(_argv(name, blocker / "run"), capsys)
+    err = cli_error(_argv(name, blocker / "run"), capsys)
     assert "cannot write to --out" in err
 
 
@@ -380,9 +380,9 @@ def test_cli_a_read_only_out_fails_before_training(tiny, capsys, monkeypatch):
     name, out = tiny
     out.mkdir()
     out.chmod(0o555)
-    _no_data(monkeypatch)
+    no_data(monkeypatch)
     try:
-        assert "cannot write to --out" in _cli_error(_argv(name, out), capsys)
+        assert "cannot write to --out" in cli_error(_argv(name, out), capsys)
     finally:
         out.chmod(0o755)
 
@@ -470,14 +470,14 @@ def test_a_dangling_symlink_out_is_named_as_such(tiny, tmp_path, capsys):
     name, _ = tiny
     link = tmp_path / "link"
     link.symlink_to(tmp_path / "gone")
-    err = _cli_error(_argv(name, link), capsys)
+    err = cli_error(_argv(name, link), capsys)
     assert f"--out {link} is a symbolic link to {tmp_path / 'gone'}, which does not exist" in err
 
 
 def test_a_batch_larger_than_the_training_set_is_one_error(tiny, capsys):
     """--batch-size 5000 --train-size 2000 used to end in a traceback."""
     name, out = tiny
-    err = _cli_error([*_argv(name, out), "--train-size", "50", "--batch-size", "80"], capsys)
+    err = cli_error([*_argv(name, out), "--train-size", "50", "--batch-size", "80"], capsys)
     assert "the training set (50 images) is smaller than one batch (80)" in err
     assert "Traceback" not in err
 
@@ -490,7 +490,7 @@ def test_test_images_of_another_shape_are_refused_before_training(tmp_path, caps
         x_train=g.integers(0, 255, (60, 8, 8, 1)).astype(np.uint8), y_train=np.arange(60) % 3,
         x_test=g.integers(0, 255, (20, 9, 9, 1)).astype(np.uint8), y_test=np.arange(20) % 3,
     )  # fmt: skip
-    err = _cli_error(_argv(f"npz:{tmp_path / 'odd.npz'}", tmp_path / "run"), capsys)
+    err = cli_error(_argv(f"npz:{tmp_path / 'odd.npz'}", tmp_path / "run"), capsys)
     assert "the splits hold images of different shapes" in err and "(1, 9, 9)" in err
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
@@ -510,7 +510,7 @@ def test_a_full_disk_while_checkpointing_is_one_error_and_the_checkpoint_survive
         return real(obj, f, *a, **k)
 
     monkeypatch.setattr(torch, "save", full)
-    err = _cli_error([*_argv(name, out), "--resume"], capsys)
+    err = cli_error([*_argv(name, out), "--resume"], capsys)
     assert "No space left on device" in err and "--resume" in err
     assert err.count("Traceback") == 0
     assert (out / "checkpoint.pt").read_bytes() == before
@@ -519,5 +519,5 @@ def test_a_full_disk_while_checkpointing_is_one_error_and_the_checkpoint_survive
 def test_a_non_utf8_out_is_refused_before_training(tiny, capsys, tmp_path):
     name, _ = tiny
     out = os.fsdecode(bytes(tmp_path) + b"/run\xff")
-    err = _cli_error(_argv(name, out), capsys)
+    err = cli_error(_argv(name, out), capsys)
     assert "is not valid UTF-8" in err
