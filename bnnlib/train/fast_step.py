@@ -69,25 +69,25 @@ class FastStep:
         """``opt.step()``, bit for bit, through the optimizer's public ``step`` (an LR
         scheduler sees it): the CPU parameters in one pass each (module docstring)."""
         opt = self.opt
-        if isinstance(opt, ShiftAdaMax):
-            opt.step(update=self._adamax)
+        if isinstance(opt, ShiftAdaMax):  # what the kernel does not take: multi-tensor ops
+            opt.step(foreach=True, update=self._adamax)
         elif isinstance(opt, Adam):
             opt.step(clip=False)
-            for group in opt.param_groups:
-                if group.get("clip"):
-                    for p in group["params"]:
-                        self._clip(p)
+            rest = [p for g in opt.param_groups if g.get("clip") for p in g["params"]
+                    if not self._clip_sign(p)]  # fmt: skip
+            clip_latent_(rest)
         else:
             fast_step(opt)
 
-    def _clip(self, p: torch.Tensor) -> None:
-        """Clip a binary weight after a torch step, and Sign(p) in the same pass."""
+    def _clip_sign(self, p: torch.Tensor) -> bool:
+        """Clip a binary layer's weight after a torch step and give the layer Sign(p), in one
+        pass; False (nothing done) for a tensor the kernel does not take."""
         sign = self._sign_buffer(p)
-        if not _kernel_ok(p) or sign is None:
-            clip_latent_([p])
-            return
+        if sign is None:
+            return False
         self._kernels().clip_sign_(p, sign)
         self.layers[id(p)].use_weight_sign(sign)
+        return True
 
     def _adamax(self, group: dict, p: torch.Tensor, step: int) -> bool:
         """:meth:`ShiftAdaMax.step`'s update of ``p`` at ``step`` in one kernel call (and
