@@ -133,6 +133,9 @@ def test_a_given_sign_is_used_until_the_weight_changes():
     with torch.no_grad():
         layer.weight.mul_(1.0)  # any in-place change ends it
     assert torch.equal(layer(x), x @ sign(layer.weight).t())
+    layer.use_weight_sign(given)
+    layer.double()  # moved to another dtype (or device): Sign(W) is computed again
+    assert torch.equal(layer(x.double()), x.double() @ sign(layer.weight).t())
     with pytest.raises(ValueError, match="shape"):
         layer.use_weight_sign(torch.ones(3, 3))
 

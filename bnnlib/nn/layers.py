@@ -146,9 +146,10 @@ class _BinaryMixin:
             self.assert_clipped()
         # Stochastic binarization in training only; evaluation is deterministic.
         stoch = self.stochastic_weights and self.training
-        given = self._weight_sign
-        if given is not None and not stoch and given[1] == self.weight._version:
-            return _GivenSign.apply(self.weight, given[0])
+        given, w = self._weight_sign, self.weight
+        if (given is not None and not stoch and given[1] == w._version
+                and given[0].device == w.device and given[0].dtype == w.dtype):  # fmt: skip
+            return _GivenSign.apply(w, given[0])
         return ste_sign(self.weight, stoch, estimator="identity")
 
     def binary_input(self, x: torch.Tensor) -> torch.Tensor:
