@@ -151,7 +151,7 @@ def _protocol_cell(proto: dict[str, Any], found: list[results.CommittedRun]) -> 
             "points (binomial, 1 sd)",
         )  # fmt: skip
     elif k:
-        mean = sum(s["test_error"] for s in seeds) / k
+        mean = sum(s["test_errors"] for s in seeds) / k / n  # counts, as the test images
         interval = paper.Interval(mean, mean, mean, f"{verdict.done} published: no interval yet")
     else:
         interval = paper.Interval(float("nan"), float("nan"), float("nan"), "no seed published")
