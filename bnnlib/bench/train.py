@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bnnlib.bench.timing import timeit
 from bnnlib.nn.losses import pm1_targets, square_hinge
 from bnnlib.train import cli as train_cli
 from bnnlib.train.fast_step import FastStep
@@ -129,13 +130,7 @@ def _gemm_floor(layers: list[tuple[nn.Module, torch.Size]], repeats: int) -> lis
                     [0, 0], 1, [grad_input, True, False],
                 )  # fmt: skip
 
-    once()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        once()
-        times.append(time.perf_counter() - t0)
-    return times
+    return timeit(once, repeats, warmup=1)["times_s"]
 
 
 def _path(model: TrainModel, fast: bool):
