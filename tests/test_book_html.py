@@ -204,6 +204,12 @@ def test_page_in_chromium_draws_its_figures_offline(site, browser, name):
     assert browser.errors() == []
     drawn = browser.evaluate("document.querySelectorAll('.plotly-graph-div.js-plotly-plot').length")
     assert drawn == expected
+    # Printed lines wrap inside the page: no output box scrolls sideways (at 1200 px here).
+    wide = browser.evaluate(
+        "Array.from(document.querySelectorAll('div.cell_output pre'))"
+        ".filter(p => p.scrollWidth > p.clientWidth + 1).map(p => p.textContent.slice(0, 80))"
+    )
+    assert wide == [], wide
     if name == "01_binarization":
         assert expected >= 2  # the line figure and the widget's static figure, with its buttons
         assert browser.evaluate("document.querySelectorAll('.updatemenu-button').length") >= 2

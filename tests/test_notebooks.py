@@ -16,6 +16,7 @@ import ast
 import json
 import math
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -226,6 +227,16 @@ def _gap(r: dict, a: str, b: str):
     return gap_interval(round(r[a] * n), round(r[b] * n), n)
 
 
+def takeaway_01(r: dict) -> list[str]:
+    return [
+        f"within {r['stochastic_expectation_max_error']:.4f} of it, under the bound "
+        f"{r['stochastic_expectation_bound']:.4f}",
+        f"here for {100 * r['weights_flip_fraction']:.1f}% of the weights",
+        f"and {100 * r['activations_flip_fraction']:.1f}% of the activations (expected "
+        f"{100 * r['activations_flip_fraction_expected']:.1f}%)",
+    ]
+
+
 def takeaway_02(r: dict) -> list[str]:
     gap = _gap(r, "test_error_hardtanh", "test_error_identity")
     return [
@@ -257,12 +268,84 @@ def takeaway_05(r: dict) -> list[str]:
     return [cost, f"gap is {'smaller' if smaller else 'not smaller'} than the float twin's"]
 
 
+def takeaway_06(r: dict) -> list[str]:
+    n = r["cpu_gemm_n"]
+    return [
+        takeaway.speed(r["cpu_gemm_xnor_over_float32"],
+                       f"the XNOR-popcount product of {n}³ ±1 matrices", "torch float32"),
+        f"({r['cpu_gemm_xnor_over_float32_with_packing']:.1f}× its speed counting the packing)",
+        takeaway.speed(r["cpu_latency_batch1_float32_over_packed"], "packed", "float32"),
+        f"at {r['cpu_latency_batch1_over_floor']:.1f}× the time to stream",
+    ]  # fmt: skip
+
+
+def takeaway_07(r: dict) -> list[str]:
+    same = r["packed_mismatches"] == r["packed_bitplanes_mismatches"] == 0
+    runs = [v for k, v in r.items() if k.startswith("committed_packed_matches_history")]
+    return [
+        "the same predictions on all 10,000 test images" if same
+        else f"differs from the float simulation on {r['packed_mismatches']}",
+        f"take {r['memory_ratio_weights_4096']:.0f}× less memory",
+        f"shrinks {r['memory_ratio_model_4096']:.1f}×",
+        f"64-bit words, {r['memory_ratio_packed_export']:.1f}×.",
+        "gives exactly the test errors its training history recorded" if all(runs)
+        else "differ from its history",
+    ]  # fmt: skip
+
+
+def takeaway_08(r: dict) -> list[str]:
+    mlp, conv = r["energy_float32_memory_share_mlp"], r["energy_float32_memory_share_convnet"]
+    term = "memory" if mlp > 0.5 else "arithmetic"
+    return [
+        f"costs 1/{r['mac_energy_ratio']:.0f} of a float32 one",
+        f"{term} is {100 * max(mlp, 1 - mlp):.0f}% of the float32 MLP's energy and the BNN uses "
+        f"{r['energy_ratio_total_mlp']:.1f}× less",
+        f"{100 * max(conv, 1 - conv):.0f}%, {r['energy_ratio_total_convnet']:.1f}× less)",
+        f"on chip the ratio is {r['energy_ratio_total_mlp_weights_8K']:.1f}×"
+        + (", larger still." if r["energy_ratio_total_mlp_weights_8K"] > r["energy_ratio_total_mlp"]
+           else "."),
+    ]  # fmt: skip
+
+
+def takeaway_09(r: dict) -> list[str]:
+    below = 0.42 < r["unique_fraction_random_paper_architecture"]
+    return [
+        f"{100 * r['unique_fraction_random_paper_architecture']:.0f}% averaged over the paper's",
+        "is below that baseline" if below else "is not below that baseline",
+        takeaway.compare(r["unique_fraction_trained"], r["unique_fraction_initial"],
+                         "the trained kernels", "their initial ones", what="unique fraction",
+                         unit="%"),
+        f"operations {r['xnor_reduction_trained']:.2f}×.",
+    ]  # fmt: skip
+
+
+def takeaway_10(r: dict) -> list[str]:
+    exact = r["draw_reference_scores_identical"] and (
+        r["draw_reference_agreement"] == r["draw_eval_size"]
+    )
+    out = [
+        f"{r['draw_weights_bytes'] / 1e6:.2f} MB of bits",
+        "give exactly the scores and predictions" if exact else "differ from `PackedNet` here",
+    ]
+    if "draw_browser_agreement" in r:
+        out.append(f"agreed on {r['draw_browser_agreement']:,} of {r['draw_eval_size']:,}")
+    else:
+        out.append("the browser check did not run here")
+    return out
+
+
 #: Notebooks whose take-away is generated: what it must say, recomputed from the records.
 TAKEAWAYS = {
+    "01_binarization": takeaway_01,
     "02_straight_through_estimator": takeaway_02,
     "03_shift_batch_norm": takeaway_03,
     "04_shift_adamax": takeaway_04,
     "05_training": takeaway_05,
+    "06_xnor_kernels": takeaway_06,
+    "07_packed_inference": takeaway_07,
+    "08_energy": takeaway_08,
+    "09_filter_repetition": takeaway_09,
+    "10_draw_a_digit": takeaway_10,
 }
 
 
@@ -381,6 +464,33 @@ def test_full_profile_parameters_exist(path):
     for profile in ("full", "tests"):
         injected = book_notebooks.profile_parameters(path, profile)
         assert set(injected) <= set(declared)
+
+
+_EXERCISE_SETTING = re.compile(r"`([A-Z][A-Z0-9_]*) ?= ?([^`]+)`")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_exercises_use_the_parameters_cell(path):
+    """Each notebook ends with 2-3 exercises, and every setting they ask for (`NAME = VALUE` or
+    `-p NAME=VALUE`) is a parameter of the notebook that `python -m bnnlib.book -p` accepts
+    with that value (right name, right type): an exercise cannot send a reader to a parameter
+    that was renamed."""
+    nb = nbformat.read(path, as_version=4)
+    cells = [c.source for c in nb.cells if c.cell_type == "markdown"]
+    exercises = [s for s in cells if s.startswith("## Exercises")]
+    assert len(exercises) == 1 and cells[-1] == exercises[0], "one Exercises section, last"
+    items = re.findall(r"^\d+\. ", exercises[0], flags=re.M)
+    assert 2 <= len(items) <= 3, items
+    settings = [(n, v) for n, v in _EXERCISE_SETTING.findall(exercises[0]) if n != "NAME"]
+    settings += [
+        tuple(m.split("=", 1))
+        for m in re.findall(r"-p ([A-Z][A-Z0-9_]*=[^`\s)]+)", exercises[0])
+        if m != "NAME=VALUE"
+    ]
+    assert settings, "the exercises use the parameters cell"
+    for name, value in settings:
+        parsed = book_notebooks.parse_overrides([f"{name}={value.strip()}"], [path])
+        assert name in parsed[path], (name, value)
 
 
 def test_params_files_belong_to_notebooks():

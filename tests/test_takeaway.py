@@ -32,3 +32,8 @@ def test_compare_and_the_paragraph():
     )
     assert "ends below" in takeaway.compare(0.01, 0.02, "A", "B", what="error", unit="%")
     assert takeaway.text("One.", " ", "Two.") == "**What to take away.** One. Two."
+
+
+def test_speed_words_a_slowdown_as_one():
+    assert takeaway.speed(3.24, "XNOR", "float32") == "XNOR ran 3.2× faster than float32"
+    assert takeaway.speed(0.5, "XNOR", "float32") == "XNOR ran 2.0× slower than float32"

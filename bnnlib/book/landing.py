@@ -98,7 +98,8 @@ SECTIONS = {
 #: The order a learner can follow: the packed model (07) before the kernels that run it (06).
 LEARNER_ORDER = ("01", "02", "03", "04", "05", "07", "06", "08", "09", "10")
 
-#: The landing page's style: status colours, the full-width table, cards on a phone.
+#: The site's style: the landing page's status colours, full-width table and cards on a phone;
+#: printed output lines that wrap inside the page instead of running off its right edge.
 CSS = """
 .bd-main .bd-content .bd-article-container:has(.bnn-landing),
 .bd-container .bd-container__inner:has(.bnn-landing) { max-width: none; }
@@ -125,6 +126,7 @@ details.bnn-row[open] { background: #fafafa; }
 details.bnn-row summary { cursor: pointer; }
 details.bnn-row code { white-space: pre-wrap; word-break: break-word; }
 .bnn-legend { font-size: 0.9em; list-style: none; padding-left: 0; }
+div.cell_output div.output pre { white-space: pre-wrap; overflow-wrap: anywhere; }
 .bnn-legend li { margin: 0.2em 0; }
 @media (max-width: 700px) {
   table.bnn-claims thead { display: none; }

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from bnnlib.paper import Interval
 
-__all__ = ["PREFIX", "gap_sentence", "compare", "show", "text"]
+__all__ = ["PREFIX", "gap_sentence", "compare", "speed", "show", "text"]
 
 #: How a take-away paragraph opens.
 PREFIX = "**What to take away.**"
@@ -81,6 +81,15 @@ def compare(a_value: float, b_value: float, a: str, b: str, *, what: str, unit: 
     else:
         word = "equal to"
     return f"{a} ends {word} {b} in {what} ({fmt(a_value)} against {fmt(b_value)})"
+
+
+def speed(ratio: float, a: str, b: str) -> str:
+    """``a`` runs ``ratio`` times as fast as ``b`` (``ratio`` = b's time / a's time), worded as
+    "N× faster" above 1 and "N× slower" below, so that a measured slowdown never reads as a
+    speed-up."""
+    if ratio >= 1:
+        return f"{a} ran {ratio:.1f}× faster than {b}"
+    return f"{a} ran {1 / ratio:.1f}× slower than {b}"
 
 
 def text(*sentences: str) -> str:
