@@ -142,3 +142,19 @@ def test_a_run_with_another_configuration_does_not_count(tmp_path, monkeypatch):
     hist["config"]["run_config"]["batchnorm"] = "standard"
     path.write_text(json.dumps(hist))
     assert protocol.e1(protocol.load()).seeds == ()
+
+
+def test_pairs_show_each_seed_as_published(tmp_path, monkeypatch):
+    """Before E2 is complete the book shows its pairs as they are: a pair's gap only when both
+    of its runs are published, each read at the protocol's 100 epochs."""
+    monkeypatch.setenv(results.ENV_VAR, str(tmp_path))
+    _runs_like_the_protocol(tmp_path, {("E1", 0): 146, ("E1", 1): 153, ("E2", 0): 139,
+                                       ("E2", 2): 150})  # fmt: skip
+    got = {p.seed: p for p in protocol.pairs(protocol.load())}
+    assert sorted(got) == [0, 1, 2]
+    assert got[0].gap == pytest.approx((146 - 139) / 10_000)
+    assert got[1].ordinary is None and got[1].gap is None
+    assert got[2].shifted is None and got[2].ordinary.test_errors == 150
+    row = next(r for r in claims.committed_rows() if r.key == claims.E2_ROW)
+    assert row.status == "not run yet" and "2 of 3 seeds" in row.ours
+    assert "seed 0: +0.07 points" in row.ours and "seed 1" not in row.ours

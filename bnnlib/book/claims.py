@@ -29,6 +29,7 @@ from bnnlib import paper, results
 from bnnlib.repro import protocol
 
 __all__ = [
+    "E2_ROW",
     "Row",
     "committed_rows",
     "table1_torch7",
@@ -205,6 +206,55 @@ def _torch7_row() -> Row:
     return Row(
         c.key, c.claim, _pct(c.paper), ours, how, cell["status"], "05_training", details, machines
     )
+
+
+#: The key of the summary row of the protocol's experiment E2.
+E2_ROW = "no_loss_full_length"
+
+
+def _points(x: float) -> str:
+    return f"{100 * x:+.2f} points"
+
+
+def _e2_row() -> Row | None:
+    """The "no accuracy loss" of the shift-based parts over a full run: the protocol's E2,
+    pairs by seed (shift-based minus ordinary), its verdict once all three pairs are
+    published; before that, each published pair's gap and "not run yet"."""
+    proto = protocol.load()
+    if proto is None:
+        return None
+    verdict = protocol.e2(proto)
+    pairs = protocol.pairs(proto)
+    done = [p for p in pairs if p.gap is not None]
+    each = "; ".join(
+        f"seed {p.seed}: {_points(p.gap)} ({_pct(p.shifted.test_error)} shift-based, "
+        f"{_pct(p.ordinary.test_error)} ordinary)"
+        for p in done
+    )
+    if verdict.stats:
+        st = verdict.stats
+        ours = (f"mean gap {_points(st['mean_gap'])}, upper 95% bound {_points(st['upper95'])} "
+                f"(margin {_points(st['margin'])}); {each}")  # fmt: skip
+    elif done:
+        ours = f"{each} ({verdict.done} of E2 published, {len(done)} pairs: no verdict yet)"
+    else:
+        ours = f"— ({verdict.done} of E2 published: no verdict yet)"
+    runs = [s for p in pairs for s in (p.shifted, p.ordinary) if s is not None]
+    details = (
+        "results/protocol.md, experiment E2 (committed before its runs): the Torch7 preset at "
+        "exactly 100 epochs, seeds 0, 1, 2, each with ordinary batch norm and AdaMax without AP2 "
+        "(--batchnorm standard --optimizer adamax_torch7) beside its E1 run (shift-based batch "
+        "norm and shift-based AdaMax); d = shift-based minus ordinary test error at the "
+        'best-validation epoch; "reproduced" (no loss shown) when d + t(0.95, 2) s_d / sqrt(3) '
+        "< 0.20 points. Runs: "
+        + ("; ".join(f"results/{s.run}/ (best epoch {s.best_epoch})" for s in runs) or "none yet")
+    )
+    machines = tuple(sorted({str(r.run.get("hardware", "?")) for s in runs
+                             if (r := results.load_run(s.run)) is not None}))  # fmt: skip
+    return Row(E2_ROW, "Shift-based batch norm and AdaMax: no accuracy loss over a full run "
+               "(E2, paired seeds)", '"no loss"', ours, "3 × 2048 MLP, Torch7 preset, 100 epochs, "
+               f"{machine_kind(machines) or 'CPU'}", verdict.status, "04_shift_adamax", details,
+               machines)  # fmt: skip
 
 
 def _theano_row() -> Row:
@@ -484,6 +534,7 @@ def committed_rows() -> list[Row]:
     """Every summary row that needs no notebook run, in the book's order."""
     rows = [
         _torch7_row(),
+        *(r for r in (_e2_row(),) if r is not None),
         _theano_row(),
         _static_row("table1_svhn", "05_training", "no SVHN here", "SVHN cannot be obtained here"),
         _cifar10_row(),

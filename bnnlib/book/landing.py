@@ -93,6 +93,7 @@ SECTIONS = {
     "unique_filters": "Unique kernels per layer",
     "shift_bn_no_loss": "Training with each",
     "shift_adamax_no_loss": "Adam vs shift-based AdaMax",
+    "no_loss_full_length": "The full-length test",
 }
 
 #: The order a learner can follow: the packed model (07) before the kernels that run it (06).
@@ -208,6 +209,7 @@ SHORT = {
     "unique_filters": "42% unique filters",
     "shift_bn_no_loss": "shift batch norm, no loss",
     "shift_adamax_no_loss": "shift AdaMax, no loss",
+    "no_loss_full_length": "no loss, full length (E2)",
 }
 #: Why a row was not run, in the verdict's words.
 _NOT_RUN = {

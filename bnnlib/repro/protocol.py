@@ -28,7 +28,17 @@ from typing import Any
 from bnnlib import results
 from bnnlib.train.config import RunConfig, RunConfigFormatError
 
-__all__ = ["SeedResult", "Verdict", "load", "decided_claims", "seed_result", "e1", "e2"]
+__all__ = [
+    "Pair",
+    "SeedResult",
+    "Verdict",
+    "load",
+    "decided_claims",
+    "seed_result",
+    "e1",
+    "e2",
+    "pairs",
+]
 
 PROTOCOL_FILE = "protocol.json"
 
@@ -77,6 +87,22 @@ class Verdict:
     @property
     def done(self) -> str:
         return f"{len(self.seeds)} of {len(self.planned_seeds)} seeds"
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One seed of E2 beside its E1 partner: the shift-based run and the ordinary one (either
+    None until published) and, once both are, the gap d = shift - ordinary (a fraction)."""
+
+    seed: int
+    shifted: SeedResult | None  # E1: shift-based batch norm and AdaMax
+    ordinary: SeedResult | None  # E2: ordinary batch norm, AdaMax without AP2
+
+    @property
+    def gap(self) -> float | None:
+        if self.shifted is None or self.ordinary is None:
+            return None
+        return self.shifted.test_error - self.ordinary.test_error
 
 
 def _matches(run: results.CommittedRun, planned: dict[str, Any], epochs: int) -> bool:
@@ -184,3 +210,12 @@ def e2(protocol: dict[str, Any]) -> Verdict:
     stats = {"mean_gap": d, "sd_gap": sd, "upper95": d + half, "lower95": d - half,
              "margin": margin}  # fmt: skip
     return Verdict("E2", planned, seeds, status, stats)
+
+
+def pairs(protocol: dict[str, Any]) -> list[Pair]:
+    """E2's planned seeds, each with the published E1 and E2 runs of that seed (or None): what
+    the book shows while the experiment is incomplete, and the pairs its verdict uses."""
+    shifted = {s.seed: s for s in _seeds(protocol, "E1")}
+    ordinary = {s.seed: s for s in _seeds(protocol, "E2")}
+    return [Pair(seed, shifted.get(seed), ordinary.get(seed))
+            for seed in protocol["experiments"]["E2"]["seeds"]]  # fmt: skip
