@@ -127,8 +127,8 @@ details.bnn-row[open] { background: #fafafa; }
 details.bnn-row summary { cursor: pointer; }
 details.bnn-row code { white-space: pre-wrap; word-break: break-word; }
 .bnn-legend { font-size: 0.9em; list-style: none; padding-left: 0; }
-div.cell_output div.output pre { white-space: pre-wrap; overflow-wrap: anywhere; }
 .bnn-legend li { margin: 0.2em 0; }
+div.cell_output div.output pre { white-space: pre-wrap; overflow-wrap: anywhere; }
 @media (max-width: 700px) {
   table.bnn-claims thead { display: none; }
   table.bnn-claims tr { display: block; border: 1px solid #ddd; border-radius: 6px;
