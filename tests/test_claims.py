@@ -13,6 +13,7 @@ import pytest
 from bnnlib import paper, results
 from bnnlib.book import claims, runner
 from bnnlib.book import results as book_results
+from bnnlib.train import cli as train_cli
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -40,11 +41,9 @@ def test_the_book_summary_holds_the_same_committed_rows():
 def _fake_run(root: Path, name: str, seed: int, test_errors: list[int], epochs: int = 100):
     """A committed torch7-preset run with ``test_errors`` per epoch (val error = test error)."""
     n = 10_000
+    argv = ["--preset", "torch7", "--seed", str(seed), "--epochs", str(epochs)]
     hist = {
-        "config": {
-            "n_test": n,
-            "run_config": {"preset": "torch7", "dataset": "mnist", "seed": seed, "epochs": epochs},
-        },
+        "config": {"n_test": n, "run_config": train_cli.config_from_argv(argv).to_dict()},
         "epochs": [
             {"epoch": i + 1, "val_error": e / n, "test_error": e / n}
             for i, e in enumerate(test_errors)
@@ -248,3 +247,18 @@ def test_results_helpers_print_no_local_paths(tmp_path, monkeypatch):
     meta = {"cpu": "Some CPU", "cpu_flags": ["popcnt", "avx2"], "cpu_count": 2, "gpu": None}
     assert results.hardware_line(meta) == "CPU: Some CPU (2 logical cores; popcnt, avx2)"
     assert results.hardware_line({**meta, "gpu": "G"}).startswith("GPU: G; CPU: Some CPU")
+
+
+def test_the_torch7_cell_leaves_out_the_e2_variant(tmp_path, monkeypatch):
+    """The protocol's E2 runs carry the preset's name but change its batch norm and optimizer:
+    they are not Table 1 runs, and the cell never averages them in."""
+    monkeypatch.setenv(results.ENV_VAR, str(tmp_path))
+    _fake_run(tmp_path, "torch7_mnist", 0, [140])
+    _fake_run(tmp_path, "e2_ordinary_seed0", 0, [120])
+    path = tmp_path / "e2_ordinary_seed0" / "history.json"
+    hist = json.loads(path.read_text())
+    hist["config"]["run_config"] |= {"batchnorm": "standard", "optimizer": "adamax_torch7"}
+    path.write_text(json.dumps(hist))
+    cell = claims.table1_torch7()
+    assert [s["run"] for s in cell["seeds"]] == ["torch7_mnist"]
+    assert cell["interval"].value == pytest.approx(0.014)
