@@ -253,7 +253,8 @@ def _e2_row() -> Row | None:
         ours = (f"mean gap {_points(st['mean_gap'])}, upper 95% bound {_points(st['upper95'])} "
                 f"(margin {_points(st['margin'])}); {each}")  # fmt: skip
     elif done:
-        ours = f"{each} ({verdict.done} of E2 published, {len(done)} pair{'s' if len(done) != 1 else ''}: no verdict yet)"
+        plural = "s" if len(done) != 1 else ""
+        ours = f"{each} ({verdict.done} of E2 published, {len(done)} pair{plural}: no verdict yet)"
     else:
         ours = f"— ({verdict.done} of E2 published: no verdict yet)"
     runs = [s for p in pairs for s in (p.shifted, p.ordinary) if s is not None]
