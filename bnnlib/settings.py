@@ -11,6 +11,7 @@ by the protocols they belong to; benchmarks record a few others with their figur
 * ``BNN_BOOK_RUN``: set by ``python -m bnnlib.book`` while it runs the notebooks
   (:func:`book_run`: figures then embed what the exported HTML page needs);
 * ``NUMBA_NUM_THREADS``: checked before the kernels import numba (:func:`check_numba_threads`);
+  numba's threads are started with them, keeping torch's thread count (:func:`start_numba_threads`);
 * ``OMP_WAIT_POLICY``: ``PASSIVE`` makes idle OpenMP threads sleep; the fused packed MLP then
   stays on one thread (:func:`omp_passive`).
 
@@ -40,6 +41,7 @@ __all__ = [
     "record_file",
     "omp_passive",
     "check_numba_threads",
+    "start_numba_threads",
     "retain_freed_memory",
 ]
 
@@ -89,6 +91,25 @@ def check_numba_threads() -> None:
             f"NUMBA_NUM_THREADS={value!r}: must be an integer >= 1 (1 keeps the CPU kernels on "
             "one thread); unset it for all cores"
         )
+
+
+def start_numba_threads() -> None:
+    """Start numba's threads now and keep torch's thread count as it was.
+
+    numba's OpenMP threading layer, when its threads start (its first parallel kernel), sets
+    the thread count of the OpenMP runtime it shares with torch to its own (``NUMBA_NUM_THREADS``,
+    default: every core). A process run with ``OMP_NUM_THREADS=1`` (or ``torch.set_num_threads``)
+    then ran torch's products on more threads from that moment on, and torch's float32 GEMMs
+    round differently with another thread count: a training run's first step and a resumed
+    run's first step were computed with one count, the rest with another. The kernels call
+    this when imported, so torch keeps the count it was given."""
+    import numba
+    import torch
+
+    count = torch.get_num_threads()
+    numba.get_num_threads()  # starts numba's threads (its threading layer)
+    if torch.get_num_threads() != count:
+        torch.set_num_threads(count)
 
 
 def omp_passive() -> bool:

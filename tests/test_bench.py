@@ -178,7 +178,7 @@ def test_section4_quick_run_writes_build_bench_only(tmp_path, monkeypatch):
         bench.main(["--section4", "--latency"])
 
 
-def test_bench_train_times_both_paths_against_the_gemm_floor_of_the_same_layers():
+def test_bench_train_times_each_path_against_the_gemm_floor_of_the_same_layers():
     """bench --train's record: each path's split adds up to its step, the floor covers every
     dense layer of the model, the ratios are the quotients of the figures (no timing asserted)."""
     from bnnlib.bench.train import TrainModel, bench_one, train_table
@@ -186,11 +186,14 @@ def test_bench_train_times_both_paths_against_the_gemm_floor_of_the_same_layers(
     model = TrainModel("tiny", ("--preset", "torch7", "--hidden", "64"), "tiny preset", 1000)
     r = bench_one(model, repeats=2, warmup=1, log=lambda _: None)
     assert r["gemm_layers"] == 4 and r["steps_per_epoch"] == 10  # 3 hidden + output, batch 100
-    for path in ("plain", "fast"):
+    for path in ("plain", "fast", "fast_f32"):
         p = r[path]
         assert p["step"] > 0 and p["over_floor"] == p["step"] / r["gemm_floor_ms"]
         assert abs(p["epoch_s"] - 10 * p["step"] / 1e3) < 1e-12
-    assert "tiny preset" in train_table({"threads": 1, "models": [r]})
+    # the layers fed by Sign (hidden 2-3, output) take XNOR-popcount; the first (pixels) not
+    assert r["fast"]["xnor_layers"] == ["4", "7", "10"]
+    table = train_table({"threads": 1, "models": [r]})
+    assert "tiny preset" in table and "fast_f32" in table and "layers: 4, 7, 10" in table
 
 
 def test_latency_quick_run_has_every_baseline_the_floor_and_the_bound(tmp_path, monkeypatch):

@@ -75,6 +75,8 @@ def test_energy_tiny_mlp_by_hand():
     ratios = r.ratios
     assert ratios["compute"] == pytest.approx(sum(f) / sum(b))
     assert ratios["total"] == pytest.approx((sum(f) + sum(fm)) / (sum(b) + sum(bm)))
+    assert r.memory_share("float32") == pytest.approx(sum(fm) / (sum(f) + sum(fm)))
+    assert r.memory_share("binary") == pytest.approx(sum(bm) / (sum(b) + sum(bm)))
     d = r.to_dict()
     assert d["totals_pJ"]["binary"] == pytest.approx(sum(b) + sum(bm))
     assert len(d["layers"]) == 4 and d["weight_memory"] == "DRAM"

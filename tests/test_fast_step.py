@@ -4,6 +4,9 @@ for bit, in one pass over memory; torch's AP2 copied exactly; Sign(W) reused saf
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -15,6 +18,7 @@ from bnnlib.nn.layers import BinaryLinear, clip_latent_
 from bnnlib.nn.losses import pm1_targets, square_hinge
 from bnnlib.nn.optim import adamax_step_size, ap2_nonnegative, shift_adamax_
 from bnnlib.train import cli as train_cli
+from bnnlib.train.fast_linear import XnorProduct
 from bnnlib.train.fast_step import FastStep
 from bnnlib.train.loop import make_optimizer
 
@@ -163,6 +167,48 @@ def test_overwriting_a_sign_a_graph_still_needs_is_an_error():
         out.backward()
 
 
+# ------------------------------------------------------------------ the XNOR-popcount product
+
+
+def _twins(n_in: int, n_out: int) -> tuple[BinaryLinear, BinaryLinear, XnorProduct]:
+    """Two copies of one layer with Sign(W) given: the first computes F.linear, the second
+    XNOR-popcount."""
+    torch.manual_seed(0)
+    a, b = (BinaryLinear(n_in, n_out, binarize_input=False) for _ in range(2))
+    b.load_state_dict(a.state_dict())
+    product = XnorProduct()
+    a.use_weight_sign(sign(a.weight.detach()))
+    b.use_weight_sign(sign(b.weight.detach()), product)
+    return a, b, product
+
+
+@pytest.mark.parametrize("n_in", [64, 130, 2048])
+def test_the_xnor_product_is_f_linear_bit_for_bit(n_in):
+    """+-1 inputs (widths a multiple of 64 and not): the same outputs, and with a real-valued
+    gradient from above, the same gradients to the input and to the latent weight."""
+    a, b, product = _twins(n_in, 96)
+    x = sign(torch.randn(37, n_in))
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = a(xa), b(xb)
+    assert product.calls == 1 and _same(ya, yb) and not ya.eq(0).all()
+    up = torch.randn(ya.shape)
+    ya.backward(up)
+    yb.backward(up)
+    assert _same(xa.grad, xb.grad) and _same(a.weight.grad, b.weight.grad)
+    with torch.no_grad():
+        assert _same(a.eval()(x), b.eval()(x)) and product.calls == 2
+
+
+def test_the_xnor_product_declines_what_is_not_pm1():
+    """Pixels, a dropout's 0 and 2, a NaN: F.linear computes them (the same numbers as the
+    layer without the product)."""
+    a, b, product = _twins(100, 8)
+    dropped = sign(torch.randn(5, 100)) * 2 * (torch.rand(5, 100) < 0.5)
+    for x in (torch.rand(5, 100), dropped, torch.full((5, 100), math.nan)):
+        assert _same(a(x), b(x))
+    assert product.calls == 0 and product.declined == 3
+
+
 # ------------------------------------------------------------------ 200 steps, two recipes
 
 
@@ -181,7 +227,7 @@ def _train_steps(cfg, fast: bool, steps: int, batch: int):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         stepper.step() if fast else opt.step()
-    return net, opt
+    return net, opt, stepper
 
 
 @pytest.mark.slow
@@ -196,10 +242,14 @@ def _train_steps(cfg, fast: bool, steps: int, batch: int):
 def test_200_steps_of_the_fast_path_equal_the_plain_path_bit_for_bit(argv):
     """The Torch7 preset at its own width and the Theano recipe (Adam, ordinary batch norm,
     dropout; 512 hidden units to keep the test short): 200 steps of each path from the same
-    seed end with the same parameters, optimizer states and batch-norm statistics."""
+    seed end with the same parameters, optimizer states and batch-norm statistics. The Torch7
+    preset's hidden and output layers (+-1 inputs) took the XNOR-popcount product at every step
+    after the first, its first layer (pixels) never; the Theano recipe's dropout keeps it off."""
     cfg = train_cli.config_from_argv(argv)
     nets = [_train_steps(cfg, fast, steps=200, batch=cfg.batch_size) for fast in (False, True)]
-    (plain, plain_opt), (fast, fast_opt) = nets
+    (plain, plain_opt, _), (fast, fast_opt, stepper) = nets
+    calls = [p.calls for p in stepper.products.values()]
+    assert calls == ([0, 199, 199, 199] if argv[1] == "torch7" else [0, 0, 0, 0])
     for (k, a), b in zip(plain.state_dict().items(), fast.state_dict().values(), strict=True):
         assert torch.equal(_bits(a) if a.is_floating_point() else a,
                            _bits(b) if b.is_floating_point() else b), k  # fmt: skip
@@ -207,6 +257,21 @@ def test_200_steps_of_the_fast_path_equal_the_plain_path_bit_for_bit(argv):
         for key in sa:
             a, b = sa[key], sb[key]
             assert torch.equal(torch.as_tensor(a), torch.as_tensor(b)), key
+
+
+def test_the_kernels_leave_torchs_thread_count_alone():
+    """numba's OpenMP threads, once started, set the shared OpenMP runtime's thread count to
+    numba's (here 2): torch, told 1, kept running its products on 1 thread (the products round
+    differently on 2, so a run's first step and the rest would not match)."""
+    code = (
+        "import torch; from bnnlib.kernels import update; "
+        "p = torch.zeros(1 << 18); update.clip_sign_(p, torch.zeros(1 << 18)); "
+        "print(torch.get_num_threads())"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "2"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1"]
 
 
 def test_where_torchs_ap2_cannot_be_copied_the_step_falls_back_to_torch(monkeypatch):
@@ -219,7 +284,7 @@ def test_where_torchs_ap2_cannot_be_copied_the_step_falls_back_to_torch(monkeypa
 
     monkeypatch.setattr(K, "ap2_thresholds", refuse)
     with pytest.warns(RuntimeWarning, match="not one step here"):
-        (fast, _) = _train_steps(cfg, True, steps=3, batch=100)
-    (plain, _) = _train_steps(cfg, False, steps=3, batch=100)
+        (fast, _, _) = _train_steps(cfg, True, steps=3, batch=100)
+    (plain, _, _) = _train_steps(cfg, False, steps=3, batch=100)
     for a, b in zip(plain.state_dict().values(), fast.state_dict().values(), strict=True):
         assert torch.equal(a, b)

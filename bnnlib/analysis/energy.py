@@ -229,6 +229,10 @@ class EnergyReport:
         """Sum over layers of a LayerEnergy attribute, e.g. "binary_compute" or "float32"."""
         return sum(getattr(r, which) for r in self.layers)
 
+    def memory_share(self, which: str = "float32") -> float:
+        """The memory term's share of the ``which`` ("float32" or "binary") network's energy."""
+        return self.total(f"{which}_memory") / self.total(which)
+
     @property
     def ratios(self) -> dict[str, float]:
         """float32 / binary: compute, memory, weight accesses and overall."""

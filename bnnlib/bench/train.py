@@ -5,9 +5,11 @@ ConvNet at width 0.5 with its 1024-unit dense layers), built from its :class:`Ru
 ``python -m bnnlib.train`` builds it, on random data of the right shape:
 
 * one step of each path, split into forward (with the loss), backward and optimizer step:
-  the plain path (``opt.step()``, the torch operations of :mod:`bnnlib.nn.optim`) and the fast
-  path (:class:`bnnlib.train.fast_step.FastStep`), the two alternated step by step so that
-  other load hits both alike; medians over the repeats after warm-up;
+  the plain path (``opt.step()``, the torch operations of :mod:`bnnlib.nn.optim`), the fast
+  path (:class:`bnnlib.train.fast_step.FastStep`) and the fast path with float32 forward
+  products (``fast_f32``: ``FastStep(xnor=False)``, what the fast path was before its XNOR
+  products), alternated step by step so that other load hits them alike; medians over the
+  repeats after warm-up;
 * the **float32 GEMM floor** of the same step, timed in the same run with the same threads:
   every layer's forward product, its gradient with respect to its input (not for the first
   layer, whose input is the data) and with respect to its weight, as torch computes them
@@ -16,9 +18,11 @@ ConvNet at width 0.5 with its 1024-unit dense layers), built from its :class:`Ru
 * the ratio step / floor, and the epoch time it implies (steps per epoch of the model's
   training split times the median step; evaluation not included).
 
-The floor is what a training step must at least cost on this machine in float32; the fast
-path's forward products of the hidden layers could go below it only with exact lower-precision
-products (bf16 or int8 for +-1 inputs), which it does not use yet.
+The floor is what a training step must at least cost on this machine in float32. The fast
+path computes the forward products of the layers with +-1 inputs (the MLPs' hidden and output
+layers, when no dropout comes before them) by XNOR-popcount
+(:mod:`bnnlib.train.fast_linear`): the same float32 numbers for far less than their GEMMs, so
+its step can go below that floor's share for them; the table names those layers.
 """
 
 from __future__ import annotations
@@ -133,18 +137,24 @@ def _gemm_floor(layers: list[tuple[nn.Module, torch.Size]], repeats: int) -> lis
     return timeit(once, repeats, warmup=1)["times_s"]
 
 
-def _path(model: TrainModel, fast: bool):
-    """(net, optimizer, step function, inputs, targets) of one path, seeded alike."""
+#: The paths timed: name -> (fast, xnor).
+PATHS = {"plain": (False, False), "fast": (True, True), "fast_f32": (True, False)}
+
+
+def _path(model: TrainModel, fast: bool, xnor: bool = True):
+    """(net, optimizer, step function, inputs, targets, batch size, its FastStep or None) of
+    one path, seeded alike."""
     cfg = train_cli.config_from_argv(list(model.argv))
     shape = (1, 28, 28) if cfg.model == "mnist_mlp" else (3, 32, 32)
     torch.manual_seed(0)
     net = cfg.build_model(shape, 10).train()
     opt = make_optimizer(net, cfg.optimizer, cfg.lr_start, cfg.glorot_scale)
-    step = FastStep(opt, net).step if fast else opt.step
+    stepper = FastStep(opt, net, xnor=xnor) if fast else None
+    step = stepper.step if stepper is not None else opt.step
     g = torch.Generator().manual_seed(1)
     x = torch.rand(cfg.batch_size, *shape, generator=g)
     t = pm1_targets(torch.randint(0, 10, (cfg.batch_size,), generator=g), 10)
-    return net, opt, step, x, t, cfg.batch_size
+    return net, opt, step, x, t, cfg.batch_size, stepper
 
 
 def _timed_step(net, opt, step, x, t) -> tuple[float, float, float]:
@@ -159,18 +169,20 @@ def _timed_step(net, opt, step, x, t) -> tuple[float, float, float]:
 
 
 def bench_one(model: TrainModel, repeats: int = 20, warmup: int = 3, log=print) -> dict:
-    """The split of one step of both paths, the GEMM floor and the ratios for ``model``."""
-    paths = {"plain": _path(model, False), "fast": _path(model, True)}
+    """The split of one step of each path (:data:`PATHS`), the GEMM floor and the ratios for
+    ``model``."""
+    paths = {name: _path(model, fast, xnor) for name, (fast, xnor) in PATHS.items()}
     shapes = _Shapes(paths["plain"][0])
-    for net, opt, step, x, t, _ in paths.values():
+    for net, opt, step, x, t, *_ in paths.values():
         for _ in range(warmup):  # compiles the kernels (or loads them from the cache)
             _timed_step(net, opt, step, x, t)
     shapes.close()
     layers = shapes.seen[: len(shapes.seen) // warmup]  # one forward's layers
     split = {name: {"forward": [], "backward": [], "optimizer": []} for name in paths}
+    order = list(paths)
     for r in range(repeats):
-        for name in ("plain", "fast") if r % 2 == 0 else ("fast", "plain"):
-            net, opt, step, x, t, _ = paths[name]
+        for name in order[r % len(order) :] + order[: r % len(order)]:  # each first in turn
+            net, opt, step, x, t, *_ = paths[name]
             for part, s in zip(split[name], _timed_step(net, opt, step, x, t), strict=True):
                 split[name][part].append(s)
     floor = _gemm_floor(layers, repeats)
@@ -186,9 +198,12 @@ def bench_one(model: TrainModel, repeats: int = 20, warmup: int = 3, log=print) 
         out[name]["over_floor"] = out[name]["step"] / out["gemm_floor_ms"]
         out[name]["epoch_s"] = steps * out[name]["step"] / 1e3
     out["fast_speedup"] = out["plain"]["step"] / out["fast"]["step"]
+    products = paths["fast"][6].products
+    out["fast"]["xnor_layers"] = [name for name, p in products.items() if p.calls]
     log(
         f"  {model.label}: plain {out['plain']['step']:.1f} ms, fast {out['fast']['step']:.1f} "
-        f"ms, GEMM floor {out['gemm_floor_ms']:.1f} ms"
+        f"ms (float32 products: {out['fast_f32']['step']:.1f} ms), GEMM floor "
+        f"{out['gemm_floor_ms']:.1f} ms"
     )
     return out
 
@@ -210,16 +225,22 @@ def train_table(res: dict) -> str:
         f"Training step on the CPU ({res['threads']} threads), ms (median): forward + loss / "
         "backward / optimizer = step; the float32 GEMM floor of the same step; "
         "epoch = steps x step",
-        f"{'model':48s} {'path':6s} {'fwd':>7s} {'bwd':>7s} {'opt':>7s} {'step':>7s} "
+        f"{'model':48s} {'path':8s} {'fwd':>7s} {'bwd':>7s} {'opt':>7s} {'step':>7s} "
         f"{'floor':>7s} {'x floor':>8s} {'epoch s':>8s}",
     ]
     for m in res["models"]:
-        for name in ("plain", "fast"):
+        for name in PATHS:
+            if name not in m:  # a result written before the path was timed
+                continue
             p = m[name]
             lines.append(
-                f"{m['label'][:48]:48s} {name:6s} {p['forward']:7.1f} {p['backward']:7.1f} "
+                f"{m['label'][:48]:48s} {name:8s} {p['forward']:7.1f} {p['backward']:7.1f} "
                 f"{p['optimizer']:7.1f} {p['step']:7.1f} {m['gemm_floor_ms']:7.1f} "
                 f"{p['over_floor']:8.2f} {p['epoch_s']:8.1f}"
             )
-        lines.append(f"{'':48s} fast path {m['fast_speedup']:.2f}x the plain path")
+        xnor = ", ".join(m["fast"].get("xnor_layers", [])) or "none"
+        lines.append(
+            f"{'':48s} fast path {m['fast_speedup']:.2f}x the plain path; "
+            f"XNOR-popcount forward products in layers: {xnor}"
+        )
     return "\n".join(lines)

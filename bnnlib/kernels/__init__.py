@@ -32,6 +32,8 @@ from bnnlib.kernels.packing import (  # noqa: E402
 )
 from bnnlib.kernels.xnor import bitplane_dot, hamming_gemm, popcount_rows, xnor_gemm  # noqa: E402
 
+settings.start_numba_threads()  # numba's threads must not change torch's thread count
+
 __all__ = [
     "pack",
     "unpack",

@@ -25,7 +25,9 @@ import torch
 
 from bnnlib.kernels._cache import CACHE
 
-__all__ = ["pack", "unpack", "pack_bits", "num_words", "check_pm1", "threshold_pack", "fires"]
+__all__ = [
+    "pack", "try_pack", "unpack", "pack_bits", "num_words", "check_pm1", "threshold_pack", "fires",
+]  # fmt: skip
 
 _WORD_DTYPES = {64: torch.int64, 32: torch.int32}
 _BIT_WEIGHTS = [1 << i for i in range(8)]  # LSB-first within each byte
@@ -238,6 +240,18 @@ def pack(x: torch.Tensor, dim: int = -1, word_bits: int = 64) -> torch.Tensor:
     tensor([13])
     """
     return _pack(x, dim, word_bits, nonzero=False, what="pack")
+
+
+def try_pack(x: torch.Tensor) -> torch.Tensor | None:
+    """:func:`pack` along the last dim of a CPU tensor, or None where an entry is not ±1 (no
+    error): one pass that packs and checks, for callers with another way to go (the fast
+    training path's products, :mod:`bnnlib.train.fast_linear`)."""
+    if x.device.type != "cpu" or x.dtype not in _NUMBA_DTYPES or x.dtype in _UNSIGNED:
+        return None
+    if x.dim() == 0 or sys.byteorder != "little":
+        return None
+    words, n_bad = _pack_cpu(x, 64, nonzero=False)
+    return None if n_bad else words
 
 
 def unpack(

@@ -35,7 +35,7 @@ the paper's code). Nothing is inferred from a layer's width.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -84,7 +84,8 @@ class _BinaryMixin:
     stochastic_input: bool
     check_clip: bool = False  # the debug check of clipping (module docstring)
     weight: nn.Parameter
-    _weight_sign: tuple[torch.Tensor, int] | None = None  # (Sign(W), W's version): use_weight_sign
+    # (Sign(W), W's version, the product that uses it or None): use_weight_sign
+    _weight_sign: tuple[torch.Tensor, int, Product | None] | None = None
 
     def _init_binary(
         self, binarize_input: bool, weights: bool, inputs: bool, check_clip: bool
@@ -118,19 +119,36 @@ class _BinaryMixin:
                 "bnnlib.nn.layers.clip_latent_)"
             )
 
-    def use_weight_sign(self, sign: torch.Tensor) -> None:
+    def use_weight_sign(self, sign: torch.Tensor, product: Product | None = None) -> None:
         """Take ``sign`` = Sign(W) of the current latent weight, computed by whoever just
         changed W: the fast training step writes it in the same pass over memory as the
         update (:class:`bnnlib.train.fast_step.FastStep`). :meth:`binary_weight` returns it,
         with the same straight-through gradient, as long as W's version counter shows no
         change since (any in-place operation on W, ``load_state_dict`` included, ends it);
-        stochastic binarization never uses it."""
+        stochastic binarization never uses it.
+
+        ``product`` (dense layers only) computes ``x @ sign.T`` for the forward pass with the
+        same gradients as ``F.linear`` of the given sign (e.g. by XNOR-popcount,
+        :mod:`bnnlib.train.fast_linear`), called as ``product(x, W, sign)``; it returns None
+        for an input it does not take, and the layer then uses ``F.linear``."""
         if sign.shape != self.weight.shape:
             raise ValueError(
                 f"use_weight_sign: Sign(W) of shape {tuple(sign.shape)} for a weight of shape "
                 f"{tuple(self.weight.shape)}"
             )
-        self._weight_sign = (sign, self.weight._version)
+        if product is not None and not isinstance(self, nn.Linear):
+            raise ValueError(f"use_weight_sign: a product is for dense layers, not {type(self)}")
+        self._weight_sign = (sign, self.weight._version, product)
+
+    def _given(self) -> tuple[torch.Tensor, Product | None] | None:
+        """The given (Sign(W), product) while still valid for this weight, in training or
+        evaluation with deterministic weights; else None."""
+        given, w = self._weight_sign, self.weight
+        if given is None or (self.stochastic_weights and self.training):
+            return None
+        if given[1] != w._version or given[0].device != w.device or given[0].dtype != w.dtype:
+            return None
+        return given[0], given[2]
 
     def binary_weight(self) -> torch.Tensor:
         """W_b = Sign(W), with the straight-through gradient to the latent W.
@@ -144,12 +162,11 @@ class _BinaryMixin:
         """
         if self.check_clip and self.training:
             self.assert_clipped()
+        given = self._given()
+        if given is not None:
+            return _GivenSign.apply(self.weight, given[0])
         # Stochastic binarization in training only; evaluation is deterministic.
         stoch = self.stochastic_weights and self.training
-        given, w = self._weight_sign, self.weight
-        if (given is not None and not stoch and given[1] == w._version
-                and given[0].device == w.device and given[0].dtype == w.dtype):  # fmt: skip
-            return _GivenSign.apply(w, given[0])
         return ste_sign(self.weight, stoch, estimator="identity")
 
     def binary_input(self, x: torch.Tensor) -> torch.Tensor:
@@ -163,6 +180,11 @@ class _BinaryMixin:
             f"stochastic_weights={self.stochastic_weights}, "
             f"stochastic_input={self.stochastic_input}"
         )
+
+
+#: A dense layer's forward product with a given Sign(W): ``product(x, W, Sign(W))`` is
+#: ``x @ Sign(W).T`` with ``F.linear``'s gradients to x and (straight through) to W, or None.
+Product = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], "torch.Tensor | None"]
 
 
 class _GivenSign(torch.autograd.Function):
@@ -203,7 +225,15 @@ class BinaryLinear(_BinaryMixin, nn.Linear):
         self._init_binary(binarize_input, stochastic_weights, stochastic_input, check_clip)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.binary_input(x), self.binary_weight(), self.bias)
+        x = self.binary_input(x)
+        given = self._given()
+        if given is not None and given[1] is not None and self.bias is None:
+            if self.check_clip and self.training:
+                self.assert_clipped()
+            y = given[1](x, self.weight, given[0])
+            if y is not None:
+                return y
+        return F.linear(x, self.binary_weight(), self.bias)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, {self._flags()}"

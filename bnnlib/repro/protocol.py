@@ -72,6 +72,7 @@ class SeedResult:
     n_test: int
     packed_matches_history: bool | None  # None: the packed model is not this epoch's
     note: str = ""
+    hardware: str = "?"  # the machine that trained it, as its run.json names it
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,7 @@ def _matches(run: results.CommittedRun, planned: dict[str, Any], epochs: int) ->
         have, want = RunConfig.from_dict(run.config), RunConfig.from_dict(planned)
     except RunConfigFormatError:
         return False
-    return have.epochs >= epochs and have.replace(epochs=want.epochs) == want
+    return have.epochs >= epochs and set(have.differences(want)) <= {"epochs"}
 
 
 def seed_result(experiment: str, seed: int, run: results.CommittedRun, epochs: int) -> SeedResult:
@@ -135,7 +136,7 @@ def seed_result(experiment: str, seed: int, run: results.CommittedRun, epochs: i
         )
     return SeedResult(
         experiment, seed, run.name, best["epoch"], best["val_error"], best["test_error"],
-        round(best["test_error"] * n), n, packed, note,
+        round(best["test_error"] * n), n, packed, note, str(run.run.get("hardware", "?")),
     )  # fmt: skip
 
 

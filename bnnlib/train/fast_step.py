@@ -9,9 +9,11 @@ the clipping of binary weights (Algorithm 1) and Sign(W) of the updated weight, 
 to the binary layer (:meth:`bnnlib.nn.layers.BinaryLinear.use_weight_sign`), so the next
 forward and backward passes use it instead of binarizing W again: the weights' Sign is computed
 once per step. For :class:`bnnlib.nn.optim.Adam` it runs PyTorch's fused Adam, then clipping
-and Sign(W) in one pass (:func:`bnnlib.kernels.update.clip_sign_`). The parameters are those of
-the plain ``opt.step()`` bit for bit (``tests/test_fast_step.py``), so checkpoints of either
-path resume in the other.
+and Sign(W) in one pass (:func:`bnnlib.kernels.update.clip_sign_`). With Sign(W) each binary
+dense layer gets an :class:`bnnlib.train.fast_linear.XnorProduct`: its forward product by
+XNOR-popcount wherever its input is ±1 (the hidden layers), the same float32 numbers as the
+GEMM. The parameters are those of the plain ``opt.step()`` bit for bit
+(``tests/test_fast_step.py``), so checkpoints of either path resume in the other.
 
 On a GPU (or for tensors the kernels do not take: not float32, not contiguous; or where torch's
 AP2 cannot be copied, :class:`bnnlib.kernels.update.AP2TableError`, with a warning), shift AdaMax
@@ -28,8 +30,9 @@ import warnings
 import torch
 from torch import nn
 
-from bnnlib.nn.layers import clip_latent_, is_binary_layer
+from bnnlib.nn.layers import BinaryLinear, clip_latent_, is_binary_layer
 from bnnlib.nn.optim import Adam, ShiftAdaMax, adamax_step_size
+from bnnlib.train.fast_linear import XnorProduct
 
 __all__ = ["FastStep", "fast_step"]
 
@@ -42,16 +45,25 @@ class FastStep:
     """The optimizer step of the fast path for ``opt`` over ``net`` (module docstring).
 
     ``step()`` does what ``opt.step()`` does, bit for bit, and gives each binary layer whose
-    weight it updated on the CPU the Sign of its new weight.
+    weight it updated on the CPU the Sign of its new weight, and each dense one (without a
+    bias) its :class:`XnorProduct` unless ``xnor=False``; ``products`` maps the layers'
+    names in ``net`` to them.
     """
 
-    def __init__(self, opt: torch.optim.Optimizer, net: nn.Module | None = None) -> None:
+    def __init__(
+        self, opt: torch.optim.Optimizer, net: nn.Module | None = None, *, xnor: bool = True
+    ) -> None:
         self.opt = opt
         self.layers = {}  # id(weight) -> its binary layer
+        self.products: dict[str, XnorProduct] = {}
+        self._product_of: dict[int, XnorProduct] = {}  # id(weight) -> its layer's product
         if net is not None:
-            for module in net.modules():
+            for name, module in net.named_modules():
                 if is_binary_layer(module) and not module.stochastic_weights:
                     self.layers[id(module.weight)] = module
+                    if xnor and isinstance(module, BinaryLinear) and module.bias is None:
+                        product = self.products[name] = XnorProduct()
+                        self._product_of[id(module.weight)] = product
         self._signs: dict[int, torch.Tensor] = {}
         self._no_table = False  # torch's AP2 could not be copied here: torch's operations
 
@@ -86,7 +98,7 @@ class FastStep:
         if sign is None:
             return False
         self._kernels().clip_sign_(p, sign)
-        self.layers[id(p)].use_weight_sign(sign)
+        self.layers[id(p)].use_weight_sign(sign, self._product_of.get(id(p)))
         return True
 
     def _adamax(self, group: dict, p: torch.Tensor, step: int) -> bool:
@@ -113,7 +125,7 @@ class FastStep:
             sign_out=sign,
         )  # fmt: skip
         if sign is not None:
-            self.layers[id(p)].use_weight_sign(sign)
+            self.layers[id(p)].use_weight_sign(sign, self._product_of.get(id(p)))
         return True
 
     def _kernels(self):
