@@ -30,12 +30,14 @@ how the same arithmetic is carried out: the optimizer step is
 :class:`bnnlib.train.fast_step.FastStep`: on the CPU one pass over each parameter's memory
 (shift AdaMax, clipping and Sign(W) together, numba; Adam: PyTorch's fused kernel, then
 clipping and Sign(W) in one pass), the binary layers reusing that Sign(W) in the next forward
-and backward passes instead of binarizing again; on a GPU multi-tensor (``foreach``) updates,
+and backward passes instead of binarizing again, and the dense layers fed by Sign computing
+their forward products by XNOR-popcount (:mod:`bnnlib.train.fast_linear`: the float32 GEMM's
+numbers exactly); on a GPU multi-tensor (``foreach``) updates,
 validation and test in batches of 10,000, and cuDNN picking its convolution algorithms
 (``cudnn.benchmark``). It gives the plain path's parameters and history bit for bit (tested on
 the CPU for the Torch7 preset and the Theano recipe), so checkpoints of either path resume in
 the other. CUDA graphs and ``torch.compile`` are not used: neither has been measured on a GPU
-here yet. ``python -m bnnlib.bench --train`` times both paths against the float32 GEMMs of
+here yet. ``python -m bnnlib.bench --train`` times the paths against the float32 GEMMs of
 the same step.
 
 Reproducibility. ``seed`` seeds a CPU ``torch.Generator`` for the shuffling
