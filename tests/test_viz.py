@@ -183,6 +183,16 @@ def test_table_pads_cells_and_fixes_significant_digits(monkeypatch):
     assert text.splitlines() == ["run" + " " * 14 + "seed  error", "results/x_seed1     1    0.3"]
 
 
+def test_a_table_row_with_a_key_the_columns_lack_is_an_error(monkeypatch):
+    """Rows keyed by their own epoch ("history, epoch 86" / "history, epoch 90") once lost every
+    value but the first row's: now an error names the key."""
+    monkeypatch.setattr(viz, "show_figure", lambda _: None)
+    rows = [{"run": "a", "epoch 100": 150}, {"run": "b", "epoch 86": 157}]
+    with pytest.raises(ValueError, match="row 1 has \\['epoch 86'\\]"):
+        viz.table(rows)
+    viz.table(rows, columns=["run", "epoch 100", "epoch 86"])  # named columns: missing = blank
+
+
 def test_source_shows_a_bnnlib_function_read_from_its_file(monkeypatch):
     import IPython.display
 

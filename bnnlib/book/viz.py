@@ -475,8 +475,18 @@ def table(
     rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None, *, digits: int = 4
 ) -> None:
     """Display rows (dicts) as an HTML table with padded cells, numbers right-aligned, floats
-    to ``digits`` significant digits (plain text, columns aligned, when no HTML is rendered)."""
-    columns = list(columns or (rows[0].keys() if rows else []))
+    to ``digits`` significant digits (plain text, columns aligned, when no HTML is rendered).
+    The columns are ``columns`` (a row's other keys are left out), else the first row's keys:
+    then a later row with another key is an error (its value would not be shown)."""
+    named = columns is not None
+    columns = list(columns if named else (rows[0].keys() if rows else []))
+    for i, r in enumerate(rows):
+        extra = [k for k in r if k not in columns]
+        if extra and not named:
+            raise ValueError(
+                f"viz.table: row {i} has {extra}, not among the columns {columns}: give every "
+                "row the same keys (or pass columns=...)"
+            )
     texts = [[table_cell(r.get(c, ""), digits) for c in columns] for r in rows]
     numeric = [
         all(isinstance(r.get(c), (int, float)) and not isinstance(r.get(c), bool) for r in rows)
