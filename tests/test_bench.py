@@ -157,6 +157,9 @@ def test_baseline_mlp_is_the_packed_net_on_another_kernel():
 
 
 def test_section4_quick_run_writes_build_bench_only(tmp_path, monkeypatch):
+    from bnnlib.bench import lowp
+
+    monkeypatch.setattr(lowp, "slow_products", dict)  # every product timed, whatever the CPU
     monkeypatch.chdir(tmp_path)
     (tmp_path / "results").mkdir()
     argv = ["--section4", "--quick", "--sizes", "96", "--hidden", "64"]
@@ -200,6 +203,9 @@ def test_latency_quick_run_has_every_baseline_the_floor_and_the_bound(tmp_path, 
     """``--latency``: the bf16 / int8 baselines beside float32, the exact int8 / bf16 BNN equal
     to the float simulation on every image, the floor on the same threads and on one, the
     compute bound from a measured clock, the libraries named."""
+    from bnnlib.bench import lowp
+
+    monkeypatch.setattr(lowp, "slow_products", dict)  # every product timed, whatever the CPU
     monkeypatch.chdir(tmp_path)
     argv = ["--latency", "--quick", "--hidden", "64", "--batches", "1", "16", "--no-conv"]
     lat = bench.main(argv)["latency_cpu"]
@@ -220,3 +226,47 @@ def test_latency_quick_run_has_every_baseline_the_floor_and_the_bound(tmp_path, 
     assert cb["bound_macs_per_s"] > 0 and "batch16_packed_share_of_compute_bound" in lat["ratios"]
     assert lat["libraries"]["blas"] and lat["libraries"]["cpu_capability"]
     assert (tmp_path / "build" / "bench" / "bench_latency_cpu.json").exists()
+
+
+def test_products_without_a_hardware_path_are_left_out_and_said_so(tmp_path, monkeypatch):
+    """On a CPU where bf16 and int8 products run in reference loops (AVX2: 80-200x float32's
+    time), --latency and --section4 leave out what uses them, say why, and still rank the
+    rest (float32 and fbgemm's dynamic int8 stay)."""
+    from bnnlib.bench import lowp
+
+    why = {"bfloat16": "bf16: no hardware path here", "int8": "int8: no hardware path here"}
+    monkeypatch.setattr(lowp, "slow_products", lambda: why)
+    monkeypatch.chdir(tmp_path)
+    argv = ["--latency", "--quick", "--hidden", "64", "--batches", "1", "16", "--no-conv"]
+    lat = bench.main(argv)["latency_cpu"]
+    left_out = {"bfloat16", "bfloat16_exact", "int8_exact", "packed_int8_gemm"}
+    for b in ("1", "16"):
+        assert not left_out & set(lat["ms_per_image"][b])
+        assert {"packed", "float32", "int8_dynamic"} <= set(lat["ms_per_image"][b])
+    assert lat["skipped"] == why and lat["best_baseline_at_largest_batch"] in (
+        "float32",
+        "int8_dynamic",
+    )
+    assert "batch16_bfloat16_over_packed" not in lat["ratios"]
+    assert lat["ratios"]["batch16_best_baseline_over_packed"] > 0
+    assert not any(k.endswith("_exact_identical_to_simulation") for k in lat["exactness"])
+    argv = ["--section4", "--quick", "--sizes", "96", "--hidden", "64", "--n-test", "200"]
+    s4 = bench.main([*argv, "--n-calib", "200"])["section4_cpu"]
+    g = s4["gemm"][0]
+    assert set(g["seconds"]) == {"baseline", "xnor", "xnor_with_packing", "torch_float32"}
+    assert g["skipped"] == why and g["ratios"]["xnor_over_best_torch"] == pytest.approx(
+        g["seconds"]["torch_float32"] / g["seconds"]["xnor"]
+    )
+    assert set(s4["mlp"]["seconds"]).isdisjoint({"int8_exact", "bfloat16_deployed"})
+    assert s4["mlp"]["best_deployed"] in ("float32_deployed", "int8_dynamic_deployed")
+
+
+def test_the_probe_names_a_product_slower_than_float32_by_the_factor():
+    """factor 0: any product is slower than 0 x float32's time, so both are named, with the
+    measured ratio and the CPU's flags; the benchmarks use 4."""
+    from bnnlib.bench import lowp
+
+    slow = lowp.slow_products(0.0)
+    assert set(slow) == {"bfloat16", "int8"}
+    assert all("float32's time" in why and "CPU flags" in why for why in slow.values())
+    assert lowp.SLOW_FACTOR == 4.0

@@ -44,6 +44,11 @@ whole test set. ``libraries`` names the BLAS and the oneDNN kernels (and ISA) to
 The CIFAR-10 ConvNet (``conv``) gets the same batch-1 figures: ``packed`` (its fused
 convolutions, :mod:`bnnlib.kernels.fused_conv`), ``packed_layers`` and ``float32``, on random
 uint8 images (timing does not depend on the pixels), BN statistics from 200 of them.
+
+Where this CPU has no hardware path for bf16 or int8 products (:func:`bnnlib.bench.lowp.
+slow_products`: AVX2 without AVX512_BF16 / VNNI / AMX), the entries that use them
+(``bfloat16``, ``bfloat16_exact``, ``int8_exact``, ``packed_int8_gemm``, the ConvNet's
+``bfloat16``) are left out, and ``skipped`` says why; ``int8_dynamic`` (fbgemm, AVX2) stays.
 """
 
 from __future__ import annotations
@@ -107,27 +112,32 @@ def mlp_macs(net) -> int:
     return sum(m.in_features * m.out_features for m in net.modules() if hasattr(m, "in_features"))
 
 
-def _baselines(net, packed, xs) -> dict[str, Callable]:
+def _baselines(net, packed, xs, slow: dict[str, str]) -> dict[str, Callable]:
     """The float32, bf16 and int8 networks of the module docstring, each a function of a
-    slice of the scaled images ``xs`` (or, for the exact ones, of the uint8 images)."""
+    slice of the scaled images ``xs`` (or, for the exact ones, of the uint8 images); those on
+    the ``slow`` products left out."""
     deployed, plain = deployed_float32(net), plain_mlp(xs[0].numel(), *_shape(net))
-    bf16, q8 = lowp.deployed_bfloat16(deployed), lowp.deployed_int8_dynamic(deployed)
-    xb = xs.to(torch.bfloat16)
-    exact8, exact16 = lowp.ExactMLP(packed, torch.int8), lowp.ExactMLP(packed, torch.bfloat16)
-    return {
+    q8 = lowp.deployed_int8_dynamic(deployed)
+    out = {
         "float32": lambda sl, _xt: deployed(xs[sl]),
         "float32_plain_sequential": lambda sl, _xt: plain(xs[sl]),
-        "bfloat16": lambda sl, _xt: bf16(xb[sl]),
         "int8_dynamic": lambda sl, _xt: q8(xs[sl]),
-        "int8_exact": lambda sl, xt: exact8.scores(xt[sl]),
-        "bfloat16_exact": lambda sl, xt: exact16.scores(xt[sl]),
     }
+    if "bfloat16" not in slow:
+        bf16, xb = lowp.deployed_bfloat16(deployed), xs.to(torch.bfloat16)
+        exact16 = lowp.ExactMLP(packed, torch.bfloat16)
+        out["bfloat16"] = lambda sl, _xt: bf16(xb[sl])
+        out["bfloat16_exact"] = lambda sl, xt: exact16.scores(xt[sl])
+    if "int8" not in slow:
+        exact8 = lowp.ExactMLP(packed, torch.int8)
+        out["int8_exact"] = lambda sl, xt: exact8.scores(xt[sl])
+    return out
 
 
-def _mlp_rows(net, packed, xt, batches, repeats) -> dict:
+def _mlp_rows(net, packed, xt, batches, repeats, slow: dict[str, str]) -> dict:
     """ms per image of every path at every batch size (module docstring)."""
     xs = data.scale(xt)
-    base = _baselines(net, packed, xs)
+    base = _baselines(net, packed, xs, slow)
     rows = {}
     for b in batches:
         n_batches = len(xt) // b
@@ -147,9 +157,10 @@ def _mlp_rows(net, packed, xt, batches, repeats) -> dict:
                 row["float32_training_module"] = per_image(lambda sl: net(xs[sl]))
         row["packed"] = per_image(lambda sl: packed.predict(xt[sl]))
         row["packed_layers"] = per_image(lambda sl: packed.predict(xt[sl], path="layers"))
-        row["packed_int8_gemm"] = per_image(
-            lambda sl: packed.predict(xt[sl], first_layer="int8_gemm")
-        )
+        if "int8" not in slow:
+            row["packed_int8_gemm"] = per_image(
+                lambda sl: packed.predict(xt[sl], first_layer="int8_gemm")
+            )
         if b == 1:
             row.update(_batch1_variants(packed, xt, per_image))
         rows[str(b)] = {k: round(v, 5) for k, v in row.items()} | {"repeats": reps}
@@ -173,7 +184,7 @@ def _shape(net) -> tuple[int, int, int]:
     return linear[0].out_features, len(linear) - 1, linear[-1].out_features
 
 
-def _exactness(net, packed, xt) -> dict:
+def _exactness(net, packed, xt, slow: dict[str, str]) -> dict:
     """Predictions compared with the float simulation on every image: the packed path at
     batch 1 and 100, the exact int8 / bf16 baselines on all images at once."""
     from bnnlib.inference import simulate
@@ -182,8 +193,9 @@ def _exactness(net, packed, xt) -> dict:
     one = torch.cat([packed.predict(xt[i : i + 1]) for i in range(len(xt))])
     hundred = packed.predict(xt, batch_size=100, path="fused")
     lowp_preds = {
-        "int8_exact": lowp.ExactMLP(packed, torch.int8).predict(xt),
-        "bfloat16_exact": lowp.ExactMLP(packed, torch.bfloat16).predict(xt),
+        f"{kind}_exact": lowp.ExactMLP(packed, dtype).predict(xt)
+        for kind, dtype in (("int8", torch.int8), ("bfloat16", torch.bfloat16))
+        if kind not in slow
     }
     return {
         "n_images": len(xt),
@@ -194,22 +206,26 @@ def _exactness(net, packed, xt) -> dict:
     }
 
 
-def conv_batch1(net, packed, xt: torch.Tensor, repeats: int) -> dict[str, float]:
+def conv_batch1(
+    net, packed, xt: torch.Tensor, repeats: int, bfloat16: bool = True
+) -> dict[str, float]:
     """Batch-1 ms of a ConvNet: ``packed`` (:meth:`PackedNet.predict`, its fused path),
     ``packed_layers`` (a layer at a time), ``float32`` (the deployed float32 network of the
     same shape, :func:`deployed_float32` of ``net``, under ``inference_mode``) and
     ``bfloat16`` (that network in bf16, oneDNN; torch's dynamic int8 quantization leaves
-    convolutions in float, so there is no int8 ConvNet baseline here), each the median
-    of ``repeats`` single-image calls after warm-up, cycling through the uint8 images ``xt``."""
+    convolutions in float, so there is no int8 ConvNet baseline here; not with
+    ``bfloat16=False``), each the median of ``repeats`` single-image calls after warm-up,
+    cycling through the uint8 images ``xt``."""
     xs, n = data.scale(xt), len(xt)
     deployed = deployed_float32(net)
-    bf16, xb = lowp.deployed_bfloat16(deployed), xs.to(torch.bfloat16)
+    row = {}
     with torch.inference_mode():
-        f32 = _median_ms(lambda i: deployed(xs[i % n : i % n + 1]), repeats, 2)
-        b16 = _median_ms(lambda i: bf16(xb[i % n : i % n + 1]), repeats, 2)
+        row["float32"] = _median_ms(lambda i: deployed(xs[i % n : i % n + 1]), repeats, 2)
+        if bfloat16:
+            bf16, xb = lowp.deployed_bfloat16(deployed), xs.to(torch.bfloat16)
+            row["bfloat16"] = _median_ms(lambda i: bf16(xb[i % n : i % n + 1]), repeats, 2)
     return {
-        "float32": f32,
-        "bfloat16": b16,
+        **row,
         "packed": _median_ms(lambda i: packed.predict(xt[i % n : i % n + 1]), repeats, 2),
         "packed_layers": _median_ms(
             lambda i: packed.predict(xt[i % n : i % n + 1], path="layers"), repeats, 2
@@ -217,7 +233,7 @@ def conv_batch1(net, packed, xt: torch.Tensor, repeats: int) -> dict[str, float]
     }
 
 
-def _conv_rows(repeats: int, log) -> dict:
+def _conv_rows(repeats: int, log, slow: dict[str, str]) -> dict:
     from bnnlib import inference
     from bnnlib.nn.models import cifar10_convnet
 
@@ -229,14 +245,18 @@ def _conv_rows(repeats: int, log) -> dict:
     xt = x[200:]
     reps = max(5, repeats * 4)
     log("  CIFAR-10 ConvNet, batch 1 ...")
-    row = conv_batch1(net, packed, xt, reps)
+    row = conv_batch1(net, packed, xt, reps, bfloat16="bfloat16" not in slow)
     same = torch.equal(packed.predict(xt, batch_size=1), packed.predict(xt, path="layers"))
     return {
         "model": "cifar10_convnet() randomly initialised, BN statistics from 200 random images",
         "packed_weight_bytes": packed.nbytes,
         "batch1_ms": {k: round(v, 4) for k, v in row.items()},
         "speedup_packed_over_float32": row["float32"] / row["packed"],
-        "speedup_packed_over_bfloat16": row["bfloat16"] / row["packed"],
+        **(
+            {"speedup_packed_over_bfloat16": row["bfloat16"] / row["packed"]}
+            if "bfloat16" in row
+            else {}
+        ),  # fmt: skip
         "speedup_packed_over_layers": row["packed_layers"] / row["packed"],
         "batch1_identical_to_layers_path_64_images": same,
         "repeats": reps,
@@ -263,13 +283,16 @@ def bench_latency(
     net, model_note = mlp_model(hidden, batchnorm, model_path, xcal)
     packed, _ = export_and_load(net, inference)
     log(f"  model: {model_note}\n  data: {data_note}")
+    slow = lowp.slow_products()
+    for why in slow.values():
+        log(f"  {why}")
     log("  weight-streaming floor and compute bound ...")
     floor = weight_stream_floor(packed, repeats * 400)
     bound = bounds.popcount_bound()
     log(f"  batches {list(batches)} ...")
-    rows = _mlp_rows(net, packed, xt, batches, repeats)
+    rows = _mlp_rows(net, packed, xt, batches, repeats, slow)
     log("  exactness against the float simulation ...")
-    exact = _exactness(net, packed, xt)
+    exact = _exactness(net, packed, xt, slow)
     macs = mlp_macs(net)
     gmacs = {
         b: {k: macs / v / 1e6 for k, v in r.items() if k != "repeats"} for b, r in rows.items()
@@ -286,11 +309,14 @@ def bench_latency(
         "ms_per_image": rows,
         "gmac_per_s": gmacs,
         "ratios": _ratios(rows, floor, bound, gmacs, max(batches)),
-        "best_baseline_at_largest_batch": min(BASELINES, key=lambda k: rows[str(max(batches))][k]),
+        "best_baseline_at_largest_batch": min(
+            _present(rows[str(max(batches))]), key=lambda k: rows[str(max(batches))][k]
+        ),
         "exactness": exact,
+        "skipped": slow,
     }
     if conv:
-        out["conv"] = _conv_rows(repeats, log)
+        out["conv"] = _conv_rows(repeats, log, slow)
     return out
 
 
@@ -298,19 +324,24 @@ def bench_latency(
 BASELINES = ("float32", "bfloat16", "int8_dynamic", "int8_exact", "bfloat16_exact")
 
 
+def _present(row: dict) -> list[str]:
+    """The :data:`BASELINES` timed in ``row`` (not left out as slow on this CPU)."""
+    return [k for k in BASELINES if k in row]
+
+
 def _ratios(rows: dict, floor: dict, bound: dict, gmacs: dict, big: int) -> dict[str, float]:
     """The ratios of the figures of one run (module docstring)."""
     b1, bb = rows["1"], rows[str(big)]
-    best = min(BASELINES, key=lambda k: bb[k])
+    best = min(_present(bb), key=lambda k: bb[k])
     return {
         "batch1_packed_over_floor": b1["packed"] / floor["ms"],
         "batch1_packed_over_floor_all_threads": b1["packed"] / floor["all_threads_ms"],
         "batch1_one_thread_over_floor_one_thread": b1["packed_one_thread"] / floor["one_thread_ms"],
         "batch1_float32_over_packed": b1["float32"] / b1["packed"],
-        "batch1_best_baseline_over_packed": min(b1[k] for k in BASELINES) / b1["packed"],
+        "batch1_best_baseline_over_packed": min(b1[k] for k in _present(b1)) / b1["packed"],
         "batch1_float32_over_plain_sequential": b1["float32"] / b1["float32_plain_sequential"],
         "batch1_layers_over_packed": b1["packed_layers"] / b1["packed"],
-        **{f"batch{big}_{k}_over_packed": bb[k] / bb["packed"] for k in BASELINES},
+        **{f"batch{big}_{k}_over_packed": bb[k] / bb["packed"] for k in _present(bb)},
         f"batch{big}_best_baseline_over_packed": bb[best] / bb["packed"],
         f"batch{big}_layers_over_packed": bb["packed_layers"] / bb["packed"],
         f"batch{big}_packed_share_of_compute_bound": 1e9 * gmacs[str(big)]["packed"]

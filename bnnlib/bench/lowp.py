@@ -21,11 +21,18 @@ exact), with the packed net's integer compares between layers: its predictions a
 with the float simulation like the packed path's. :func:`blas_info` names the libraries and the
 instruction set they dispatched to (oneDNN's verbose log of a small product, run in a
 subprocess).
+
+Where a CPU has no hardware path for bf16 or int8 products (AVX2 without AVX512_BF16 / VNNI /
+AMX), torch runs them in reference loops, tens to hundreds of times slower than float32: no
+user of that CPU would deploy them, and timing them at batch 10,000 takes hours.
+:func:`slow_products` measures that on a small probe, and the benchmarks leave those products
+out, saying why.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import subprocess
@@ -44,6 +51,8 @@ __all__ = [
     "deployed_int8_dynamic",
     "gemm_int8",
     "gemm_bfloat16",
+    "slow_products",
+    "SLOW_FACTOR",
 ]
 
 #: The CPU flags that decide the bf16 / int8 baselines' speed.
@@ -108,6 +117,49 @@ def gemm_int8(a8: torch.Tensor, bt8: torch.Tensor) -> torch.Tensor:
 def gemm_bfloat16(a: torch.Tensor, bt: torch.Tensor) -> torch.Tensor:
     """bfloat16 (M, N) = a @ bt for bfloat16 operands (float32 accumulation, bf16 output)."""
     return torch.matmul(a, bt)
+
+
+#: A bf16 or int8 product slower than float32 by more than this factor on the probe of
+#: :func:`slow_products` has no hardware path here (on a Zen 3 EPYC, AVX2 only: bf16 took about
+#: 200x and ``torch._int_mm`` about 80x float32's time for 100 x 2048 by 2048 x 2048).
+SLOW_FACTOR = 4.0
+
+
+def _best_s(fn, calls: int = 2) -> float:
+    import time
+
+    fn()  # warm-up
+    best = float("inf")
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+@functools.cache
+def slow_products(factor: float = SLOW_FACTOR) -> dict[str, str]:
+    """``{"bfloat16": why, "int8": why}`` for this module's bf16 / int8 products that took more
+    than ``factor`` times float32's time on a probe (+-1 operands, 256 x 1024 by 1024 x 1024,
+    this process's threads, the best of 2 calls after a warm-up); ``{}`` where both have a
+    hardware path. Once per process."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randint(0, 2, (256, 1024), generator=g).float() * 2 - 1
+    bt = torch.randint(0, 2, (1024, 1024), generator=g).float() * 2 - 1
+    a16, bt16, a8, bt8 = a.bfloat16(), bt.bfloat16(), a.to(torch.int8), bt.to(torch.int8)
+    t32 = _best_s(lambda: torch.matmul(a, bt))
+    probes = {"bfloat16": lambda: gemm_bfloat16(a16, bt16), "int8": lambda: gemm_int8(a8, bt8)}
+    flags = ", ".join(cpu_flags(LOWP_FLAGS)) or "none of " + ", ".join(LOWP_FLAGS)
+    slow = {}
+    for kind, fn in probes.items():
+        ratio = _best_s(fn) / t32
+        if ratio > factor:
+            slow[kind] = (
+                f"torch's {kind} product took {ratio:.0f}x float32's time on a 256 x 1024 x "
+                f"1024 probe (CPU flags: {flags}): no hardware path on this CPU, so no user of "
+                "it would deploy it; left out"
+            )
+    return slow
 
 
 # --------------------------------------------------------------------------- networks
