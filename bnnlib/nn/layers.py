@@ -233,6 +233,7 @@ class BinaryLinear(_BinaryMixin, nn.Linear):
             y = given[1](x, self.weight, given[0])
             if y is not None:
                 return y
+            return F.linear(x, _GivenSign.apply(self.weight, given[0]))  # checked just above
         return F.linear(x, self.binary_weight(), self.bias)
 
     def extra_repr(self) -> str:
