@@ -224,8 +224,33 @@ def test_latency_quick_run_has_every_baseline_the_floor_and_the_bound(tmp_path, 
     cb = lat["compute_bound"]
     assert 0.3e9 < cb["clock"]["measured_hz"] < 7e9  # a real clock, not a nominal one
     assert cb["bound_macs_per_s"] > 0 and "batch16_packed_share_of_compute_bound" in lat["ratios"]
+    lim = lat["batch1_limit"]
+    assert lim["ms"] == max(lim["stream_ms"], lim["compute_ms"]) and lim["stream_ms"] == f["ms"]
+    assert lat["ratios"]["batch1_packed_over_limit"] == pytest.approx(
+        lat["ms_per_image"]["1"]["packed"] / lim["ms"], rel=1e-3
+    )
     assert lat["libraries"]["blas"] and lat["libraries"]["cpu_capability"]
     assert (tmp_path / "build" / "bench" / "bench_latency_cpu.json").exists()
+
+
+def test_the_batch1_limit_is_the_larger_floor_with_the_first_layer_counted_free():
+    """The compute floor counts the binary MACs after the first layer at the per-core bound on
+    the batch-1 threads; the limit is the larger of it and the streaming floor, each way."""
+    from bnnlib.bench.latency import batch1_limit
+    from bnnlib.nn.models import mnist_mlp
+
+    net = mnist_mlp(hidden=64, depth=3)  # 784-64-64-64-10
+    binary = 64 * 64 * 2 + 64 * 10
+    floor = {"ms": 0.5, "threads": 2, "one_thread_ms": 0.8}
+    fast = batch1_limit(net, floor, {"bound_macs_per_s": 4e9, "threads": 4})  # 1e9 per core
+    assert fast["binary_macs"] == binary
+    assert fast["compute_ms"] == pytest.approx(1e3 * binary / 2e9)
+    assert fast["one_thread_compute_ms"] == pytest.approx(1e3 * binary / 1e9)
+    assert (fast["ms"], fast["bound_by"], fast["one_thread_ms"]) == (0.5, "stream", 0.8)
+    slow = batch1_limit(net, floor, {"bound_macs_per_s": 4e6, "threads": 4})  # 1e6 per core
+    assert slow["bound_by"] == slow["one_thread_bound_by"] == "compute"
+    assert slow["ms"] == pytest.approx(1e3 * binary / 2e6) and slow["stream_ms"] == 0.5
+    assert slow["one_thread_ms"] == pytest.approx(1e3 * binary / 1e6)
 
 
 def test_products_without_a_hardware_path_are_left_out_and_said_so(tmp_path, monkeypatch):

@@ -6,7 +6,11 @@ same threads** (:func:`bnnlib.bench.bounds.stream_floor`: a compiled XOR-reducti
 words the fused path reads, on all threads and on one; ``floor["ms"]`` is the one with the
 threads the packed path uses at batch 1). Large batches are set against the machine's
 **compute bound** (:func:`bnnlib.bench.bounds.popcount_bound`: binary MACs per cycle of an
-XOR-popcount loop, the clock measured), as GMAC/s.
+XOR-popcount loop, the clock measured), as GMAC/s. At batch 1 the same bound gives a second
+floor, the **compute floor**: the hidden and last layers' binary MACs at the bound, on the
+batch-1 threads (the first layer counted free). ``batch1_limit`` is the larger of the two
+floors: on a CPU without a vector popcount (AVX2) the XOR-popcount work, not the reading of the
+weights, is what a batch-1 call cannot go below.
 
 For the MNIST MLP (784 -> 3 x ``hidden`` -> 10) and each batch size, ms per image of:
 
@@ -70,7 +74,7 @@ from bnnlib.bench.common import (
 )
 from bnnlib.bench.mlp import export_and_load
 
-__all__ = ["bench_latency", "conv_batch1", "weight_stream_floor", "mlp_macs"]
+__all__ = ["bench_latency", "conv_batch1", "weight_stream_floor", "batch1_limit", "mlp_macs"]
 
 
 def _median_ms(fn: Callable[[int], object], repeats: int, warmup: int) -> float:
@@ -104,6 +108,37 @@ def weight_stream_floor(packed, repeats: int = 2000) -> dict:
         "one_thread_ms": r["ms"]["one_thread"],
         "numba_threads": r["threads"],
         "how": r["how"],
+    }
+
+
+def batch1_limit(net, floor: dict, bound: dict) -> dict:
+    """What no batch-1 call of ``net`` can beat on this machine: the larger of the
+    weight-streaming floor (``floor``, :func:`weight_stream_floor`) and the compute floor, the
+    binary MACs of every layer but the first at the XOR-popcount bound (``bound``,
+    :func:`bnnlib.bench.bounds.popcount_bound`, per core) on the same threads (the first
+    layer, which depends on the pixels, is counted free: a lower bound). Both also on one
+    thread (``one_thread_ms``)."""
+    linear = [m for m in net.modules() if hasattr(m, "in_features")]
+    binary = sum(m.in_features * m.out_features for m in linear[1:])
+    per_core = bound["bound_macs_per_s"] / bound["threads"]
+
+    def compute(threads: int) -> float:
+        return 1e3 * binary / (per_core * threads)
+
+    ms = {"stream": floor["ms"], "compute": compute(floor["threads"])}
+    one = {"stream": floor["one_thread_ms"], "compute": compute(1)}
+    return {
+        "ms": max(ms.values()),
+        "bound_by": max(ms, key=ms.get),
+        "stream_ms": ms["stream"],
+        "compute_ms": ms["compute"],
+        "threads": floor["threads"],
+        "one_thread_ms": max(one.values()),
+        "one_thread_bound_by": max(one, key=one.get),
+        "one_thread_compute_ms": one["compute"],
+        "binary_macs": binary,
+        "how": "max(weight-streaming floor, binary MACs after the first layer / (XOR-popcount "
+        "MACs per second per core x threads)), threads as the packed path at batch 1",
     }
 
 
@@ -289,6 +324,7 @@ def bench_latency(
     log("  weight-streaming floor and compute bound ...")
     floor = weight_stream_floor(packed, repeats * 400)
     bound = bounds.popcount_bound()
+    limit = batch1_limit(net, floor, bound)
     log(f"  batches {list(batches)} ...")
     rows = _mlp_rows(net, packed, xt, batches, repeats, slow)
     log("  exactness against the float simulation ...")
@@ -305,10 +341,11 @@ def bench_latency(
         "libraries": lowp.blas_info(),
         "floor": floor,
         "compute_bound": bound,
+        "batch1_limit": limit,
         "macs_per_image": macs,
         "ms_per_image": rows,
         "gmac_per_s": gmacs,
-        "ratios": _ratios(rows, floor, bound, gmacs, max(batches)),
+        "ratios": _ratios(rows, floor, limit, bound, gmacs, max(batches)),
         "best_baseline_at_largest_batch": min(
             _present(rows[str(max(batches))]), key=lambda k: rows[str(max(batches))][k]
         ),
@@ -329,7 +366,9 @@ def _present(row: dict) -> list[str]:
     return [k for k in BASELINES if k in row]
 
 
-def _ratios(rows: dict, floor: dict, bound: dict, gmacs: dict, big: int) -> dict[str, float]:
+def _ratios(
+    rows: dict, floor: dict, limit: dict, bound: dict, gmacs: dict, big: int
+) -> dict[str, float]:
     """The ratios of the figures of one run (module docstring)."""
     b1, bb = rows["1"], rows[str(big)]
     best = min(_present(bb), key=lambda k: bb[k])
@@ -337,6 +376,10 @@ def _ratios(rows: dict, floor: dict, bound: dict, gmacs: dict, big: int) -> dict
         "batch1_packed_over_floor": b1["packed"] / floor["ms"],
         "batch1_packed_over_floor_all_threads": b1["packed"] / floor["all_threads_ms"],
         "batch1_one_thread_over_floor_one_thread": b1["packed_one_thread"] / floor["one_thread_ms"],
+        "batch1_packed_over_compute_floor": b1["packed"] / limit["compute_ms"],
+        "batch1_packed_over_limit": b1["packed"] / limit["ms"],
+        "batch1_one_thread_over_limit_one_thread": b1["packed_one_thread"]
+        / limit["one_thread_ms"],
         "batch1_float32_over_packed": b1["float32"] / b1["packed"],
         "batch1_best_baseline_over_packed": min(b1[k] for k in _present(b1)) / b1["packed"],
         "batch1_float32_over_plain_sequential": b1["float32"] / b1["float32_plain_sequential"],
