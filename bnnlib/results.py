@@ -28,8 +28,8 @@ from typing import Any
 from bnnlib import settings
 
 __all__ = ["ENV_VAR", "results_dir", "find", "CommittedRun", "load_run", "runs", "TORCH7_MNIST_RUN"]
-__all__ += ["Bench", "load_bench", "gpu_bench", "machine_line", "hardware_line", "readable_command"]
-__all__ += ["display_path"]
+__all__ += ["Bench", "load_bench", "load_benches", "gpu_bench", "machine_line", "hardware_line"]
+__all__ += ["readable_command", "display_path"]
 
 ENV_VAR = settings.RESULTS_DIR_VAR
 #: The committed Torch7-preset MNIST run (Table 1's Torch7 column).
@@ -208,6 +208,14 @@ class Bench:
         """The GPU a benchmark with a ``gpu`` section ran on."""
         return _gpu_name(self)
 
+    def isa(self) -> str:
+        """The vector extension the CPU's popcount kernels used: 'AVX-512 VPOPCNTDQ', 'AVX2'
+        or 'no AVX2' (from the recorded CPU flags)."""
+        flags = self.meta.get("cpu_flags") or []
+        if "avx512_vpopcntdq" in flags:
+            return "AVX-512 VPOPCNTDQ"
+        return "AVX2" if "avx2" in flags else "no AVX2"
+
 
 def machine_line(meta: dict[str, Any]) -> str:
     """'AMD EPYC; popcnt avx2; 2 threads; 2026-12-06' from a benchmark's ``meta``."""
@@ -252,6 +260,14 @@ def load_bench(name: str) -> Bench | None:
     if not isinstance(data, dict):
         raise ValueError(f"{found[0]}: a committed benchmark is a JSON object")
     return Bench(found[0], data)
+
+
+def load_benches(stem: str) -> list[Bench]:
+    """Every committed ``results/<stem>.json`` and ``results/<stem>_*.json`` (the same
+    benchmark on other machines, e.g. ``bench_latency_cpu_avx2.json``), that one first, the
+    others by name."""
+    names = [p.name for p in find(f"{stem}.json") + find(f"{stem}_*.json")]
+    return [b for b in (load_bench(n) for n in names) if b is not None]
 
 
 def gpu_bench() -> Bench | None:

@@ -253,6 +253,35 @@ def test_the_batch1_limit_is_the_larger_floor_with_the_first_layer_counted_free(
     assert slow["one_thread_ms"] == pytest.approx(1e3 * binary / 1e6)
 
 
+def test_the_static_int8_convnet_is_int8_throughout_and_tracks_the_float32_network():
+    """``deployed_int8_static``: every convolution and linear layer becomes an int8 module (the
+    batch norms right after them folded in), none stays float, and its scores follow the
+    float32 network's (a timing baseline, not the BNN: correlation above 0.9 on 64 images,
+    seed 0)."""
+    from torch import nn
+    from torch.ao.nn import quantized as nnq
+
+    from bnnlib import data
+    from bnnlib.bench import lowp
+    from bnnlib.bench.common import calibrate_batchnorm, deployed_float32
+    from bnnlib.nn.models import cifar10_convnet
+
+    torch.manual_seed(0)
+    net = cifar10_convnet(width=0.125, fc_width=0.125)
+    x = torch.randint(0, 256, (264, 3, 32, 32), dtype=torch.uint8)
+    calibrate_batchnorm(net, x[:200], batch=50)
+    deployed = deployed_float32(net)
+    q8 = lowp.deployed_int8_static(deployed, data.scale(x[:200]))
+    kinds = [type(m) for m in q8.modules()]
+    assert kinds.count(nnq.Conv2d) == 6 and kinds.count(nnq.Linear) == 3
+    assert nn.Conv2d not in kinds and nn.Linear not in kinds
+    assert kinds.count(nnq.BatchNorm2d) == 3  # after the pools: not next to a convolution
+    with torch.inference_mode():
+        f, q = deployed(data.scale(x[200:])), q8(data.scale(x[200:]))
+    assert f.shape == q.shape == (64, 10) and q.dtype == torch.float32
+    assert torch.corrcoef(torch.stack([f.flatten(), q.flatten()]))[0, 1] > 0.9
+
+
 def test_products_without_a_hardware_path_are_left_out_and_said_so(tmp_path, monkeypatch):
     """On a CPU where bf16 and int8 products run in reference loops (AVX2: 80-200x float32's
     time), --latency and --section4 leave out what uses them, say why, and still rank the

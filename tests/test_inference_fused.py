@@ -104,8 +104,29 @@ def test_auto_path_choice(mlp, mnist):
         out = packed.predict(x[:150], batch_size=100)
     finally:
         del packed.fused.scores
-    assert calls == [64, 64, 22]  # chunks of FUSED_CHUNK (batch_size only caps them)
+    assert calls == [100, 50]  # slices of batch_size: the fused MLP chunks them itself
     assert torch.equal(out, packed.predict(x[:150], path="layers"))
+
+
+@pytest.mark.parametrize("first_layer", ["bitplanes", "int8", "auto", "int8_gemm"])
+def test_chunks_shared_between_threads_equal_the_layers_path(mlp, mnist, first_layer):
+    """A batch of more than FUSED_CHUNK images: its chunks shared between threads (one per
+    chunk, buffers of its own, a last partial chunk), or one after the other on the calling
+    thread (``chunks_parallel = False``): scores equal to the layer-at-a-time path's bit for
+    bit, dark, bright and random images mixed."""
+    _, packed = mlp
+    x = torch.cat([mnist[1][:300], torch.full((8, 1, 28, 28), 255, dtype=torch.uint8)])
+    x[-4:] = torch.randint(0, 256, (4, 1, 28, 28), dtype=torch.uint8)
+    x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))]
+    ref = packed.scores(x, path="layers")
+    assert len(x) % fused.FUSED_CHUNK != 0 and len(x) > 4 * fused.FUSED_CHUNK
+    for chunks_parallel in (True, False):
+        packed.fused.chunks_parallel = chunks_parallel
+        try:
+            got = packed.scores(x, first_layer=first_layer, path="fused", batch_size=len(x))
+        finally:
+            packed.fused.chunks_parallel = True
+        assert torch.equal(got, ref), chunks_parallel
 
 
 def test_two_layer_mlp_and_odd_widths(mnist):

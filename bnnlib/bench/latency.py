@@ -46,8 +46,10 @@ gives each path's rate at each batch size. The packed predictions at batch 1 and
 whole test set. ``libraries`` names the BLAS and the oneDNN kernels (and ISA) torch used.
 
 The CIFAR-10 ConvNet (``conv``) gets the same batch-1 figures: ``packed`` (its fused
-convolutions, :mod:`bnnlib.kernels.fused_conv`), ``packed_layers`` and ``float32``, on random
-uint8 images (timing does not depend on the pixels), BN statistics from 200 of them.
+convolutions, :mod:`bnnlib.kernels.fused_conv`), ``packed_layers``, ``float32``, ``bfloat16``
+and ``int8_static`` (statically quantized, fbgemm / x86: dynamic quantization leaves
+convolutions in float), on random uint8 images (timing does not depend on the pixels), BN
+statistics and int8 ranges from 200 of them.
 
 Where this CPU has no hardware path for bf16 or int8 products (:func:`bnnlib.bench.lowp.
 slow_products`: AVX2 without AVX512_BF16 / VNNI / AMX), the entries that use them
@@ -242,15 +244,21 @@ def _exactness(net, packed, xt, slow: dict[str, str]) -> dict:
 
 
 def conv_batch1(
-    net, packed, xt: torch.Tensor, repeats: int, bfloat16: bool = True
+    net,
+    packed,
+    xt: torch.Tensor,
+    repeats: int,
+    bfloat16: bool = True,
+    calibration: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """Batch-1 ms of a ConvNet: ``packed`` (:meth:`PackedNet.predict`, its fused path),
     ``packed_layers`` (a layer at a time), ``float32`` (the deployed float32 network of the
-    same shape, :func:`deployed_float32` of ``net``, under ``inference_mode``) and
-    ``bfloat16`` (that network in bf16, oneDNN; torch's dynamic int8 quantization leaves
-    convolutions in float, so there is no int8 ConvNet baseline here; not with
-    ``bfloat16=False``), each the median of ``repeats`` single-image calls after warm-up,
-    cycling through the uint8 images ``xt``."""
+    same shape, :func:`deployed_float32` of ``net``, under ``inference_mode``), ``bfloat16``
+    (that network in bf16, oneDNN; not with ``bfloat16=False``) and, given ``calibration``
+    uint8 images, ``int8_static`` (that network statically quantized to int8,
+    :func:`bnnlib.bench.lowp.deployed_int8_static`: dynamic quantization leaves convolutions
+    in float), each the median of ``repeats`` single-image calls after warm-up, cycling
+    through the uint8 images ``xt``."""
     xs, n = data.scale(xt), len(xt)
     deployed = deployed_float32(net)
     row = {}
@@ -259,6 +267,9 @@ def conv_batch1(
         if bfloat16:
             bf16, xb = lowp.deployed_bfloat16(deployed), xs.to(torch.bfloat16)
             row["bfloat16"] = _median_ms(lambda i: bf16(xb[i % n : i % n + 1]), repeats, 2)
+        if calibration is not None:
+            q8 = lowp.deployed_int8_static(deployed, data.scale(calibration))
+            row["int8_static"] = _median_ms(lambda i: q8(xs[i % n : i % n + 1]), repeats, 2)
     return {
         **row,
         "packed": _median_ms(lambda i: packed.predict(xt[i % n : i % n + 1]), repeats, 2),
@@ -266,6 +277,10 @@ def conv_batch1(
             lambda i: packed.predict(xt[i % n : i % n + 1], path="layers"), repeats, 2
         ),
     }
+
+
+#: The ConvNet's baselines in bf16 / int8 (:func:`conv_batch1`).
+CONV_LOWP = ("bfloat16", "int8_static")
 
 
 def _conv_rows(repeats: int, log, slow: dict[str, str]) -> dict:
@@ -280,16 +295,18 @@ def _conv_rows(repeats: int, log, slow: dict[str, str]) -> dict:
     xt = x[200:]
     reps = max(5, repeats * 4)
     log("  CIFAR-10 ConvNet, batch 1 ...")
-    row = conv_batch1(net, packed, xt, reps, bfloat16="bfloat16" not in slow)
+    row = conv_batch1(net, packed, xt, reps, bfloat16="bfloat16" not in slow, calibration=x[:200])
     same = torch.equal(packed.predict(xt, batch_size=1), packed.predict(xt, path="layers"))
+    lowp_rows = [k for k in CONV_LOWP if k in row]
     return {
         "model": "cifar10_convnet() randomly initialised, BN statistics from 200 random images",
         "packed_weight_bytes": packed.nbytes,
         "batch1_ms": {k: round(v, 4) for k, v in row.items()},
         "speedup_packed_over_float32": row["float32"] / row["packed"],
+        **{f"speedup_packed_over_{k}": row[k] / row["packed"] for k in lowp_rows},
         **(
-            {"speedup_packed_over_bfloat16": row["bfloat16"] / row["packed"]}
-            if "bfloat16" in row
+            {"speedup_packed_over_best_lowp": min(row[k] for k in lowp_rows) / row["packed"]}
+            if lowp_rows
             else {}
         ),  # fmt: skip
         "speedup_packed_over_layers": row["packed_layers"] / row["packed"],

@@ -14,7 +14,12 @@ exact where their accumulators are wide enough:
   figures say how many results were exact;
 * **int8, dynamic quantization** -- ``torch.ao.quantization.quantize_dynamic`` of the deployed
   float32 network (fbgemm / x86 engine: activations quantized per call), what a torch user
-  reaches for first; the deployed network uses Hardtanh, so its predictions are not the BNN's.
+  reaches for first; the deployed network uses Hardtanh, so its predictions are not the BNN's;
+* **int8, static quantization** -- :func:`deployed_int8_static`: dynamic quantization leaves
+  convolutions in float, so for a ConvNet the int8 network a user deploys is quantized
+  statically (batch norm folded into the layer before it where they touch, activations
+  calibrated on sample images; fbgemm / x86 engine, AVX2 and AVX-512 kernels). Again not the
+  BNN's predictions: a timing baseline.
 
 :class:`ExactMLP` is the BNN itself on these products (int8, or bf16 where |sums| stay
 exact), with the packed net's integer compares between layers: its predictions are compared
@@ -49,6 +54,7 @@ __all__ = [
     "blas_info",
     "deployed_bfloat16",
     "deployed_int8_dynamic",
+    "deployed_int8_static",
     "gemm_int8",
     "gemm_bfloat16",
     "slow_products",
@@ -184,6 +190,41 @@ def deployed_int8_dynamic(deployed: nn.Module) -> nn.Module:
     with warnings.catch_warnings():  # torch deprecates its quantized tensors, not this path yet
         warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*", category=UserWarning)
         return quantize_dynamic(copy.deepcopy(deployed), {nn.Linear}, dtype=torch.qint8).eval()
+
+
+def deployed_int8_static(deployed: nn.Sequential, calibration: torch.Tensor) -> nn.Module:
+    """The deployed float32 network (an ``nn.Sequential``) statically quantized to int8 with
+    torch's default engine (``torch.backends.quantized.engine``): each Conv2d / Linear with the
+    batch norm right after it fused into one layer, the other batch norms quantized, the
+    activations' ranges observed on ``calibration`` (float inputs as the network takes them).
+    Call it on float inputs under ``inference_mode``: it quantizes them, runs int8 layers and
+    returns float scores."""
+    import copy
+    import warnings
+
+    from torch.ao import quantization as tq
+
+    model = copy.deepcopy(deployed).eval()
+    names = [name for name, _ in model.named_children()]
+    kids = list(model.children())
+    foldable = ((nn.Conv2d, nn.BatchNorm2d), (nn.Linear, nn.BatchNorm1d))
+    pairs = [
+        [names[i], names[i + 1]]
+        for i in range(len(kids) - 1)
+        if any(isinstance(kids[i], a) and isinstance(kids[i + 1], b) for a, b in foldable)
+    ]
+    with warnings.catch_warnings():  # torch deprecates its eager quantization, not removed yet
+        warnings.filterwarnings("ignore", category=UserWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        if pairs:
+            model = tq.fuse_modules(model, pairs)
+        wrapped = nn.Sequential(tq.QuantStub(), model, tq.DeQuantStub()).eval()
+        wrapped.qconfig = tq.get_default_qconfig(torch.backends.quantized.engine)
+        tq.prepare(wrapped, inplace=True)
+        with torch.inference_mode():
+            wrapped(calibration)
+        tq.convert(wrapped, inplace=True)
+    return wrapped.eval()
 
 
 class ExactMLP:

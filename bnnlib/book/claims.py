@@ -411,14 +411,18 @@ def _packed_row() -> Row | None:
     )  # fmt: skip
 
 
-def _latency_row() -> Row | None:
-    bench = results.load_bench("bench_latency_cpu.json")
-    lat = bench.section("latency_cpu") if bench else None
-    if lat is None:
-        return None
+def _per_cpu(benches: list[results.Bench], texts: list[str]) -> str:
+    """One benchmark's text alone; several, each after its CPU's vector extension."""
+    if len(texts) == 1:
+        return texts[0]
+    return "; ".join(f"{b.isa()}: {t}" for b, t in zip(benches, texts, strict=True))
+
+
+def _latency_figures(lat: dict) -> tuple[str, str]:
+    """(the short figure, the full figures) of one committed ``--latency`` section."""
     b1, ratios, floor = lat["ms_per_image"]["1"], lat["ratios"], lat["floor"]
     big = max(lat["ms_per_image"], key=int)
-    ours = (
+    short = (
         f"{b1['packed']:.3f} ms at batch 1, {ratios['batch1_float32_over_packed']:.0f}× faster "
         f"than float32"
     )
@@ -426,25 +430,48 @@ def _latency_row() -> Row | None:
         floor_name = f"weight-streaming floor on the same {floor['threads']} thread(s)"
     else:  # benchmarks before issue 29: a numpy reduction on one thread
         floor_name = "one-thread numpy read of the packed weights (not a floor for 2 threads)"
+    limit = lat.get("batch1_limit")
+    vs_limit = (
+        f" and {ratios['batch1_packed_over_limit']:.2f}× the machine's batch-1 limit "
+        f"({limit['ms']:.3f} ms, set by the {limit['bound_by']} floor: the larger of that "
+        f"floor and the XOR-popcount work after the first layer at the measured bound, "
+        f"{limit['compute_ms']:.3f} ms)"
+        if limit
+        else ""
+    )
     best = ratios.get(f"batch{big}_best_baseline_over_packed")
     vs_best = (
-        f", {best:.2f}× the best of float32 / bf16 / int8 "
+        f", {best:.2f}× the best of float32 / bf16 / int8 timed there "
         f"({lat.get('best_baseline_at_largest_batch')})"
         if best
         else ""
     )
-    figures = (
+    full = (
         f"batch 1: {b1['packed']:.3f} ms = {ratios['batch1_packed_over_floor']:.2f}× the "
-        f"{floor_name} ({floor['ms']:.3f} ms), "
+        f"{floor_name} ({floor['ms']:.3f} ms){vs_limit}, "
         f"{ratios['batch1_float32_over_packed']:.0f}× faster than the deployed float32 "
         f"network ({b1['float32']:.2f} ms); batch {int(big):,}: "
         f"{lat['ms_per_image'][big]['packed']:.3f} ms/image, "
         f"{ratios[f'batch{big}_float32_over_packed']:.1f}× the deployed float32{vs_best}"
     )
+    return short, full
+
+
+def _latency_row() -> Row | None:
+    """The packed MLP's latency, one clause per CPU with a committed ``--latency``."""
+    benches = [b for b in results.load_benches("bench_latency_cpu") if b.section("latency_cpu")]
+    if not benches:
+        return None
+    figures = [_latency_figures(b.section("latency_cpu")) for b in benches]
+    ours = _per_cpu(benches, [short for short, _ in figures])
+    details = ". ".join(
+        f"{b.isa()}: {full}. {_bench_details(b)}"
+        for b, (_, full) in zip(benches, figures, strict=True)
+    )
     how = "3 × 4096 MLP, batch 1 to 10,000, CPU"
     return Row(
         "cpu_latency", "Packed MLP per image on the CPU (no figure in the paper)", "—", ours, how,
-        "measured", "06_xnor_kernels", f"{figures}. {_bench_details(bench)}", (bench.hardware(),),
+        "measured", "06_xnor_kernels", details, tuple(b.hardware() for b in benches),
     )  # fmt: skip
 
 
@@ -456,59 +483,86 @@ def _bench_details(bench: results.Bench) -> str:
     return f"{run}: {bench.command()} (results/{bench.path.name})"
 
 
-def _section4_cpu_rows() -> list[Row]:
-    """The CPU counterparts of the Section 4 GPU claims (``bench --section4``), each beside
-    its GPU row; none without a committed benchmark."""
-    bench = results.load_bench("bench_section4_cpu.json")
-    s4 = bench.section("section4_cpu") if bench else None
-    if s4 is None or not s4.get("gemm") or not s4.get("mlp"):
-        return []
+def _blas_name(g: dict) -> str:
+    blas = (g.get("libraries") or {}).get("blas")
+    return f"torch float32 ({ {'mkl': 'MKL'}.get(blas, blas) })" if blas else "torch float32"
+
+
+def _section4_texts(bench: results.Bench) -> dict[str, str]:
+    """One committed ``--section4``'s figures for the three rows of :func:`_section4_cpu_rows`
+    (``gemm``, ``blas``, ``mlp``) and their ``details``."""
+    s4 = bench.section("section4_cpu")
     g, m = max(s4["gemm"], key=lambda r: r["n"]), s4["mlp"]
     n, r, mr = g["n"], g["ratios"], m["ratios"]
     # bf16 output rounds sums above 256: its exactness is the baseline's, not XNOR's
     exact_ok = all(v for k, v in g["exact"].items() if k != "torch_bfloat16")
     exact = "exact" if exact_ok else "NOT exact"
     same = "identical" if m["all_identical"] else "NOT identical"
-    machines = (bench.hardware(),)
-    blas = (g.get("libraries") or {}).get("blas")
-    blas_name = f"torch float32 ({ {'mkl': 'MKL'}.get(blas, blas) })" if blas else "torch float32"
+    blas = _blas_name(g)
+    ms = m["ms_per_image"]
+    return {
+        "gemm": f"{r['xnor_with_packing_over_baseline']:.1f}× at {n}³ with packing, as the "
+        f"paper's code counts it ({r['xnor_over_baseline']:.1f}× pre-packed), {exact}",
+        "blas": f"{r['xnor_over_torch_float32']:.1f}× {blas} at {n}³ "
+        f"({r['xnor_with_packing_over_torch_float32']:.1f}× with packing)"
+        + (
+            f"; {r['xnor_over_best_torch']:.1f}× the best of torch float32 / bf16 / int8 "
+            "timed there"
+            if "xnor_over_best_torch" in r
+            else ""
+        )
+        + f", {exact}",
+        "mlp": f"{mr['xnor_first_baseline_over_baseline']:.1f}× (first layer on the baseline "
+        f"kernel, as the paper's code); {mr['xnor_bitplanes_over_baseline']:.1f}× all in "
+        f"integers with the paper's bit planes ({mr['xnor_int8_over_baseline']:.1f}× with the "
+        f"sparse int8 first layer, which depends on the input's zero pixels); predictions "
+        f"{same} on {m['n_images']:,} images",
+        "kernel_details": f"{bench.isa()}: the vendor BLAS is {blas}'s matmul. "
+        f"{_bench_details(bench)}",
+        "mlp_details": f"{bench.isa()}: MNIST MLP 784-3×{m['hidden']}-10, "
+        f"{m['n_images']:,} test images at once, ms/image: "
+        + ", ".join(f"{k} {v:.4f}" for k, v in ms.items())
+        + f". {m['model']}. {_bench_details(bench)}",
+        "size": f"{n}³ gemm",
+        "hidden": str(m["hidden"]),
+    }
+
+
+def _section4_cpu_rows() -> list[Row]:
+    """The CPU counterparts of the Section 4 GPU claims (``bench --section4``), each beside
+    its GPU row, one clause per CPU with a committed benchmark; none without one."""
+    benches = [
+        b
+        for b in results.load_benches("bench_section4_cpu")
+        if (s := b.section("section4_cpu")) and s.get("gemm") and s.get("mlp")
+    ]
+    if not benches:
+        return []
+    texts = [_section4_texts(b) for b in benches]
+    machines = tuple(b.hardware() for b in benches)
+
+    def ours(key: str) -> str:
+        return _per_cpu(benches, [t[key] for t in texts])
+
     details = (
         "CPU counterparts of the paper's GPU kernels (bnnlib.bench.section4): the baseline kernel "
-        "is bnnlib.kernels.baseline_gemm, the XNOR kernel's tiling on float32; the vendor BLAS "
-        f"is {blas_name}'s matmul. The paper's XNOR code packs both operands on "
-        f"every call, so the with-packing ratio is the like-for-like one. {_bench_details(bench)}"
+        "is bnnlib.kernels.baseline_gemm, the XNOR kernel's tiling on float32. The paper's XNOR "
+        "code packs both operands on every call, so the with-packing ratio is the like-for-like "
+        "one. " + ". ".join(t["kernel_details"] for t in texts)
     )
-    ms = m["ms_per_image"]
-    mlp_ours = (
-        f"{mr['xnor_first_baseline_over_baseline']:.1f}× (first layer on the baseline kernel, "
-        f"as the paper's code); {mr['xnor_bitplanes_over_baseline']:.1f}× all in integers with "
-        f"the paper's bit planes ({mr['xnor_int8_over_baseline']:.1f}× with the sparse int8 "
-        f"first layer, which depends on the input's zero pixels); "
-        f"predictions {same} on {m['n_images']:,} images"
-    )
-    mlp_details = (
-        f"MNIST MLP 784-3×{m['hidden']}-10, {m['n_images']:,} test images at once, ms/image: "
-        + ", ".join(f"{k} {v:.4f}" for k, v in ms.items())
-        + f". {m['model']}. {_bench_details(bench)}"
-    )
+    mlp_details = ". ".join(t["mlp_details"] for t in texts)
     cpu = "CPU counterpart"
+    size, hidden = texts[0]["size"], texts[0]["hidden"]
     return [
         Row("cpu_xnor_over_baseline",
             "CPU: XNOR kernel vs the baseline kernel (paper, GPU: 23×)", "23× (GPU)",
-            f"{r['xnor_with_packing_over_baseline']:.1f}× at {n}³ with packing, as the paper's "
-            f"code counts it ({r['xnor_over_baseline']:.1f}× pre-packed), {exact}",
-            f"{n}³ gemm, {cpu}",
-            "measured", "06_xnor_kernels", details, machines),
+            ours("gemm"), f"{size}, {cpu}", "measured", "06_xnor_kernels", details, machines),
         Row("cpu_xnor_over_blas",
             "CPU: XNOR kernel vs the float32 BLAS (paper, GPU: 3.4× cuBLAS)", "3.4× (GPU)",
-            f"{r['xnor_over_torch_float32']:.1f}× {blas_name} at {n}³ "
-            f"({r['xnor_with_packing_over_torch_float32']:.1f}× with packing)"
-            + (f"; {r['xnor_over_best_torch']:.1f}× the best of torch float32 / bf16 / int8"
-               if "xnor_over_best_torch" in r else "") + f", {exact}",
-            f"{n}³ gemm, {cpu}", "measured", "06_xnor_kernels", details, machines),
+            ours("blas"), f"{size}, {cpu}", "measured", "06_xnor_kernels", details, machines),
         Row("cpu_mlp_over_baseline",
             "CPU: MNIST MLP on XNOR vs baseline kernels (paper, GPU: 7×)", "7× (GPU)",
-            mlp_ours, f"3 × {m['hidden']} MLP, {cpu}", "measured", "06_xnor_kernels",
+            ours("mlp"), f"3 × {hidden} MLP, {cpu}", "measured", "06_xnor_kernels",
             mlp_details, machines),
     ]  # fmt: skip
 

@@ -8,8 +8,9 @@ of the same batch size, so a call is: check the images, one compiled call, the l
 norm in float64 (numpy, the simulation's three rounded operations), argmax.
 
 :meth:`PackedNet.scores` takes this path by itself (``path="auto"``) on the CPU, in chunks of
-at most :data:`FUSED_CHUNK` images, split between threads from :data:`PARALLEL_MIN_BATCH`
-images on. The first layer's product is chosen per image
+at most :data:`FUSED_CHUNK` images: a chunk's layers split between threads from
+:data:`PARALLEL_MIN_BATCH` images on, the chunks of a larger batch shared between threads
+(one thread per chunk, one parallel region per call). The first layer's product is chosen per image
 (``first_layer="auto"``): int8 rows of the nonzero pixels when fewer than
 :data:`INT8_MAX_NONZERO_FRACTION` of the pixels are nonzero, else bit planes. Both are exact.
 ``first_layer="int8_gemm"`` runs the first layer as a dense int8 gemm in torch
@@ -48,10 +49,13 @@ __all__ = [
     "FIRST_LAYER_MODES",
 ]
 
-#: The most images one compiled call takes; larger batches run in chunks of this size. Each
-#: weight row is then read once per chunk while the chunk's activations (64 x 512 B for 4096
-#: units) stay in the L1 cache (faster than a layer at a time at batch 100 and 10,000:
-#: ``python -m bnnlib.bench --latency``, its figures in results/ and notebook 06).
+#: The most images one thread runs through the layers at once; larger batches run in chunks of
+#: this size. Each weight row is then read once per chunk while the chunk's activations (64 x
+#: 512 B for 4096 units) stay in the L1 cache (faster than a layer at a time at batch 100 and
+#: 10,000: ``python -m bnnlib.bench --latency``, its figures in results/ and notebook 06). An
+#: MLP's chunks are shared between threads in one parallel region
+#: (:func:`bnnlib.kernels.fused.mlp_forward_chunks`), whatever ``OMP_WAIT_POLICY``;
+#: ``FusedMLP.chunks_parallel = False`` runs them one after the other on the calling thread.
 FUSED_CHUNK = 64
 #: From this batch size the fused path splits each layer's output words between threads:
 #: threads win from batch 1 while idle threads spin between layers, OpenMP's default. With
@@ -113,6 +117,9 @@ class FusedMLP:
     """A packed MLP (a :class:`PackedNet` for which :func:`supports` holds) as the arrays of
     :func:`bnnlib.kernels.fused.mlp_forward`; see the module docstring."""
 
+    #: The most images a caller passes to one :meth:`scores` call: any (it chunks them).
+    max_batch: int | None = None
+
     def __init__(self, net):
         if not supports(net):
             raise ValueError("the fused path runs MLPs only (linear layers, Sign between them)")
@@ -152,6 +159,9 @@ class FusedMLP:
         #: None: threads from PARALLEL_MIN_BATCH images on, unless OpenMP threads sleep
         #: between regions (OMP_WAIT_POLICY=PASSIVE); True / False: always / never
         self.parallel: bool | None = False if _threads_sleep() else None
+        #: batches of more than FUSED_CHUNK images: chunks shared between threads (True), or
+        #: run one after the other on the calling thread (False)
+        self.chunks_parallel = True
 
     @property
     def int8_rows(self) -> np.ndarray:
@@ -198,15 +208,30 @@ class FusedMLP:
         x = np.ascontiguousarray(x)
         m = x.shape[0]
         max_nonzero = int(INT8_MAX_NONZERO_FRACTION * self.k)
-        parallel = m >= PARALLEL_MIN_BATCH if self.parallel is None else self.parallel
         with self._lock:
             if self._w8t is None and mode != kfused.FIRST_BITPLANES:
                 self._make_int8_rows()
-            call = self._calls.get(m) or self._new_call(m)
-            if mode == kfused.FIRST_GIVEN:
-                self._first_by_int8_gemm(x, call.buffers.acts)
-            call.run(parallel, x, mode, max_nonzero)
-            return call.buffers.s.copy()  # the buffer is reused by the next call
+            if m > FUSED_CHUNK and self.chunks_parallel and mode != kfused.FIRST_GIVEN:
+                words = math.ceil(max(self.widths) / 64)
+                return kfused.mlp_forward_chunks(
+                    x, FUSED_CHUNK, mode, max_nonzero, self.first, self.hidden, self.last, words
+                )
+            parts = [
+                self._chunk(x[i : i + FUSED_CHUNK], mode, max_nonzero)
+                for i in range(0, m, FUSED_CHUNK)
+            ]
+            return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def _chunk(self, x: np.ndarray, mode: int, max_nonzero: int) -> np.ndarray:
+        """Pre-activations of at most FUSED_CHUNK images in one call on the bound buffers of
+        their batch size (the caller holds the lock)."""
+        m = x.shape[0]
+        parallel = m >= PARALLEL_MIN_BATCH if self.parallel is None else self.parallel
+        call = self._calls.get(m) or self._new_call(m)
+        if mode == kfused.FIRST_GIVEN:
+            self._first_by_int8_gemm(x, call.buffers.acts)
+        call.run(parallel, x, mode, max_nonzero)
+        return call.buffers.s.copy()  # the buffer is reused by the next call
 
     def _first_by_int8_gemm(self, x: np.ndarray, acts: np.ndarray) -> None:
         """The first layer's packed output into ``acts[0]`` by ``torch._int_mm``: W_b . x =
@@ -283,6 +308,9 @@ class FusedConvNet:
     """A packed ConvNet (:func:`supports_conv`) run by the direct kernels of
     :mod:`bnnlib.kernels.fused_conv`: no im2col, no padding correction, one compiled call per
     layer (first layer: int8 +/-1 weights, zero pixels skipped)."""
+
+    #: The most images a caller passes to one :meth:`scores` call.
+    max_batch: int | None = FUSED_CHUNK
 
     def __init__(self, net):
         from bnnlib.kernels import fused_conv

@@ -302,7 +302,8 @@ class PackedNet:
 
         ``path="layers"`` runs a layer at a time; ``"fused"`` an MLP in one compiled call, a
         ConvNet in one per layer (:mod:`bnnlib.inference.fused`, CPU only, chunks of
-        ``FUSED_CHUNK`` images); ``"auto"`` the fused path where it runs. ``first_layer``:
+        ``FUSED_CHUNK`` images, an MLP's shared between threads); ``"auto"`` the fused path
+        where it runs. ``first_layer``:
         ``"real"`` (a float matmul with +/-1 weights, layers path), ``"bitplanes"`` (both
         paths), ``"int8"`` (int8 rows of the nonzero pixels, fused path), ``"int8_gemm"`` (a
         dense ``torch._int_mm``, fused MLP path) or ``"auto"`` (real on the layers path; per
@@ -357,8 +358,9 @@ class PackedNet:
     @property
     def fused(self):
         """The small-batch CPU path of this net (:func:`fused.for_net`, made on first use;
-        None for a net it does not support). Its ``parallel`` says whether its layers are split
-        between threads (``net.fused.parallel = False``: the calling thread only)."""
+        None for a net it does not support). Its ``parallel`` says whether the layers of a chunk
+        are split between threads (``net.fused.parallel = False``: the calling thread only),
+        an MLP's ``chunks_parallel`` whether the chunks of a large batch are."""
         if self._fused is None and self._fused_kind is not None:
             self._fused = fused.for_net(self)
         return self._fused
@@ -368,7 +370,9 @@ class PackedNet:
         (:func:`fused.for_net`), as a numpy array."""
         if self._fused is None:
             self._fused = fused.for_net(self)
-        chunk = min(check_batch_size(batch_size), fused.FUSED_CHUNK)
+        chunk = check_batch_size(batch_size)
+        if self._fused.max_batch is not None:  # a ConvNet: chunks of FUSED_CHUNK images
+            chunk = min(chunk, self._fused.max_batch)
         parts = [
             self._fused.scores(xn[i : i + chunk], first_layer) for i in range(0, len(xn), chunk)
         ]

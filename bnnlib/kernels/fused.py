@@ -24,7 +24,10 @@ every layer of an MLP in one numba call, on buffers allocated once by the caller
 
 Work is split by output words (64 neurons): with ``parallel`` the words of a layer are shared
 between threads (``prange``), otherwise the call stays on the calling thread (when waking
-threads would cost more than a layer's work; :mod:`bnnlib.inference.fused` decides). Every
+threads would cost more than a layer's work; :mod:`bnnlib.inference.fused` decides). A large
+batch is better split by images: :func:`mlp_forward_chunks` shares chunks of images between
+threads, each chunk run through every layer by one thread on its own buffers (one parallel
+region per call, no thread waits for another between layers). Every
 rule above is exact: the results equal :meth:`bnnlib.inference.PackedNet.scores` with
 ``path="layers"`` bit for bit (tested on the MNIST test set).
 
@@ -45,6 +48,7 @@ from bnnlib.kernels.xnor import popcount
 
 __all__ = [
     "mlp_forward",
+    "mlp_forward_chunks",
     "BoundMLP",
     "FirstLayer",
     "HiddenLayers",
@@ -465,6 +469,46 @@ def _forward_parallel(x, first_mode, int8_max_nonzero, planes, nonzero, nnz, sum
     _forward(x, first_mode, int8_max_nonzero, planes, nonzero, nnz, sumx, use_int8,
              w0, w8t, wsum, thr0, dir0, table, w_flat, thr_flat, dir_flat, acts,
              w_last, k_last, s)  # fmt: skip
+
+
+@numba.njit(parallel=True, **_JIT)
+def _forward_chunks(x, chunk, first_mode, int8_max_nonzero, w0, w8t, wsum, thr0, dir0, table,
+                    w_flat, thr_flat, dir_flat, w_last, k_last, s, words):  # fmt: skip
+    """:func:`_forward` on chunks of ``chunk`` images of ``x``, the chunks shared between
+    threads; the prange loops inside :func:`_forward` run serially within a chunk (numba
+    parallelizes the outermost prange only). ``words``: the widest layer's output words."""
+    M, K = x.shape
+    for c in numba.prange((M + chunk - 1) // chunk):
+        lo = c * chunk
+        m = min(M, lo + chunk) - lo
+        acts = np.zeros((table.shape[0] + 1, m * words), np.int64)
+        _forward(x[lo : lo + m], first_mode, int8_max_nonzero, np.zeros((m, 8, w0.shape[0]),
+                 np.int64), np.zeros((m, K), np.int64), np.zeros(m, np.int64),
+                 np.zeros(m, np.int64), np.zeros(m, np.bool_), w0, w8t, wsum, thr0, dir0,
+                 table, w_flat, thr_flat, dir_flat, acts, w_last, k_last,
+                 s[lo : lo + m])  # fmt: skip
+
+
+def mlp_forward_chunks(
+    x: np.ndarray,
+    chunk: int,
+    first_mode: int,
+    int8_max_nonzero: int,
+    first: FirstLayer,
+    hidden: HiddenLayers,
+    last: LastLayer,
+    words: int,
+) -> np.ndarray:
+    """The MLP on uint8 images ``x`` (M, k) in chunks of ``chunk`` images shared between
+    threads (one parallel region per call), each chunk on one thread with buffers of its own;
+    returns the last layer's integer pre-activations s (M, classes), a new array.
+    ``first_mode``: as :func:`mlp_forward`, except :data:`FIRST_GIVEN`; ``words``: the output
+    words of the widest layer but the last. Validated by the caller."""
+    if first_mode == FIRST_GIVEN:
+        raise ValueError("mlp_forward_chunks computes the first layer itself (not FIRST_GIVEN)")
+    s = np.empty((x.shape[0], last.weight.shape[0]), np.int64)
+    _forward_chunks(x, chunk, first_mode, int8_max_nonzero, *first, *hidden, *last, s, words)
+    return s
 
 
 class BoundMLP:
