@@ -189,9 +189,13 @@ class Bench:
         return dict(self.data.get("meta", {}))
 
     def section(self, name: str) -> dict[str, Any] | None:
-        """A section (``latency_cpu``, ``gemm_cpu``, ``gpu`` ...), None when absent/skipped."""
+        """A section (``latency_cpu``, ``gemm_cpu``, ``gpu`` ...), None when absent or skipped
+        (``{"skipped": "why"}``; a measured section may hold a ``skipped`` dict of the
+        products it left out)."""
         value = self.data.get(name)
-        return value if isinstance(value, dict) and "skipped" not in value else None
+        if not isinstance(value, dict) or isinstance(value.get("skipped"), str):
+            return None
+        return value
 
     def machine(self) -> str:
         return machine_line(self.meta)

@@ -262,3 +262,26 @@ def test_the_torch7_cell_leaves_out_the_e2_variant(tmp_path, monkeypatch):
     cell = claims.table1_torch7()
     assert [s["run"] for s in cell["seeds"]] == ["torch7_mnist"]
     assert cell["interval"].value == pytest.approx(0.014)
+
+
+def test_the_latency_row_names_every_baseline_the_benchmark_times():
+    """The claims' names of the large-batch baselines are those ``bench --latency`` times."""
+    from bnnlib.bench.latency import BASELINES
+
+    assert tuple(claims.BASELINE_NAMES) == BASELINES
+
+
+def test_benchmarks_of_every_cpu_are_read_and_a_skipped_section_is_none(tmp_path, monkeypatch):
+    """``load_benches``: the benchmark file and its per-CPU siblings, that one first; a section
+    that lists products it left out is a measured section, one that was skipped is None."""
+    measured = {"meta": {"cpu_flags": ["popcnt", "avx2"]}, "latency_cpu": {"skipped": {"x": "y"}}}
+    skipped = {"meta": {"cpu_flags": ["avx512_vpopcntdq"]}, "latency_cpu": {"skipped": "why"}}
+    (tmp_path / "bench_latency_cpu_zz.json").write_text(json.dumps(measured))
+    (tmp_path / "bench_latency_cpu.json").write_text(json.dumps(skipped))
+    (tmp_path / "bench_latency_cpuish.json").write_text("{}")  # not a sibling
+    monkeypatch.setenv(results.ENV_VAR, str(tmp_path))
+    benches = results.load_benches("bench_latency_cpu")
+    assert [b.path.name for b in benches] == ["bench_latency_cpu.json", "bench_latency_cpu_zz.json"]
+    assert benches[0].section("latency_cpu") is None and benches[0].isa() == "AVX-512 VPOPCNTDQ"
+    assert benches[1].section("latency_cpu") == {"skipped": {"x": "y"}}
+    assert benches[1].isa() == "AVX2"

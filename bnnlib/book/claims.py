@@ -418,6 +418,22 @@ def _per_cpu(benches: list[results.Bench], texts: list[str]) -> str:
     return "; ".join(f"{b.isa()}: {t}" for b, t in zip(benches, texts, strict=True))
 
 
+#: The large-batch baselines of ``bench --latency`` (:data:`bnnlib.bench.latency.BASELINES`),
+#: as a sentence names them.
+BASELINE_NAMES = {
+    "float32": "float32",
+    "bfloat16": "bf16",
+    "int8_dynamic": "int8 (dynamic)",
+    "int8_exact": "int8 (exact BNN)",
+    "bfloat16_exact": "bf16 (exact BNN)",
+}
+
+
+def _left_out(skipped: dict[str, str]) -> str:
+    """'bfloat16 and int8 products left out: no hardware path' from a benchmark's ``skipped``."""
+    return f"{' and '.join(skipped)} products left out: no hardware path"
+
+
 def _latency_figures(lat: dict) -> tuple[str, str]:
     """(the short figure, the full figures) of one committed ``--latency`` section."""
     b1, ratios, floor = lat["ms_per_image"]["1"], lat["ratios"], lat["floor"]
@@ -440,9 +456,12 @@ def _latency_figures(lat: dict) -> tuple[str, str]:
         else ""
     )
     best = ratios.get(f"batch{big}_best_baseline_over_packed")
+    timed = [k for k in BASELINE_NAMES if f"batch{big}_{k}_over_packed" in ratios]
+    best_key = lat.get("best_baseline_at_largest_batch")
     vs_best = (
-        f", {best:.2f}× the best of float32 / bf16 / int8 timed there "
-        f"({lat.get('best_baseline_at_largest_batch')})"
+        f", {best:.2f}× the best baseline there, {BASELINE_NAMES.get(best_key, best_key)} (of "
+        f"{' / '.join(BASELINE_NAMES[k] for k in timed)}"
+        + (f"; {_left_out(lat['skipped'])})" if lat.get("skipped") else ")")
         if best
         else ""
     )
@@ -506,8 +525,9 @@ def _section4_texts(bench: results.Bench) -> dict[str, str]:
         "blas": f"{r['xnor_over_torch_float32']:.1f}× {blas} at {n}³ "
         f"({r['xnor_with_packing_over_torch_float32']:.1f}× with packing)"
         + (
-            f"; {r['xnor_over_best_torch']:.1f}× the best of torch float32 / bf16 / int8 "
-            "timed there"
+            f"; {r['xnor_over_best_torch']:.1f}× the best of "
+            + " / ".join(k.replace("_", " ") for k in g["seconds"] if k.startswith("torch_"))
+            + (f" ({_left_out(g['skipped'])})" if g.get("skipped") else "")
             if "xnor_over_best_torch" in r
             else ""
         )
