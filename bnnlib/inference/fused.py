@@ -62,8 +62,8 @@ FUSED_CHUNK = 64
 #: ``OMP_WAIT_POLICY=PASSIVE`` (which the Makefile sets for the tests and the book) they sleep,
 #: and waking them for every layer costs more than it saves at batches up to 64: the fused MLP
 #: then stays on one thread (:func:`bnnlib.settings.omp_passive`). On a machine busy with other
-#: work a thread may also wait for a time slice: set ``net.fused.parallel = False`` or
-#: ``NUMBA_NUM_THREADS=1``.
+#: work a thread may also wait for a time slice: set ``net.fused.parallel = False`` and
+#: ``net.fused.chunks_parallel = False``, or ``NUMBA_NUM_THREADS=1``.
 PARALLEL_MIN_BATCH = 1
 #: ``first_layer="auto"`` takes the int8 product for images with fewer nonzero pixels than
 #: this fraction, bit planes otherwise: the int8 rows cost in proportion to the nonzero pixels,
