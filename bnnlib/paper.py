@@ -129,12 +129,15 @@ STATUSES = (
 )
 #: One line per status, for the summary table's legend.
 STATUS_LEGEND = {
-    "reproduced": "the paper's figure is inside our 95% interval (a 'no loss' claim: the gap's "
-    "interval reaches 0 or below)",
+    "reproduced": "an error: equivalence shown under results/protocol.md (the 90% interval of "
+    "ours minus the paper's, seeds' spread on Student's t, inside +-0.20 points); a 'no loss' "
+    "claim: the paired gap's upper 95% bound below +0.20 points; other claims: every prediction "
+    "identical, or the paper's factor reached",
     "consistent": "the paper's figure is inside our 95% interval, but equivalence within the "
-    "protocol's margin is not shown (results/protocol.md)",
+    "protocol's margin is not shown (a 'no loss' claim: a loss neither shown nor excluded)",
     "better than the paper": "the paper's error is above our 95% interval",
-    "not reproduced": "the paper's figure is outside our 95% interval, on the worse side",
+    "not reproduced": "the paper's figure is outside our 95% interval, on the worse side (a 'no "
+    "loss' claim: the gap's interval above 0)",
     "reduced run": "fewer epochs, units or images than the paper's run: not comparable",
     "not run yet: needs a GPU": "prepared, waits for a GPU",
     "data not available here": "the data set cannot be obtained on this project's machines",
@@ -334,26 +337,32 @@ def status(key: str, value: float, reduced: bool, interval: Interval | None = No
     """The summary-table status of our ``value`` for claim ``key`` (:data:`STATUS_LEGEND`).
 
     ``reduced=True`` (fewer epochs, units or data than the paper's run) gives
-    "reduced run" whatever the value. For an ``at_most`` claim (an error, or a "no loss"
-    gap whose paper figure is 0) ``interval`` (:func:`error_interval`, :func:`gap_interval`)
-    decides: "reproduced" when the paper's figure lies in it (a gap: when it reaches 0 or
-    below), "better than the paper" when the paper's error lies above it, else "not
-    reproduced". Without an interval the value is compared as it is.
+    "reduced run" whatever the value. An ``at_most`` claim (an error, or a "no loss" gap whose
+    paper figure is 0) needs its 95% ``interval`` (:func:`error_interval`,
+    :func:`gap_interval`): "consistent" when the paper's figure lies in it (a gap: when it
+    reaches 0 or below), "better than the paper" when the paper's error lies above it, else
+    "not reproduced". It never says "reproduced": a figure and its interval do not show
+    equivalence; that takes the seeds and the margin of ``results/protocol.md``
+    (:mod:`bnnlib.repro.protocol`). Other claims compare the value as it is: "about" within
+    ``tolerance``, "at_least" the paper's factor reached.
     """
     c = claim(key)
     if c.better == "report":
         return "computed"
     if reduced:
         return "reduced run"
-    if c.better == "at_most" and interval is not None:
-        if c.paper == 0.0:  # "no accuracy loss": a gap whose interval reaches 0
-            return "reproduced" if interval.low <= 0.0 else "not reproduced"
-        if interval.contains(c.paper):
-            return "reproduced"
-        return "better than the paper" if c.paper > interval.high else "not reproduced"
     if c.better == "at_most":
-        ok = value <= c.paper
-    elif c.better == "at_least":
+        if interval is None:
+            raise ValueError(
+                f"claim {key!r} is an error or a gap: one figure cannot decide it; pass its 95% "
+                "interval (paper.error_interval or paper.gap_interval)"
+            )
+        if c.paper == 0.0:  # "no accuracy loss": a gap whose interval reaches 0
+            return "consistent" if interval.low <= 0.0 else "not reproduced"
+        if interval.contains(c.paper):
+            return "consistent"
+        return "better than the paper" if c.paper > interval.high else "not reproduced"
+    if c.better == "at_least":
         ok = value >= c.paper
     else:
         ok = abs(value - c.paper) <= c.tolerance * abs(c.paper)

@@ -158,3 +158,22 @@ def test_pairs_show_each_seed_as_published(tmp_path, monkeypatch):
     row = next(r for r in claims.committed_rows() if r.key == claims.E2_ROW)
     assert row.status == "not run yet" and "2 of 3 seeds" in row.ours
     assert "seed 0: +0.07 points" in row.ours and "seed 1" not in row.ours
+
+
+@pytest.mark.parametrize(
+    "errors, word, words",
+    [
+        # equivalent within the margin, yet 1.40% lies below the 95% interval: the row says both
+        ([146, 153, 150, 140, 147], "reproduced",
+         ("+0.07 points, 90% interval +0.03 to +0.12, inside the ±0.20 margin",
+          "1.40% is below our 95% interval: ours is higher")),
+        ([150, 110, 170, 130, 160], "consistent", ("not inside the ±0.20 margin",)),
+    ],
+)  # fmt: skip
+def test_the_row_states_the_equivalence_test(tmp_path, monkeypatch, errors, word, words):
+    monkeypatch.setenv(results.ENV_VAR, str(tmp_path))
+    _runs_like_the_protocol(tmp_path, dict(zip(E1, errors, strict=True)))
+    row = next(r for r in claims.committed_rows() if r.key == "table1_mnist_torch7")
+    assert row.status == word
+    assert all(w in row.ours for w in words), row.ours
+    assert ("below our 95% interval" in row.ours) == (word == "reproduced")

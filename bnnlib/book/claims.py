@@ -183,6 +183,23 @@ def _protocol_cell(proto: dict[str, Any], found: list[results.CommittedRun]) -> 
     }
 
 
+def _equivalence_text(stats: dict[str, float], paper_error: float) -> str:
+    """The protocol's two one-sided tests in words: the 90% interval of (ours - paper) against
+    the margin, and where the paper's figure lies against our 95% interval."""
+    low, high, margin = stats["diff_low90"], stats["diff_high90"], stats["margin"]
+    inside = -margin < low and high < margin
+    text = (
+        f"; ours − paper {100 * (stats['mean'] - paper_error):+.2f} points, 90% interval "
+        f"{100 * low:+.2f} to {100 * high:+.2f}, {'inside' if inside else 'not inside'} the "
+        f"±{100 * margin:.2f} margin"
+    )
+    if stats["low95"] > paper_error:
+        text += f"; {_pct(paper_error)} is below our 95% interval: ours is higher"
+    elif stats["high95"] < paper_error:
+        text += f"; {_pct(paper_error)} is above our 95% interval: ours is lower"
+    return text
+
+
 def _torch7_row() -> Row:
     c = paper.claim("table1_mnist_torch7")
     cell = table1_torch7()
@@ -194,7 +211,8 @@ def _torch7_row() -> Row:
     if verdict is not None and not verdict.stats:
         ours = f"{_pct(iv.value)} ({each}; {verdict.done} of the protocol: no verdict yet)"
     else:
-        ours = f"{_pct(iv.value)} ({each}; 95% interval {_pct(iv.low)}–{_pct(iv.high)})"
+        ours = f"{_pct(iv.value)} ({each}; 95% interval {_pct(iv.low)}–{_pct(iv.high)}"
+        ours += f"{_equivalence_text(verdict.stats, c.paper) if verdict is not None else ''})"
     machines = tuple(cell["hardware"])
     k = len(seeds)
     how = f"3 × 2048 MLP, {k} seed{'s' if k != 1 else ''}, {machine_kind(machines) or 'CPU'}"
