@@ -166,7 +166,7 @@ def test_pairs_show_each_seed_as_published(tmp_path, monkeypatch):
         # equivalent within the margin, yet 1.40% lies below the 95% interval: the row says both
         ([146, 153, 150, 140, 147], "reproduced",
          ("+0.07 points, 90% interval +0.03 to +0.12, inside the ±0.20 margin",
-          "1.40% is below our 95% interval: ours is higher")),
+          "1.40% is below our 95% interval (ours is higher)")),
         ([150, 110, 170, 130, 160], "consistent", ("not inside the ±0.20 margin",)),
     ],
 )  # fmt: skip

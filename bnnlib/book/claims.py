@@ -35,6 +35,7 @@ __all__ = [
     "Row",
     "committed_rows",
     "table1_torch7",
+    "equivalence_text",
     "readme_table",
     "summary_row",
     "summary_markdown",
@@ -183,7 +184,7 @@ def _protocol_cell(proto: dict[str, Any], found: list[results.CommittedRun]) -> 
     }
 
 
-def _equivalence_text(stats: dict[str, float], paper_error: float) -> str:
+def equivalence_text(stats: dict[str, float], paper_error: float) -> str:
     """The protocol's two one-sided tests in words: the 90% interval of (ours - paper) against
     the margin, and where the paper's figure lies against our 95% interval."""
     low, high, margin = stats["diff_low90"], stats["diff_high90"], stats["margin"]
@@ -194,9 +195,9 @@ def _equivalence_text(stats: dict[str, float], paper_error: float) -> str:
         f"±{100 * margin:.2f} margin"
     )
     if stats["low95"] > paper_error:
-        text += f"; {_pct(paper_error)} is below our 95% interval: ours is higher"
+        text += f"; {_pct(paper_error)} is below our 95% interval (ours is higher)"
     elif stats["high95"] < paper_error:
-        text += f"; {_pct(paper_error)} is above our 95% interval: ours is lower"
+        text += f"; {_pct(paper_error)} is above our 95% interval (ours is lower)"
     return text
 
 
@@ -212,7 +213,7 @@ def _torch7_row() -> Row:
         ours = f"{_pct(iv.value)} ({each}; {verdict.done} of the protocol: no verdict yet)"
     else:
         ours = f"{_pct(iv.value)} ({each}; 95% interval {_pct(iv.low)}–{_pct(iv.high)}"
-        ours += f"{_equivalence_text(verdict.stats, c.paper) if verdict is not None else ''})"
+        ours += f"{equivalence_text(verdict.stats, c.paper) if verdict is not None else ''})"
     machines = tuple(cell["hardware"])
     k = len(seeds)
     how = f"3 × 2048 MLP, {k} seed{'s' if k != 1 else ''}, {machine_kind(machines) or 'CPU'}"
