@@ -130,14 +130,15 @@ STATUSES = (
 #: One line per status, for the summary table's legend.
 STATUS_LEGEND = {
     "reproduced": "an error: equivalence shown under results/protocol.md (the 90% interval of "
-    "ours minus the paper's, seeds' spread on Student's t, inside +-0.20 points); a 'no loss' "
-    "claim: the paired gap's upper 95% bound below +0.20 points; other claims: every prediction "
-    "identical, or the paper's factor reached",
+    "ours minus the paper's, seeds' spread on Student's t, inside +-0.20 points), checked "
+    "before the other verdict words; a 'no loss' claim: the paired gap's upper 95% "
+    "bound below +0.20 points; other claims: every prediction identical, or the paper's factor "
+    "reached",
     "consistent": "the paper's figure is inside our 95% interval, but equivalence within the "
     "protocol's margin is not shown (a 'no loss' claim: a loss neither shown nor excluded)",
-    "better than the paper": "the paper's error is above our 95% interval",
-    "not reproduced": "the paper's figure is outside our 95% interval, on the worse side (a 'no "
-    "loss' claim: the gap's interval above 0)",
+    "better than the paper": "equivalence not shown and the paper's error above our 95% interval",
+    "not reproduced": "equivalence not shown and the paper's figure outside our 95% interval, "
+    "on the worse side (a 'no loss' claim: the gap's interval above 0)",
     "reduced run": "fewer epochs, units or images than the paper's run: not comparable",
     "not run yet: needs a GPU": "prepared, waits for a GPU",
     "data not available here": "the data set cannot be obtained on this project's machines",

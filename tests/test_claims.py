@@ -80,7 +80,8 @@ def test_torch7_cell_reports_every_seed_the_mean_and_the_interval(tmp_path, monk
     assert "seed 0: 1.40%, seed 1: 1.60%" in row.ours and "95% interval" in row.ours
     assert row.status == "consistent" and row.how == "3 × 2048 MLP, 2 seeds, CPU"
     assert row.machines == ("CPU: test",)  # the machine goes under the table, once
-    assert iv.method in row.details and "results/torch7_mnist_seed1/ (best epoch 2)" in row.details
+    assert iv.method in row.details
+    assert "results/torch7_mnist_seed1/ (best epoch 2, val 1.60%)" in row.details
 
 
 def test_a_cell_far_above_the_paper_is_not_reproduced(tmp_path, monkeypatch):

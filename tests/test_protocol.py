@@ -177,3 +177,24 @@ def test_the_row_states_the_equivalence_test(tmp_path, monkeypatch, errors, word
     assert row.status == word
     assert all(w in row.ours for w in words), row.ours
     assert ("below our 95% interval" in row.ours) == (word == "reproduced")
+
+
+def test_the_rows_show_both_bounds_the_seeds_and_the_caveats(tmp_path, monkeypatch):
+    monkeypatch.setenv(results.ENV_VAR, str(tmp_path))
+    outcomes = {("E1", s): e for s, e in enumerate([141, 139, 140, 142, 138])}
+    outcomes |= {("E2", s): e for s, e in enumerate([140, 141, 139])}
+    _runs_like_the_protocol(tmp_path, outcomes)
+    rows = {r.key: r for r in claims.committed_rows()}
+    e1, e2 = rows["table1_mnist_torch7"], rows[claims.E2_ROW]
+    # d = +0.01, -0.02, +0.01 points: mean 0.000, s_d 0.0173 points, t(0.95, 2) = 2.920
+    half = t.ppf(0.95, 2) * 0.0173 / math.sqrt(3)
+    assert f"L {-half:+.2f} points and U {half:+.2f} points" in e2.ours, e2.ours
+    assert "mean gap +0.000 points" in e2.ours
+    for row in (e1, e2):
+        assert protocol.CAVEATS.rstrip(".") in row.details
+        assert "best epoch 100, val 1.90%" in row.details  # 0.02 - 100e-5: the fake runs' val
+    # Wilson's interval of 140 / 10,000 (the mean), from its formula: 1.19% to 1.65%
+    z, p, n = 1.959963984540054, 0.014, 10_000
+    centre, spread = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    low, high = (centre - spread) / (1 + z * z / n), (centre + spread) / (1 + z * z / n)
+    assert f"at the mean {100 * low:.2f}%–{100 * high:.2f}%" in e1.details

@@ -163,11 +163,13 @@ def _protocol_cell(proto: dict[str, Any], found: list[results.CommittedRun]) -> 
     k = len(seeds)
     if verdict.stats:
         st = verdict.stats
+        wilson = paper.error_interval([round(st["mean"] * n)], n)  # one run at the mean
         interval = paper.Interval(
             st["mean"], st["low95"], st["high95"],
             f"mean of {k} seeds +- t(0.975, {k - 1}) s / sqrt({k}): the seeds' spread "
             f"(results/protocol.md); one run's test-set noise is +-{100 * st['binomial_sd']:.2f} "
-            "points (binomial, 1 sd)",
+            f"points (binomial, 1 sd; Wilson 95% interval of one run at the mean "
+            f"{_pct(wilson.low)}–{_pct(wilson.high)}), shown, not used to decide",
         )  # fmt: skip
     elif k:
         mean = sum(s["test_errors"] for s in seeds) / k / n  # counts, as the test images
@@ -237,11 +239,25 @@ def _torch7_row() -> Row:
     details = (
         "; ".join(notes)
         + f". Interval: {iv.method}. Runs: "
-        + "; ".join(f"results/{s['run']}/ (best epoch {s['best_epoch']})" for s in seeds)
+        + "; ".join(f"results/{s['run']}/ ({_seed_facts(s)})" for s in seeds)
+        + (f". {protocol.CAVEATS.rstrip('.')}" if verdict is not None else "")
     )
     return Row(
         c.key, c.claim, _pct(c.paper), ours, how, cell["status"], "05_training", details, machines
     )
+
+
+def _seed_facts(s: dict[str, Any]) -> str:
+    """A seed's best-validation epoch, validation error and packed check, for the notes."""
+    facts = f"best epoch {s['best_epoch']}"
+    if s.get("val_error") is not None:
+        facts += f", val {_pct(s['val_error'])}"
+    packed = s.get("packed_matches_history")
+    if packed is not None:
+        facts += ", packed = history" if packed else ", packed DIFFERS from history"
+    elif "protocol_note" in s:
+        facts += ", packed check: not of this epoch's model"
+    return facts
 
 
 #: The key of the summary row of the protocol's experiment E2.
@@ -250,6 +266,13 @@ E2_ROW = "no_loss_full_length"
 
 def _points(x: float) -> str:
     return f"{100 * x:+.2f} points"
+
+
+def _result_facts(s: protocol.SeedResult) -> str:
+    return _seed_facts(
+        {"best_epoch": s.best_epoch, "val_error": s.val_error,
+         "packed_matches_history": s.packed_matches_history, "protocol_note": s.note}
+    )  # fmt: skip
 
 
 def _e2_row() -> Row | None:
@@ -269,8 +292,9 @@ def _e2_row() -> Row | None:
     )
     if verdict.stats:
         st = verdict.stats
-        ours = (f"mean gap {_points(st['mean_gap'])}, upper 95% bound {_points(st['upper95'])} "
-                f"(margin {_points(st['margin'])}); {each}")  # fmt: skip
+        ours = (f"mean gap {100 * st['mean_gap']:+.3f} points, one-sided 95% bounds L "
+                f"{_points(st['lower95'])} and U {_points(st['upper95'])} (margin "
+                f"{_points(st['margin'])}); {each}")  # fmt: skip
     elif done:
         plural = "s" if len(done) != 1 else ""
         ours = f"{each} ({verdict.done} of E2 published, {len(done)} pair{plural}: no verdict yet)"
@@ -284,7 +308,8 @@ def _e2_row() -> Row | None:
         "norm and shift-based AdaMax); d = shift-based minus ordinary test error at the "
         'best-validation epoch; "reproduced" (no loss shown) when d + t(0.95, 2) s_d / sqrt(3) '
         "< 0.20 points. Runs: "
-        + ("; ".join(f"results/{s.run}/ (best epoch {s.best_epoch})" for s in runs) or "none yet")
+        + ("; ".join(f"results/{s.run}/ ({_result_facts(s)})" for s in runs) or "none yet")
+        + f". {protocol.CAVEATS.rstrip('.')}"
     )
     machines = tuple(sorted({s.hardware for s in runs}))
     return Row(E2_ROW, "Shift-based batch norm and AdaMax: no accuracy loss over a full run "
@@ -407,8 +432,14 @@ def _packed_row() -> Row | None:
         f"{c['test_images']:,} predictions differ"
         for r, c in checks
     )
+    planned = (protocol.load() or {}).get("epochs")
     errors = "; ".join(
         f"{r.name}: {c['errors_packed']} errors packed, {c['errors_float_model']} float"
+        + (
+            f" (its model: epoch {r.best_epoch}, the best of all {len(r.epochs)} epochs it ran)"
+            if planned and len(r.epochs) > planned
+            else ""
+        )
         for r, c in checks
     )
     same = all(c["predictions_differing_packed_vs_float"] == 0 for _, c in checks)

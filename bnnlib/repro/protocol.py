@@ -38,7 +38,18 @@ __all__ = [
     "e1",
     "e2",
     "pairs",
+    "CAVEATS",
 ]
+
+#: What results/protocol.md's Reporting section says every place showing its runs must say.
+CAVEATS = (
+    "The 100 epochs and the best-validation selection are this book's choices: the Torch7 code "
+    "trains with no end and reports no selection. Its shift-based batch norm rounds in the "
+    "backward pass too; ours passes the AP2 gradient straight through. Images 19,690-59,999 of "
+    "the MNIST training file (part of our training split and all of our validation split) are "
+    "rebuilt from a PNG copy, at most one grey level off on 2.7% of their pixels "
+    "(../shared/data/README.md)."
+)
 
 PROTOCOL_FILE = "protocol.json"
 
