@@ -363,9 +363,7 @@ def bench_latency(
         "ms_per_image": rows,
         "gmac_per_s": gmacs,
         "ratios": _ratios(rows, floor, limit, bound, gmacs, max(batches)),
-        "best_baseline_at_largest_batch": min(
-            _present(rows[str(max(batches))]), key=lambda k: rows[str(max(batches))][k]
-        ),
+        "best_baseline_at_largest_batch": _best_baseline(rows[str(max(batches))]),
         "exactness": exact,
         "skipped": slow,
     }
@@ -383,12 +381,17 @@ def _present(row: dict) -> list[str]:
     return [k for k in BASELINES if k in row]
 
 
+def _best_baseline(row: dict) -> str:
+    """The fastest of the :data:`BASELINES` timed in ``row``."""
+    return min(_present(row), key=lambda k: row[k])
+
+
 def _ratios(
     rows: dict, floor: dict, limit: dict, bound: dict, gmacs: dict, big: int
 ) -> dict[str, float]:
     """The ratios of the figures of one run (module docstring)."""
     b1, bb = rows["1"], rows[str(big)]
-    best = min(_present(bb), key=lambda k: bb[k])
+    best = _best_baseline(bb)
     return {
         "batch1_packed_over_floor": b1["packed"] / floor["ms"],
         "batch1_packed_over_floor_all_threads": b1["packed"] / floor["all_threads_ms"],
@@ -398,7 +401,7 @@ def _ratios(
         "batch1_one_thread_over_limit_one_thread": b1["packed_one_thread"]
         / limit["one_thread_ms"],
         "batch1_float32_over_packed": b1["float32"] / b1["packed"],
-        "batch1_best_baseline_over_packed": min(b1[k] for k in _present(b1)) / b1["packed"],
+        "batch1_best_baseline_over_packed": b1[_best_baseline(b1)] / b1["packed"],
         "batch1_float32_over_plain_sequential": b1["float32"] / b1["float32_plain_sequential"],
         "batch1_layers_over_packed": b1["packed_layers"] / b1["packed"],
         **{f"batch{big}_{k}_over_packed": bb[k] / bb["packed"] for k in _present(bb)},
