@@ -186,11 +186,13 @@ def _protocol_cell(proto: dict[str, Any], found: list[results.CommittedRun]) -> 
     }
 
 
-def equivalence_text(stats: dict[str, float], paper_error: float) -> str:
-    """The protocol's two one-sided tests in words: the 90% interval of (ours - paper) against
-    the margin, and where the paper's figure lies against our 95% interval."""
+def equivalence_text(verdict: protocol.Verdict, paper_error: float) -> str:
+    """The protocol's two one-sided tests in words (a decided E1 ``verdict``): the 90% interval
+    of (ours - paper) against the margin, and where the paper's figure lies against our 95%
+    interval. Equivalence is the protocol's first rule: shown exactly when it says reproduced."""
+    stats = verdict.stats
     low, high, margin = stats["diff_low90"], stats["diff_high90"], stats["margin"]
-    inside = -margin < low and high < margin
+    inside = verdict.status == "reproduced"
     text = (
         f"; ours − paper {100 * (stats['mean'] - paper_error):+.2f} points, 90% interval "
         f"{100 * low:+.2f} to {100 * high:+.2f}, {'inside' if inside else 'not inside'} the "
@@ -215,7 +217,7 @@ def _torch7_row() -> Row:
         ours = f"{_pct(iv.value)} ({each}; {verdict.done} of the protocol: no verdict yet)"
     else:
         ours = f"{_pct(iv.value)} ({each}; 95% interval {_pct(iv.low)}–{_pct(iv.high)}"
-        ours += f"{equivalence_text(verdict.stats, c.paper) if verdict is not None else ''})"
+        ours += f"{equivalence_text(verdict, c.paper) if verdict is not None else ''})"
     machines = tuple(cell["hardware"])
     k = len(seeds)
     how = f"3 × 2048 MLP, {k} seed{'s' if k != 1 else ''}, {machine_kind(machines) or 'CPU'}"
@@ -239,7 +241,17 @@ def _torch7_row() -> Row:
     details = (
         "; ".join(notes)
         + f". Interval: {iv.method}. Runs: "
-        + "; ".join(f"results/{s['run']}/ ({_seed_facts(s)})" for s in seeds)
+        + "; ".join(
+            f"results/{s['run']}/ ("
+            + _seed_facts(
+                s["best_epoch"],
+                s.get("val_error"),
+                s.get("packed_matches_history"),
+                read_by_protocol=verdict is not None,
+            )
+            + ")"
+            for s in seeds
+        )
         + (f". {protocol.CAVEATS.rstrip('.')}" if verdict is not None else "")
     )
     return Row(
@@ -247,15 +259,17 @@ def _torch7_row() -> Row:
     )
 
 
-def _seed_facts(s: dict[str, Any]) -> str:
-    """A seed's best-validation epoch, validation error and packed check, for the notes."""
-    facts = f"best epoch {s['best_epoch']}"
-    if s.get("val_error") is not None:
-        facts += f", val {_pct(s['val_error'])}"
-    packed = s.get("packed_matches_history")
+def _seed_facts(
+    best_epoch: int, val_error: float | None, packed: bool | None, read_by_protocol: bool
+) -> str:
+    """A seed's best-validation epoch, validation error and packed check, for the notes; a
+    seed the protocol reads has ``packed`` None when its committed model is another epoch's."""
+    facts = f"best epoch {best_epoch}"
+    if val_error is not None:
+        facts += f", val {_pct(val_error)}"
     if packed is not None:
         facts += ", packed = history" if packed else ", packed DIFFERS from history"
-    elif "protocol_note" in s:
+    elif read_by_protocol:
         facts += ", packed check: not of this epoch's model"
     return facts
 
@@ -266,13 +280,6 @@ E2_ROW = "no_loss_full_length"
 
 def _points(x: float) -> str:
     return f"{100 * x:+.2f} points"
-
-
-def _result_facts(s: protocol.SeedResult) -> str:
-    return _seed_facts(
-        {"best_epoch": s.best_epoch, "val_error": s.val_error,
-         "packed_matches_history": s.packed_matches_history, "protocol_note": s.note}
-    )  # fmt: skip
 
 
 def _e2_row() -> Row | None:
@@ -308,7 +315,15 @@ def _e2_row() -> Row | None:
         "norm and shift-based AdaMax); d = shift-based minus ordinary test error at the "
         'best-validation epoch; "reproduced" (no loss shown) when d + t(0.95, 2) s_d / sqrt(3) '
         "< 0.20 points. Runs: "
-        + ("; ".join(f"results/{s.run}/ ({_result_facts(s)})" for s in runs) or "none yet")
+        + (
+            "; ".join(
+                f"results/{s.run}/ ("
+                + _seed_facts(s.best_epoch, s.val_error, s.packed_matches_history, True)
+                + ")"
+                for s in runs
+            )
+            or "none yet"
+        )
         + f". {protocol.CAVEATS.rstrip('.')}"
     )
     machines = tuple(sorted({s.hardware for s in runs}))
