@@ -93,8 +93,8 @@ def test_auto_path_choice(mlp, mnist):
     _, packed = mlp
     x = mnist[1][:200]
     calls = []
-    real = packed.fused.scores
-    packed.fused.scores = lambda xs, mode: calls.append(len(xs)) or real(xs, mode)
+    real = packed.fused.classes
+    packed.fused.classes = lambda xs, mode: calls.append(len(xs)) or real(xs, mode)
     try:
         packed.predict(x[:2], first_layer="real")
         assert calls == []  # the float first layer exists on the layers path only
@@ -103,9 +103,79 @@ def test_auto_path_choice(mlp, mnist):
         calls.clear()
         out = packed.predict(x[:150], batch_size=100)
     finally:
-        del packed.fused.scores
+        del packed.fused.classes
     assert calls == [100, 50]  # slices of batch_size: the fused MLP chunks them itself
     assert torch.equal(out, packed.predict(x[:150], path="layers"))
+
+
+def test_paper_width_rows_equal_the_layers_path(mnist):
+    """The Theano MLP's width (784 -> 3 x 4096 -> 10: hidden rows of ``UNROLLED_WORDS``
+    words, the loops with a constant trip count; random weights, BN statistics from 2000
+    training images) at batch 1 (one image alone), 2, 5 and 64 (tiles of two or four images
+    and a lone one), on one thread and on all of them: scores equal to the layer-at-a-time
+    path's bit for bit, and ``predict`` (whose argmax is compiled) equal to their argmax."""
+    from bnnlib.kernels import fused as kfused
+
+    torch.manual_seed(2)
+    packed = _packed(calibrate_batchnorm(mnist_mlp(hidden=4096), mnist[0]))
+    assert packed.layers[1].spec.layout.row_words == kfused.UNROLLED_WORDS
+    x = torch.cat([mnist[1][:150], torch.full((2, 1, 28, 28), 255, dtype=torch.uint8)])
+    ref = packed.scores(x, path="layers")
+    for parallel in (False, True):
+        packed.fused.parallel = parallel
+        for batch in (1, 2, 5, 64):
+            got = packed.scores(x, path="fused", batch_size=batch)
+            assert torch.equal(got, ref), (parallel, batch)
+    one = torch.cat([packed.predict(x[i : i + 1]) for i in range(len(x))])
+    assert torch.equal(one, ref.argmax(1))
+
+
+def _rounded_apart() -> tuple[float, float, float, float]:
+    """(a, s, mu, beta) whose numpy value fl(fl(a * fl(s - mu)) + beta) is below the singly
+    rounded a * fl(s - mu) + beta that a fused multiply-add gives (found by a seeded search;
+    the exact value is a Fraction)."""
+    from fractions import Fraction
+
+    rng = np.random.default_rng(0)
+    for _ in range(100_000):
+        a, mu, beta = rng.normal(size=3)
+        s = float(rng.integers(-500, 500))
+        d = s - mu
+        exact = float(Fraction(a) * Fraction(d) + Fraction(beta))
+        if a * d + beta < exact:
+            return a, s, mu, beta
+    raise AssertionError("no such case in the search")
+
+
+def test_compiled_argmax_rounds_as_numpy():
+    """``affine_argmax`` against ``np.argmax(a * (s - mu) + beta, axis=1)``: random scores
+    with ties, a NaN row, negative scales, and a pair that ties only in numpy's rounding (a
+    fused multiply-add would put class 1 ahead; numpy keeps the first of the tie)."""
+    from bnnlib.kernels import fused as kfused
+
+    rng = np.random.default_rng(1)
+    s = rng.integers(-3, 4, (500, 10)).astype(np.int64)
+    a = rng.choice([-1.5, -0.25, 0.0, 0.25, 1.0], 10)
+    mu, beta = rng.choice([-1.0, 0.0, 0.5], 10), rng.choice([0.0, 0.75], 10)
+    cases = [(s, a, mu, beta)]
+    nan = (s.copy(), a.copy(), mu.copy(), beta.copy())
+    nan[3][4] = np.nan
+    cases.append(nan)
+    a1, s1, mu1, beta1 = _rounded_apart()
+    numpy_value = a1 * (s1 - mu1) + beta1
+    tie = (
+        np.array([[0, int(s1)]], np.int64),
+        np.array([0.0, a1]),
+        np.array([0.0, mu1]),
+        np.array([numpy_value, beta1]),
+    )
+    cases.append(tie)
+    for s_, a_, mu_, beta_ in cases:
+        out = np.empty(len(s_), np.int64)
+        kfused.affine_argmax(s_, a_, mu_, beta_, out)
+        want = np.argmax(a_ * (s_.astype(np.float64) - mu_) + beta_, axis=1)
+        assert np.array_equal(out, want)
+    assert out[0] == 0  # the tie: numpy's rounding, the first class
 
 
 @pytest.mark.parametrize("first_layer", ["bitplanes", "int8", "auto", "int8_gemm"])
@@ -235,7 +305,11 @@ from bnnlib.bench.common import calibrate_batchnorm
 from bnnlib.nn.models import cifar10_convnet, mnist_mlp
 assert config.CPU_NAME == "haswell", config.CPU_NAME
 torch.manual_seed(0)
-nets = ((mnist_mlp(hidden=200), (1, 28, 28)), (cifar10_convnet(width=0.125), (3, 32, 32)))
+nets = (
+    (mnist_mlp(hidden=200), (1, 28, 28)),
+    (mnist_mlp(hidden=4096), (1, 28, 28)),  # rows of UNROLLED_WORDS words
+    (cifar10_convnet(width=0.125), (3, 32, 32)),
+)
 for net, shape in nets:
     x = torch.randint(0, 256, (60, *shape), dtype=torch.uint8)
     calibrate_batchnorm(net, x[:40], batch=20)

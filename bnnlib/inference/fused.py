@@ -5,7 +5,9 @@ which is fast per image on large batches but spends most of a batch-1 call outsi
 arithmetic. :class:`FusedMLP` holds an MLP's packed arrays in the layout of
 :func:`bnnlib.kernels.fused.mlp_forward` (converted once) and reuses its buffers across calls
 of the same batch size, so a call is: check the images, one compiled call, the last batch
-norm in float64 (numpy, the simulation's three rounded operations), argmax.
+norm in float64 (the simulation's three rounded operations: numpy for :meth:`FusedMLP.scores`;
+for :meth:`FusedMLP.classes`, which ``predict`` takes, one more compiled call that rounds
+alike and takes the argmax, so no float array is made).
 
 :meth:`PackedNet.scores` takes this path by itself (``path="auto"``) on the CPU, in chunks of
 at most :data:`FUSED_CHUNK` images: a chunk's layers split between threads from
@@ -197,6 +199,23 @@ class FusedMLP:
 
     def preactivations(self, x: np.ndarray, first_layer: str = "auto") -> np.ndarray:
         """The last layer's integer pre-activations s (M, classes) of uint8 images (M, k)."""
+        x, mode = self._checked(x, first_layer)
+        s = self._run(x, mode, None)
+        assert s is not None
+        return s
+
+    def classes(self, x: np.ndarray, first_layer: str = "auto") -> np.ndarray:
+        """int64 classes (M,) of uint8 images (M, k): the argmax of :meth:`scores`, its
+        float64 operations rounded alike (:func:`bnnlib.kernels.fused.affine_argmax`), the
+        first of equal scores, as ``numpy.argmax``."""
+        x, mode = self._checked(x, first_layer)
+        out = np.empty(x.shape[0], np.int64)
+        self._run(x, mode, out)
+        return out
+
+    def _checked(self, x: np.ndarray, first_layer: str) -> tuple[np.ndarray, int]:
+        """The images as a contiguous uint8 (M, k) array and the kernel's first-layer mode;
+        ValueError for anything else."""
         mode = FIRST_LAYER_MODES.get(first_layer)
         if mode is None:
             raise ValueError(
@@ -205,33 +224,50 @@ class FusedMLP:
             )
         if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != self.k:
             raise ValueError(f"expected uint8 images (M, {self.k}), got {x.dtype} {x.shape}")
-        x = np.ascontiguousarray(x)
+        return np.ascontiguousarray(x), mode
+
+    def _run(self, x: np.ndarray, mode: int, classes: np.ndarray | None) -> np.ndarray | None:
+        """The pre-activations s (a new array) of checked images ``x``; with ``classes``,
+        their classes written into it instead (None returned; a batch of at most
+        :data:`FUSED_CHUNK` images is then read from the kernel's buffer, not copied)."""
         m = x.shape[0]
+        if m == 0:
+            return np.zeros((0, self.num_classes), np.int64) if classes is None else None
         max_nonzero = int(INT8_MAX_NONZERO_FRACTION * self.k)
         with self._lock:
             if self._w8t is None and mode != kfused.FIRST_BITPLANES:
                 self._make_int8_rows()
             if m > FUSED_CHUNK and self.chunks_parallel and mode != kfused.FIRST_GIVEN:
                 words = math.ceil(max(self.widths) / 64)
-                return kfused.mlp_forward_chunks(
+                s = kfused.mlp_forward_chunks(
                     x, FUSED_CHUNK, mode, max_nonzero, self.first, self.hidden, self.last, words
                 )
-            parts = [
-                self._chunk(x[i : i + FUSED_CHUNK], mode, max_nonzero)
-                for i in range(0, m, FUSED_CHUNK)
-            ]
-            return parts[0] if len(parts) == 1 else np.concatenate(parts)
+            elif m <= FUSED_CHUNK and classes is not None:
+                s = self._chunk(x, mode, max_nonzero)  # the buffer: read before the lock goes
+                kfused.affine_argmax(s, self.a, self.mu, self.beta, classes)
+                return None
+            else:
+                parts = [
+                    self._chunk(x[i : i + FUSED_CHUNK], mode, max_nonzero).copy()
+                    for i in range(0, m, FUSED_CHUNK)
+                ]  # copies: the next chunk of the same size overwrites the buffer
+                s = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        if classes is None:
+            return s
+        kfused.affine_argmax(s, self.a, self.mu, self.beta, classes)
+        return None
 
     def _chunk(self, x: np.ndarray, mode: int, max_nonzero: int) -> np.ndarray:
         """Pre-activations of at most FUSED_CHUNK images in one call on the bound buffers of
-        their batch size (the caller holds the lock)."""
+        their batch size (the caller holds the lock): the kernel's buffer ``s``, which the
+        next call of the same size overwrites."""
         m = x.shape[0]
         parallel = m >= PARALLEL_MIN_BATCH if self.parallel is None else self.parallel
         call = self._calls.get(m) or self._new_call(m)
         if mode == kfused.FIRST_GIVEN:
             self._first_by_int8_gemm(x, call.buffers.acts)
         call.run(parallel, x, mode, max_nonzero)
-        return call.buffers.s.copy()  # the buffer is reused by the next call
+        return call.buffers.s
 
     def _first_by_int8_gemm(self, x: np.ndarray, acts: np.ndarray) -> None:
         """The first layer's packed output into ``acts[0]`` by ``torch._int_mm``: W_b . x =
@@ -389,6 +425,10 @@ class FusedConvNet:
             h = np.empty((a.shape[0], math.ceil(n / 64)), np.int64)
             self.kernels.dense_sign(a, step.weight, step.k, step.threshold, step.direction, h)
         raise AssertionError("unreachable: the last layer gives scores")
+
+    def classes(self, x: np.ndarray, first_layer: str = "auto") -> np.ndarray:
+        """int64 classes (M,): the argmax of :meth:`scores`."""
+        return self.scores(x, first_layer).argmax(1)
 
 
 def for_net(net):

@@ -114,6 +114,9 @@ class PackedNet:
         self.num_classes = int(header["num_classes"])
         self.layers: list[PackedLayer] = [self._layer(spec, tensors) for spec in specs]
         self._fused = None  # the small-batch CPU path (fused.for_net), made on first use
+        #: per-image shapes layout_problem has accepted (a few), so that a batch-1 call
+        #: need not ask again
+        self._image_shapes: set[tuple[int, ...]] = set()
         self._fused_kind = (
             "mlp" if fused.supports(self) else "conv" if fused.supports_conv(self) else None
         )
@@ -315,7 +318,7 @@ class PackedNet:
             if not len(x):
                 return torch.zeros(0, self.num_classes, dtype=torch.float64)
             x = x.cpu().reshape(len(x), -1).numpy()
-            return torch.from_numpy(self._fused_scores(x, first_layer, batch_size))
+            return torch.from_numpy(self._fused_run(x, first_layer, batch_size))
         if first_layer in ("int8", "int8_gemm"):
             raise ValueError(f'first_layer="{first_layer}" runs on the fused path only (CPU)')
         ops = backend(device, kernel)
@@ -365,17 +368,19 @@ class PackedNet:
             self._fused = fused.for_net(self)
         return self._fused
 
-    def _fused_scores(self, xn: np.ndarray, first_layer: str, batch_size: int) -> np.ndarray:
-        """float64 scores (N >= 1, classes) of uint8 images (N, pixels) by the fused path
-        (:func:`fused.for_net`), as a numpy array."""
+    def _fused_run(
+        self, xn: np.ndarray, first_layer: str, batch_size: int, what: str = "scores"
+    ) -> np.ndarray:
+        """float64 scores (N >= 1, classes), or with ``what="classes"`` the int64 classes
+        (N,), of uint8 images (N, pixels) by the fused path (:func:`fused.for_net`), as a
+        numpy array."""
         if self._fused is None:
             self._fused = fused.for_net(self)
         chunk = check_batch_size(batch_size)
         if self._fused.max_batch is not None:  # a ConvNet: chunks of FUSED_CHUNK images
             chunk = min(chunk, self._fused.max_batch)
-        parts = [
-            self._fused.scores(xn[i : i + chunk], first_layer) for i in range(0, len(xn), chunk)
-        ]
+        run = self._fused.classes if what == "classes" else self._fused.scores
+        parts = [run(xn[i : i + chunk], first_layer) for i in range(0, len(xn), chunk)]
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def predict(
@@ -403,9 +408,9 @@ class PackedNet:
         """
         a = self._plain_pixels(X, device, path)
         if a is not None and self._use_fused(path, device, first_layer):
-            # At batch 1 each torch operation on the way (microseconds each, more with the
-            # caches cold after the weights streamed through) is worth avoiding.
-            return torch.from_numpy(self._fused_scores(a, first_layer, batch_size).argmax(1))
+            # At batch 1 each torch or numpy operation on the way (microseconds each, more
+            # with the caches cold after the weights streamed through) is worth avoiding.
+            return torch.from_numpy(self._fused_run(a, first_layer, batch_size, "classes"))
         return self.scores(X, device, first_layer, batch_size, kernel, path).argmax(1)
 
     def _plain_pixels(self, X, device: str, path: str) -> np.ndarray | None:
@@ -419,8 +424,12 @@ class PackedNet:
             X = X.numpy()
         if not isinstance(X, np.ndarray) or X.dtype != np.uint8 or X.ndim < 1 or not len(X):
             return None
-        if self.layout_problem(X.shape) is not None:
-            return None  # the general path says what is wrong
+        per = X.shape[1:]
+        if per not in self._image_shapes:
+            if self.layout_problem(X.shape) is not None:
+                return None  # the general path says what is wrong
+            if len(self._image_shapes) < 8:
+                self._image_shapes.add(per)
         return X.reshape(len(X), -1)
 
     def forward_layers(self, x: torch.Tensor, ops: Backend, first_layer: str) -> torch.Tensor:

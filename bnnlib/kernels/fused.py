@@ -49,6 +49,7 @@ from bnnlib.kernels.xnor import popcount
 __all__ = [
     "mlp_forward",
     "mlp_forward_chunks",
+    "affine_argmax",
     "BoundMLP",
     "FirstLayer",
     "HiddenLayers",
@@ -231,10 +232,9 @@ def _tail_bits(a, m, w, W, k, thr, dirn, j_lo, j_hi, base):
 
 
 @numba.njit(inline="always", **_JIT)
-def _word4(a, w, k, thr, dirn, out, c, m, base, j4, j_hi):
+def _word4(a, w, W, k, thr, dirn, out, c, m, base, j4, j_hi):
     """Output word c of images m .. m+3: four images x four weight rows per pass over the
-    words (16 accumulators; each loaded word used four times)."""
-    W = w.shape[1]
+    words (16 accumulators; each loaded word used four times). ``W``: the row's words."""
     word0 = np.int64(0)
     word1 = np.int64(0)
     word2 = np.int64(0)
@@ -278,9 +278,8 @@ def _word4(a, w, k, thr, dirn, out, c, m, base, j4, j_hi):
 
 
 @numba.njit(inline="always", **_JIT)
-def _word2(a, w, k, thr, dirn, out, c, m, base, j4, j_hi):
+def _word2(a, w, W, k, thr, dirn, out, c, m, base, j4, j_hi):
     """Output word c of images m, m+1: two images x four weight rows per pass."""
-    W = w.shape[1]
     word0 = np.int64(0)
     word1 = np.int64(0)
     for j in range(base, j4, 4):
@@ -306,29 +305,54 @@ def _word2(a, w, k, thr, dirn, out, c, m, base, j4, j_hi):
     out[m + 1, c] = word1 | _tail_bits(a, m + 1, w, W, k, thr, dirn, j4, j_hi, base)
 
 
-@numba.njit(**_JIT)
-def hidden_word(a, w, k, thr, dirn, out, c):
-    """Output word c of a hidden layer: s = k - 2 popcount(a XOR w), compared, packed.
-    With :data:`WIDE_TILES`, four images x four weight rows per pass over the words (16
-    accumulators: each loaded 512-bit vector feeds four ``vpopcntq``); the other images two
-    at a time (two images x four rows), an odd last one alone (batch 1 never computes a row
-    twice)."""
-    N, W = w.shape
+#: Rows of this many words (4096 inputs: the paper's Theano MLP, the MLP ``bench --latency``
+#: times) are run by a copy of the loops whose trip count is a compile-time constant, a lone
+#: image one row per pass: LLVM unrolls the loops in full and, on AVX2, adds the byte counts of
+#: its table popcount over several vectors before a ``vpsadbw`` (a loop of unknown length
+#: takes one ``vpsadbw`` and one 64-bit add per vector). On the AMD EPYC (Zen 3, AVX2),
+#: interleaved with the loops of unknown length in one process: about 5-15% less time for
+#: the hidden layers at batch 1 and 3-10% at batch 10,000 (a noisy shared machine). Other row
+#: lengths keep the general loops (a lone image's rows of 32 words, 2048 inputs, one per pass
+#: with a constant loop were slower there than four per pass).
+UNROLLED_WORDS = 64
+
+
+@numba.njit(inline="always", **_JIT)
+def _hidden_word(a, w, W, k, thr, dirn, out, c):
+    """:func:`hidden_word` with the row's words ``W`` as an argument (a constant where the
+    caller passes one)."""
+    N = w.shape[0]
     M = a.shape[0]
     base = 64 * c
     j_hi = min(base + 64, N)
     j4 = base + (j_hi - base) // 4 * 4
     m4 = M // 4 * 4 if WIDE_TILES else 0
     for m in range(0, m4, 4):
-        _word4(a, w, k, thr, dirn, out, c, m, base, j4, j_hi)
+        _word4(a, w, W, k, thr, dirn, out, c, m, base, j4, j_hi)
     for m in range(m4, M - 1, 2):
-        _word2(a, w, k, thr, dirn, out, c, m, base, j4, j_hi)
+        _word2(a, w, W, k, thr, dirn, out, c, m, base, j4, j_hi)
     if (M - m4) % 2:
         m = M - 1
+        if W == UNROLLED_WORDS:  # one row per pass, its loop unrolled in full
+            out[m, c] = _tail_bits(a, m, w, W, k, thr, dirn, base, j_hi, base)
+            return
         word = np.int64(0)
         for j in range(base, j4, 4):
             word |= _rows4_bits(a, m, w, j, W, k, thr, dirn) << (j - base)
         out[m, c] = word | _tail_bits(a, m, w, W, k, thr, dirn, j4, j_hi, base)
+
+
+@numba.njit(**_JIT)
+def hidden_word(a, w, k, thr, dirn, out, c):
+    """Output word c of a hidden layer: s = k - 2 popcount(a XOR w), compared, packed.
+    With :data:`WIDE_TILES`, four images x four weight rows per pass over the words (16
+    accumulators: each loaded 512-bit vector feeds four ``vpopcntq``); the other images two
+    at a time (two images x four rows), an odd last one alone (batch 1 never computes a row
+    twice). Rows of :data:`UNROLLED_WORDS` words take the copy with a constant trip count."""
+    if w.shape[1] == UNROLLED_WORDS:
+        _hidden_word(a, w, UNROLLED_WORDS, k, thr, dirn, out, c)
+    else:
+        _hidden_word(a, w, w.shape[1], k, thr, dirn, out, c)
 
 
 @numba.njit(**_JIT)
@@ -337,6 +361,28 @@ def last_layer(a, w, k, s):
     for m in range(a.shape[0]):
         for j in range(w.shape[0]):
             s[m, j] = k - 2 * _xor_popcount(a, m, w, j, w.shape[1])
+
+
+@numba.njit(boundscheck=False, nogil=True, cache=CACHE)  # no fastmath: numpy's rounding
+def affine_argmax(s, a, mu, beta, out):
+    """``out[m]`` = the first j of the largest ``a[j] * (s[m, j] - mu[j]) + beta[j]``, in
+    float64 with each operation rounded as numpy rounds it (no fused multiply-add), and the
+    first NaN where there is one: ``np.argmax(a * (s - mu) + beta, axis=1)`` without its
+    three float arrays (microseconds each at batch 1, with the caches cold after the weights
+    streamed through)."""
+    for m in range(s.shape[0]):
+        best = 0
+        top = a[0] * (np.float64(s[m, 0]) - mu[0]) + beta[0]
+        if not np.isnan(top):
+            for j in range(1, s.shape[1]):
+                v = a[j] * (np.float64(s[m, j]) - mu[j]) + beta[j]
+                if np.isnan(v):
+                    best = j
+                    break
+                if v > top:
+                    best = j
+                    top = v
+        out[m] = best
 
 
 class FirstLayer(NamedTuple):
