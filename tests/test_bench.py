@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -224,6 +225,8 @@ def test_latency_quick_run_has_every_baseline_the_floor_and_the_bound(tmp_path, 
     cb = lat["compute_bound"]
     assert 0.3e9 < cb["clock"]["measured_hz"] < 7e9  # a real clock, not a nominal one
     assert cb["bound_macs_per_s"] > 0 and "batch16_packed_share_of_compute_bound" in lat["ratios"]
+    variants = cb["variants_macs_per_cycle"]  # numba's loop and the hand-written C ones
+    assert cb["macs_per_cycle_per_core"] == max(variants.values()) == variants[cb["by"]]
     lim = lat["batch1_limit"]
     assert lim["ms"] == max(lim["stream_ms"], lim["compute_ms"]) and lim["stream_ms"] == f["ms"]
     assert lat["ratios"]["batch1_packed_over_limit"] == pytest.approx(
@@ -231,6 +234,41 @@ def test_latency_quick_run_has_every_baseline_the_floor_and_the_bound(tmp_path, 
     )
     assert lat["libraries"]["blas"] and lat["libraries"]["cpu_capability"]
     assert (tmp_path / "build" / "bench" / "bench_latency_cpu.json").exists()
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
+def test_hand_written_popcount_variants_build_run_and_agree():
+    """The C variants of the compute bound (built with -march=native here): each one's sum
+    equals the scalar popcount's (none ``wrong``), the AVX2 ones where the CPU has AVX2 and
+    ``vpopcntq`` where it has AVX-512 VPOPCNTDQ, a plausible rate for each (0.1 to 2000
+    binary MACs per ns of one core)."""
+    from bnnlib import hardware
+    from bnnlib.bench import bounds
+
+    r = bounds.hand_written_popcount()
+    assert r["available"], r.get("why")
+    assert r["wrong"] == []
+    rates = r["macs_per_s_per_core"]
+    assert "scalar_popcnt" in rates
+    flags = hardware.cpu_flags()
+    if "avx2" in flags:
+        assert {"avx2_lookup", "avx2_lookup_deferred", "avx2_harley_seal"} <= set(rates)
+    if {"avx512f", "avx512_vpopcntdq"} <= set(flags):
+        assert "avx512_vpopcntq" in rates
+    assert all(1e8 < v < 2e12 for v in rates.values()), rates
+
+
+def test_no_c_compiler_leaves_numbas_loop_as_the_bound(monkeypatch):
+    """Without a C compiler the hand-written variants are reported missing, with the reason,
+    and the bound is numba's loop alone."""
+    from bnnlib.bench import bounds
+
+    monkeypatch.setattr(bounds.shutil, "which", lambda name: None)
+    r = bounds.hand_written_popcount()
+    assert r == {"available": False, "why": "no C compiler ($CC, cc, gcc or clang) found"}
+    clock = {"measured_hz": 3e9, "nominal_mhz": None, "how": "stated"}
+    b = bounds.popcount_bound(threads=1, clock=clock)
+    assert b["by"] == "numba_loop" and set(b["variants_macs_per_cycle"]) == {"numba_loop"}
 
 
 def test_the_batch1_limit_is_the_larger_floor_with_the_first_layer_counted_free():

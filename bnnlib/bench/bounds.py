@@ -9,24 +9,33 @@
 * **Compute bound** (:func:`popcount_bound`): the binary multiply-accumulates one core retires
   per cycle in an XOR-popcount-add loop over L1-resident words (8 independent accumulators,
   vectorized: ``vpopcntq`` on AVX-512 VPOPCNTDQ, a byte-table popcount on AVX2), times the
-  clock, times the threads. The clock is measured (:func:`clock_hz`): a dependent chain of
-  ``x = (x ^ c) + (x >> 1)`` (two 1-cycle ops per iteration) timed in thread CPU time; the
-  nominal clock from ``/proc/cpuinfo`` is reported beside it. A kernel's GMAC/s over this
-  bound is the share of the machine's XOR-popcount throughput it reaches.
+  clock, times the threads. The loop is numba's, i.e. what LLVM makes of it; the same work
+  written by hand in C (:func:`hand_written_popcount`: the popcount instruction, three AVX2
+  table popcounts including Harley-Seal, ``vpopcntq`` where the compiler targets it) is timed
+  beside it when a C compiler is at hand, and the bound is the best of them. The clock is
+  measured (:func:`clock_hz`): a dependent chain of ``x = (x ^ c) + (x >> 1)`` (two 1-cycle
+  ops per iteration) timed in thread CPU time; the nominal clock from ``/proc/cpuinfo`` is
+  reported beside it. A kernel's GMAC/s over this bound is the share of the machine's
+  XOR-popcount throughput it reaches.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 import statistics
+import subprocess
+import tempfile
 import time
+from importlib import resources
 
 import numba
 import numpy as np
 
 from bnnlib.kernels.xnor import popcount
 
-__all__ = ["stream_floor", "popcount_bound", "clock_hz"]
+__all__ = ["stream_floor", "popcount_bound", "hand_written_popcount", "clock_hz"]
 
 _JIT = {"fastmath": True, "boundscheck": False, "nogil": True, "cache": False}
 
@@ -153,10 +162,59 @@ def _xor_popcount_loop(a, b, reps):
     return total
 
 
-def popcount_bound(threads: int | None = None, clock: dict | None = None) -> dict:
+def hand_written_popcount(timeout_s: float = 120.0) -> dict:
+    """The XOR-popcount loop of :func:`popcount_bound` written by hand in C
+    (``bnnlib/bench/popcount_variants.c``: the popcount instruction, AVX2 table popcounts
+    with and without deferred ``vpsadbw``, Harley-Seal, AVX-512 ``vpopcntq`` where the compiler
+    targets it), built with ``$CC`` (else ``cc``, ``gcc``, ``clang``) at ``-O3 -march=native``
+    and run once: binary MACs per second of one core's thread CPU time for each variant, best
+    of 5. ``available`` is False (with ``why``) without a C compiler or when the build or run
+    fails; a variant whose sum differs from the scalar reference is listed under ``wrong``."""
+    found = (shutil.which(c) for c in (os.environ.get("CC"), "cc", "gcc", "clang") if c)
+    cc = next((path for path in found if path), None)
+    if cc is None:
+        return {"available": False, "why": "no C compiler ($CC, cc, gcc or clang) found"}
+    source = resources.files("bnnlib.bench").joinpath("popcount_variants.c").read_text()
+    with tempfile.TemporaryDirectory(prefix="bnn-popcount-") as tmp:
+        src, exe = os.path.join(tmp, "p.c"), os.path.join(tmp, "p")
+        with open(src, "w") as f:
+            f.write(source)
+        try:
+            flags = ["-O3", "-march=native", "-o", exe, src]
+            built = subprocess.run([cc, *flags], capture_output=True, text=True, timeout=timeout_s)
+            if built.returncode != 0:
+                return {"available": False, "why": f"{cc} failed: {built.stderr.strip()[-500:]}"}
+            out = subprocess.run([exe], capture_output=True, text=True, timeout=timeout_s)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return {"available": False, "why": f"{type(e).__name__}: {e}"}
+    if out.returncode != 0:
+        return {"available": False, "why": f"exit status {out.returncode}: {out.stderr[-500:]}"}
+    rates, wrong = {}, []
+    for line in out.stdout.split("\n"):
+        name, _, value = line.strip().partition(" ")
+        if value == "WRONG":
+            wrong.append(name)
+        elif name and value:
+            rates[name] = float(value)
+    return {
+        "available": True,
+        "compiler": cc,
+        "macs_per_s_per_core": rates,
+        "wrong": wrong,
+        "how": "bnnlib/bench/popcount_variants.c, -O3 -march=native: 8 rows x 256 L1-resident "
+        "words, 8 accumulators, one thread, thread CPU time, best of 5",
+    }
+
+
+def popcount_bound(
+    threads: int | None = None, clock: dict | None = None, hand_written: bool = True
+) -> dict:
     """Binary MACs per cycle of one core in an XOR-popcount-add loop on L1-resident words,
     and the bound in GMAC/s on ``threads`` cores (default: numba's threads) at the measured
-    clock (the loop runs on one core; cores are assumed to scale, SMT siblings would not)."""
+    clock (the loop runs on one core; cores are assumed to scale, SMT siblings would not).
+    The loop is numba's; with ``hand_written`` the C variants of
+    :func:`hand_written_popcount` are timed too and the bound is the fastest of all
+    (``by`` names it)."""
     rng = np.random.default_rng(0)
     w = 256  # 2 kB per row, 9 rows: L1-resident
     a = rng.integers(-(2**62), 2**62, w, dtype=np.int64)
@@ -165,14 +223,23 @@ def popcount_bound(threads: int | None = None, clock: dict | None = None) -> dic
     _xor_popcount_loop(a, b, 2)
     best = min(_timed(lambda: _xor_popcount_loop(a, b, reps)) for _ in range(5))
     clock = clock or clock_hz()
+    hz = clock["measured_hz"]
     macs = 64 * 8 * w * reps
-    per_cycle = macs / best / clock["measured_hz"]
+    per_cycle = {"numba_loop": macs / best / hz}
+    c = hand_written_popcount() if hand_written else None
+    if c and c["available"]:
+        per_cycle.update({k: v / hz for k, v in c["macs_per_s_per_core"].items()})
+    by = max(per_cycle, key=per_cycle.get)
     threads = threads or numba.get_num_threads()
     return {
-        "macs_per_cycle_per_core": per_cycle,
+        "macs_per_cycle_per_core": per_cycle[by],
+        "by": by,
+        "variants_macs_per_cycle": per_cycle,
+        "hand_written": c,
         "clock": clock,
         "threads": threads,
-        "bound_macs_per_s": per_cycle * clock["measured_hz"] * threads,
+        "bound_macs_per_s": per_cycle[by] * hz * threads,
         "how": "XOR-popcount-add over 8 rows x 256 L1-resident words, 8 accumulators, "
-        "one thread, thread CPU time, best of 5; bound = per cycle x measured clock x threads",
+        "one thread, thread CPU time, best of 5, the fastest of numba's loop and the "
+        "hand-written C variants; bound = per cycle x measured clock x threads",
     }

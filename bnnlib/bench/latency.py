@@ -6,7 +6,8 @@ same threads** (:func:`bnnlib.bench.bounds.stream_floor`: a compiled XOR-reducti
 words the fused path reads, on all threads and on one; ``floor["ms"]`` is the one with the
 threads the packed path uses at batch 1). Large batches are set against the machine's
 **compute bound** (:func:`bnnlib.bench.bounds.popcount_bound`: binary MACs per cycle of an
-XOR-popcount loop, the clock measured), as GMAC/s. At batch 1 the same bound gives a second
+XOR-popcount loop, numba's or a hand-written C one, whichever is faster, the clock measured),
+as GMAC/s. At batch 1 the same bound gives a second
 floor, the **compute floor**: the hidden and last layers' binary MACs at the bound, on the
 batch-1 threads (the first layer counted free). ``batch1_limit`` is the larger of the two
 floors: on a CPU without a vector popcount (AVX2) the XOR-popcount work, not the reading of the

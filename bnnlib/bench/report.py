@@ -127,9 +127,20 @@ def _latency_lines(lat: dict | None) -> list[str]:
     if cb:
         lines.append(
             f"  compute bound {cb['bound_macs_per_s'] / 1e9:.0f} GMAC/s: "
-            f"{cb['macs_per_cycle_per_core']:.0f} binary MACs/cycle/core (XOR-popcount loop) x "
-            f"{cb['clock']['measured_hz'] / 1e9:.2f} GHz measured x {cb['threads']} threads"
+            f"{cb['macs_per_cycle_per_core']:.0f} binary MACs/cycle/core (XOR-popcount loop, "
+            f"{cb.get('by', 'numba_loop')}) x {cb['clock']['measured_hz'] / 1e9:.2f} GHz "
+            f"measured x {cb['threads']} threads"
         )
+        variants = cb.get("variants_macs_per_cycle", {})
+        if len(variants) > 1:
+            lines.append(
+                "    MACs/cycle/core: " + ", ".join(f"{k} {v:.0f}" for k, v in variants.items())
+            )
+        hw = cb.get("hand_written") or {}
+        if hw and not hw.get("available"):
+            lines.append(f"    hand-written C variants not timed: {hw.get('why')}")
+        if hw.get("wrong"):
+            lines.append(f"    hand-written C variants WRONG (left out): {', '.join(hw['wrong'])}")
     names = [k for k in next(iter(lat["ms_per_image"].values())) if k != "repeats"]
     names = [k for k in names if not k.startswith(("packed_", "float32_"))]
     lines.append("   batch" + "".join(f"{k:>15}" for k in names))
