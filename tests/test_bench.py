@@ -225,6 +225,10 @@ def test_latency_quick_run_has_every_baseline_the_floor_and_the_bound(tmp_path, 
     cb = lat["compute_bound"]
     assert 0.3e9 < cb["clock"]["measured_hz"] < 7e9  # a real clock, not a nominal one
     assert cb["bound_macs_per_s"] > 0 and "batch16_packed_share_of_compute_bound" in lat["ratios"]
+    same = lat["xnor_gemm_same_shape"]  # at the largest batch, timed in turn
+    assert same["shape"] == [16, 64, 64] and same["rounds"] >= 3
+    g = same["gmac_per_s"]
+    assert same["xnor_gemm_over_packed"] == pytest.approx(g["xnor_gemm"] / g["packed"])
     variants = cb["variants_macs_per_cycle"]  # numba's loop and the hand-written C ones
     assert cb["macs_per_cycle_per_core"] == max(variants.values()) == variants[cb["by"]]
     lim = lat["batch1_limit"]

@@ -265,13 +265,6 @@ def test_the_torch7_cell_leaves_out_the_e2_variant(tmp_path, monkeypatch):
     assert cell["interval"].value == pytest.approx(0.014)
 
 
-def test_the_latency_row_names_every_baseline_the_benchmark_times():
-    """The claims' names of the large-batch baselines are those ``bench --latency`` times."""
-    from bnnlib.bench.latency import BASELINES
-
-    assert tuple(claims.BASELINE_NAMES) == BASELINES
-
-
 def test_benchmarks_of_every_cpu_are_read_and_a_skipped_section_is_none(tmp_path, monkeypatch):
     """``load_benches``: the benchmark file and its per-CPU siblings, that one first; a section
     that lists products it left out is a measured section, one that was skipped is None."""

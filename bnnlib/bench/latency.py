@@ -40,6 +40,11 @@ For the MNIST MLP (784 -> 3 x ``hidden`` -> 10) and each batch size, ms per imag
   on the calling thread only (``packed_one_thread``; by default its layers are split between
   threads), the figure to set beside the single-threaded floor.
 
+At the largest batch, ``xnor_gemm_same_shape`` sets the packed MLP beside
+:func:`bnnlib.kernels.xnor_gemm` on its hidden layers' shape (batch x hidden x hidden, packed
+operands, the paper's Section 4 kernel), the two timed in alternation so that a machine whose
+speed drifts (a shared VM) shifts both alike: GMAC/s of each and their ratio.
+
 Batch 1 cycles through different test images (one call, one image, timed alone); larger
 batches are timed whole. Ratios (``ratios``) compare figures of this run only; ``gmac_per_s``
 gives each path's rate at each batch size. The packed predictions at batch 1 and 100 (and the
@@ -77,7 +82,15 @@ from bnnlib.bench.common import (
 )
 from bnnlib.bench.mlp import export_and_load
 
-__all__ = ["bench_latency", "conv_batch1", "weight_stream_floor", "batch1_limit", "mlp_macs"]
+__all__ = [
+    "bench_latency",
+    "conv_batch1",
+    "weight_stream_floor",
+    "batch1_limit",
+    "mlp_macs",
+    "xnor_gemm_same_shape",
+    "BASELINES",
+]
 
 
 def _median_ms(fn: Callable[[int], object], repeats: int, warmup: int) -> float:
@@ -345,6 +358,9 @@ def bench_latency(
     limit = batch1_limit(net, floor, bound)
     log(f"  batches {list(batches)} ...")
     rows = _mlp_rows(net, packed, xt, batches, repeats, slow)
+    big = max(batches)
+    log(f"  packed MLP and xnor_gemm on its hidden layers' shape, batch {big:,}, alternated ...")
+    same_shape = xnor_gemm_same_shape(net, packed, xt[:big], hidden, repeats)
     log("  exactness against the float simulation ...")
     exact = _exactness(net, packed, xt, slow)
     macs = mlp_macs(net)
@@ -365,6 +381,7 @@ def bench_latency(
         "gmac_per_s": gmacs,
         "ratios": _ratios(rows, floor, limit, bound, gmacs, max(batches)),
         "best_baseline_at_largest_batch": _best_baseline(rows[str(max(batches))]),
+        "xnor_gemm_same_shape": same_shape,
         "exactness": exact,
         "skipped": slow,
     }
@@ -373,8 +390,50 @@ def bench_latency(
     return out
 
 
-#: The baselines a packed figure is compared with at large batches (module docstring).
-BASELINES = ("float32", "bfloat16", "int8_dynamic", "int8_exact", "bfloat16_exact")
+def xnor_gemm_same_shape(net, packed, xt: torch.Tensor, hidden: int, repeats: int) -> dict:
+    """The packed MLP's ``predict`` on the images ``xt`` and :func:`bnnlib.kernels.xnor_gemm`
+    on its hidden layers' shape (len(xt) x hidden x hidden, random packed operands, both
+    packed beforehand), timed in alternation, ``max(3, repeats)`` rounds after a warm-up
+    round: median GMAC/s of each (the MLP's MACs as :func:`mlp_macs` counts them) and the
+    ratio xnor_gemm / packed."""
+    from bnnlib import kernels
+
+    m = len(xt)
+    gen = torch.Generator().manual_seed(0)
+    a = kernels.pack(torch.randint(0, 2, (m, hidden), generator=gen).float() * 2 - 1)
+    b = kernels.pack(torch.randint(0, 2, (hidden, hidden), generator=gen).float() * 2 - 1)
+    runs = {
+        "packed": (lambda: packed.predict(xt), mlp_macs(net) * m),
+        "xnor_gemm": (lambda: kernels.xnor_gemm(a, b, hidden), m * hidden * hidden),
+    }
+    seconds: dict[str, list[float]] = {k: [] for k in runs}
+    for r in range(max(3, repeats) + 1):
+        for name, (fn, _) in runs.items():
+            t0 = time.perf_counter()
+            fn()
+            if r:  # the first round warms up
+                seconds[name].append(time.perf_counter() - t0)
+    gmacs = {k: runs[k][1] / statistics.median(v) / 1e9 for k, v in seconds.items()}
+    return {
+        "batch": m,
+        "shape": [m, hidden, hidden],
+        "gmac_per_s": gmacs,
+        "xnor_gemm_over_packed": gmacs["xnor_gemm"] / gmacs["packed"],
+        "rounds": len(seconds["packed"]),
+        "how": "alternated rounds, median of each; packed GMAC/s counts the first layer's "
+        "inputs x hidden as plain MACs",
+    }
+
+
+#: The baselines a packed figure is compared with at large batches (module docstring), in
+#: order, with the names a sentence gives them (the README's rows, :mod:`bnnlib.book.claims`).
+BASELINES = {
+    "float32": "float32",
+    "bfloat16": "bf16",
+    "int8_dynamic": "int8 (dynamic)",
+    "int8_exact": "int8 (exact BNN)",
+    "bfloat16_exact": "bf16 (exact BNN)",
+}
 
 
 def _present(row: dict) -> list[str]:

@@ -147,6 +147,14 @@ def _latency_lines(lat: dict | None) -> list[str]:
     for b, row in lat["ms_per_image"].items():
         lines.append(f"  {b:>6s}" + "".join(f"{row.get(k, float('nan')):15.4f}" for k in names))
     lines += [f"  {k}: {v:.2f}" for k, v in r.items()]
+    same = lat.get("xnor_gemm_same_shape")
+    if same:
+        g = same["gmac_per_s"]
+        lines.append(
+            f"  batch {same['batch']:,}, timed in turn: packed {g['packed']:.0f} GMAC/s, "
+            f"xnor_gemm {' x '.join(map(str, same['shape']))} {g['xnor_gemm']:.0f} GMAC/s "
+            f"({same['xnor_gemm_over_packed']:.2f}x packed)"
+        )
     if "libraries" in lat:
         lines.append(f"  torch libraries: {lat['libraries']}")
     e = lat["exactness"]

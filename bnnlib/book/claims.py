@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from bnnlib import paper, results
+from bnnlib.bench.latency import BASELINES
 from bnnlib.repro import protocol
 from bnnlib.train import cli as train_cli
 from bnnlib.train.config import RunConfig, RunConfigFormatError
@@ -483,17 +484,6 @@ def _per_cpu(benches: list[results.Bench], texts: list[str]) -> str:
     return "; ".join(f"{b.isa()}: {t}" for b, t in zip(benches, texts, strict=True))
 
 
-#: The large-batch baselines of ``bench --latency`` (:data:`bnnlib.bench.latency.BASELINES`),
-#: as a sentence names them.
-BASELINE_NAMES = {
-    "float32": "float32",
-    "bfloat16": "bf16",
-    "int8_dynamic": "int8 (dynamic)",
-    "int8_exact": "int8 (exact BNN)",
-    "bfloat16_exact": "bf16 (exact BNN)",
-}
-
-
 def _left_out(skipped: dict[str, str]) -> str:
     """'bfloat16 and int8 products left out: no hardware path' from a benchmark's ``skipped``."""
     return f"{' and '.join(skipped)} products left out: no hardware path"
@@ -521,11 +511,11 @@ def _latency_figures(lat: dict) -> tuple[str, str]:
         else ""
     )
     best = ratios.get(f"batch{big}_best_baseline_over_packed")
-    timed = [k for k in BASELINE_NAMES if f"batch{big}_{k}_over_packed" in ratios]
+    timed = [k for k in BASELINES if f"batch{big}_{k}_over_packed" in ratios]
     best_key = lat.get("best_baseline_at_largest_batch")
     vs_best = (
-        f", {best:.2f}× the best baseline there, {BASELINE_NAMES.get(best_key, best_key)} (of "
-        f"{' / '.join(BASELINE_NAMES[k] for k in timed)}"
+        f", {best:.2f}× the best baseline there, {BASELINES.get(best_key, best_key)} (of "
+        f"{' / '.join(BASELINES[k] for k in timed)}"
         + (f"; {_left_out(lat['skipped'])})" if lat.get("skipped") else ")")
         if best
         else ""
@@ -537,8 +527,23 @@ def _latency_figures(lat: dict) -> tuple[str, str]:
         f"network ({b1['float32']:.2f} ms); batch {int(big):,}: "
         f"{lat['ms_per_image'][big]['packed']:.3f} ms/image, "
         f"{ratios[f'batch{big}_float32_over_packed']:.1f}× the deployed float32{vs_best}"
+        + _vs_xnor_gemm(lat.get("xnor_gemm_same_shape"))
     )
     return short, full
+
+
+def _vs_xnor_gemm(same: dict | None) -> str:
+    """', at N GMAC/s, 1/R of xnor_gemm's M on its hidden layers' shape (timed in turn)' from
+    a benchmark's ``xnor_gemm_same_shape``; nothing for benchmarks before it."""
+    if not same:
+        return ""
+    g, r = same["gmac_per_s"], same["xnor_gemm_over_packed"]
+    shape = " × ".join(f"{n:,}" for n in same["shape"])
+    than = f"{r:.2f}× slower than" if r >= 1 else f"{1 / r:.2f}× faster than"
+    return (
+        f", at {g['packed']:.0f} GMAC/s {than} xnor_gemm on its hidden layers' shape "
+        f"({shape}: {g['xnor_gemm']:.0f} GMAC/s, the two timed in turn)"
+    )
 
 
 def _latency_row() -> Row | None:
