@@ -366,3 +366,25 @@ def test_the_probe_names_a_product_slower_than_float32_by_the_factor():
     assert set(slow) == {"bfloat16", "int8"}
     assert all("float32's time" in why and "CPU flags" in why for why in slow.values())
     assert lowp.SLOW_FACTOR == 4.0
+
+
+def test_interleaved_timing_spreads_every_path_over_the_rounds():
+    """``interleaved_ms``: warm-up calls of each path first, then rounds that run every path
+    for its share of the calls in turn (each path sees i = 0 .. repeats - 1 once), and one
+    median per path."""
+    from bnnlib.bench.latency import interleaved_ms
+
+    log: list[tuple[str, int]] = []
+    calls = {k: (lambda i, k=k: log.append((k, i))) for k in ("a", "b")}
+    ms = interleaved_ms(calls, repeats=7, warmup=2, rounds=3)
+    assert set(ms) == {"a", "b"} and all(v >= 0 for v in ms.values())
+    assert log[:4] == [("a", 0), ("a", 1), ("b", 0), ("b", 1)]  # warm-up
+    timed = log[4:]
+    assert [k for k, _ in timed] == ["a"] * 2 + ["b"] * 2 + ["a"] * 2 + ["b"] * 2 + ["a"] * 3 + [
+        "b"
+    ] * 3
+    assert sorted(i for k, i in timed if k == "a") == list(range(7))
+    assert len(log) == 4 + 14
+    log.clear()
+    interleaved_ms(calls, repeats=2, warmup=0, rounds=10)  # rounds capped at the repeats
+    assert log == [("a", 0), ("b", 0), ("a", 1), ("b", 1)]

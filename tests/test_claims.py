@@ -279,3 +279,30 @@ def test_benchmarks_of_every_cpu_are_read_and_a_skipped_section_is_none(tmp_path
     assert benches[0].section("latency_cpu") is None and benches[0].isa() == "AVX-512 VPOPCNTDQ"
     assert benches[1].section("latency_cpu") == {"skipped": {"x": "y"}}
     assert benches[1].isa() == "AVX2"
+
+
+def test_the_latency_row_sets_the_packed_mlp_beside_xnor_gemm(tmp_path, monkeypatch):
+    """The latency row gives the packed MLP's GMAC/s at the largest batch beside xnor_gemm's
+    on its hidden layers' shape (the benchmark times them in turn), slower or faster as the
+    numbers say; a benchmark from before that timing has no such clause."""
+    monkeypatch.setenv(results.ENV_VAR, str(tmp_path))
+    bench = json.loads((REPO / "results" / "bench_latency_cpu_avx2.json").read_text())
+    lat = bench["latency_cpu"]
+    lat.pop("xnor_gemm_same_shape", None)
+    (tmp_path / "bench_latency_cpu.json").write_text(json.dumps(bench))
+    row = {r.key: r for r in claims.committed_rows()}["cpu_latency"]
+    assert "xnor_gemm" not in row.details
+    for xnor, words in ((400.0, "1.60× slower than"), (200.0, "1.25× faster than")):
+        lat["xnor_gemm_same_shape"] = {
+            "batch": 10_000,
+            "shape": [10_000, 4096, 4096],
+            "gmac_per_s": {"packed": 250.0, "xnor_gemm": xnor},
+            "xnor_gemm_over_packed": xnor / 250.0,
+            "rounds": 5,
+        }
+        (tmp_path / "bench_latency_cpu.json").write_text(json.dumps(bench))
+        row = {r.key: r for r in claims.committed_rows()}["cpu_latency"]
+        assert (
+            f"at 250 GMAC/s {words} xnor_gemm on its hidden layers' shape "
+            f"(10,000 × 4,096 × 4,096: {xnor:.0f} GMAC/s, the two timed in turn)"
+        ) in row.details

@@ -46,7 +46,9 @@ operands, the paper's Section 4 kernel), the two timed in alternation so that a 
 speed drifts (a shared VM) shifts both alike: GMAC/s of each and their ratio.
 
 Batch 1 cycles through different test images (one call, one image, timed alone); larger
-batches are timed whole. Ratios (``ratios``) compare figures of this run only; ``gmac_per_s``
+batches are timed whole. The paths of a batch size are timed in interleaved rounds
+(:func:`interleaved_ms`), so that a slow spell of a shared machine falls on all of them.
+Ratios (``ratios``) compare figures of this run only; ``gmac_per_s``
 gives each path's rate at each batch size. The packed predictions at batch 1 and 100 (and the
 ``*_exact`` baselines' at the largest batch) are compared with the float simulation on the
 whole test set. ``libraries`` names the BLAS and the oneDNN kernels (and ISA) torch used.
@@ -89,20 +91,37 @@ __all__ = [
     "batch1_limit",
     "mlp_macs",
     "xnor_gemm_same_shape",
+    "interleaved_ms",
     "BASELINES",
+    "ROUNDS",
 ]
 
 
-def _median_ms(fn: Callable[[int], object], repeats: int, warmup: int) -> float:
-    """Median wall time in ms of ``fn(i)`` over ``repeats`` calls, after ``warmup`` calls."""
-    for i in range(warmup):
-        fn(i)
-    times = []
-    for i in range(repeats):
-        t0 = time.perf_counter()
-        fn(i)
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+#: Rounds of :func:`interleaved_ms`: each path's calls are spread over this many turns.
+ROUNDS = 10
+
+
+def interleaved_ms(
+    calls: dict[str, Callable[[int], object]], repeats: int, warmup: int, rounds: int = ROUNDS
+) -> dict[str, float]:
+    """Median wall time in ms of each ``calls[name](i)`` over ``repeats`` calls (i = 0, 1,
+    ...), after ``warmup`` calls of each. The calls are made in ``rounds`` rounds (at most
+    ``repeats``), each of which runs every path for its share of the calls in turn: on a
+    machine whose speed drifts over seconds (a shared VM) a slow spell then falls on every
+    path alike, rather than on whichever path it was timing."""
+    for fn in calls.values():
+        for i in range(warmup):
+            fn(i)
+    rounds = max(1, min(rounds, repeats))
+    times: dict[str, list[float]] = {k: [] for k in calls}
+    for r in range(rounds):
+        lo, hi = r * repeats // rounds, (r + 1) * repeats // rounds
+        for name, fn in calls.items():
+            for i in range(lo, hi):
+                t0 = time.perf_counter()
+                fn(i)
+                times[name].append(time.perf_counter() - t0)
+    return {k: 1e3 * statistics.median(v) for k, v in times.items()}
 
 
 def weight_stream_floor(packed, repeats: int = 2000) -> dict:
@@ -186,47 +205,62 @@ def _baselines(net, packed, xs, slow: dict[str, str]) -> dict[str, Callable]:
 
 
 def _mlp_rows(net, packed, xt, batches, repeats, slow: dict[str, str]) -> dict:
-    """ms per image of every path at every batch size (module docstring)."""
+    """ms per image of every path at every batch size (module docstring), the paths of a batch
+    size timed in interleaved rounds (:func:`interleaved_ms`)."""
     xs = data.scale(xt)
     base = _baselines(net, packed, xs, slow)
     rows = {}
     for b in batches:
-        n_batches = len(xt) // b
+        n = len(xt) // b
         reps = repeats * 400 if b == 1 else max(3, repeats * (20 if b <= 100 else 1))
 
-        def per_image(call, b=b, n=n_batches, reps=reps) -> float:
-            # call(slice of the batch): batch i of the test images, cycling
-            return _median_ms(lambda i: call(slice((i % n) * b, (i % n + 1) * b)), reps,
-                              max(1, reps // 10)) / b  # fmt: skip
+        def batch(i: int, b=b, n=n) -> slice:  # batch i of the test images, cycling
+            return slice((i % n) * b, (i % n + 1) * b)
 
-        row = {}
-        with torch.inference_mode():
-            for name, fn in base.items():
-                row[name] = per_image(lambda sl, fn=fn: fn(sl, xt))
-        if b == 1:
-            with torch.no_grad():  # the BNN module itself: binarizes every weight on each call
-                row["float32_training_module"] = per_image(lambda sl: net(xs[sl]))
-        row["packed"] = per_image(lambda sl: packed.predict(xt[sl]))
-        row["packed_layers"] = per_image(lambda sl: packed.predict(xt[sl], path="layers"))
+        calls: dict[str, Callable[[int], object]] = {
+            name: _in_inference_mode(lambda i, fn=fn: fn(batch(i), xt)) for name, fn in base.items()
+        }
+        if b == 1:  # the BNN module itself: binarizes every weight on each call
+            calls["float32_training_module"] = _in_inference_mode(lambda i: net(xs[batch(i)]))
+        calls["packed"] = lambda i: packed.predict(xt[batch(i)])
+        calls["packed_layers"] = lambda i: packed.predict(xt[batch(i)], path="layers")
         if "int8" not in slow:
-            row["packed_int8_gemm"] = per_image(
-                lambda sl: packed.predict(xt[sl], first_layer="int8_gemm")
+            calls["packed_int8_gemm"] = lambda i: packed.predict(
+                xt[batch(i)], first_layer="int8_gemm"
             )
         if b == 1:
-            row.update(_batch1_variants(packed, xt, per_image))
-        rows[str(b)] = {k: round(v, 5) for k, v in row.items()} | {"repeats": reps}
+            calls.update(_batch1_variants(packed, xt, batch))
+        ms = interleaved_ms(calls, reps, max(1, reps // 10))
+        rows[str(b)] = {k: round(v / b, 5) for k, v in ms.items()} | {"repeats": reps}
     return rows
 
 
-def _batch1_variants(packed, xt, per_image) -> dict[str, float]:
+def _in_inference_mode(fn: Callable[[int], object]) -> Callable[[int], object]:
+    """``fn`` run under ``torch.inference_mode()`` (the float networks, as deployed)."""
+
+    def call(i: int) -> object:
+        with torch.inference_mode():
+            return fn(i)
+
+    return call
+
+
+def _batch1_variants(packed, xt, batch) -> dict[str, Callable[[int], object]]:
     """Batch 1: the fused path with each first layer, and on the calling thread only."""
-    row = {}
-    for mode in ("bitplanes", "int8"):
-        row[f"packed_{mode}"] = per_image(lambda sl, m=mode: packed.predict(xt[sl], first_layer=m))
-    default, packed.fused.parallel = packed.fused.parallel, False  # one thread
-    row["packed_one_thread"] = per_image(lambda sl: packed.predict(xt[sl]))
-    packed.fused.parallel = default
-    return row
+    calls: dict[str, Callable[[int], object]] = {
+        f"packed_{mode}": lambda i, m=mode: packed.predict(xt[batch(i)], first_layer=m)
+        for mode in ("bitplanes", "int8")
+    }
+
+    def one_thread(i: int) -> object:
+        default, packed.fused.parallel = packed.fused.parallel, False
+        try:
+            return packed.predict(xt[batch(i)])
+        finally:
+            packed.fused.parallel = default
+
+    calls["packed_one_thread"] = one_thread
+    return calls
 
 
 def _shape(net) -> tuple[int, int, int]:
@@ -272,25 +306,20 @@ def conv_batch1(
     uint8 images, ``int8_static`` (that network statically quantized to int8,
     :func:`bnnlib.bench.lowp.deployed_int8_static`: dynamic quantization leaves convolutions
     in float), each the median of ``repeats`` single-image calls after warm-up, cycling
-    through the uint8 images ``xt``."""
+    through the uint8 images ``xt``, the paths timed in interleaved rounds
+    (:func:`interleaved_ms`)."""
     xs, n = data.scale(xt), len(xt)
     deployed = deployed_float32(net)
-    row = {}
-    with torch.inference_mode():
-        row["float32"] = _median_ms(lambda i: deployed(xs[i % n : i % n + 1]), repeats, 2)
-        if bfloat16:
-            bf16, xb = lowp.deployed_bfloat16(deployed), xs.to(torch.bfloat16)
-            row["bfloat16"] = _median_ms(lambda i: bf16(xb[i % n : i % n + 1]), repeats, 2)
-        if calibration is not None:
-            q8 = lowp.deployed_int8_static(deployed, data.scale(calibration))
-            row["int8_static"] = _median_ms(lambda i: q8(xs[i % n : i % n + 1]), repeats, 2)
-    return {
-        **row,
-        "packed": _median_ms(lambda i: packed.predict(xt[i % n : i % n + 1]), repeats, 2),
-        "packed_layers": _median_ms(
-            lambda i: packed.predict(xt[i % n : i % n + 1], path="layers"), repeats, 2
-        ),
-    }
+    calls = {"float32": _in_inference_mode(lambda i: deployed(xs[i % n : i % n + 1]))}
+    if bfloat16:
+        bf16, xb = lowp.deployed_bfloat16(deployed), xs.to(torch.bfloat16)
+        calls["bfloat16"] = _in_inference_mode(lambda i: bf16(xb[i % n : i % n + 1]))
+    if calibration is not None:
+        q8 = lowp.deployed_int8_static(deployed, data.scale(calibration))
+        calls["int8_static"] = _in_inference_mode(lambda i: q8(xs[i % n : i % n + 1]))
+    calls["packed"] = lambda i: packed.predict(xt[i % n : i % n + 1])
+    calls["packed_layers"] = lambda i: packed.predict(xt[i % n : i % n + 1], path="layers")
+    return interleaved_ms(calls, repeats, 2)
 
 
 #: The ConvNet's baselines in bf16 / int8 (:func:`conv_batch1`).
