@@ -262,6 +262,19 @@ def test_hand_written_popcount_variants_build_run_and_agree():
     assert all(1e8 < v < 2e12 for v in rates.values()), rates
 
 
+def test_a_failing_c_compiler_is_reported_not_raised(monkeypatch):
+    """``$CC`` that fails (here ``false``): the variants are reported missing with the
+    compiler's name, and nothing is raised."""
+    from bnnlib.bench import bounds
+
+    false = shutil.which("false")
+    if false is None:
+        pytest.skip("no false command")
+    monkeypatch.setenv("CC", false)
+    r = bounds.hand_written_popcount()
+    assert r["available"] is False and r["why"].startswith(f"{false} failed")
+
+
 def test_no_c_compiler_leaves_numbas_loop_as_the_bound(monkeypatch):
     """Without a C compiler the hand-written variants are reported missing, with the reason,
     and the bound is numba's loop alone."""

@@ -174,28 +174,22 @@ def hand_written_popcount(timeout_s: float = 120.0) -> dict:
     cc = next((path for path in found if path), None)
     if cc is None:
         return {"available": False, "why": "no C compiler ($CC, cc, gcc or clang) found"}
-    source = resources.files("bnnlib.bench").joinpath("popcount_variants.c").read_text()
-    with tempfile.TemporaryDirectory(prefix="bnn-popcount-") as tmp:
-        src, exe = os.path.join(tmp, "p.c"), os.path.join(tmp, "p")
-        with open(src, "w") as f:
-            f.write(source)
-        try:
-            flags = ["-O3", "-march=native", "-o", exe, src]
-            built = subprocess.run([cc, *flags], capture_output=True, text=True, timeout=timeout_s)
-            if built.returncode != 0:
-                return {"available": False, "why": f"{cc} failed: {built.stderr.strip()[-500:]}"}
-            out = subprocess.run([exe], capture_output=True, text=True, timeout=timeout_s)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            return {"available": False, "why": f"{type(e).__name__}: {e}"}
-    if out.returncode != 0:
-        return {"available": False, "why": f"exit status {out.returncode}: {out.stderr[-500:]}"}
+    try:
+        out = _build_and_run(cc, timeout_s)
+    except RuntimeError as e:  # the compiler or the program failed
+        return {"available": False, "why": str(e)}
+    except (OSError, subprocess.SubprocessError) as e:  # no temp folder, noexec, a timeout
+        return {"available": False, "why": f"{type(e).__name__}: {e}"}
     rates, wrong = {}, []
-    for line in out.stdout.split("\n"):
+    for line in out.splitlines():
         name, _, value = line.strip().partition(" ")
         if value == "WRONG":
             wrong.append(name)
         elif name and value:
-            rates[name] = float(value)
+            try:
+                rates[name] = float(value)
+            except ValueError:
+                return {"available": False, "why": f"unexpected output line {line!r}"}
     return {
         "available": True,
         "compiler": cc,
@@ -204,6 +198,24 @@ def hand_written_popcount(timeout_s: float = 120.0) -> dict:
         "how": "bnnlib/bench/popcount_variants.c, -O3 -march=native: 8 rows x 256 L1-resident "
         "words, 8 accumulators, one thread, thread CPU time, best of 5",
     }
+
+
+def _build_and_run(cc: str, timeout_s: float) -> str:
+    """The output of ``popcount_variants.c`` built by ``cc`` in a temporary folder and run;
+    RuntimeError with the compiler's or the program's message when either fails."""
+    source = resources.files("bnnlib.bench").joinpath("popcount_variants.c").read_text()
+    with tempfile.TemporaryDirectory(prefix="bnn-popcount-") as tmp:
+        src, exe = os.path.join(tmp, "p.c"), os.path.join(tmp, "p")
+        with open(src, "w") as f:
+            f.write(source)
+        flags = ["-O3", "-march=native", "-o", exe, src]
+        built = subprocess.run([cc, *flags], capture_output=True, text=True, timeout=timeout_s)
+        if built.returncode != 0:
+            raise RuntimeError(f"{cc} failed: {built.stderr.strip()[-500:]}")
+        out = subprocess.run([exe], capture_output=True, text=True, timeout=timeout_s)
+    if out.returncode != 0:
+        raise RuntimeError(f"exit status {out.returncode}: {out.stderr.strip()[-500:]}")
+    return out.stdout
 
 
 def popcount_bound(
