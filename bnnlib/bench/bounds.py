@@ -28,6 +28,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from importlib import resources
 
 import numba
@@ -35,7 +36,7 @@ import numpy as np
 
 from bnnlib.kernels.xnor import popcount
 
-__all__ = ["stream_floor", "popcount_bound", "hand_written_popcount", "clock_hz"]
+__all__ = ["stream_floor", "stream_reads", "popcount_bound", "hand_written_popcount", "clock_hz"]
 
 _JIT = {"fastmath": True, "boundscheck": False, "nogil": True, "cache": False}
 
@@ -76,23 +77,34 @@ def _median_s(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def stream_floor(arrays: list[np.ndarray], repeats: int = 2000) -> dict:
-    """ms to read ``arrays`` (int64 words) once: on all numba threads and on one thread.
-    The arrays are copied, one after the other, into one buffer (the same bytes, one
-    parallel region per read)."""
+def stream_reads(arrays: list[np.ndarray]) -> tuple[dict[str, Callable[[], object]], int]:
+    """The two reads :func:`stream_floor` times, as calls (``all_threads``, ``one_thread``),
+    and the bytes each reads: ``arrays`` (int64 words) copied, one after the other, into one
+    buffer (the same bytes, one parallel region per read)."""
     w = np.concatenate([np.ascontiguousarray(a).reshape(-1).view(np.int64) for a in arrays])
-    threads = numba.get_num_threads()
-    chunk = max(512, -(-w.shape[0] // (4 * threads)))
+    chunk = max(512, -(-w.shape[0] // (4 * numba.get_num_threads())))
     parts = np.zeros(-(-w.shape[0] // chunk), np.int64)
-    ms = {
-        "all_threads": 1e3 * _median_s(lambda: _stream_parallel(w, parts, chunk), repeats),
-        "one_thread": 1e3 * _median_s(lambda: _stream_serial(w), repeats),
+    calls = {
+        "all_threads": lambda: _stream_parallel(w, parts, chunk),
+        "one_thread": lambda: _stream_serial(w),
     }
+    return calls, int(w.nbytes)
+
+
+def stream_floor(
+    arrays: list[np.ndarray], repeats: int = 2000, ms: dict[str, float] | None = None
+) -> dict:
+    """ms to read ``arrays`` (int64 words) once: on all numba threads and on one thread,
+    each the median of ``repeats`` reads after warm-up; or, given ``ms``, those two figures as
+    a caller timed the calls of :func:`stream_reads` (e.g. interleaved with other work)."""
+    calls, nbytes = stream_reads(arrays)
+    if ms is None:
+        ms = {k: 1e3 * _median_s(fn, repeats) for k, fn in calls.items()}
     return {
         "ms": ms,
-        "bytes": int(w.nbytes),
-        "threads": threads,
-        "GB_per_s": {k: w.nbytes / v / 1e6 for k, v in ms.items()},
+        "bytes": nbytes,
+        "threads": numba.get_num_threads(),
+        "GB_per_s": {k: nbytes / v / 1e6 for k, v in ms.items()},
         "how": "compiled XOR-reduction over the packed weight words the fused path reads; "
         "median of repeats after warm-up, weights cache-resident between calls",
     }

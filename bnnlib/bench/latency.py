@@ -47,7 +47,8 @@ speed drifts (a shared VM) shifts both alike: GMAC/s of each and their ratio.
 
 Batch 1 cycles through different test images (one call, one image, timed alone); larger
 batches are timed whole. The paths of a batch size are timed in interleaved rounds
-(:func:`interleaved_ms`), so that a slow spell of a shared machine falls on all of them.
+(:func:`interleaved_ms`), so that a slow spell of a shared machine falls on all of them; at
+batch 1 the weight-streaming floor's two reads are timed in the same rounds.
 Ratios (``ratios``) compare figures of this run only; ``gmac_per_s``
 gives each path's rate at each batch size. The packed predictions at batch 1 and 100 (and the
 ``*_exact`` baselines' at the largest batch) are compared with the float simulation on the
@@ -124,14 +125,21 @@ def interleaved_ms(
     return {k: 1e3 * statistics.median(v) for k, v in times.items()}
 
 
-def weight_stream_floor(packed, repeats: int = 2000) -> dict:
+def _fused_weights(packed) -> list:
+    """The arrays of packed weights the fused MLP reads."""
+    f = packed.fused
+    return [f.first.weight_t, f.hidden.weights, f.last.weight]
+
+
+def weight_stream_floor(packed, repeats: int = 2000, ms: dict[str, float] | None = None) -> dict:
     """ms to read the words the fused path reads (all its packed weights) once, on all
-    threads and on one (:func:`bnnlib.bench.bounds.stream_floor`). ``ms`` is the figure
+    threads and on one (:func:`bnnlib.bench.bounds.stream_floor`; given ``ms``, the two
+    figures timed by the caller). ``ms`` is the figure
     for the threads the packed path takes at batch 1 (``threads``: its fused path splits
     each layer between all threads unless ``fused.parallel`` is False, as it is under
     ``OMP_WAIT_POLICY=PASSIVE``)."""
     f = packed.fused
-    r = bounds.stream_floor([f.first.weight_t, f.hidden.weights, f.last.weight], repeats)
+    r = bounds.stream_floor(_fused_weights(packed), repeats, ms)
     parallel = (f.parallel is None or f.parallel) and r["threads"] > 1
     same = "all_threads" if parallel else "one_thread"
     return {
@@ -204,9 +212,23 @@ def _baselines(net, packed, xs, slow: dict[str, str]) -> dict[str, Callable]:
     return out
 
 
-def _mlp_rows(net, packed, xt, batches, repeats, slow: dict[str, str]) -> dict:
+#: The batch-1 row's entries for the weight-streaming floor's reads while they are timed with
+#: the other paths (taken out of the row into ``floor``).
+FLOOR_PREFIX = "floor_"
+
+
+def _mlp_rows(
+    net,
+    packed,
+    xt,
+    batches,
+    repeats,
+    slow: dict[str, str],
+    floor_reads: dict[str, Callable[[], object]],
+) -> dict:
     """ms per image of every path at every batch size (module docstring), the paths of a batch
-    size timed in interleaved rounds (:func:`interleaved_ms`)."""
+    size timed in interleaved rounds (:func:`interleaved_ms`); at batch 1 also the reads of
+    the weight-streaming floor (``floor_reads``, entries :data:`FLOOR_PREFIX` + name)."""
     xs = data.scale(xt)
     base = _baselines(net, packed, xs, slow)
     rows = {}
@@ -230,6 +252,9 @@ def _mlp_rows(net, packed, xt, batches, repeats, slow: dict[str, str]) -> dict:
             )
         if b == 1:
             calls.update(_batch1_variants(packed, xt, batch))
+            calls.update(
+                {FLOOR_PREFIX + k: (lambda i, fn=fn: fn()) for k, fn in floor_reads.items()}
+            )
         ms = interleaved_ms(calls, reps, max(1, reps // 10))
         rows[str(b)] = {k: round(v / b, 5) for k, v in ms.items()} | {"repeats": reps}
     return rows
@@ -381,12 +406,14 @@ def bench_latency(
     slow = lowp.slow_products()
     for why in slow.values():
         log(f"  {why}")
-    log("  weight-streaming floor and compute bound ...")
-    floor = weight_stream_floor(packed, repeats * 400)
+    log("  compute bound ...")
     bound = bounds.popcount_bound()
+    log(f"  batches {list(batches)}, at batch 1 with the weight-streaming floor ...")
+    reads, _ = bounds.stream_reads(_fused_weights(packed))
+    rows = _mlp_rows(net, packed, xt, batches, repeats, slow, reads)
+    floor_ms = {k: rows["1"].pop(f"{FLOOR_PREFIX}{k}") for k in reads}
+    floor = weight_stream_floor(packed, ms=floor_ms)
     limit = batch1_limit(net, floor, bound)
-    log(f"  batches {list(batches)} ...")
-    rows = _mlp_rows(net, packed, xt, batches, repeats, slow)
     big = max(batches)
     log(f"  packed MLP and xnor_gemm on its hidden layers' shape, batch {big:,}, alternated ...")
     same_shape = xnor_gemm_same_shape(net, packed, xt[:big], hidden, repeats)
