@@ -77,18 +77,17 @@ def _median_s(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def stream_reads(arrays: list[np.ndarray]) -> tuple[dict[str, Callable[[], object]], int]:
-    """The two reads :func:`stream_floor` times, as calls (``all_threads``, ``one_thread``),
-    and the bytes each reads: ``arrays`` (int64 words) copied, one after the other, into one
-    buffer (the same bytes, one parallel region per read)."""
+def stream_reads(arrays: list[np.ndarray]) -> dict[str, Callable[[], object]]:
+    """The two reads :func:`stream_floor` times, as calls (``all_threads``, ``one_thread``):
+    ``arrays`` (int64 words) copied, one after the other, into one buffer (the same bytes,
+    one parallel region per read)."""
     w = np.concatenate([np.ascontiguousarray(a).reshape(-1).view(np.int64) for a in arrays])
     chunk = max(512, -(-w.shape[0] // (4 * numba.get_num_threads())))
     parts = np.zeros(-(-w.shape[0] // chunk), np.int64)
-    calls = {
+    return {
         "all_threads": lambda: _stream_parallel(w, parts, chunk),
         "one_thread": lambda: _stream_serial(w),
     }
-    return calls, int(w.nbytes)
 
 
 def stream_floor(
@@ -97,9 +96,9 @@ def stream_floor(
     """ms to read ``arrays`` (int64 words) once: on all numba threads and on one thread,
     each the median of ``repeats`` reads after warm-up; or, given ``ms``, those two figures as
     a caller timed the calls of :func:`stream_reads` (e.g. interleaved with other work)."""
-    calls, nbytes = stream_reads(arrays)
     if ms is None:
-        ms = {k: 1e3 * _median_s(fn, repeats) for k, fn in calls.items()}
+        ms = {k: 1e3 * _median_s(fn, repeats) for k, fn in stream_reads(arrays).items()}
+    nbytes = sum(int(a.nbytes) for a in arrays)
     return {
         "ms": ms,
         "bytes": nbytes,

@@ -240,10 +240,11 @@ def _mlp_rows(
             return slice((i % n) * b, (i % n + 1) * b)
 
         calls: dict[str, Callable[[int], object]] = {
-            name: _in_inference_mode(lambda i, fn=fn: fn(batch(i), xt)) for name, fn in base.items()
+            name: _under(torch.inference_mode, lambda i, fn=fn: fn(batch(i), xt))
+            for name, fn in base.items()
         }
         if b == 1:  # the BNN module itself: binarizes every weight on each call
-            calls["float32_training_module"] = _in_inference_mode(lambda i: net(xs[batch(i)]))
+            calls["float32_training_module"] = _under(torch.no_grad, lambda i: net(xs[batch(i)]))
         calls["packed"] = lambda i: packed.predict(xt[batch(i)])
         calls["packed_layers"] = lambda i: packed.predict(xt[batch(i)], path="layers")
         if "int8" not in slow:
@@ -260,11 +261,12 @@ def _mlp_rows(
     return rows
 
 
-def _in_inference_mode(fn: Callable[[int], object]) -> Callable[[int], object]:
-    """``fn`` run under ``torch.inference_mode()`` (the float networks, as deployed)."""
+def _under(context, fn: Callable[[int], object]) -> Callable[[int], object]:
+    """``fn`` run under ``context()``: ``torch.inference_mode`` for the float networks, as
+    deployed; ``torch.no_grad`` for the training module, as a training script runs it."""
 
     def call(i: int) -> object:
-        with torch.inference_mode():
+        with context():
             return fn(i)
 
     return call
@@ -335,13 +337,13 @@ def conv_batch1(
     (:func:`interleaved_ms`)."""
     xs, n = data.scale(xt), len(xt)
     deployed = deployed_float32(net)
-    calls = {"float32": _in_inference_mode(lambda i: deployed(xs[i % n : i % n + 1]))}
+    calls = {"float32": _under(torch.inference_mode, lambda i: deployed(xs[i % n : i % n + 1]))}
     if bfloat16:
         bf16, xb = lowp.deployed_bfloat16(deployed), xs.to(torch.bfloat16)
-        calls["bfloat16"] = _in_inference_mode(lambda i: bf16(xb[i % n : i % n + 1]))
+        calls["bfloat16"] = _under(torch.inference_mode, lambda i: bf16(xb[i % n : i % n + 1]))
     if calibration is not None:
         q8 = lowp.deployed_int8_static(deployed, data.scale(calibration))
-        calls["int8_static"] = _in_inference_mode(lambda i: q8(xs[i % n : i % n + 1]))
+        calls["int8_static"] = _under(torch.inference_mode, lambda i: q8(xs[i % n : i % n + 1]))
     calls["packed"] = lambda i: packed.predict(xt[i % n : i % n + 1])
     calls["packed_layers"] = lambda i: packed.predict(xt[i % n : i % n + 1], path="layers")
     return interleaved_ms(calls, repeats, 2)
@@ -409,7 +411,7 @@ def bench_latency(
     log("  compute bound ...")
     bound = bounds.popcount_bound()
     log(f"  batches {list(batches)}, at batch 1 with the weight-streaming floor ...")
-    reads, _ = bounds.stream_reads(_fused_weights(packed))
+    reads = bounds.stream_reads(_fused_weights(packed))
     rows = _mlp_rows(net, packed, xt, batches, repeats, slow, reads)
     floor_ms = {k: rows["1"].pop(f"{FLOOR_PREFIX}{k}") for k in reads}
     floor = weight_stream_floor(packed, ms=floor_ms)
@@ -449,33 +451,29 @@ def bench_latency(
 def xnor_gemm_same_shape(net, packed, xt: torch.Tensor, hidden: int, repeats: int) -> dict:
     """The packed MLP's ``predict`` on the images ``xt`` and :func:`bnnlib.kernels.xnor_gemm`
     on its hidden layers' shape (len(xt) x hidden x hidden, random packed operands, both
-    packed beforehand), timed in alternation, ``max(3, repeats)`` rounds after a warm-up
-    round: median GMAC/s of each (the MLP's MACs as :func:`mlp_macs` counts them) and the
-    ratio xnor_gemm / packed."""
+    packed beforehand), timed in alternation (:func:`interleaved_ms`: ``max(3, repeats)``
+    rounds of one call each, after one warm-up call each): median GMAC/s of each (the MLP's
+    MACs as :func:`mlp_macs` counts them) and the ratio xnor_gemm / packed."""
     from bnnlib import kernels
 
     m = len(xt)
     gen = torch.Generator().manual_seed(0)
     a = kernels.pack(torch.randint(0, 2, (m, hidden), generator=gen).float() * 2 - 1)
     b = kernels.pack(torch.randint(0, 2, (hidden, hidden), generator=gen).float() * 2 - 1)
-    runs = {
-        "packed": (lambda: packed.predict(xt), mlp_macs(net) * m),
-        "xnor_gemm": (lambda: kernels.xnor_gemm(a, b, hidden), m * hidden * hidden),
+    macs = {"packed": mlp_macs(net) * m, "xnor_gemm": m * hidden * hidden}
+    calls = {
+        "packed": lambda i: packed.predict(xt),
+        "xnor_gemm": lambda i: kernels.xnor_gemm(a, b, hidden),
     }
-    seconds: dict[str, list[float]] = {k: [] for k in runs}
-    for r in range(max(3, repeats) + 1):
-        for name, (fn, _) in runs.items():
-            t0 = time.perf_counter()
-            fn()
-            if r:  # the first round warms up
-                seconds[name].append(time.perf_counter() - t0)
-    gmacs = {k: runs[k][1] / statistics.median(v) / 1e9 for k, v in seconds.items()}
+    rounds = max(3, repeats)  # one call of each per round
+    ms = interleaved_ms(calls, rounds, warmup=1, rounds=rounds)
+    gmacs = {k: macs[k] / v / 1e6 for k, v in ms.items()}
     return {
         "batch": m,
         "shape": [m, hidden, hidden],
         "gmac_per_s": gmacs,
         "xnor_gemm_over_packed": gmacs["xnor_gemm"] / gmacs["packed"],
-        "rounds": len(seconds["packed"]),
+        "rounds": rounds,
         "how": "alternated rounds, median of each; packed GMAC/s counts the first layer's "
         "inputs x hidden as plain MACs",
     }

@@ -66,6 +66,16 @@ static inline int64_t sum4(__m256i v) {
     return t[0] + t[1] + t[2] + t[3];
 }
 
+/* Words i .. i+3 of the activation row XOR those of weight row j. */
+static inline __m256i row_vec(int j, int i) {
+    return _mm256_xor_si256(_mm256_load_si256((const __m256i *)&a[i]),
+                            _mm256_load_si256((const __m256i *)&b[j][i]));
+}
+
+static inline __m256i popcount_sad(__m256i v) {
+    return _mm256_sad_epu8(byte_counts(v), _mm256_setzero_si256());
+}
+
 /* Table popcount, one vpsadbw per vector (what LLVM emits for a loop of unknown length). */
 __attribute__((noinline)) static int64_t avx2_lookup(int reps) {
     int64_t total = 0;
@@ -73,13 +83,8 @@ __attribute__((noinline)) static int64_t avx2_lookup(int reps) {
     for (int r = 0; r < reps; r++) {
         __m256i acc[R];
         for (int j = 0; j < R; j++) acc[j] = zero;
-        for (int i = 0; i < W; i += 4) {
-            __m256i x = _mm256_load_si256((const __m256i *)&a[i]);
-            for (int j = 0; j < R; j++) {
-                __m256i v = _mm256_xor_si256(x, _mm256_load_si256((const __m256i *)&b[j][i]));
-                acc[j] = _mm256_add_epi64(acc[j], _mm256_sad_epu8(byte_counts(v), zero));
-            }
-        }
+        for (int i = 0; i < W; i += 4)
+            for (int j = 0; j < R; j++) acc[j] = _mm256_add_epi64(acc[j], popcount_sad(row_vec(j, i)));
         for (int j = 0; j < R; j++) total += sum4(acc[j]);
     }
     return total;
@@ -95,13 +100,8 @@ __attribute__((noinline)) static int64_t avx2_lookup_deferred(int reps) {
         for (int i0 = 0; i0 < W; i0 += 32) {
             __m256i bytes[R];
             for (int j = 0; j < R; j++) bytes[j] = zero;
-            for (int i = i0; i < i0 + 32; i += 4) {
-                __m256i x = _mm256_load_si256((const __m256i *)&a[i]);
-                for (int j = 0; j < R; j++) {
-                    __m256i v = _mm256_xor_si256(x, _mm256_load_si256((const __m256i *)&b[j][i]));
-                    bytes[j] = _mm256_add_epi8(bytes[j], byte_counts(v));
-                }
-            }
+            for (int i = i0; i < i0 + 32; i += 4)
+                for (int j = 0; j < R; j++) bytes[j] = _mm256_add_epi8(bytes[j], byte_counts(row_vec(j, i)));
             for (int j = 0; j < R; j++) acc[j] = _mm256_add_epi64(acc[j], _mm256_sad_epu8(bytes[j], zero));
         }
         for (int j = 0; j < R; j++) total += sum4(acc[j]);
@@ -115,15 +115,6 @@ __attribute__((noinline)) static int64_t avx2_lookup_deferred(int reps) {
         h = _mm256_or_si256(_mm256_and_si256(A, B), _mm256_and_si256(u_, C));      \
         l = _mm256_xor_si256(u_, C);                                               \
     } while (0)
-
-static inline __m256i row_vec(int j, int i) {
-    return _mm256_xor_si256(_mm256_load_si256((const __m256i *)&a[i]),
-                            _mm256_load_si256((const __m256i *)&b[j][i]));
-}
-
-static inline __m256i popcount_sad(__m256i v) {
-    return _mm256_sad_epu8(byte_counts(v), _mm256_setzero_si256());
-}
 
 /* Harley-Seal: carry-save adders over blocks of 16 vectors, one table popcount per block. */
 __attribute__((noinline)) static int64_t avx2_harley_seal(int reps) {
