@@ -280,9 +280,11 @@ def test_a_failing_c_compiler_is_reported_not_raised(monkeypatch):
 def test_no_c_compiler_leaves_numbas_loop_as_the_bound(monkeypatch):
     """Without a C compiler the hand-written variants are reported missing, with the reason,
     and the bound is numba's loop alone."""
+    import shutil
+
     from bnnlib.bench import bounds
 
-    monkeypatch.setattr(bounds.shutil, "which", lambda name: None)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
     r = bounds.hand_written_popcount()
     assert r == {"available": False, "why": "no C compiler ($CC, cc, gcc or clang) found"}
     clock = {"measured_hz": 3e9, "nominal_mhz": None, "how": "stated"}

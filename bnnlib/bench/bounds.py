@@ -11,8 +11,9 @@
   vectorized: ``vpopcntq`` on AVX-512 VPOPCNTDQ, a byte-table popcount on AVX2), times the
   clock, times the threads. The loop is numba's, i.e. what LLVM makes of it; the same work
   written by hand in C (:func:`hand_written_popcount`: the popcount instruction, three AVX2
-  table popcounts including Harley-Seal, ``vpopcntq`` where the compiler targets it) is timed
-  beside it when a C compiler is at hand, and the bound is the best of them. The clock is
+  table popcounts including Harley-Seal, ``vpopcntq`` where the compiler targets it, and the
+  bit-sliced kernel a lone image's hidden layers take, :mod:`bnnlib.kernels.native`) is
+  timed beside it when a C compiler is at hand, and the bound is the best of them. The clock is
   measured (:func:`clock_hz`): a dependent chain of ``x = (x ^ c) + (x >> 1)`` (two 1-cycle
   ops per iteration) timed in thread CPU time; the nominal clock from ``/proc/cpuinfo`` is
   reported beside it. A kernel's GMAC/s over this bound is the share of the machine's
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import statistics
 import subprocess
 import tempfile
@@ -34,6 +34,7 @@ from importlib import resources
 import numba
 import numpy as np
 
+from bnnlib.kernels import native
 from bnnlib.kernels.xnor import popcount
 
 __all__ = ["stream_floor", "stream_reads", "popcount_bound", "hand_written_popcount", "clock_hz"]
@@ -176,13 +177,13 @@ def _xor_popcount_loop(a, b, reps):
 def hand_written_popcount(timeout_s: float = 120.0) -> dict:
     """The XOR-popcount loop of :func:`popcount_bound` written by hand in C
     (``bnnlib/bench/popcount_variants.c``: the popcount instruction, AVX2 table popcounts
-    with and without deferred ``vpsadbw``, Harley-Seal, AVX-512 ``vpopcntq`` where the compiler
+    with and without deferred ``vpsadbw``, Harley-Seal, the bit-sliced kernel of
+    ``bnnlib/kernels/bitsliced.c`` on one block, AVX-512 ``vpopcntq`` where the compiler
     targets it), built with ``$CC`` (else ``cc``, ``gcc``, ``clang``) at ``-O3 -march=native``
     and run once: binary MACs per second of one core's thread CPU time for each variant, best
     of 5. ``available`` is False (with ``why``) without a C compiler or when the build or run
     fails; a variant whose sum differs from the scalar reference is listed under ``wrong``."""
-    found = (shutil.which(c) for c in (os.environ.get("CC"), "cc", "gcc", "clang") if c)
-    cc = next((path for path in found if path), None)
+    cc = native.find_compiler()
     if cc is None:
         return {"available": False, "why": "no C compiler ($CC, cc, gcc or clang) found"}
     try:
@@ -207,18 +208,23 @@ def hand_written_popcount(timeout_s: float = 120.0) -> dict:
         "macs_per_s_per_core": rates,
         "wrong": wrong,
         "how": "bnnlib/bench/popcount_variants.c, -O3 -march=native: 8 rows x 256 L1-resident "
-        "words, 8 accumulators, one thread, thread CPU time, best of 5",
+        "words, 8 accumulators (avx2_bitsliced: bnnlib/kernels/bitsliced.c on 256 neurons x "
+        "1024 inputs, 32 kB), one thread, thread CPU time, best of 5",
     }
 
 
 def _build_and_run(cc: str, timeout_s: float) -> str:
     """The output of ``popcount_variants.c`` built by ``cc`` in a temporary folder and run;
     RuntimeError with the compiler's or the program's message when either fails."""
-    source = resources.files("bnnlib.bench").joinpath("popcount_variants.c").read_text()
+    sources = {
+        "p.c": resources.files("bnnlib.bench").joinpath("popcount_variants.c"),
+        "bitsliced.c": resources.files("bnnlib.kernels").joinpath("bitsliced.c"),  # included
+    }
     with tempfile.TemporaryDirectory(prefix="bnn-popcount-") as tmp:
         src, exe = os.path.join(tmp, "p.c"), os.path.join(tmp, "p")
-        with open(src, "w") as f:
-            f.write(source)
+        for name, source in sources.items():
+            with open(os.path.join(tmp, name), "w") as f:
+                f.write(source.read_text())
         flags = ["-O3", "-march=native", "-o", exe, src]
         built = subprocess.run([cc, *flags], capture_output=True, text=True, timeout=timeout_s)
         if built.returncode != 0:

@@ -36,9 +36,12 @@ For the MNIST MLP (784 -> 3 x ``hidden`` -> 10) and each batch size, ms per imag
   baseline);
 * ``packed_int8_gemm``: the fused path with its first layer on ``torch._int_mm`` (oneDNN),
   the library path PackedNet can take for that layer (not its default);
-* at batch 1, the fused path with each first layer (``packed_bitplanes``, ``packed_int8``) and
+* at batch 1, the fused path with each first layer (``packed_bitplanes``, ``packed_int8``),
   on the calling thread only (``packed_one_thread``; by default its layers are split between
-  threads), the figure to set beside the single-threaded floor.
+  threads), the figure to set beside the single-threaded floor, and with numba's loops for the
+  hidden layers (``packed_numba``) instead of the hand-written bit-sliced C kernels that a lone
+  image takes where they are available (:mod:`bnnlib.kernels.native`; ``native`` says whether
+  they were, and why not).
 
 At the largest batch, ``xnor_gemm_same_shape`` sets the packed MLP beside
 :func:`bnnlib.kernels.xnor_gemm` on its hidden layers' shape (batch x hidden x hidden, packed
@@ -68,6 +71,7 @@ slow_products`: AVX2 without AVX512_BF16 / VNNI / AMX), the entries that use the
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from collections.abc import Callable
@@ -84,6 +88,7 @@ from bnnlib.bench.common import (
     plain_mlp,
 )
 from bnnlib.bench.mlp import export_and_load
+from bnnlib.kernels import native
 
 __all__ = [
     "bench_latency",
@@ -287,7 +292,21 @@ def _batch1_variants(packed, xt, batch) -> dict[str, Callable[[int], object]]:
             packed.fused.parallel = default
 
     calls["packed_one_thread"] = one_thread
+    calls["packed_numba"] = _numba_hidden(lambda i: packed.predict(xt[batch(i)]), packed)
     return calls
+
+
+def _numba_hidden(fn: Callable[[int], object], packed) -> Callable[[int], object]:
+    """``fn`` with a lone image's hidden layers on numba's loops (``fused.native = False``)."""
+
+    def call(i: int) -> object:
+        default, packed.fused.native = packed.fused.native, False
+        try:
+            return fn(i)
+        finally:
+            packed.fused.native = default
+
+    return call
 
 
 def _shape(net) -> tuple[int, int, int]:
@@ -303,6 +322,8 @@ def _exactness(net, packed, xt, slow: dict[str, str]) -> dict:
 
     sim = simulate(net, xt)
     one = torch.cat([packed.predict(xt[i : i + 1]) for i in range(len(xt))])
+    numba_one = _numba_hidden(lambda i: packed.predict(xt[i : i + 1]), packed)
+    one_numba = torch.cat([numba_one(i) for i in range(len(xt))])
     hundred = packed.predict(xt, batch_size=100, path="fused")
     lowp_preds = {
         f"{kind}_exact": lowp.ExactMLP(packed, dtype).predict(xt)
@@ -312,8 +333,9 @@ def _exactness(net, packed, xt, slow: dict[str, str]) -> dict:
     return {
         "n_images": len(xt),
         "batch1_identical_to_simulation": int((one == sim).sum()),
+        "batch1_numba_identical_to_simulation": int((one_numba == sim).sum()),
         "batch100_identical_to_simulation": int((hundred == sim).sum()),
-        "all_identical": bool(torch.equal(one, sim) and torch.equal(hundred, sim)),
+        "all_identical": all(torch.equal(p, sim) for p in (one, one_numba, hundred)),
         **{f"{k}_identical_to_simulation": int((p == sim).sum()) for k, p in lowp_preds.items()},
     }
 
@@ -430,6 +452,7 @@ def bench_latency(
         "data": data_note,
         "threads": {"torch": torch.get_num_threads(), "numba": _numba_threads()},
         "codegen": _codegen(),
+        "native": dataclasses.asdict(native.status()),
         "libraries": lowp.blas_info(),
         "floor": floor,
         "compute_bound": bound,
@@ -518,6 +541,7 @@ def _ratios(
         "batch1_best_baseline_over_packed": b1[_best_baseline(b1)] / b1["packed"],
         "batch1_float32_over_plain_sequential": b1["float32"] / b1["float32_plain_sequential"],
         "batch1_layers_over_packed": b1["packed_layers"] / b1["packed"],
+        "batch1_numba_over_packed": b1["packed_numba"] / b1["packed"],
         **{f"batch{big}_{k}_over_packed": bb[k] / bb["packed"] for k in _present(bb)},
         f"batch{big}_best_baseline_over_packed": bb[best] / bb["packed"],
         f"batch{big}_layers_over_packed": bb["packed_layers"] / bb["packed"],

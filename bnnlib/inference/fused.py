@@ -38,6 +38,7 @@ import torch
 from bnnlib import settings
 from bnnlib.inference.spec import Conv2dSpec, LinearSpec
 from bnnlib.kernels import fused as kfused
+from bnnlib.kernels import native
 
 __all__ = [
     "FusedMLP",
@@ -164,6 +165,13 @@ class FusedMLP:
         #: batches of more than FUSED_CHUNK images: chunks shared between threads (True), or
         #: run one after the other on the calling thread (False)
         self.chunks_parallel = True
+        #: a lone image's hidden layers by the hand-written bit-sliced C kernels
+        #: (:mod:`bnnlib.kernels.native`, where :func:`native.status` says they are
+        #: available): None when its call would run on one thread anyway, True / False:
+        #: always / never (numba's loops; the same results bit for bit)
+        self.native: bool | None = None
+        self._bitsliced: list[native.BitslicedLayer] | None = None
+        self._plan: tuple[kfused.BoundMLP, native.Batch1Plan] | None = None
 
     @property
     def int8_rows(self) -> np.ndarray:
@@ -266,8 +274,38 @@ class FusedMLP:
         call = self._calls.get(m) or self._new_call(m)
         if mode == kfused.FIRST_GIVEN:
             self._first_by_int8_gemm(x, call.buffers.acts)
+        if m == 1 and self._native_for(parallel):
+            if mode != kfused.FIRST_GIVEN:
+                call.run_first(x, mode, max_nonzero)
+            self._batch1_plan(call).run()
+            return call.buffers.s
         call.run(parallel, x, mode, max_nonzero)
         return call.buffers.s
+
+    def _native_for(self, parallel: bool) -> bool:
+        """Whether a lone image's hidden layers run in :mod:`bnnlib.kernels.native`."""
+        if self.native is False or (self.native is None and parallel):
+            return False
+        return native.status().available
+
+    def _batch1_plan(self, call: kfused.BoundMLP) -> native.Batch1Plan:
+        """The native plan bound to ``call``'s buffers (made again when they were)."""
+        if self._plan is None or self._plan[0] is not call:
+            if self._bitsliced is None:
+                h = self.hidden
+                self._bitsliced = [
+                    native.BitslicedLayer.from_packed(
+                        h.weights[wo : wo + n * w_in].reshape(n, w_in),
+                        h.thresholds[to : to + n],
+                        h.directions[to : to + n],
+                        k,
+                    )
+                    for n, w_in, k, wo, to in h.table.tolist()
+                ]
+            b = call.buffers
+            plan = native.Batch1Plan(self._bitsliced, b.acts, self.last.weight, self.last.k, b.s)
+            self._plan = (call, plan)
+        return self._plan[1]
 
     def _first_by_int8_gemm(self, x: np.ndarray, acts: np.ndarray) -> None:
         """The first layer's packed output into ``acts[0]`` by ``torch._int_mm``: W_b . x =

@@ -517,6 +517,15 @@ def _forward_parallel(x, first_mode, int8_max_nonzero, planes, nonzero, nnz, sum
              w_last, k_last, s)  # fmt: skip
 
 
+@numba.njit(**_JIT)
+def _first_serial(x, first_mode, int8_max_nonzero, planes, nonzero, nnz, sumx, use_int8,
+                  w0, w8t, wsum, thr0, dir0, table, w_flat, thr_flat, dir_flat, acts,
+                  w_last, k_last, s):  # fmt: skip
+    """The first layer of :func:`_forward` only, on the calling thread (into ``acts[0]``)."""
+    _first_layer(x, first_mode, int8_max_nonzero, planes, nonzero, nnz, sumx, use_int8,
+                 w0, w8t, wsum, thr0, dir0, acts)  # fmt: skip
+
+
 @numba.njit(parallel=True, **_JIT)
 def _forward_chunks(x, chunk, first_mode, int8_max_nonzero, w0, w8t, wsum, thr0, dir0, table,
                     w_flat, thr_flat, dir_flat, w_last, k_last, s, words):  # fmt: skip
@@ -580,6 +589,11 @@ class BoundMLP:
         (_forward_parallel if parallel else _forward_serial)(
             x, first_mode, int8_max_nonzero, *self.arrays
         )
+
+    def run_first(self, x: np.ndarray, first_mode: int, int8_max_nonzero: int) -> None:
+        """The first layer only, into ``buffers.acts[0]``, on the calling thread (for
+        :class:`bnnlib.kernels.native.Batch1Plan`, which runs the other layers)."""
+        _first_serial(x, first_mode, int8_max_nonzero, *self.arrays)
 
 
 def mlp_forward(

@@ -1,0 +1,235 @@
+"""Hand-written C for one image through a packed MLP's hidden layers (paper Sections 2.6, 4).
+
+At batch 1 a hidden layer is a matrix-vector product and every weight bit is used once.
+``bitsliced.c`` (next to this file) counts the differing bits of 256 neurons at once in
+bit-sliced counters with carry-save adders and compares them with the thresholds in the same
+bit-sliced form, so that it writes the packed output words directly; its docstring has the
+arithmetic. numba's loops (:mod:`bnnlib.kernels.fused`) count along each weight row instead,
+and spend a good share of their instructions on each row's horizontal sum.
+``python -m bnnlib.bench --latency`` times ``predict`` at batch 1 both ways (``packed``,
+``packed_numba``); its figures are in ``results/`` and notebook 06.
+
+The C is built on first use with the system C compiler (``$CC``, else ``cc``, ``gcc``,
+``clang``) at ``-O3 -march=native`` into a private temporary folder, loaded with ctypes, and
+the folder removed: nothing is cached on disk, so no other user's file is ever loaded (about
+half a second, once per process). :func:`status` says whether it is available and why not:
+no compiler, a failed build, a CPU without AVX2, or ``BNN_NATIVE=0`` in the environment.
+:mod:`bnnlib.inference.fused` then keeps numba's loops; the results are the same bit for bit.
+
+:class:`BitslicedLayer` is a hidden layer in the kernel's layout (made once, from the packed
+rows, thresholds and directions); :class:`Batch1Plan` binds the layers, the last layer and
+the activation buffers of one net for :meth:`Batch1Plan.run`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from dataclasses import dataclass
+from importlib import resources
+
+import numpy as np
+
+__all__ = [
+    "find_compiler",
+    "status",
+    "NativeStatus",
+    "BitslicedLayer",
+    "Batch1Plan",
+    "LANES",
+]
+
+#: Neurons per block of the bit-sliced layout: one AVX2 vector of 256 bits.
+LANES = 256
+
+
+def find_compiler() -> str | None:
+    """The C compiler to build with: ``$CC``, else ``cc``, ``gcc`` or ``clang`` on the PATH."""
+    found = (shutil.which(c) for c in (os.environ.get("CC"), "cc", "gcc", "clang") if c)
+    return next((path for path in found if path), None)
+
+
+@dataclass(frozen=True)
+class NativeStatus:
+    """Whether the hand-written batch-1 kernels are loaded, and why not when they are not."""
+
+    available: bool
+    why: str
+    compiler: str | None = None
+
+
+_lock = threading.Lock()
+_state: tuple[NativeStatus, ctypes.CDLL | None] | None = None
+
+
+def _build(cc: str) -> ctypes.CDLL:
+    """``bitsliced.c`` built by ``cc`` in a private temporary folder and loaded (the folder
+    is removed; the loaded library stays mapped). RuntimeError with the compiler's message."""
+    source = resources.files("bnnlib.kernels").joinpath("bitsliced.c").read_text()
+    with tempfile.TemporaryDirectory(prefix="bnn-native-") as tmp:  # mode 0700
+        src, lib = os.path.join(tmp, "bitsliced.c"), os.path.join(tmp, "bitsliced.so")
+        with open(src, "w") as f:
+            f.write(source)
+        flags = ["-O3", "-march=native", "-shared", "-fPIC", "-o", lib, src]
+        built = subprocess.run([cc, *flags], capture_output=True, text=True, timeout=120)
+        if built.returncode != 0:
+            raise RuntimeError(f"{cc} failed: {built.stderr.strip()[-500:]}")
+        return ctypes.CDLL(lib)
+
+
+def _load() -> tuple[NativeStatus, ctypes.CDLL | None]:
+    if os.environ.get("BNN_NATIVE", "1") == "0":
+        return NativeStatus(False, "disabled by BNN_NATIVE=0"), None
+    cc = find_compiler()
+    if cc is None:
+        return NativeStatus(False, "no C compiler ($CC, cc, gcc or clang) found"), None
+    try:
+        lib = _build(cc)
+    except RuntimeError as e:
+        return NativeStatus(False, str(e), cc), None
+    except (OSError, subprocess.SubprocessError) as e:  # no temp folder, noexec, a timeout
+        return NativeStatus(False, f"{type(e).__name__}: {e}", cc), None
+    if lib.bnn_native_isa() != 2:
+        return NativeStatus(False, "the CPU (as the compiler sees it) has no AVX2", cc), None
+    p, i64 = ctypes.c_void_p, ctypes.c_int64
+    lib.bnn_hidden_and_last.argtypes = [p, i64, p, p]
+    lib.bnn_hidden_and_last.restype = ctypes.c_int
+    return NativeStatus(True, "built and loaded", cc), lib
+
+
+def _loaded() -> tuple[NativeStatus, ctypes.CDLL | None]:
+    global _state
+    with _lock:
+        if _state is None:
+            _state = _load()
+        return _state
+
+
+def status() -> NativeStatus:
+    """Whether the kernels are available in this process (built on the first call)."""
+    return _loaded()[0]
+
+
+def _aligned(shape: tuple[int, ...]) -> np.ndarray:
+    """A zeroed uint64 array whose data starts on a 64-byte boundary."""
+    n = int(np.prod(shape))
+    buf = np.zeros(n + 8, np.uint64)
+    start = (-buf.ctypes.data % 64) // 8
+    return buf[start : start + n].reshape(shape)
+
+
+def _lanes(bits: np.ndarray) -> np.ndarray:
+    """(..., 256) bits as (..., 4) uint64 words, lane 64q + t at bit t of word q."""
+    packed = np.ascontiguousarray(np.packbits(bits, axis=-1, bitorder="little"))
+    return packed.view("<u8").astype(np.uint64)
+
+
+@dataclass(frozen=True)
+class BitslicedLayer:
+    """A packed hidden layer in the layout of ``bitsliced.c``.
+
+    ``from_packed(w, threshold, direction, k)``: ``w`` int64 (n, words) packed rows (input i
+    at bit i % 64 of word i // 64); the output bit of neuron j is ``(t - threshold[j]) *
+    direction[j] >= 0`` with ``t = k - 2 h_j`` and ``h_j`` the XOR popcount over all the
+    words (as :func:`bnnlib.kernels.fused.hidden_word`). Since t falls as h rises, that is
+    ``h_j < C_j`` (direction +1: ``C_j = floor((k - threshold) / 2) + 1``) or its negation
+    (direction -1: ``C_j = ceil((k - threshold) / 2)``), with C_j clipped to [0, inputs + 1].
+    """
+
+    #: uint64 (blocks, inputs, 4): block b, input i: the weight bits of 256 neurons.
+    weights: np.ndarray
+    #: uint64 (blocks, digits, 4): the binary digits of C, bit-sliced.
+    cbits: np.ndarray
+    #: uint64 (blocks, 4): 1 where the output bit is NOT (h < C).
+    flip: np.ndarray
+    #: Inputs counted (every bit of the packed words), binary digits of the counters.
+    inputs: int
+    digits: int
+    #: Neurons, and the packed output words.
+    n: int
+    out_words: int
+
+    @classmethod
+    def from_packed(
+        cls, w: np.ndarray, threshold: np.ndarray, direction: np.ndarray, k: int
+    ) -> BitslicedLayer:
+        n, words = w.shape
+        if not np.isin(direction, (-1, 1)).all():
+            raise ValueError("directions must be +1 or -1")
+        inputs = 64 * words
+        blocks = -(-n // LANES)
+        bits = np.zeros((blocks * LANES, inputs), np.uint8)
+        raw = np.ascontiguousarray(w).view(np.uint8).reshape(n, 8 * words)
+        bits[:n] = np.unpackbits(raw, axis=1, bitorder="little")
+        weights = _aligned((blocks, inputs, 4))
+        weights[:] = _lanes(bits.reshape(blocks, LANES, inputs).transpose(0, 2, 1))
+        thr, d = threshold.astype(np.int64), direction.astype(np.int64)
+        up = (k - thr) // 2 + 1  # t >= thr <=> h <= floor((k - thr) / 2) <=> h < up
+        down = -((thr - k) // 2)  # t <= thr <=> h >= ceil((k - thr) / 2) = down
+        digits = max(6, (inputs + 1).bit_length())
+        c = np.zeros(blocks * LANES, np.int64)
+        c[:n] = np.clip(np.where(d > 0, up, down), 0, inputs + 1)
+        flips = np.zeros(blocks * LANES, np.uint8)
+        flips[:n] = d < 0
+        slices = ((c[None, :] >> np.arange(digits)[:, None]) & 1).astype(np.uint8)
+        cbits = _aligned((blocks, digits, 4))
+        cbits[:] = _lanes(slices.reshape(digits, blocks, LANES).transpose(1, 0, 2))
+        flip = _aligned((blocks, 4))
+        flip[:] = _lanes(flips.reshape(blocks, LANES))
+        return cls(weights, cbits, flip, inputs, digits, n, -(-n // 64))
+
+
+class Batch1Plan:
+    """One image's hidden layers and last layer in one call of ``bitsliced.c``.
+
+    ``layers``: the hidden layers in order; ``acts``: int64 (L + 1, >= words) activation rows,
+    row 0 holding the first layer's packed output (the caller writes it), row l + 1 written by
+    hidden layer l; ``last_weight`` int64 (classes, words) and ``last_k`` the last layer;
+    ``s`` int64 (1, classes), the pre-activations :meth:`run` writes. The arrays are kept
+    alive by the plan, which passes their addresses to C (it checks their shapes here, once).
+    """
+
+    def __init__(
+        self,
+        layers: list[BitslicedLayer],
+        acts: np.ndarray,
+        last_weight: np.ndarray,
+        last_k: int,
+        s: np.ndarray,
+    ):
+        st, lib = _loaded()
+        if lib is None:
+            raise RuntimeError(f"the native kernels are not available: {st.why}")
+        checks = [acts.dtype == np.int64 and acts.flags.c_contiguous and acts.ndim == 2]
+        checks.append(acts.shape[0] == len(layers) + 1)
+        width = acts.shape[1]
+        for lay in layers:
+            checks.append(lay.inputs <= 64 * width and lay.out_words <= width)
+        lw = np.ascontiguousarray(last_weight, np.int64)
+        checks.append(s.dtype == np.int64 and s.flags.c_contiguous and s.shape == (1, lw.shape[0]))
+        checks.append(lw.shape[1] <= width)
+        if not all(checks):
+            raise ValueError("Batch1Plan: arrays of the wrong shape, type or layout")
+        row = acts.strides[0]
+        base = acts.ctypes.data
+        plan: list[int] = []
+        for i, lay in enumerate(layers):
+            plan += [base + i * row, lay.inputs, lay.weights.ctypes.data, lay.weights.shape[0]]
+            plan += [lay.digits, lay.cbits.ctypes.data, lay.flip.ctypes.data]
+            plan += [base + (i + 1) * row, lay.out_words]
+        plan += [base + len(layers) * row, lw.ctypes.data, lw.shape[0], lw.shape[1], last_k]
+        self._keep = (layers, acts, lw, s)
+        self._plan = np.array(plan, np.int64)
+        self._mask = np.zeros(max([lay.inputs for lay in layers] + [1]), np.int32)
+        self._args = (self._plan.ctypes.data, len(layers), self._mask.ctypes.data, s.ctypes.data)
+        self._call = lib.bnn_hidden_and_last
+
+    def run(self) -> None:
+        """acts[1:] and s from acts[0] (not thread-safe: one call at a time per plan)."""
+        refused = self._call(*self._args)
+        if refused:
+            raise RuntimeError(f"bitsliced.c refused hidden layer {refused}")
