@@ -125,6 +125,44 @@ def test_padding_bits_are_counted_as_numba_counts_them():
 
 
 @needs_native
+@pytest.mark.parametrize("k0, n", [(784, 300), (20, 64), (1, 5), (200, 513)])
+def test_first_layer_equals_numpy_with_ties(k0, n):
+    """The first layer by bit planes (run_image) against numpy's integers: t_j = 2 W_b . x -
+    255 sum_i w_ij compared with thresholds set to t_j itself (ties, where the two directions
+    differ), t_j +/- 1, far below and far above, on images with zeros, 255s and everything in
+    between; the last layer's pre-activations too."""
+    rng = np.random.default_rng(k0)
+    w, _, _ = _random_layer(rng, n, k0)
+    pm1 = (
+        2 * np.unpackbits(w.view(np.uint8), axis=1, bitorder="little")[:, :k0].astype(np.int64) - 1
+    )
+    wsum = pm1.sum(1)
+    last_w = _random_layer(rng, 7, n)[0]
+    for trial in range(6):
+        x = rng.integers(0, 256, k0).astype(np.uint8)
+        x[rng.random(k0) < 0.6] = 0
+        x[rng.random(k0) < 0.1] = 255
+        if trial == 0:
+            x[:] = 0
+        t = 2 * (pm1 @ x.astype(np.int64)) - 255 * wsum
+        thr = t + rng.integers(-1, 2, n)
+        thr[rng.random(n) < 0.1] = -(10**12)
+        thr[rng.random(n) < 0.1] = 10**12
+        d = np.where(rng.random(n) < 0.5, 1, -1).astype(np.int64)
+        first = native.FirstBitsliced.from_packed(w, wsum, thr, d, k0)
+        acts = np.zeros((1, -(-n // 64)), np.int64)
+        s = np.zeros((1, 7), np.int64)
+        plan = native.Batch1Plan([], acts, last_w, n, s, first)
+        plan.run_image(x)
+        bits = ((t - thr) * d >= 0).astype(np.uint8)
+        padded = np.zeros(64 * acts.shape[1], np.uint8)
+        padded[:n] = bits
+        want = np.packbits(padded, bitorder="little").view("<i8")
+        assert np.array_equal(acts[0], want), trial
+        assert np.array_equal(s[0], n - 2 * _xor_popcount(want, last_w)), trial
+
+
+@needs_native
 def test_plan_refuses_wrong_buffers():
     rng = np.random.default_rng(0)
     w, t, d = _random_layer(rng, 64, 128)

@@ -165,12 +165,13 @@ class FusedMLP:
         #: batches of more than FUSED_CHUNK images: chunks shared between threads (True), or
         #: run one after the other on the calling thread (False)
         self.chunks_parallel = True
-        #: a lone image's hidden layers by the hand-written bit-sliced C kernels
-        #: (:mod:`bnnlib.kernels.native`, where :func:`native.status` says they are
-        #: available): None when its call would run on one thread anyway, True / False:
-        #: always / never (numba's loops; the same results bit for bit)
+        #: a lone image by the hand-written bit-sliced C kernels (:mod:`bnnlib.kernels.
+        #: native`, where :func:`native.status` says they are available): its hidden and last
+        #: layers, and its first layer too with ``first_layer`` "bitplanes" or "auto" (bit
+        #: planes, counted bit-sliced); None: when the call would run on one thread anyway,
+        #: True / False: always / never (numba's loops; the same results bit for bit)
         self.native: bool | None = None
-        self._bitsliced: list[native.BitslicedLayer] | None = None
+        self._bitsliced: tuple[native.FirstBitsliced, list[native.BitslicedLayer]] | None = None
         self._plan: tuple[kfused.BoundMLP, native.Batch1Plan] | None = None
 
     @property
@@ -275,9 +276,13 @@ class FusedMLP:
         if mode == kfused.FIRST_GIVEN:
             self._first_by_int8_gemm(x, call.buffers.acts)
         if m == 1 and self._native_for(parallel):
-            if mode != kfused.FIRST_GIVEN:
-                call.run_first(x, mode, max_nonzero)
-            self._batch1_plan(call).run()
+            plan = self._batch1_plan(call)
+            if mode in (kfused.FIRST_BITPLANES, kfused.FIRST_AUTO):
+                plan.run_image(x)  # every layer in C, the first by bit planes
+            else:
+                if mode == kfused.FIRST_INT8:
+                    call.run_first(x, mode, max_nonzero)
+                plan.run()
             return call.buffers.s
         call.run(parallel, x, mode, max_nonzero)
         return call.buffers.s
@@ -292,8 +297,8 @@ class FusedMLP:
         """The native plan bound to ``call``'s buffers (made again when they were)."""
         if self._plan is None or self._plan[0] is not call:
             if self._bitsliced is None:
-                h = self.hidden
-                self._bitsliced = [
+                h, f = self.hidden, self.first
+                hidden = [
                     native.BitslicedLayer.from_packed(
                         h.weights[wo : wo + n * w_in].reshape(n, w_in),
                         h.thresholds[to : to + n],
@@ -302,8 +307,14 @@ class FusedMLP:
                     )
                     for n, w_in, k, wo, to in h.table.tolist()
                 ]
+                rows = np.ascontiguousarray(f.weight_t.T)
+                first = native.FirstBitsliced.from_packed(
+                    rows, f.wsum, f.threshold, f.direction, self.k
+                )
+                self._bitsliced = (first, hidden)
+            first, hidden = self._bitsliced
             b = call.buffers
-            plan = native.Batch1Plan(self._bitsliced, b.acts, self.last.weight, self.last.k, b.s)
+            plan = native.Batch1Plan(hidden, b.acts, self.last.weight, self.last.k, b.s, first)
             self._plan = (call, plan)
         return self._plan[1]
 

@@ -42,33 +42,102 @@ int bnn_native_isa(void) { return 2; }
         l = _mm256_xor_si256(u_, C);                                               \
     } while (0)
 
-/* Input i's bit-vector: its weights XOR its activation bit (mask: 0 or -1). */
-static inline __m256i input(const uint64_t *wb, const int32_t *mask, int64_t i) {
-    return _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(wb + 4 * i)),
-                            _mm256_set1_epi32(mask[i]));
-}
-
-/* Inputs i .. i+7 into the counter (ones, twos, fours); e: the carry of weight 8. */
-#define ADD8(ones, twos, fours, e, i)                                              \
+/* Adds 8 input bit-vectors IN(i) .. IN(i+7) into the counter (ones, twos, fours); e: the
+ * carry of weight 8. */
+#define ADD8(IN, ones, twos, fours, e, i)                                          \
     do {                                                                           \
         __m256i tA_, tB_, fA_, fB_;                                                \
-        CSA(tA_, ones, ones, input(wb, mask, (i) + 0), input(wb, mask, (i) + 1));  \
-        CSA(tB_, ones, ones, input(wb, mask, (i) + 2), input(wb, mask, (i) + 3));  \
+        CSA(tA_, ones, ones, IN((i) + 0), IN((i) + 1));                            \
+        CSA(tB_, ones, ones, IN((i) + 2), IN((i) + 3));                            \
         CSA(fA_, twos, twos, tA_, tB_);                                            \
-        CSA(tA_, ones, ones, input(wb, mask, (i) + 4), input(wb, mask, (i) + 5));  \
-        CSA(tB_, ones, ones, input(wb, mask, (i) + 6), input(wb, mask, (i) + 7));  \
+        CSA(tA_, ones, ones, IN((i) + 4), IN((i) + 5));                            \
+        CSA(tB_, ones, ones, IN((i) + 6), IN((i) + 7));                            \
         CSA(fB_, twos, twos, tA_, tB_);                                            \
         CSA(e, fours, fours, fA_, fB_);                                            \
     } while (0)
 
 /* Add the bit-vector c (weight 2^from) into digits from .. digits-1 (carries past the top
- * digit cannot occur: the caller sized the counter for the layer's inputs). */
+ * digit cannot occur: the caller sized the counter for the count). */
 static inline void ripple(__m256i *digit, int from, int digits, __m256i c) {
     for (int d = from; d < digits; d++) {
         __m256i carry = _mm256_and_si256(digit[d], c);
         digit[d] = _mm256_xor_si256(digit[d], c);
         c = carry;
     }
+}
+
+/* digit[0 .. digits) = the bit-sliced sum of the m bit-vectors IN(0) .. IN(m-1) (digits >= 6,
+ * m < 2^digits). Two chains of carry-save adders take alternate groups of 8 inputs, so that
+ * the processor overlaps their latencies; their 16s meet in one more adder, whose 32s ripple
+ * into the high digits. */
+#define COUNT(IN)                                                                  \
+    do {                                                                           \
+        const __m256i z = _mm256_setzero_si256();                                  \
+        __m256i oA = z, tA = z, fA = z, oB = z, tB = z, fB = z, eights = z, s16 = z; \
+        __m256i eA, eB, x16, y16, x32, c1, c2, c3;                                 \
+        for (int d = 0; d < digits; d++) digit[d] = z;                             \
+        int64_t i = 0;                                                             \
+        for (; i + 32 <= m; i += 32) {                                             \
+            ADD8(IN, oA, tA, fA, eA, i);                                           \
+            ADD8(IN, oB, tB, fB, eB, i + 8);                                       \
+            CSA(x16, eights, eights, eA, eB);                                      \
+            ADD8(IN, oA, tA, fA, eA, i + 16);                                      \
+            ADD8(IN, oB, tB, fB, eB, i + 24);                                      \
+            CSA(y16, eights, eights, eA, eB);                                      \
+            CSA(x32, s16, s16, x16, y16);                                          \
+            ripple(digit, 5, digits, x32);                                         \
+        }                                                                          \
+        for (; i + 16 <= m; i += 16) {                                             \
+            ADD8(IN, oA, tA, fA, eA, i);                                           \
+            ADD8(IN, oB, tB, fB, eB, i + 8);                                       \
+            CSA(x16, eights, eights, eA, eB);                                      \
+            CSA(x32, s16, s16, x16, z);                                            \
+            ripple(digit, 5, digits, x32);                                         \
+        }                                                                          \
+        digit[4] = s16; /* the two chains' low digits added, with the 8s and 16s */ \
+        digit[3] = eights;                                                         \
+        CSA(c1, digit[0], oA, oB, z);                                              \
+        CSA(c2, digit[1], tA, tB, c1);                                             \
+        CSA(c3, digit[2], fA, fB, c2);                                             \
+        ripple(digit, 3, digits, c3);                                              \
+        for (; i < m; i++) ripple(digit, 0, digits, IN(i));                        \
+    } while (0)
+
+/* A hidden layer's inputs: input i's weights XOR its activation bit (mask[i]: 0 or -1). */
+#define XOR_INPUT(i)                                                               \
+    _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(wb + 4 * (i))),          \
+                     _mm256_set1_epi32(mask[i]))
+
+static void count_differing(const uint64_t *wb, const int32_t *mask, int64_t m, __m256i *digit,
+                            int digits) {
+    COUNT(XOR_INPUT);
+}
+
+/* The first layer's inputs: the weights of the pixels listed in idx. */
+#define LISTED_INPUT(i) _mm256_loadu_si256((const __m256i *)(wb + 4 * (int64_t)idx[i]))
+
+static void count_listed(const uint64_t *wb, const int32_t *idx, int64_t m, __m256i *digit,
+                         int digits) {
+    COUNT(LISTED_INPUT);
+}
+
+/* Lanes where the bit-sliced h < c (c: digits x 4 words): the borrow of h - c. */
+static inline __m256i less_than(const __m256i *h, const uint64_t *c, int digits) {
+    __m256i borrow = _mm256_setzero_si256();
+    for (int d = 0; d < digits; d++) {
+        __m256i cd = _mm256_loadu_si256((const __m256i *)(c + 4 * d));
+        borrow = _mm256_or_si256(_mm256_andnot_si256(h[d], cd),
+                                 _mm256_andnot_si256(_mm256_xor_si256(h[d], cd), borrow));
+    }
+    return borrow;
+}
+
+/* Store the 256 output bits of block b (only the words below out_words). */
+static inline void store_block(uint64_t *out, int64_t b, int64_t out_words, __m256i bits) {
+    uint64_t words[4];
+    _mm256_storeu_si256((__m256i *)words, bits);
+    int64_t n = out_words - 4 * b < 4 ? out_words - 4 * b : 4;
+    memcpy(out + 4 * b, words, 8 * (size_t)n);
 }
 
 /* One image through one layer.
@@ -84,60 +153,87 @@ static inline void ripple(__m256i *digit, int from, int digits, __m256i c) {
 int bnn_bitsliced_layer(const uint64_t *a, int64_t k, const uint64_t *wt, int64_t blocks,
                         int64_t digits, const uint64_t *cbits, const uint64_t *flip,
                         uint64_t *out, int64_t out_words, int32_t *mask) {
-    if (digits < 6 || digits > MAX_DIGITS) return -1;
+    if (digits < 6 || digits > MAX_DIGITS || k >= (int64_t)1 << digits) return -1;
     for (int64_t w = 0; 64 * w < k; w++) {
         uint64_t x = a[w];
         int64_t n = k - 64 * w < 64 ? k - 64 * w : 64;
         for (int64_t t = 0; t < n; t++) mask[64 * w + t] = -(int32_t)((x >> t) & 1);
     }
-    const __m256i z = _mm256_setzero_si256();
+    __m256i h[MAX_DIGITS];
     for (int64_t b = 0; b < blocks; b++) {
-        const uint64_t *wb = wt + b * k * 4;
-        __m256i oA = z, tA = z, fA = z, oB = z, tB = z, fB = z, eights = z, s16 = z;
-        __m256i eA, eB, x16, y16, x32;
-        __m256i digit[MAX_DIGITS];
-        for (int d = 0; d < digits; d++) digit[d] = z;
-        int64_t i = 0;
-        for (; i + 32 <= k; i += 32) { /* two chains: inputs i..i+7, i+16.. in A, the rest B */
-            ADD8(oA, tA, fA, eA, i);
-            ADD8(oB, tB, fB, eB, i + 8);
-            CSA(x16, eights, eights, eA, eB);
-            ADD8(oA, tA, fA, eA, i + 16);
-            ADD8(oB, tB, fB, eB, i + 24);
-            CSA(y16, eights, eights, eA, eB);
-            CSA(x32, s16, s16, x16, y16);
-            ripple(digit, 5, (int)digits, x32);
+        count_differing(wt + b * k * 4, mask, k, h, (int)digits);
+        __m256i f = _mm256_loadu_si256((const __m256i *)(flip + 4 * b));
+        store_block(out, b, out_words, _mm256_xor_si256(less_than(h, cbits + b * digits * 4,
+                                                                  (int)digits), f));
+    }
+    return 0;
+}
+
+/* One image through the first layer (8-bit pixels) by bit planes, counted bit-sliced.
+ *
+ * With x_i = sum_n 2^n x_i^n and b_ij the weight bits (w = 2b - 1), P_j = sum_n 2^n
+ * #{i : x_i^n = 1, b_ij = 1} and W_b . x = 2 P_j - sum(x): each plane n adds the weight
+ * vectors of the pixels whose bit n is set (only those: MNIST's zeros cost nothing), counted
+ * as above, into P at digit n. The compare of the numba path, t = 2 (W_b . x) - 255 sum_i w_ij
+ * against the threshold, is the sign of Z_j = 4 P_j + K_j - 2 sum(x) in two's complement, with
+ * K_j = -(threshold_j + 255 wsum_j) (minus 1 more for direction -1, whose bit is Z_j < 0, i.e.
+ * t <= threshold); direction +1's bit is Z_j >= 0.
+ *   x       k0 pixels; wt0: blocks x (k0 + 1) x 4 words: pixel i's weight bits of 256
+ *           neurons, then a zero row (the lists are padded with it to whole groups of 16);
+ *   qdigits digits of one plane's count (k0 + 16 < 2^qdigits, >= 6);
+ *   zdigits digits of Z (two's complement; the caller clipped K so that Z fits);
+ *   kbits   blocks x zdigits x 4 words: K, bit-sliced; flip: blocks x 4 words, 1 where the bit
+ *           is Z >= 0 (padding lanes: K = -1, flip 1, so their bit is 0);
+ *   lists   scratch, 8 (k0 + 16) int32. */
+int bnn_first_layer(const uint8_t *x, int64_t k0, const uint64_t *wt0, int64_t blocks,
+                    int64_t qdigits, int64_t zdigits, const uint64_t *kbits,
+                    const uint64_t *flip, uint64_t *out, int64_t out_words, int32_t *lists) {
+    if (qdigits < 6 || qdigits > MAX_DIGITS || k0 + 16 >= (int64_t)1 << qdigits) return -1;
+    if (zdigits < 3 || zdigits > 62) return -1;
+    int64_t count[8] = {0}, sumx = 0;
+    const int64_t stride = k0 + 16;
+    for (int64_t i = 0; i < k0; i++) {
+        unsigned v = x[i];
+        sumx += v;
+        for (int n = 0; v; n++, v >>= 1)
+            if (v & 1) lists[n * stride + count[n]++] = (int32_t)i;
+    }
+    for (int n = 0; n < 8; n++) /* to a multiple of 16 with the zero row k0: no slow tail */
+        while (count[n] % 16) lists[n * stride + count[n]++] = (int32_t)k0;
+    const __m256i z = _mm256_setzero_si256(), all = _mm256_set1_epi32(-1);
+    const int64_t e = -2 * sumx; /* its two's complement digits, broadcast */
+    __m256i q[MAX_DIGITS], p[64], t[64];
+    for (int64_t b = 0; b < blocks; b++) {
+        const uint64_t *wb = wt0 + b * (k0 + 1) * 4;
+        for (int d = 0; d < zdigits; d++) p[d] = z;
+        for (int n = 0; n < 8; n++) { /* P += 2^n Q_n, Q_n: plane n's count */
+            if (!count[n]) continue;
+            count_listed(wb, lists + n * stride, count[n], q, (int)qdigits);
+            __m256i carry = z;
+            for (int d = n; d < zdigits; d++) {
+                __m256i qd = d - n < qdigits ? q[d - n] : z, u = _mm256_xor_si256(p[d], qd);
+                __m256i s = _mm256_xor_si256(u, carry);
+                carry = _mm256_or_si256(_mm256_and_si256(p[d], qd), _mm256_and_si256(u, carry));
+                p[d] = s;
+            }
         }
-        for (; i + 16 <= k; i += 16) {
-            ADD8(oA, tA, fA, eA, i);
-            ADD8(oB, tB, fB, eB, i + 8);
-            CSA(x16, eights, eights, eA, eB);
-            CSA(x32, s16, s16, x16, z);
-            ripple(digit, 5, (int)digits, x32);
+        const uint64_t *kb = kbits + b * zdigits * 4;
+        __m256i carry = z;
+        for (int d = 0; d < zdigits; d++) { /* t = K + e */
+            __m256i kd = _mm256_loadu_si256((const __m256i *)(kb + 4 * d));
+            __m256i ed = (e >> d) & 1 ? all : z, u = _mm256_xor_si256(kd, ed);
+            t[d] = _mm256_xor_si256(u, carry);
+            carry = _mm256_or_si256(_mm256_and_si256(kd, ed), _mm256_and_si256(u, carry));
         }
-        /* The two chains' low digits added: bit 0, 1, 2 and the carry into weight 8. */
-        __m256i c1, c2, c3;
-        digit[4] = s16;
-        digit[3] = eights;
-        CSA(c1, digit[0], oA, oB, z);
-        CSA(c2, digit[1], tA, tB, c1);
-        CSA(c3, digit[2], fA, fB, c2);
-        ripple(digit, 3, (int)digits, c3);
-        for (; i < k; i++) ripple(digit, 0, (int)digits, input(wb, mask, i));
-        /* borrow of h - C, digit by digit from the lowest: lane j set where h_j < C_j */
-        const uint64_t *cb = cbits + b * digits * 4;
-        __m256i borrow = z;
-        for (int d = 0; d < digits; d++) {
-            __m256i h = digit[d], c = _mm256_loadu_si256((const __m256i *)(cb + 4 * d));
-            borrow = _mm256_or_si256(_mm256_andnot_si256(h, c),
-                                     _mm256_andnot_si256(_mm256_xor_si256(h, c), borrow));
+        carry = z;
+        for (int d = 2; d < zdigits; d++) { /* t += 4 P (digits 0 and 1 of 4 P are 0) */
+            __m256i pd = p[d - 2], u = _mm256_xor_si256(t[d], pd);
+            __m256i s = _mm256_xor_si256(u, carry);
+            carry = _mm256_or_si256(_mm256_and_si256(t[d], pd), _mm256_and_si256(u, carry));
+            t[d] = s;
         }
-        /* output bits: (h < C) XOR flip */
-        __m256i bits = _mm256_xor_si256(borrow, _mm256_loadu_si256((const __m256i *)(flip + 4 * b)));
-        uint64_t words[4];
-        _mm256_storeu_si256((__m256i *)words, bits);
-        int64_t n = out_words - 4 * b < 4 ? out_words - 4 * b : 4;
-        memcpy(out + 4 * b, words, 8 * (size_t)n);
+        __m256i f = _mm256_loadu_si256((const __m256i *)(flip + 4 * b));
+        store_block(out, b, out_words, _mm256_xor_si256(t[zdigits - 1], f)); /* sign ^ flip */
     }
     return 0;
 }
@@ -168,6 +264,19 @@ int bnn_hidden_and_last(const int64_t *plan, int64_t layers, int32_t *mask, int6
     const int64_t *p = plan + 9 * layers;
     last_layer((const uint64_t *)p[0], (const uint64_t *)p[1], p[2], p[3], p[4], s);
     return 0;
+}
+
+/* One image through the whole MLP: the first layer (first: the arguments of bnn_first_layer
+ * but x and lists, addresses as integers: k0, wt0, blocks, qdigits, zdigits, kbits, flip,
+ * out, out_words), then bnn_hidden_and_last. Returns 0, -1 if the first layer refused, or
+ * the 1-based index of a hidden layer that refused. */
+int bnn_mlp_image(const uint8_t *x, const int64_t *first, const int64_t *plan, int64_t layers,
+                  int32_t *lists, int32_t *mask, int64_t *s) {
+    if (bnn_first_layer(x, first[0], (const uint64_t *)first[1], first[2], first[3], first[4],
+                        (const uint64_t *)first[5], (const uint64_t *)first[6],
+                        (uint64_t *)first[7], first[8], lists) != 0)
+        return -1;
+    return bnn_hidden_and_last(plan, layers, mask, s);
 }
 
 #else

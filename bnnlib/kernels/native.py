@@ -39,6 +39,7 @@ __all__ = [
     "status",
     "NativeStatus",
     "BitslicedLayer",
+    "FirstBitsliced",
     "Batch1Plan",
     "LANES",
 ]
@@ -98,6 +99,8 @@ def _load() -> tuple[NativeStatus, ctypes.CDLL | None]:
     p, i64 = ctypes.c_void_p, ctypes.c_int64
     lib.bnn_hidden_and_last.argtypes = [p, i64, p, p]
     lib.bnn_hidden_and_last.restype = ctypes.c_int
+    lib.bnn_mlp_image.argtypes = [p, p, p, i64, p, p, p]
+    lib.bnn_mlp_image.restype = ctypes.c_int
     return NativeStatus(True, "built and loaded", cc), lib
 
 
@@ -183,14 +186,80 @@ class BitslicedLayer:
         return cls(weights, cbits, flip, inputs, digits, n, -(-n // 64))
 
 
+@dataclass(frozen=True)
+class FirstBitsliced:
+    """The first layer (8-bit pixels) in the layout of ``bitsliced.c``'s bit planes.
+
+    ``from_packed(w, wsum, threshold, direction, k0)``: ``w`` int64 (n, words) packed rows of
+    the +/-1 weights over the k0 pixels, ``wsum`` their sums; the output bit of neuron j is
+    ``(t - threshold[j]) * direction[j] >= 0`` with ``t = 2 W_b . x - 255 wsum[j]``, as in
+    :mod:`bnnlib.kernels.fused`. With P_j the bit-plane count (``W_b . x = 2 P_j - sum(x)``)
+    that is the sign of ``Z_j = 4 P_j + K_j - 2 sum(x)``: ``K_j = -(threshold_j + 255
+    wsum_j)``, less 1 for direction -1 (bit: Z < 0) than for +1 (bit: Z >= 0); K is clipped to
+    +/- 2^(digits of 255 k0 + 2), which keeps every sign and lets Z fit its digits.
+    """
+
+    #: uint64 (blocks, k0 + 1, 4): block b, pixel i: the weight bits of 256 neurons; then a
+    #: zero row, which pads the kernel's lists of pixels to whole groups of 16.
+    weights: np.ndarray
+    #: uint64 (blocks, zdigits, 4): K, two's complement, bit-sliced.
+    kbits: np.ndarray
+    #: uint64 (blocks, 4): 1 where the bit is Z >= 0 (direction +1).
+    flip: np.ndarray
+    #: Pixels, digits of one plane's count, digits of Z.
+    k0: int
+    qdigits: int
+    zdigits: int
+    n: int
+    out_words: int
+
+    @classmethod
+    def from_packed(
+        cls,
+        w: np.ndarray,
+        wsum: np.ndarray,
+        threshold: np.ndarray,
+        direction: np.ndarray,
+        k0: int,
+    ) -> FirstBitsliced:
+        n, words = w.shape
+        if not np.isin(direction, (-1, 1)).all():
+            raise ValueError("directions must be +1 or -1")
+        if not 0 < k0 <= 64 * words:
+            raise ValueError(f"k0 = {k0} pixels do not fit {words} words")
+        blocks = -(-n // LANES)
+        bits = np.zeros((blocks * LANES, k0), np.uint8)
+        raw = np.ascontiguousarray(w).view(np.uint8).reshape(n, 8 * words)
+        bits[:n] = np.unpackbits(raw, axis=1, bitorder="little")[:, :k0]
+        weights = _aligned((blocks, k0 + 1, 4))
+        weights[:, :k0] = _lanes(bits.reshape(blocks, LANES, k0).transpose(0, 2, 1))
+        pdigits = (255 * k0).bit_length()
+        zdigits = pdigits + 4
+        a = threshold.astype(np.int64) + 255 * wsum.astype(np.int64)
+        d = direction.astype(np.int64)
+        lim = 1 << (pdigits + 2)
+        k = np.full(blocks * LANES, -1, np.int64)  # padding lanes: Z < 0, flip 1: bit 0
+        k[:n] = np.clip(np.where(d > 0, -a, -a - 1), -lim, lim)
+        flips = np.ones(blocks * LANES, np.uint8)
+        flips[:n] = d > 0
+        slices = ((k[None, :] >> np.arange(zdigits)[:, None]) & 1).astype(np.uint8)
+        kbits = _aligned((blocks, zdigits, 4))
+        kbits[:] = _lanes(slices.reshape(zdigits, blocks, LANES).transpose(1, 0, 2))
+        flip = _aligned((blocks, 4))
+        flip[:] = _lanes(flips.reshape(blocks, LANES))
+        qdigits = max(6, (k0 + 16).bit_length())
+        return cls(weights, kbits, flip, k0, qdigits, zdigits, n, -(-n // 64))
+
+
 class Batch1Plan:
-    """One image's hidden layers and last layer in one call of ``bitsliced.c``.
+    """One image through a packed MLP's layers in one call of ``bitsliced.c``.
 
     ``layers``: the hidden layers in order; ``acts``: int64 (L + 1, >= words) activation rows,
-    row 0 holding the first layer's packed output (the caller writes it), row l + 1 written by
-    hidden layer l; ``last_weight`` int64 (classes, words) and ``last_k`` the last layer;
-    ``s`` int64 (1, classes), the pre-activations :meth:`run` writes. The arrays are kept
-    alive by the plan, which passes their addresses to C (it checks their shapes here, once).
+    row 0 the first layer's packed output, row l + 1 written by hidden layer l;
+    ``last_weight`` int64 (classes, words) and ``last_k`` the last layer; ``s`` int64
+    (1, classes), the pre-activations written; ``first``: the first layer, for
+    :meth:`run_image`. The arrays are kept alive by the plan, which passes their addresses to
+    C (it checks their shapes here, once).
     """
 
     def __init__(
@@ -200,6 +269,7 @@ class Batch1Plan:
         last_weight: np.ndarray,
         last_k: int,
         s: np.ndarray,
+        first: FirstBitsliced | None = None,
     ):
         st, lib = _loaded()
         if lib is None:
@@ -212,6 +282,8 @@ class Batch1Plan:
         lw = np.ascontiguousarray(last_weight, np.int64)
         checks.append(s.dtype == np.int64 and s.flags.c_contiguous and s.shape == (1, lw.shape[0]))
         checks.append(lw.shape[1] <= width)
+        if first is not None:
+            checks.append(first.out_words <= width)
         if not all(checks):
             raise ValueError("Batch1Plan: arrays of the wrong shape, type or layout")
         row = acts.strides[0]
@@ -222,14 +294,38 @@ class Batch1Plan:
             plan += [lay.digits, lay.cbits.ctypes.data, lay.flip.ctypes.data]
             plan += [base + (i + 1) * row, lay.out_words]
         plan += [base + len(layers) * row, lw.ctypes.data, lw.shape[0], lw.shape[1], last_k]
-        self._keep = (layers, acts, lw, s)
+        self.first = first
+        self._keep = (layers, acts, lw, s, first)
         self._plan = np.array(plan, np.int64)
         self._mask = np.zeros(max([lay.inputs for lay in layers] + [1]), np.int32)
         self._args = (self._plan.ctypes.data, len(layers), self._mask.ctypes.data, s.ctypes.data)
         self._call = lib.bnn_hidden_and_last
+        if first is not None:
+            f = first
+            self._x = np.zeros(f.k0, np.uint8)  # the image is copied here: a fixed address
+            self._lists = np.zeros(8 * (f.k0 + 16), np.int32)
+            self._first = np.array(
+                [f.k0, f.weights.ctypes.data, f.weights.shape[0], f.qdigits, f.zdigits,
+                 f.kbits.ctypes.data, f.flip.ctypes.data, base, f.out_words], np.int64,
+            )  # fmt: skip
+            self._image_args = (
+                self._x.ctypes.data, self._first.ctypes.data, *self._args[:2],
+                self._lists.ctypes.data, *self._args[2:],
+            )  # fmt: skip
+            self._image = lib.bnn_mlp_image
 
     def run(self) -> None:
         """acts[1:] and s from acts[0] (not thread-safe: one call at a time per plan)."""
         refused = self._call(*self._args)
         if refused:
             raise RuntimeError(f"bitsliced.c refused hidden layer {refused}")
+
+    def run_image(self, x: np.ndarray) -> None:
+        """acts and s from the uint8 pixels ``x`` (k0 of them, any shape): every layer, the
+        first by bit planes (not thread-safe: one call at a time per plan)."""
+        if self.first is None:
+            raise ValueError("this plan has no first layer")
+        self._x[:] = x.reshape(-1)
+        refused = self._image(*self._image_args)
+        if refused:
+            raise RuntimeError(f"bitsliced.c refused layer {max(refused, 0)}")
