@@ -148,9 +148,10 @@ def _rounded_apart() -> tuple[float, float, float, float]:
 
 
 def test_compiled_argmax_rounds_as_numpy():
-    """``affine_argmax`` against ``np.argmax(a * (s - mu) + beta, axis=1)``: random scores
-    with ties, a NaN row, negative scales, and a pair that ties only in numpy's rounding (a
-    fused multiply-add would put class 1 ahead; numpy keeps the first of the tie)."""
+    """``affine_argmax`` (numba's, and the C one of :mod:`bnnlib.kernels.native` where it
+    is available) against ``np.argmax(a * (s - mu) + beta, axis=1)``: random scores with
+    ties, a NaN row, negative scales, and a pair that ties only in numpy's rounding (a fused
+    multiply-add would put class 1 ahead; numpy keeps the first of the tie)."""
     from bnnlib.kernels import fused as kfused
 
     rng = np.random.default_rng(1)
@@ -170,11 +171,16 @@ def test_compiled_argmax_rounds_as_numpy():
         np.array([numpy_value, beta1]),
     )
     cases.append(tie)
+    from bnnlib.kernels import native
+
     for s_, a_, mu_, beta_ in cases:
         out = np.empty(len(s_), np.int64)
         kfused.affine_argmax(s_, a_, mu_, beta_, out)
         want = np.argmax(a_ * (s_.astype(np.float64) - mu_) + beta_, axis=1)
         assert np.array_equal(out, want)
+        if native.status().available:  # the C argmax of a lone image, row by row
+            got = [native.affine_argmax(row, a_, mu_, beta_) for row in s_]
+            assert np.array_equal(got, want)
     assert out[0] == 0  # the tie: numpy's rounding, the first class
 
 

@@ -252,9 +252,10 @@ class FusedMLP:
                     x, FUSED_CHUNK, mode, max_nonzero, self.first, self.hidden, self.last, words
                 )
             elif m <= FUSED_CHUNK and classes is not None:
-                s = self._chunk(x, mode, max_nonzero)  # the buffer: read before the lock goes
-                kfused.affine_argmax(s, self.a, self.mu, self.beta, classes)
-                return None
+                s = self._chunk(x, mode, max_nonzero, classes)
+                if s is not None:  # the buffer: read before the lock goes
+                    kfused.affine_argmax(s, self.a, self.mu, self.beta, classes)
+                return None  # (else the native kernels wrote the class)
             else:
                 parts = [
                     self._chunk(x[i : i + FUSED_CHUNK], mode, max_nonzero).copy()
@@ -266,10 +267,13 @@ class FusedMLP:
         kfused.affine_argmax(s, self.a, self.mu, self.beta, classes)
         return None
 
-    def _chunk(self, x: np.ndarray, mode: int, max_nonzero: int) -> np.ndarray:
+    def _chunk(
+        self, x: np.ndarray, mode: int, max_nonzero: int, classes: np.ndarray | None = None
+    ) -> np.ndarray | None:
         """Pre-activations of at most FUSED_CHUNK images in one call on the bound buffers of
         their batch size (the caller holds the lock): the kernel's buffer ``s``, which the
-        next call of the same size overwrites."""
+        next call of the same size overwrites. With ``classes``, a lone image that the native
+        kernels run whole gets its class written there instead (None returned)."""
         m = x.shape[0]
         parallel = m >= PARALLEL_MIN_BATCH if self.parallel is None else self.parallel
         call = self._calls.get(m) or self._new_call(m)
@@ -278,6 +282,9 @@ class FusedMLP:
         if m == 1 and self._native_for(parallel):
             plan = self._batch1_plan(call)
             if mode in (kfused.FIRST_BITPLANES, kfused.FIRST_AUTO):
+                if classes is not None:  # every layer and the argmax in C
+                    classes[0] = plan.classify_image(x)
+                    return None
                 plan.run_image(x)  # every layer in C, the first by bit planes
             else:
                 if mode == kfused.FIRST_INT8:
@@ -314,7 +321,10 @@ class FusedMLP:
                 self._bitsliced = (first, hidden)
             first, hidden = self._bitsliced
             b = call.buffers
-            plan = native.Batch1Plan(hidden, b.acts, self.last.weight, self.last.k, b.s, first)
+            plan = native.Batch1Plan(
+                hidden, b.acts, self.last.weight, self.last.k, b.s, first,
+                (self.a, self.mu, self.beta),
+            )  # fmt: skip
             self._plan = (call, plan)
         return self._plan[1]
 

@@ -24,8 +24,28 @@
  * overlaps their latencies. AVX2 only; without it bnn_native_isa() is 0 and nothing else is
  * defined. Built by bnnlib.kernels.native at -O3 -march=native with the system C compiler.
  */
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
+
+/* The first j of the largest a[j] (s[j] - mu[j]) + beta[j] in float64, each operation rounded
+ * as numpy rounds it (built with -ffp-contract=off: no fused multiply-add), the first NaN
+ * where there is one: numpy.argmax(a * (s - mu) + beta) for one image. */
+int64_t bnn_affine_argmax(const int64_t *s, int64_t n, const double *a, const double *mu,
+                          const double *beta) {
+    int64_t best = 0;
+    double top = a[0] * ((double)s[0] - mu[0]) + beta[0];
+    if (isnan(top)) return 0;
+    for (int64_t j = 1; j < n; j++) {
+        double v = a[j] * ((double)s[j] - mu[j]) + beta[j];
+        if (isnan(v)) return j;
+        if (v > top) {
+            best = j;
+            top = v;
+        }
+    }
+    return best;
+}
 
 #ifdef __AVX2__
 #include <immintrin.h>
@@ -277,6 +297,18 @@ int bnn_mlp_image(const uint8_t *x, const int64_t *first, const int64_t *plan, i
                         (uint64_t *)first[7], first[8], lists) != 0)
         return -1;
     return bnn_hidden_and_last(plan, layers, mask, s);
+}
+
+/* bnn_mlp_image, then the class of the image into cls[0] (affine: a, mu, beta of the last
+ * layer's batch norm, classes doubles each, one after the other). */
+int bnn_mlp_image_class(const uint8_t *x, const int64_t *first, const int64_t *plan,
+                        int64_t layers, int32_t *lists, int32_t *mask, int64_t *s,
+                        const double *affine, int64_t *cls) {
+    int refused = bnn_mlp_image(x, first, plan, layers, lists, mask, s);
+    if (refused) return refused;
+    int64_t n = plan[9 * layers + 2];
+    cls[0] = bnn_affine_argmax(s, n, affine, affine + n, affine + 2 * n);
+    return 0;
 }
 
 #else

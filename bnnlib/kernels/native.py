@@ -37,6 +37,7 @@ import numpy as np
 __all__ = [
     "find_compiler",
     "status",
+    "affine_argmax",
     "NativeStatus",
     "BitslicedLayer",
     "FirstBitsliced",
@@ -75,7 +76,7 @@ def _build(cc: str) -> ctypes.CDLL:
         src, lib = os.path.join(tmp, "bitsliced.c"), os.path.join(tmp, "bitsliced.so")
         with open(src, "w") as f:
             f.write(source)
-        flags = ["-O3", "-march=native", "-shared", "-fPIC", "-o", lib, src]
+        flags = ["-O3", "-march=native", "-ffp-contract=off", "-shared", "-fPIC", "-o", lib, src]
         built = subprocess.run([cc, *flags], capture_output=True, text=True, timeout=120)
         if built.returncode != 0:
             raise RuntimeError(f"{cc} failed: {built.stderr.strip()[-500:]}")
@@ -101,6 +102,10 @@ def _load() -> tuple[NativeStatus, ctypes.CDLL | None]:
     lib.bnn_hidden_and_last.restype = ctypes.c_int
     lib.bnn_mlp_image.argtypes = [p, p, p, i64, p, p, p]
     lib.bnn_mlp_image.restype = ctypes.c_int
+    lib.bnn_mlp_image_class.argtypes = [p, p, p, i64, p, p, p, p, p]
+    lib.bnn_mlp_image_class.restype = ctypes.c_int
+    lib.bnn_affine_argmax.argtypes = [p, i64, p, p, p]
+    lib.bnn_affine_argmax.restype = i64
     return NativeStatus(True, "built and loaded", cc), lib
 
 
@@ -115,6 +120,20 @@ def _loaded() -> tuple[NativeStatus, ctypes.CDLL | None]:
 def status() -> NativeStatus:
     """Whether the kernels are available in this process (built on the first call)."""
     return _loaded()[0]
+
+
+def affine_argmax(s: np.ndarray, a: np.ndarray, mu: np.ndarray, beta: np.ndarray) -> int:
+    """The C argmax of one image's ``a * (s - mu) + beta`` (int64 s, float64 the rest, all
+    of one length): numpy's rounding and ties (:func:`bnnlib.kernels.fused.affine_argmax`)."""
+    st, lib = _loaded()
+    if lib is None:
+        raise RuntimeError(f"the native kernels are not available: {st.why}")
+    s = np.ascontiguousarray(s, np.int64)
+    a, mu, beta = (np.ascontiguousarray(v, np.float64) for v in (a, mu, beta))
+    if s.ndim != 1 or not len(s) or any(v.shape != s.shape for v in (a, mu, beta)):
+        raise ValueError("s, a, mu and beta must be 1-d of one length >= 1")
+    return int(lib.bnn_affine_argmax(s.ctypes.data, len(s), a.ctypes.data, mu.ctypes.data,
+                                     beta.ctypes.data))  # fmt: skip
 
 
 def _aligned(shape: tuple[int, ...]) -> np.ndarray:
@@ -270,6 +289,7 @@ class Batch1Plan:
         last_k: int,
         s: np.ndarray,
         first: FirstBitsliced | None = None,
+        affine: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
     ):
         st, lib = _loaded()
         if lib is None:
@@ -284,6 +304,8 @@ class Batch1Plan:
         checks.append(lw.shape[1] <= width)
         if first is not None:
             checks.append(first.out_words <= width)
+        if affine is not None:
+            checks.append(all(np.shape(v) == (lw.shape[0],) for v in affine))
         if not all(checks):
             raise ValueError("Batch1Plan: arrays of the wrong shape, type or layout")
         row = acts.strides[0]
@@ -313,6 +335,12 @@ class Batch1Plan:
                 self._lists.ctypes.data, *self._args[2:],
             )  # fmt: skip
             self._image = lib.bnn_mlp_image
+            if affine is not None:
+                self._affine = np.concatenate([np.asarray(v, np.float64) for v in affine])
+                self._cls = np.zeros(1, np.int64)
+                args = (*self._image_args[:-1], s.ctypes.data, self._affine.ctypes.data)
+                self._class_args = (*args, self._cls.ctypes.data)
+                self._class = lib.bnn_mlp_image_class
 
     def run(self) -> None:
         """acts[1:] and s from acts[0] (not thread-safe: one call at a time per plan)."""
@@ -329,3 +357,14 @@ class Batch1Plan:
         refused = self._image(*self._image_args)
         if refused:
             raise RuntimeError(f"bitsliced.c refused layer {max(refused, 0)}")
+
+    def classify_image(self, x: np.ndarray) -> int:
+        """:meth:`run_image`, then the class: the argmax of ``a * (s - mu) + beta`` with
+        the plan's ``affine`` (a, mu, beta), rounded as numpy rounds it (:func:`affine_argmax`)."""
+        if self.first is None or not hasattr(self, "_class"):
+            raise ValueError("this plan has no first layer or no affine")
+        self._x[:] = x.reshape(-1)
+        refused = self._class(*self._class_args)
+        if refused:
+            raise RuntimeError(f"bitsliced.c refused layer {max(refused, 0)}")
+        return int(self._cls[0])
