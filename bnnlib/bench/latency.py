@@ -50,8 +50,9 @@ speed drifts (a shared VM) shifts both alike: GMAC/s of each and their ratio.
 
 Batch 1 cycles through different test images (one call, one image, timed alone); larger
 batches are timed whole. The paths of a batch size are timed in interleaved rounds
-(:func:`interleaved_ms`), so that a slow spell of a shared machine falls on all of them; at
-batch 1 the weight-streaming floor's two reads are timed in the same rounds.
+(:func:`interleaved_ms`; at batch 1 rounds of :data:`BATCH1_ROUND_CALLS` calls), so that a
+slow spell of a shared machine falls on all of them; at batch 1 the weight-streaming floor's
+two reads are timed in the same rounds.
 Ratios (``ratios``) compare figures of this run only; ``gmac_per_s``
 gives each path's rate at each batch size. The packed predictions at batch 1 and 100 (and the
 ``*_exact`` baselines' at the largest batch) are compared with the float simulation on the
@@ -100,11 +101,16 @@ __all__ = [
     "interleaved_ms",
     "BASELINES",
     "ROUNDS",
+    "BATCH1_ROUND_CALLS",
 ]
 
 
 #: Rounds of :func:`interleaved_ms`: each path's calls are spread over this many turns.
 ROUNDS = 10
+#: At batch 1 each path takes this many calls per round (100 rounds of the default 2,000
+#: calls): a shared machine's speed drifts within seconds, and at batch 1 two identical paths
+#: timed in 10 rounds of 200 calls came out 30% apart (AMD EPYC, Zen 3, 2026-12-07).
+BATCH1_ROUND_CALLS = 20
 
 
 def interleaved_ms(
@@ -261,7 +267,8 @@ def _mlp_rows(
             calls.update(
                 {FLOOR_PREFIX + k: (lambda i, fn=fn: fn()) for k, fn in floor_reads.items()}
             )
-        ms = interleaved_ms(calls, reps, max(1, reps // 10))
+        rounds = reps // BATCH1_ROUND_CALLS if b == 1 else ROUNDS
+        ms = interleaved_ms(calls, reps, max(1, reps // 10), rounds=max(1, rounds))
         rows[str(b)] = {k: round(v / b, 5) for k, v in ms.items()} | {"repeats": reps}
     return rows
 
