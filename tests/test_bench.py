@@ -405,3 +405,16 @@ def test_interleaved_timing_spreads_every_path_over_the_rounds():
     log.clear()
     interleaved_ms(calls, repeats=2, warmup=0, rounds=10)  # rounds capped at the repeats
     assert log == [("a", 0), ("b", 0), ("a", 1), ("b", 1)]
+    log.clear()
+    timings = iter(range(1000))  # a clock that counts the calls timed
+    import bnnlib.bench.latency as latency
+
+    real = latency.time.perf_counter
+    latency.time.perf_counter = lambda: next(timings)
+    try:  # each turn opened by one untimed call: 2 rounds x 2 paths x (1 + 2) calls
+        interleaved_ms(calls, repeats=4, warmup=0, rounds=2, round_warmup=1)
+    finally:
+        latency.time.perf_counter = real
+    assert log == [("a", 0), ("a", 0), ("a", 1), ("b", 0), ("b", 0), ("b", 1),
+                   ("a", 2), ("a", 2), ("a", 3), ("b", 2), ("b", 2), ("b", 3)]  # fmt: skip
+    assert next(timings) == 16  # 8 timed calls, two clock reads each: the openings untimed

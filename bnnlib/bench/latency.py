@@ -50,9 +50,11 @@ speed drifts (a shared VM) shifts both alike: GMAC/s of each and their ratio.
 
 Batch 1 cycles through different test images (one call, one image, timed alone); larger
 batches are timed whole. The paths of a batch size are timed in interleaved rounds
-(:func:`interleaved_ms`; at batch 1 rounds of :data:`BATCH1_ROUND_CALLS` calls), so that a
-slow spell of a shared machine falls on all of them; at batch 1 the weight-streaming floor's
-two reads are timed in the same rounds.
+(:func:`interleaved_ms`; at batch 1 rounds of :data:`BATCH1_ROUND_CALLS` timed calls, each
+path's turn opened by :data:`BATCH1_ROUND_WARMUP` untimed ones), so that a slow spell of a
+shared machine falls on all of them while each path is timed with its own data in the caches,
+as a user calling it would have; at batch 1 the weight-streaming floor's two reads are timed
+in the same rounds.
 Ratios (``ratios``) compare figures of this run only; ``gmac_per_s``
 gives each path's rate at each batch size. The packed predictions at batch 1 and 100 (and the
 ``*_exact`` baselines' at the largest batch) are compared with the float simulation on the
@@ -102,6 +104,7 @@ __all__ = [
     "BASELINES",
     "ROUNDS",
     "BATCH1_ROUND_CALLS",
+    "BATCH1_ROUND_WARMUP",
 ]
 
 
@@ -111,16 +114,27 @@ ROUNDS = 10
 #: calls): a shared machine's speed drifts within seconds, and at batch 1 two identical paths
 #: timed in 10 rounds of 200 calls came out 30% apart (AMD EPYC, Zen 3, 2026-12-07).
 BATCH1_ROUND_CALLS = 20
+#: ... each turn opened by this many untimed calls: after another path has streamed its own
+#: megabytes of weights through the caches, a batch-1 path's first calls are slow (there, the
+#: fused MLP took 0.17-0.27 ms per image in turns without an opening and 0.160-0.164 ms with
+#: 5 untimed calls, alternating with numba's loops; timed alone it is the latter).
+BATCH1_ROUND_WARMUP = 5
 
 
 def interleaved_ms(
-    calls: dict[str, Callable[[int], object]], repeats: int, warmup: int, rounds: int = ROUNDS
+    calls: dict[str, Callable[[int], object]],
+    repeats: int,
+    warmup: int,
+    rounds: int = ROUNDS,
+    round_warmup: int = 0,
 ) -> dict[str, float]:
     """Median wall time in ms of each ``calls[name](i)`` over ``repeats`` calls (i = 0, 1,
     ...), after ``warmup`` calls of each. The calls are made in ``rounds`` rounds (at most
     ``repeats``), each of which runs every path for its share of the calls in turn: on a
     machine whose speed drifts over seconds (a shared VM) a slow spell then falls on every
-    path alike, rather than on whichever path it was timing."""
+    path alike, rather than on whichever path it was timing. ``round_warmup`` untimed calls
+    open each path's turn in a round: the path before it has filled the caches with its own
+    data (megabytes of weights at batch 1), which a user calling one path never sees."""
     for fn in calls.values():
         for i in range(warmup):
             fn(i)
@@ -129,6 +143,8 @@ def interleaved_ms(
     for r in range(rounds):
         lo, hi = r * repeats // rounds, (r + 1) * repeats // rounds
         for name, fn in calls.items():
+            for i in range(lo, lo + round_warmup):
+                fn(i)
             for i in range(lo, hi):
                 t0 = time.perf_counter()
                 fn(i)
@@ -267,8 +283,11 @@ def _mlp_rows(
             calls.update(
                 {FLOOR_PREFIX + k: (lambda i, fn=fn: fn()) for k, fn in floor_reads.items()}
             )
-        rounds = reps // BATCH1_ROUND_CALLS if b == 1 else ROUNDS
-        ms = interleaved_ms(calls, reps, max(1, reps // 10), rounds=max(1, rounds))
+        if b == 1:  # short rounds, each path's turn opened by untimed calls
+            rounds, opening = reps // BATCH1_ROUND_CALLS, BATCH1_ROUND_WARMUP
+        else:
+            rounds, opening = ROUNDS, 0
+        ms = interleaved_ms(calls, reps, max(1, reps // 10), max(1, rounds), opening)
         rows[str(b)] = {k: round(v / b, 5) for k, v in ms.items()} | {"repeats": reps}
     return rows
 

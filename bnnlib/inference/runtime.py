@@ -380,6 +380,8 @@ class PackedNet:
         if self._fused.max_batch is not None:  # a ConvNet: chunks of FUSED_CHUNK images
             chunk = min(chunk, self._fused.max_batch)
         run = self._fused.classes if what == "classes" else self._fused.scores
+        if len(xn) <= chunk:  # one call (a lone image: no slicing, no list)
+            return run(xn, first_layer)
         parts = [run(xn[i : i + chunk], first_layer) for i in range(0, len(xn), chunk)]
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 

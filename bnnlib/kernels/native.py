@@ -1,24 +1,29 @@
-"""Hand-written C for one image through a packed MLP's hidden layers (paper Sections 2.6, 4).
+"""Hand-written C for one image through a packed MLP (paper Sections 1.6, 2.6 and 4).
 
-At batch 1 a hidden layer is a matrix-vector product and every weight bit is used once.
+At batch 1 a layer is a matrix-vector product and every weight bit is used once.
 ``bitsliced.c`` (next to this file) counts the differing bits of 256 neurons at once in
 bit-sliced counters with carry-save adders and compares them with the thresholds in the same
-bit-sliced form, so that it writes the packed output words directly; its docstring has the
-arithmetic. numba's loops (:mod:`bnnlib.kernels.fused`) count along each weight row instead,
-and spend a good share of their instructions on each row's horizontal sum.
-``python -m bnnlib.bench --latency`` times ``predict`` at batch 1 both ways (``packed``,
-``packed_numba``); its figures are in ``results/`` and notebook 06.
+bit-sliced form, so that it writes the packed output words directly; its comments have the
+arithmetic. The 8-bit first layer is counted the same way, plane by plane: each bit plane adds
+the weight vectors of the pixels whose bit is set (MNIST's black background costs nothing).
+numba's loops (:mod:`bnnlib.kernels.fused`) count along each weight row instead, and spend a
+good share of their instructions on each row's horizontal sum. ``python -m bnnlib.bench
+--latency`` times ``predict`` at batch 1 both ways (``packed``, ``packed_numba``); its figures
+are in ``results/`` and notebook 06.
 
 The C is built on first use with the system C compiler (``$CC``, else ``cc``, ``gcc``,
-``clang``) at ``-O3 -march=native`` into a private temporary folder, loaded with ctypes, and
-the folder removed: nothing is cached on disk, so no other user's file is ever loaded (about
-half a second, once per process). :func:`status` says whether it is available and why not:
-no compiler, a failed build, a CPU without AVX2, or ``BNN_NATIVE=0`` in the environment.
-:mod:`bnnlib.inference.fused` then keeps numba's loops; the results are the same bit for bit.
+``clang``) at ``-O3 -march=native -ffp-contract=off`` (the argmax rounds as numpy does) into a
+private temporary folder, loaded with ctypes, and the folder removed: nothing is cached on disk,
+so no other user's file is ever loaded (about half a second, once per process). :func:`status`
+says whether it is available and why not: no compiler, a failed build, a CPU without AVX2, or
+``BNN_NATIVE=0`` in the environment. :mod:`bnnlib.inference.fused` then keeps numba's loops;
+the results are the same bit for bit.
 
-:class:`BitslicedLayer` is a hidden layer in the kernel's layout (made once, from the packed
-rows, thresholds and directions); :class:`Batch1Plan` binds the layers, the last layer and
-the activation buffers of one net for :meth:`Batch1Plan.run`.
+:class:`FirstBitsliced` and :class:`BitslicedLayer` are the first and a hidden layer in the
+kernel's layout (a second copy of the packed weights, made once); :class:`Batch1Plan` binds
+them, the last layer and one net's activation buffers for :meth:`Batch1Plan.classify_image`
+(every layer and the argmax in one call), :meth:`Batch1Plan.run_image` and
+:meth:`Batch1Plan.run` (the layers after a first layer computed elsewhere).
 """
 
 from __future__ import annotations
