@@ -21,6 +21,12 @@ int8) and adds ``128 sum(W_b)`` back, exact in int32, then the other layers fuse
 default: on the AVX-512 EPYC (Zen 4, no AMX) it is no faster than the bit planes (``bench
 --latency`` times it as ``packed_int8_gemm``); on a CPU with AMX int8 it may be.
 
+A lone image on one thread (batch 1 with ``OMP_WAIT_POLICY=PASSIVE``, or ``native = True``)
+goes through hand-written C where :func:`bnnlib.kernels.native.status` says it is available:
+every layer with bit-sliced counters, 256 neurons per AVX2 vector, and the argmax, in one call
+(``first_layer="int8"``: numba's first layer, then the C; ``"int8_gemm"``: torch's, then the
+C). It keeps a second copy of the packed weights in its layout, made on the first such call.
+
 :class:`FusedConvNet` does the same for a ConvNet whose first layer is an 8-bit convolution:
 direct packed convolutions on NHWC words (no im2col), pooling, threshold and packing in one
 pass per layer (:mod:`bnnlib.kernels.fused_conv`). :func:`for_net` picks the runner.
@@ -295,7 +301,7 @@ class FusedMLP:
         return call.buffers.s
 
     def _native_for(self, parallel: bool) -> bool:
-        """Whether a lone image's hidden layers run in :mod:`bnnlib.kernels.native`."""
+        """Whether a lone image runs in :mod:`bnnlib.kernels.native` (see ``native``)."""
         if self.native is False or (self.native is None and parallel):
             return False
         return native.status().available

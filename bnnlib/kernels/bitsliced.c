@@ -1,4 +1,4 @@
-/* One image through a packed hidden layer with bit-sliced counters (paper Sections 2.6, 4).
+/* One image through a packed MLP with bit-sliced counters (paper Sections 1.6, 2.6 and 4).
  *
  * At batch 1 a hidden layer is a matrix-vector product: each weight bit is used once, so the
  * work is XOR-popcount over the whole weight matrix. Counting along a weight row (popcount of
@@ -21,8 +21,12 @@
  * packed as the next layer reads them (lane 64q + t is bit t of output word q).
  *
  * Two chains of carry-save adders take alternate groups of 8 inputs so that the processor
- * overlaps their latencies. AVX2 only; without it bnn_native_isa() is 0 and nothing else is
- * defined. Built by bnnlib.kernels.native at -O3 -march=native with the system C compiler.
+ * overlaps their latencies. The first layer (8-bit pixels) is counted the same way, bit plane
+ * by bit plane (bnn_first_layer), the last layer by the popcount instruction, and the class is
+ * the argmax of the last batch norm rounded as numpy rounds it (bnn_affine_argmax): one call
+ * per image (bnn_mlp_image_class). AVX2 only: without it bnn_native_isa() is 0 and only the
+ * argmax is defined. Built by bnnlib.kernels.native at -O3 -march=native -ffp-contract=off
+ * with the system C compiler.
  */
 #include <math.h>
 #include <stdint.h>
