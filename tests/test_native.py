@@ -3,6 +3,7 @@ against numpy's popcounts and compares, and against numba's loops through the pu
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -175,6 +176,11 @@ def test_plan_refuses_wrong_buffers():
     with pytest.raises(ValueError, match="wrong shape"):
         native.Batch1Plan(
             [lay], np.zeros((2, 2), np.int32), last_w, 64, np.zeros((1, 10), np.int64)
+        )
+    bad = dataclasses.replace(lay, digits=lay.digits + 1)  # cbits no longer match
+    with pytest.raises(ValueError, match="wrong shape"):
+        native.Batch1Plan(
+            [bad], np.zeros((2, 2), np.int64), last_w, 64, np.zeros((1, 10), np.int64)
         )
     with pytest.raises(ValueError, match="directions"):
         native.BitslicedLayer.from_packed(w, t, np.zeros_like(d), 128)

@@ -209,6 +209,22 @@ class BitslicedLayer:
         flip[:] = _lanes(flips.reshape(blocks, LANES))
         return cls(weights, cbits, flip, inputs, digits, n, -(-n // 64))
 
+    def consistent(self) -> bool:
+        """Whether the arrays have the shapes the numbers say (C trusts them)."""
+        b = self.weights.shape[0]
+        return (
+            _words(self.weights, (b, self.inputs, 4))
+            and _words(self.cbits, (b, self.digits, 4))
+            and _words(self.flip, (b, 4))
+            and 6 <= self.digits <= 40
+            and 0 < self.inputs < 1 << self.digits
+            and 0 < self.out_words <= 4 * b
+        )
+
+
+def _words(a: np.ndarray, shape: tuple[int, ...]) -> bool:
+    return a.dtype == np.uint64 and a.flags.c_contiguous and a.shape == shape
+
 
 @dataclass(frozen=True)
 class FirstBitsliced:
@@ -274,6 +290,19 @@ class FirstBitsliced:
         qdigits = max(6, (k0 + 16).bit_length())
         return cls(weights, kbits, flip, k0, qdigits, zdigits, n, -(-n // 64))
 
+    def consistent(self) -> bool:
+        """Whether the arrays have the shapes the numbers say (C trusts them)."""
+        b = self.weights.shape[0]
+        return (
+            _words(self.weights, (b, self.k0 + 1, 4))
+            and _words(self.kbits, (b, self.zdigits, 4))
+            and _words(self.flip, (b, 4))
+            and 6 <= self.qdigits <= 40
+            and self.k0 + 16 < 1 << self.qdigits
+            and 3 <= self.zdigits <= 62
+            and 0 < self.out_words <= 4 * b
+        )
+
 
 class Batch1Plan:
     """One image through a packed MLP's layers in one call of ``bitsliced.c``.
@@ -303,12 +332,13 @@ class Batch1Plan:
         checks.append(acts.shape[0] == len(layers) + 1)
         width = acts.shape[1]
         for lay in layers:
+            checks.append(lay.consistent())
             checks.append(lay.inputs <= 64 * width and lay.out_words <= width)
         lw = np.ascontiguousarray(last_weight, np.int64)
         checks.append(s.dtype == np.int64 and s.flags.c_contiguous and s.shape == (1, lw.shape[0]))
         checks.append(lw.shape[1] <= width)
         if first is not None:
-            checks.append(first.out_words <= width)
+            checks.append(first.consistent() and first.out_words <= width)
         if affine is not None:
             checks.append(all(np.shape(v) == (lw.shape[0],) for v in affine))
         if not all(checks):
