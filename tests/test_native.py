@@ -77,7 +77,7 @@ def _numpy_layer(a, w, thr, d, k) -> np.ndarray:
     "k, widths",
     [
         (64, [1, 10]),  # one word, one neuron
-        (100, [63, 64, 3]),  # padding bits; 16-input and single-input tails
+        (100, [63, 64, 3]),  # padding bits (every bit of the words is counted: 128 inputs)
         (130, [65, 300, 7]),  # a partial block of 256
         (1000, [513, 256, 10]),
         (4096, [4096, 10]),  # the bench MLP's layer
