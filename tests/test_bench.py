@@ -385,7 +385,7 @@ def test_the_probe_names_a_product_slower_than_float32_by_the_factor():
     assert lowp.SLOW_FACTOR == 4.0
 
 
-def test_interleaved_timing_spreads_every_path_over_the_rounds():
+def test_interleaved_timing_spreads_every_path_over_the_rounds(monkeypatch):
     """``interleaved_ms``: warm-up calls of each path first, then rounds that run every path
     for its share of the calls in turn (each path sees i = 0 .. repeats - 1 once), and one
     median per path."""
@@ -409,12 +409,10 @@ def test_interleaved_timing_spreads_every_path_over_the_rounds():
     timings = iter(range(1000))  # a clock that counts the calls timed
     import bnnlib.bench.latency as latency
 
-    real = latency.time.perf_counter
-    latency.time.perf_counter = lambda: next(timings)
-    try:  # each turn opened by one untimed call: 2 rounds x 2 paths x (1 + 2) calls
-        interleaved_ms(calls, repeats=4, warmup=0, rounds=2, round_warmup=1)
-    finally:
-        latency.time.perf_counter = real
+    monkeypatch.setattr(latency.time, "perf_counter", lambda: next(timings))
+    # each turn opened by one untimed call: 2 rounds x 2 paths x (1 + 2) calls
+    interleaved_ms(calls, repeats=4, warmup=0, rounds=2, round_warmup=1)
+    monkeypatch.undo()
     assert log == [("a", 0), ("a", 0), ("a", 1), ("b", 0), ("b", 0), ("b", 1),
                    ("a", 2), ("a", 2), ("a", 3), ("b", 2), ("b", 2), ("b", 3)]  # fmt: skip
     assert next(timings) == 16  # 8 timed calls, two clock reads each: the openings untimed

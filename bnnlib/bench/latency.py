@@ -38,9 +38,9 @@ For the MNIST MLP (784 -> 3 x ``hidden`` -> 10) and each batch size, ms per imag
   the library path PackedNet can take for that layer (not its default);
 * at batch 1, the fused path with each first layer (``packed_bitplanes``, ``packed_int8``),
   on the calling thread only (``packed_one_thread``; by default its layers are split between
-  threads), the figure to set beside the single-threaded floor, and with numba's loops for the
-  hidden layers (``packed_numba``) instead of the hand-written bit-sliced C kernels that a lone
-  image takes where they are available (:mod:`bnnlib.kernels.native`; ``native`` says whether
+  threads), the figure to set beside the single-threaded floor, and with numba's loops
+  (``packed_numba``) instead of the hand-written bit-sliced C kernels that a lone image takes
+  where they are available (:mod:`bnnlib.kernels.native`; ``native`` says whether
   they were, and why not).
 
 At the largest batch, ``xnor_gemm_same_shape`` sets the packed MLP beside
@@ -304,33 +304,29 @@ def _under(context, fn: Callable[[int], object]) -> Callable[[int], object]:
 
 
 def _batch1_variants(packed, xt, batch) -> dict[str, Callable[[int], object]]:
-    """Batch 1: the fused path with each first layer, and on the calling thread only."""
+    """Batch 1: the fused path with each first layer, on the calling thread only, and on
+    numba's loops instead of the C kernels."""
     calls: dict[str, Callable[[int], object]] = {
         f"packed_{mode}": lambda i, m=mode: packed.predict(xt[batch(i)], first_layer=m)
         for mode in ("bitplanes", "int8")
     }
-
-    def one_thread(i: int) -> object:
-        default, packed.fused.parallel = packed.fused.parallel, False
-        try:
-            return packed.predict(xt[batch(i)])
-        finally:
-            packed.fused.parallel = default
-
-    calls["packed_one_thread"] = one_thread
-    calls["packed_numba"] = _numba_hidden(lambda i: packed.predict(xt[batch(i)]), packed)
+    one = lambda i: packed.predict(xt[batch(i)])  # noqa: E731
+    calls["packed_one_thread"] = _with_fused(packed, "parallel", False, one)
+    calls["packed_numba"] = _with_fused(packed, "native", False, one)
     return calls
 
 
-def _numba_hidden(fn: Callable[[int], object], packed) -> Callable[[int], object]:
-    """``fn`` with a lone image's hidden layers on numba's loops (``fused.native = False``)."""
+def _with_fused(packed, name: str, value, fn: Callable[[int], object]) -> Callable[[int], object]:
+    """``fn`` with the fused runner's setting ``name`` (``parallel``: the layers split between
+    threads; ``native``: a lone image in the C kernels) set to ``value`` for the call."""
 
     def call(i: int) -> object:
-        default, packed.fused.native = packed.fused.native, False
+        default = getattr(packed.fused, name)
+        setattr(packed.fused, name, value)
         try:
             return fn(i)
         finally:
-            packed.fused.native = default
+            setattr(packed.fused, name, default)
 
     return call
 
@@ -348,7 +344,7 @@ def _exactness(net, packed, xt, slow: dict[str, str]) -> dict:
 
     sim = simulate(net, xt)
     one = torch.cat([packed.predict(xt[i : i + 1]) for i in range(len(xt))])
-    numba_one = _numba_hidden(lambda i: packed.predict(xt[i : i + 1]), packed)
+    numba_one = _with_fused(packed, "native", False, lambda i: packed.predict(xt[i : i + 1]))
     one_numba = torch.cat([numba_one(i) for i in range(len(xt))])
     hundred = packed.predict(xt, batch_size=100, path="fused")
     lowp_preds = {

@@ -114,7 +114,6 @@ __attribute__((noinline)) static int64_t avx2_lookup_deferred(int reps) {
     return total;
 }
 
-
 /* Harley-Seal: carry-save adders over blocks of 16 vectors, one table popcount per block. */
 __attribute__((noinline)) static int64_t avx2_harley_seal(int reps) {
     int64_t total = 0;
@@ -150,7 +149,6 @@ __attribute__((noinline)) static int64_t avx2_harley_seal(int reps) {
     }
     return total;
 }
-
 
 #define BK 1024 /* inputs of the bit-sliced block: 32 kB of weights */
 static uint64_t bw[BK][4] __attribute__((aligned(64)));     /* 256 neurons' bits per input */

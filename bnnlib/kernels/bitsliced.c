@@ -80,6 +80,14 @@ int bnn_native_isa(void) { return 2; }
         CSA(e, fours, fours, fA_, fB_);                                            \
     } while (0)
 
+/* One digit of a bit-sliced addition: a + b + *carry, its carry out into *carry. */
+static inline __m256i full_add(__m256i a, __m256i b, __m256i *carry) {
+    __m256i high, sum;
+    CSA(high, sum, a, b, *carry);
+    *carry = high;
+    return sum;
+}
+
 /* Add the bit-vector c (weight 2^from) into digits from .. digits-1 (carries past the top
  * digit cannot occur: the caller sized the counter for the count). */
 static inline void ripple(__m256i *digit, int from, int digits, __m256i c) {
@@ -234,28 +242,17 @@ int bnn_first_layer(const uint8_t *x, int64_t k0, const uint64_t *wt0, int64_t b
             if (!count[n]) continue;
             count_listed(wb, lists + n * stride, count[n], q, (int)qdigits);
             __m256i carry = z;
-            for (int d = n; d < zdigits; d++) {
-                __m256i qd = d - n < qdigits ? q[d - n] : z, u = _mm256_xor_si256(p[d], qd);
-                __m256i s = _mm256_xor_si256(u, carry);
-                carry = _mm256_or_si256(_mm256_and_si256(p[d], qd), _mm256_and_si256(u, carry));
-                p[d] = s;
-            }
+            for (int d = n; d < zdigits; d++)
+                p[d] = full_add(p[d], d - n < qdigits ? q[d - n] : z, &carry);
         }
         const uint64_t *kb = kbits + b * zdigits * 4;
         __m256i carry = z;
-        for (int d = 0; d < zdigits; d++) { /* t = K + e */
-            __m256i kd = _mm256_loadu_si256((const __m256i *)(kb + 4 * d));
-            __m256i ed = (e >> d) & 1 ? all : z, u = _mm256_xor_si256(kd, ed);
-            t[d] = _mm256_xor_si256(u, carry);
-            carry = _mm256_or_si256(_mm256_and_si256(kd, ed), _mm256_and_si256(u, carry));
-        }
+        for (int d = 0; d < zdigits; d++) /* t = K + e */
+            t[d] = full_add(_mm256_loadu_si256((const __m256i *)(kb + 4 * d)),
+                            (e >> d) & 1 ? all : z, &carry);
         carry = z;
-        for (int d = 2; d < zdigits; d++) { /* t += 4 P (digits 0 and 1 of 4 P are 0) */
-            __m256i pd = p[d - 2], u = _mm256_xor_si256(t[d], pd);
-            __m256i s = _mm256_xor_si256(u, carry);
-            carry = _mm256_or_si256(_mm256_and_si256(t[d], pd), _mm256_and_si256(u, carry));
-            t[d] = s;
-        }
+        for (int d = 2; d < zdigits; d++) /* t += 4 P (digits 0 and 1 of 4 P are 0) */
+            t[d] = full_add(t[d], p[d - 2], &carry);
         __m256i f = _mm256_loadu_si256((const __m256i *)(flip + 4 * b));
         store_block(out, b, out_words, _mm256_xor_si256(t[zdigits - 1], f)); /* sign ^ flip */
     }

@@ -155,6 +155,42 @@ def _lanes(bits: np.ndarray) -> np.ndarray:
     return packed.view("<u8").astype(np.uint64)
 
 
+def _check_directions(direction: np.ndarray) -> None:
+    if not np.isin(direction, (-1, 1)).all():
+        raise ValueError("directions must be +1 or -1")
+
+
+def _transposed(w: np.ndarray, inputs: int, rows: int) -> np.ndarray:
+    """uint64 (blocks, rows, 4): input i's bit of each of 256 neurons in block b, from the
+    packed rows ``w`` int64 (n, words) (their first ``inputs`` bits; rows >= inputs, the rows
+    beyond them zero; neurons past n zero)."""
+    n, words = w.shape
+    blocks = -(-n // LANES)
+    bits = np.zeros((blocks * LANES, inputs), np.uint8)
+    raw = np.ascontiguousarray(w).view(np.uint8).reshape(n, 8 * words)
+    bits[:n] = np.unpackbits(raw, axis=1, bitorder="little")[:, :inputs]
+    out = _aligned((blocks, rows, 4))
+    out[:, :inputs] = _lanes(bits.reshape(blocks, LANES, inputs).transpose(0, 2, 1))
+    return out
+
+
+def _sliced(values: np.ndarray, digits: int) -> np.ndarray:
+    """uint64 (blocks, digits, 4): the two's complement digits of one int64 per lane
+    (blocks x 256 of them), bit-sliced as the kernel's counters."""
+    blocks = len(values) // LANES
+    bits = ((values[None, :] >> np.arange(digits)[:, None]) & 1).astype(np.uint8)
+    out = _aligned((blocks, digits, 4))
+    out[:] = _lanes(bits.reshape(digits, blocks, LANES).transpose(1, 0, 2))
+    return out
+
+
+def _lane_flags(flags: np.ndarray) -> np.ndarray:
+    """uint64 (blocks, 4): one bit per lane (blocks x 256 of them)."""
+    out = _aligned((len(flags) // LANES, 4))
+    out[:] = _lanes(flags.astype(np.uint8).reshape(-1, LANES))
+    return out
+
+
 @dataclass(frozen=True)
 class BitslicedLayer:
     """A packed hidden layer in the layout of ``bitsliced.c``.
@@ -184,30 +220,20 @@ class BitslicedLayer:
     def from_packed(
         cls, w: np.ndarray, threshold: np.ndarray, direction: np.ndarray, k: int
     ) -> BitslicedLayer:
+        _check_directions(direction)
         n, words = w.shape
-        if not np.isin(direction, (-1, 1)).all():
-            raise ValueError("directions must be +1 or -1")
         inputs = 64 * words
-        blocks = -(-n // LANES)
-        bits = np.zeros((blocks * LANES, inputs), np.uint8)
-        raw = np.ascontiguousarray(w).view(np.uint8).reshape(n, 8 * words)
-        bits[:n] = np.unpackbits(raw, axis=1, bitorder="little")
-        weights = _aligned((blocks, inputs, 4))
-        weights[:] = _lanes(bits.reshape(blocks, LANES, inputs).transpose(0, 2, 1))
+        weights = _transposed(w, inputs, inputs)
+        lanes = LANES * weights.shape[0]
         thr, d = threshold.astype(np.int64), direction.astype(np.int64)
         up = (k - thr) // 2 + 1  # t >= thr <=> h <= floor((k - thr) / 2) <=> h < up
         down = -((thr - k) // 2)  # t <= thr <=> h >= ceil((k - thr) / 2) = down
         digits = max(6, (inputs + 1).bit_length())
-        c = np.zeros(blocks * LANES, np.int64)
+        c = np.zeros(lanes, np.int64)  # padding lanes: C = 0, flip 0: bit 0
         c[:n] = np.clip(np.where(d > 0, up, down), 0, inputs + 1)
-        flips = np.zeros(blocks * LANES, np.uint8)
+        flips = np.zeros(lanes, np.uint8)
         flips[:n] = d < 0
-        slices = ((c[None, :] >> np.arange(digits)[:, None]) & 1).astype(np.uint8)
-        cbits = _aligned((blocks, digits, 4))
-        cbits[:] = _lanes(slices.reshape(digits, blocks, LANES).transpose(1, 0, 2))
-        flip = _aligned((blocks, 4))
-        flip[:] = _lanes(flips.reshape(blocks, LANES))
-        return cls(weights, cbits, flip, inputs, digits, n, -(-n // 64))
+        return cls(weights, _sliced(c, digits), _lane_flags(flips), inputs, digits, n, -(-n // 64))
 
     def consistent(self) -> bool:
         """Whether the arrays have the shapes the numbers say (C trusts them)."""
@@ -262,31 +288,22 @@ class FirstBitsliced:
         direction: np.ndarray,
         k0: int,
     ) -> FirstBitsliced:
+        _check_directions(direction)
         n, words = w.shape
-        if not np.isin(direction, (-1, 1)).all():
-            raise ValueError("directions must be +1 or -1")
         if not 0 < k0 <= 64 * words:
             raise ValueError(f"k0 = {k0} pixels do not fit {words} words")
-        blocks = -(-n // LANES)
-        bits = np.zeros((blocks * LANES, k0), np.uint8)
-        raw = np.ascontiguousarray(w).view(np.uint8).reshape(n, 8 * words)
-        bits[:n] = np.unpackbits(raw, axis=1, bitorder="little")[:, :k0]
-        weights = _aligned((blocks, k0 + 1, 4))
-        weights[:, :k0] = _lanes(bits.reshape(blocks, LANES, k0).transpose(0, 2, 1))
+        weights = _transposed(w, k0, k0 + 1)  # the zero row k0
+        lanes = LANES * weights.shape[0]
         pdigits = (255 * k0).bit_length()
         zdigits = pdigits + 4
         a = threshold.astype(np.int64) + 255 * wsum.astype(np.int64)
         d = direction.astype(np.int64)
         lim = 1 << (pdigits + 2)
-        k = np.full(blocks * LANES, -1, np.int64)  # padding lanes: Z < 0, flip 1: bit 0
+        k = np.full(lanes, -1, np.int64)  # padding lanes: Z < 0, flip 1: bit 0
         k[:n] = np.clip(np.where(d > 0, -a, -a - 1), -lim, lim)
-        flips = np.ones(blocks * LANES, np.uint8)
+        flips = np.ones(lanes, np.uint8)
         flips[:n] = d > 0
-        slices = ((k[None, :] >> np.arange(zdigits)[:, None]) & 1).astype(np.uint8)
-        kbits = _aligned((blocks, zdigits, 4))
-        kbits[:] = _lanes(slices.reshape(zdigits, blocks, LANES).transpose(1, 0, 2))
-        flip = _aligned((blocks, 4))
-        flip[:] = _lanes(flips.reshape(blocks, LANES))
+        kbits, flip = _sliced(k, zdigits), _lane_flags(flips)
         qdigits = max(6, (k0 + 16).bit_length())
         return cls(weights, kbits, flip, k0, qdigits, zdigits, n, -(-n // 64))
 
