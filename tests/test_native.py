@@ -20,9 +20,9 @@ from bnnlib.kernels import native
 from bnnlib.nn.models import mnist_mlp
 
 
-def _cpu_has_avx2() -> bool:
+def _cpu_has(flag: str) -> bool:
     try:
-        return " avx2" in Path("/proc/cpuinfo").read_text()
+        return f" {flag}" in Path("/proc/cpuinfo").read_text()
     except OSError:
         return False
 
@@ -36,10 +36,17 @@ def test_available_where_a_compiler_and_avx2_are():
     """CI has gcc and an AVX2 CPU: the kernels must build there, or every test below skips."""
     if os.environ.get("BNN_NATIVE") == "0" or native.find_compiler() is None:
         pytest.skip("no compiler, or disabled")
-    if not _cpu_has_avx2():
+    if not _cpu_has("avx2"):
         pytest.skip("no AVX2")
     st = native.status()
     assert st.available, st.why
+
+
+def test_widest_vectors_by_default():
+    """On an AVX-512 CPU the default build has 512 lanes (BNN_NATIVE=avx2 asks for 256)."""
+    if not native.status().available or os.environ.get("BNN_NATIVE", "1") != "1":
+        pytest.skip(f"native kernels: {native.status().why}")
+    assert native.lanes() == (512 if _cpu_has("avx512f") else 256)
 
 
 def _random_layer(rng, n: int, k: int, pad_noise: bool = False):
@@ -184,6 +191,15 @@ def test_plan_refuses_wrong_buffers():
         )
     with pytest.raises(ValueError, match="directions"):
         native.BitslicedLayer.from_packed(w, t, np.zeros_like(d), 128)
+    other = 768 - native.lanes()  # the layout of the other build
+    wide = native.BitslicedLayer.from_packed(w, t, d, 128, width=other)
+    assert wide.consistent()
+    with pytest.raises(ValueError, match="wrong shape"):
+        native.Batch1Plan(
+            [wide], np.zeros((2, 2), np.int64), last_w, 64, np.zeros((1, 10), np.int64)
+        )
+    with pytest.raises(ValueError, match="256 or 512"):
+        native.BitslicedLayer.from_packed(w, t, d, 128, width=128)
 
 
 def _packed(net):
@@ -213,6 +229,12 @@ def test_predict_native_equals_numba(mnist_uint8, hidden, depth):
     f.native = True
     preds = torch.cat([packed.predict(x[i : i + 1]) for i in range(len(x))])
     assert torch.equal(preds, inference.simulate(net, x))
+    xn = x.numpy().reshape(len(x), -1)
+    lone = [f.classify_lone(xn[i : i + 1]) for i in range(len(x))]
+    assert lone == preds.tolist()
+    assert f.classify_lone(xn[:1], "int8") is None  # numba's first layer: the general path
+    f.native = False
+    assert f.classify_lone(xn[:1]) is None
 
 
 @pytest.fixture(scope="module")
@@ -229,6 +251,7 @@ from bnnlib import inference
 from bnnlib.kernels import native
 from bnnlib.nn.models import mnist_mlp
 st = native.status()
+assert st.available == (st.lanes > 0)
 torch.manual_seed(0)
 net = mnist_mlp(hidden=100).eval()
 import tempfile
@@ -239,19 +262,29 @@ x = torch.randint(0, 256, (5, 1, 28, 28), dtype=torch.uint8)
 p.fused.native = True
 one = torch.cat([p.predict(x[i : i + 1]) for i in range(5)])
 assert torch.equal(one, p.predict(x, path="layers"))
-print(st.available, st.why)
+print(st.available, st.lanes, st.why)
 """
 
 
 @pytest.mark.parametrize(
     "env, why",
-    [({"BNN_NATIVE": "0"}, "disabled by BNN_NATIVE=0"), ({"CC": "false"}, "false failed")],
+    [
+        ({"BNN_NATIVE": "0"}, "disabled by BNN_NATIVE=0"),
+        ({"BNN_NATIVE": "yes"}, "BNN_NATIVE must be 0, 1 or avx2, got 'yes'"),
+        ({"CC": "false"}, "false failed"),
+    ],
 )
 def test_unavailable_is_reported_and_numba_runs(env, why):
-    """Disabled, or a compiler that fails: status says why, and a lone image still runs (on
-    numba's loops) with the same predictions."""
+    """Disabled, a value it does not know, or a compiler that fails: status says why, and a
+    lone image still runs (on numba's loops) with the same predictions."""
     if "CC" in env and not Path("/bin/false").exists() and not Path("/usr/bin/false").exists():
         pytest.skip("no false(1)")
+    available, lanes, reason = _status_in_subprocess(env)
+    assert available == "False" and lanes == "0" and why in reason
+
+
+def _status_in_subprocess(env: dict[str, str]) -> list[str]:
+    """_STATUS_SCRIPT's line (available, lanes, why) in a fresh process with ``env`` added."""
     out = subprocess.run(
         [sys.executable, "-c", _STATUS_SCRIPT],
         env={**os.environ, **env},
@@ -260,5 +293,13 @@ def test_unavailable_is_reported_and_numba_runs(env, why):
         timeout=600,
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    available, _, reason = out.stdout.strip().partition(" ")
-    assert available == "False" and why in reason, out.stdout
+    return out.stdout.strip().split(" ", 2)
+
+
+def test_avx2_build_runs_on_any_avx2_cpu():
+    """BNN_NATIVE=avx2: the 256-lane build even on an AVX-512 CPU (both layouts are tested on
+    such a machine), with the predictions of numba's loops."""
+    if native.find_compiler() is None or not _cpu_has("avx2"):
+        pytest.skip("no compiler or no AVX2")
+    available, lanes, reason = _status_in_subprocess({"BNN_NATIVE": "avx2"})
+    assert (available, lanes) == ("True", "256"), reason

@@ -208,8 +208,8 @@ def hand_written_popcount(timeout_s: float = 120.0) -> dict:
         "macs_per_s_per_core": rates,
         "wrong": wrong,
         "how": "bnnlib/bench/popcount_variants.c, -O3 -march=native: 8 rows x 256 L1-resident "
-        "words, 8 accumulators (avx2_bitsliced: bnnlib/kernels/bitsliced.c on 256 neurons x "
-        "1024 inputs, 32 kB), one thread, thread CPU time, best of 5",
+        "words, 8 accumulators (avx2_bitsliced / avx512_bitsliced: bnnlib/kernels/bitsliced.c "
+        "on 256 / 512 neurons x 1024 inputs, 32 / 64 kB), one thread, thread CPU time, best of 5",
     }
 
 

@@ -8,8 +8,9 @@
  * vectors before one vpsadbw, and a Harley-Seal carry-save adder over 16 vectors) and, where
  * the compiler targets AVX-512 VPOPCNTDQ, vpopcntq on 512-bit vectors. The bit-sliced kernel
  * that runs a lone image's hidden layers (bnnlib/kernels/bitsliced.c, copied beside this file
- * by the build) counts the other way, 256 neurons at once: its variant times it on one
- * L1-resident block (256 neurons x 1024 inputs) and checks every neuron's count.
+ * by the build) counts the other way, LANES neurons at once (512 with AVX-512, else 256): its
+ * variant, named for its width, times it on one block (LANES neurons x 1024 inputs: 32 or 64
+ * kB, L1- or L2-resident) and checks every neuron's count.
  *
  * Built by bnnlib.bench.bounds with the system C compiler at -O3 -march=native. Prints one
  * line per variant: "<name> <binary MACs per second of thread CPU time, best of 5>", or
@@ -53,7 +54,7 @@ __attribute__((noinline)) static int64_t scalar_popcnt(int reps) {
     return total;
 }
 
-#include "bitsliced.c" /* bnn_bitsliced_layer and the carry-save adder CSA */
+#include "bitsliced.c" /* bnn_bitsliced_layer, its LANES and VWORDS, the adder CSA256 */
 
 #ifdef __AVX2__
 static inline __m256i byte_counts(__m256i v) {
@@ -122,21 +123,21 @@ __attribute__((noinline)) static int64_t avx2_harley_seal(int reps) {
             __m256i sum = _mm256_setzero_si256(), ones = sum, twos = sum, fours = sum, eights = sum;
             __m256i sixteens, twosA, twosB, foursA, foursB, eightsA, eightsB;
             for (int i = 0; i < W; i += 64) {
-                CSA(twosA, ones, ones, row_vec(j, i + 0), row_vec(j, i + 4));
-                CSA(twosB, ones, ones, row_vec(j, i + 8), row_vec(j, i + 12));
-                CSA(foursA, twos, twos, twosA, twosB);
-                CSA(twosA, ones, ones, row_vec(j, i + 16), row_vec(j, i + 20));
-                CSA(twosB, ones, ones, row_vec(j, i + 24), row_vec(j, i + 28));
-                CSA(foursB, twos, twos, twosA, twosB);
-                CSA(eightsA, fours, fours, foursA, foursB);
-                CSA(twosA, ones, ones, row_vec(j, i + 32), row_vec(j, i + 36));
-                CSA(twosB, ones, ones, row_vec(j, i + 40), row_vec(j, i + 44));
-                CSA(foursA, twos, twos, twosA, twosB);
-                CSA(twosA, ones, ones, row_vec(j, i + 48), row_vec(j, i + 52));
-                CSA(twosB, ones, ones, row_vec(j, i + 56), row_vec(j, i + 60));
-                CSA(foursB, twos, twos, twosA, twosB);
-                CSA(eightsB, fours, fours, foursA, foursB);
-                CSA(sixteens, eights, eights, eightsA, eightsB);
+                CSA256(twosA, ones, ones, row_vec(j, i + 0), row_vec(j, i + 4));
+                CSA256(twosB, ones, ones, row_vec(j, i + 8), row_vec(j, i + 12));
+                CSA256(foursA, twos, twos, twosA, twosB);
+                CSA256(twosA, ones, ones, row_vec(j, i + 16), row_vec(j, i + 20));
+                CSA256(twosB, ones, ones, row_vec(j, i + 24), row_vec(j, i + 28));
+                CSA256(foursB, twos, twos, twosA, twosB);
+                CSA256(eightsA, fours, fours, foursA, foursB);
+                CSA256(twosA, ones, ones, row_vec(j, i + 32), row_vec(j, i + 36));
+                CSA256(twosB, ones, ones, row_vec(j, i + 40), row_vec(j, i + 44));
+                CSA256(foursA, twos, twos, twosA, twosB);
+                CSA256(twosA, ones, ones, row_vec(j, i + 48), row_vec(j, i + 52));
+                CSA256(twosB, ones, ones, row_vec(j, i + 56), row_vec(j, i + 60));
+                CSA256(foursB, twos, twos, twosA, twosB);
+                CSA256(eightsB, fours, fours, foursA, foursB);
+                CSA256(sixteens, eights, eights, eightsA, eightsB);
                 sum = _mm256_add_epi64(sum, popcount_sad(sixteens));
             }
             sum = _mm256_slli_epi64(sum, 4);
@@ -150,16 +151,16 @@ __attribute__((noinline)) static int64_t avx2_harley_seal(int reps) {
     return total;
 }
 
-#define BK 1024 /* inputs of the bit-sliced block: 32 kB of weights */
-static uint64_t bw[BK][4] __attribute__((aligned(64)));     /* 256 neurons' bits per input */
-static uint64_t bx[BK / 64];                                /* the activations */
-static uint64_t bc[2][13][4] __attribute__((aligned(64))); /* C = h and C = h + 1 */
-static uint64_t bflip[4], bout[4];
+#define BK 1024 /* inputs of the bit-sliced block */
+static uint64_t bw[BK][VWORDS] __attribute__((aligned(64))); /* LANES neurons' bits per input */
+static uint64_t bx[BK / 64];                                 /* the activations */
+static uint64_t bc[2][13][VWORDS] __attribute__((aligned(64))); /* C = h and C = h + 1 */
+static uint64_t bflip[VWORDS], bout[VWORDS];
 static int32_t bmask[BK];
 
-/* h of each of the 256 neurons, by the popcount instruction on the transposed bits. */
-static void bitsliced_reference(int64_t h[256]) {
-    for (int j = 0; j < 256; j++) {
+/* h of each of the LANES neurons, by the popcount instruction on the transposed bits. */
+static void bitsliced_reference(int64_t h[LANES]) {
+    for (int j = 0; j < LANES; j++) {
         h[j] = 0;
         for (int i = 0; i < BK; i++) h[j] += ((bw[i][j / 64] >> (j % 64)) & 1) ^ ((bx[i / 64] >> (i % 64)) & 1);
     }
@@ -167,31 +168,31 @@ static void bitsliced_reference(int64_t h[256]) {
 
 /* Checked once: (h < C) is 0 everywhere with C = h and 1 everywhere with C = h + 1, so every
  * neuron's count is exact; then reps calls, returning a sum of the outputs. */
-__attribute__((noinline)) static int64_t avx2_bitsliced(int reps) {
+__attribute__((noinline)) static int64_t bitsliced(int reps) {
     int64_t total = 0;
     for (int r = 0; r < reps; r++) {
-        bnn_bitsliced_layer(bx, BK, &bw[0][0], 1, 13, &bc[r & 1][0][0], bflip, bout, 4, bmask);
+        bnn_bitsliced_layer(bx, BK, &bw[0][0], 1, 13, &bc[r & 1][0][0], bflip, bout, VWORDS, bmask);
         total += (int64_t)(bout[0] & 1);
     }
     return total;
 }
 
 static int bitsliced_setup(uint64_t *seed) {
-    int64_t h[256];
+    int64_t h[LANES];
     for (int i = 0; i < BK; i++)
-        for (int q = 0; q < 4; q++) bw[i][q] = splitmix(seed);
+        for (int q = 0; q < VWORDS; q++) bw[i][q] = splitmix(seed);
     for (int w = 0; w < BK / 64; w++) bx[w] = splitmix(seed);
     bitsliced_reference(h);
     for (int c = 0; c < 2; c++)
         for (int d = 0; d < 13; d++)
-            for (int q = 0; q < 4; q++) {
+            for (int q = 0; q < VWORDS; q++) {
                 uint64_t word = 0;
                 for (int t = 0; t < 64; t++) word |= (uint64_t)(((h[64 * q + t] + c) >> d) & 1) << t;
                 bc[c][d][q] = word;
             }
     for (int c = 0; c < 2; c++) {
-        bnn_bitsliced_layer(bx, BK, &bw[0][0], 1, 13, &bc[c][0][0], bflip, bout, 4, bmask);
-        for (int q = 0; q < 4; q++)
+        bnn_bitsliced_layer(bx, BK, &bw[0][0], 1, 13, &bc[c][0][0], bflip, bout, VWORDS, bmask);
+        for (int q = 0; q < VWORDS; q++)
             if (bout[q] != (c ? ~0ull : 0ull)) return 0;
     }
     return 1;
@@ -251,10 +252,11 @@ int main(void) {
     run("avx2_lookup", avx2_lookup, want, reps, rows);
     run("avx2_lookup_deferred", avx2_lookup_deferred, want, reps, rows);
     run("avx2_harley_seal", avx2_harley_seal, want, reps, rows);
+    const char *sliced = LANES == 512 ? "avx512_bitsliced" : "avx2_bitsliced";
     if (bitsliced_setup(&seed)) /* every count checked; its first call's bits are all 0 */
-        run("avx2_bitsliced", avx2_bitsliced, 0, 2000, 256.0 * BK); /* 524 M MACs a pass */
+        run(sliced, bitsliced, 0, 2000, (double)LANES * BK); /* 262 M MACs a pass per 256 lanes */
     else
-        printf("avx2_bitsliced WRONG\n");
+        printf("%s WRONG\n", sliced);
 #endif
 #if defined(__AVX512F__) && defined(__AVX512VPOPCNTDQ__)
     run("avx512_vpopcntq", avx512_vpopcntq, want, reps, rows);

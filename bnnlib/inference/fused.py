@@ -23,9 +23,12 @@ default: on the AVX-512 EPYC (Zen 4, no AMX) it is no faster than the bit planes
 
 A lone image on one thread (batch 1 with ``OMP_WAIT_POLICY=PASSIVE``, or ``native = True``)
 goes through hand-written C where :func:`bnnlib.kernels.native.status` says it is available:
-every layer with bit-sliced counters, 256 neurons per AVX2 vector, and the argmax, in one call
-(``first_layer="int8"``: numba's first layer, then the C; ``"int8_gemm"``: torch's, then the
-C). It keeps a second copy of the packed weights in its layout, made on the first such call.
+every layer with bit-sliced counters, 512 neurons per AVX-512 vector (256 per AVX2 one), and
+the argmax, in one call (``first_layer="int8"``: numba's first layer, then the C;
+``"int8_gemm"``: torch's, then the C). It keeps a second copy of the packed weights in its
+layout, made on the first such call. ``predict`` reaches it through :meth:`FusedMLP.classify_lone`
+with as few Python steps as it can: each costs more than usual there, its code and data having
+been pushed out of the caches by the megabytes of weights the previous image streamed.
 
 :class:`FusedConvNet` does the same for a ConvNet whose first layer is an 8-bit convolution:
 direct packed convolutions on NHWC words (no im2col), pooling, threshold and packing in one
@@ -228,6 +231,25 @@ class FusedMLP:
         self._run(x, mode, out)
         return out
 
+    def classify_lone(self, x: np.ndarray, first_layer: str = "auto") -> int | None:
+        """The class of one uint8 image ``x`` (1, k) when the native kernels run it whole
+        (every layer and the argmax in one C call: ``first_layer`` "auto" or "bitplanes" and
+        :meth:`_lone_native`), else None: the caller takes :meth:`classes`. The same class as
+        :meth:`classes`, with fewer Python steps on the way."""
+        if first_layer not in ("auto", "bitplanes") or x.dtype != np.uint8 or x.size != self.k:
+            return None
+        if not self._lone_native():
+            return None
+        with self._lock:
+            return self._batch1_plan(self._calls.get(1) or self._new_call(1)).classify_image(x)
+
+    def _lone_native(self) -> bool:
+        """Whether a lone image runs in :mod:`bnnlib.kernels.native` (see ``native``)."""
+        parallel = PARALLEL_MIN_BATCH <= 1 if self.parallel is None else self.parallel
+        if self.native is False or (self.native is None and parallel):
+            return False
+        return native.status().available
+
     def _checked(self, x: np.ndarray, first_layer: str) -> tuple[np.ndarray, int]:
         """The images as a contiguous uint8 (M, k) array and the kernel's first-layer mode;
         ValueError for anything else."""
@@ -285,7 +307,7 @@ class FusedMLP:
         call = self._calls.get(m) or self._new_call(m)
         if mode == kfused.FIRST_GIVEN:
             self._first_by_int8_gemm(x, call.buffers.acts)
-        if m == 1 and self._native_for(parallel):
+        if m == 1 and self._lone_native():
             plan = self._batch1_plan(call)
             if mode in (kfused.FIRST_BITPLANES, kfused.FIRST_AUTO):
                 if classes is not None:  # every layer and the argmax in C
@@ -299,12 +321,6 @@ class FusedMLP:
             return call.buffers.s
         call.run(parallel, x, mode, max_nonzero)
         return call.buffers.s
-
-    def _native_for(self, parallel: bool) -> bool:
-        """Whether a lone image runs in :mod:`bnnlib.kernels.native` (see ``native``)."""
-        if self.native is False or (self.native is None and parallel):
-            return False
-        return native.status().available
 
     def _batch1_plan(self, call: kfused.BoundMLP) -> native.Batch1Plan:
         """The native plan bound to ``call``'s buffers (made again when they were)."""

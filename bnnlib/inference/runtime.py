@@ -412,6 +412,11 @@ class PackedNet:
         if a is not None and self._use_fused(path, device, first_layer):
             # At batch 1 each torch or numpy operation on the way (microseconds each, more
             # with the caches cold after the weights streamed through) is worth avoiding.
+            if len(a) == 1 and self._fused_kind == "mlp":
+                check_batch_size(batch_size)
+                cls = self.fused.classify_lone(a, first_layer)
+                if cls is not None:
+                    return torch.from_numpy(np.array([cls]))
             return torch.from_numpy(self._fused_run(a, first_layer, batch_size, "classes"))
         return self.scores(X, device, first_layer, batch_size, kernel, path).argmax(1)
 
@@ -421,7 +426,7 @@ class PackedNet:
         if device != "cpu" or path == "layers":
             return None
         if isinstance(X, torch.Tensor):
-            if X.dtype != torch.uint8 or X.device.type != "cpu" or X.requires_grad:
+            if X.dtype != torch.uint8 or not X.is_cpu or X.requires_grad:
                 return None
             X = X.numpy()
         if not isinstance(X, np.ndarray) or X.dtype != np.uint8 or X.ndim < 1 or not len(X):

@@ -1,23 +1,27 @@
 """Hand-written C for one image through a packed MLP (paper Sections 1.6, 2.6 and 4).
 
 At batch 1 a layer is a matrix-vector product and every weight bit is used once.
-``bitsliced.c`` (next to this file) counts the differing bits of 256 neurons at once in
-bit-sliced counters with carry-save adders and compares them with the thresholds in the same
-bit-sliced form, so that it writes the packed output words directly; its comments have the
-arithmetic. The 8-bit first layer is counted the same way, plane by plane: each bit plane adds
-the weight vectors of the pixels whose bit is set (MNIST's black background costs nothing).
-numba's loops (:mod:`bnnlib.kernels.fused`) count along each weight row instead, and spend a
-good share of their instructions on each row's horizontal sum. ``python -m bnnlib.bench
---latency`` times ``predict`` at batch 1 both ways (``packed``, ``packed_numba``); its figures
-are in ``results/`` and notebook 06.
+``bitsliced.c`` (next to this file) counts the differing bits of a block of neurons at once
+(512 with AVX-512, 256 with AVX2: :func:`lanes`) in bit-sliced counters with carry-save
+adders and compares them with the thresholds in the same bit-sliced form, so that it writes
+the packed output words directly; its comments have the arithmetic. The 8-bit first layer is
+counted the same way, plane by plane: each bit plane adds the weight vectors of the pixels
+whose bit is set (MNIST's black background costs nothing). numba's loops
+(:mod:`bnnlib.kernels.fused`) count along each weight row instead, and spend a good share of
+their instructions on each row's horizontal sum. ``python -m bnnlib.bench --latency`` times
+``predict`` at batch 1 both ways (``packed``, ``packed_numba``); its figures are in
+``results/`` and notebook 06.
 
 The C is built on first use with the system C compiler (``$CC``, else ``cc``, ``gcc``,
 ``clang``) at ``-O3 -march=native -ffp-contract=off`` (the argmax rounds as numpy does) into a
 private temporary folder, loaded with ctypes, and the folder removed: nothing is cached on disk,
-so no other user's file is ever loaded (about half a second, once per process). :func:`status`
-says whether it is available and why not: no compiler, a failed build, a CPU without AVX2, or
-``BNN_NATIVE=0`` in the environment. :mod:`bnnlib.inference.fused` then keeps numba's loops;
-the results are the same bit for bit.
+so no other user's file is ever loaded (about half a second, once per process). The
+environment variable ``BNN_NATIVE`` chooses: ``1`` (the default) the widest vectors the CPU
+has, ``avx2`` the 256-lane build on any AVX2 CPU (``-mno-avx512f``: to compare the two on an
+AVX-512 machine), ``0`` none. :func:`status` says whether the kernels are available and why
+not: no compiler, a failed build, a CPU without AVX2, ``BNN_NATIVE=0`` or a value it does not
+know. :mod:`bnnlib.inference.fused` then keeps numba's loops; the results are the same bit
+for bit.
 
 :class:`FirstBitsliced` and :class:`BitslicedLayer` are the first and a hidden layer in the
 kernel's layout (a second copy of the packed weights, made once); :class:`Batch1Plan` binds
@@ -47,11 +51,11 @@ __all__ = [
     "BitslicedLayer",
     "FirstBitsliced",
     "Batch1Plan",
-    "LANES",
+    "lanes",
 ]
 
-#: Neurons per block of the bit-sliced layout: one AVX2 vector of 256 bits.
-LANES = 256
+#: ``BNN_NATIVE``'s values, and the compiler flags each adds.
+_CHOICES = {"1": [], "avx2": ["-mno-avx512f"]}
 
 
 def find_compiler() -> str | None:
@@ -67,13 +71,15 @@ class NativeStatus:
     available: bool
     why: str
     compiler: str | None = None
+    #: Neurons per block of the layout (bits per vector): 512 (AVX-512), 256 (AVX2), or 0.
+    lanes: int = 0
 
 
 _lock = threading.Lock()
 _state: tuple[NativeStatus, ctypes.CDLL | None] | None = None
 
 
-def _build(cc: str) -> ctypes.CDLL:
+def _build(cc: str, extra: list[str]) -> ctypes.CDLL:
     """``bitsliced.c`` built by ``cc`` in a private temporary folder and loaded (the folder
     is removed; the loaded library stays mapped). RuntimeError with the compiler's message."""
     source = resources.files("bnnlib.kernels").joinpath("bitsliced.c").read_text()
@@ -81,7 +87,8 @@ def _build(cc: str) -> ctypes.CDLL:
         src, lib = os.path.join(tmp, "bitsliced.c"), os.path.join(tmp, "bitsliced.so")
         with open(src, "w") as f:
             f.write(source)
-        flags = ["-O3", "-march=native", "-ffp-contract=off", "-shared", "-fPIC", "-o", lib, src]
+        flags = ["-O3", "-march=native", *extra, "-ffp-contract=off", "-shared", "-fPIC"]
+        flags += ["-o", lib, src]
         built = subprocess.run([cc, *flags], capture_output=True, text=True, timeout=120)
         if built.returncode != 0:
             raise RuntimeError(f"{cc} failed: {built.stderr.strip()[-500:]}")
@@ -89,18 +96,23 @@ def _build(cc: str) -> ctypes.CDLL:
 
 
 def _load() -> tuple[NativeStatus, ctypes.CDLL | None]:
-    if os.environ.get("BNN_NATIVE", "1") == "0":
+    choice = os.environ.get("BNN_NATIVE", "1")
+    if choice == "0":
         return NativeStatus(False, "disabled by BNN_NATIVE=0"), None
+    if choice not in _CHOICES:
+        why = f"BNN_NATIVE must be 0, 1 or avx2, got {choice!r}; numba's loops run instead"
+        return NativeStatus(False, why), None
     cc = find_compiler()
     if cc is None:
         return NativeStatus(False, "no C compiler ($CC, cc, gcc or clang) found"), None
     try:
-        lib = _build(cc)
+        lib = _build(cc, _CHOICES[choice])
     except RuntimeError as e:
         return NativeStatus(False, str(e), cc), None
     except (OSError, subprocess.SubprocessError) as e:  # no temp folder, noexec, a timeout
         return NativeStatus(False, f"{type(e).__name__}: {e}", cc), None
-    if lib.bnn_native_isa() != 2:
+    width = lib.bnn_native_lanes()
+    if width not in (256, 512):
         return NativeStatus(False, "the CPU (as the compiler sees it) has no AVX2", cc), None
     p, i64 = ctypes.c_void_p, ctypes.c_int64
     lib.bnn_hidden_and_last.argtypes = [p, i64, p, p]
@@ -111,7 +123,8 @@ def _load() -> tuple[NativeStatus, ctypes.CDLL | None]:
     lib.bnn_mlp_image_class.restype = ctypes.c_int
     lib.bnn_affine_argmax.argtypes = [p, i64, p, p, p]
     lib.bnn_affine_argmax.restype = i64
-    return NativeStatus(True, "built and loaded", cc), lib
+    isa = "AVX-512" if width == 512 else "AVX2"
+    return NativeStatus(True, f"built and loaded ({isa}, {width} lanes)", cc, width), lib
 
 
 def _loaded() -> tuple[NativeStatus, ctypes.CDLL | None]:
@@ -125,6 +138,15 @@ def _loaded() -> tuple[NativeStatus, ctypes.CDLL | None]:
 def status() -> NativeStatus:
     """Whether the kernels are available in this process (built on the first call)."""
     return _loaded()[0]
+
+
+def lanes() -> int:
+    """Neurons per block of the loaded kernels' layout (512 or 256); RuntimeError when they
+    are not available (:func:`status` says why)."""
+    st = status()
+    if not st.available:
+        raise RuntimeError(f"the native kernels are not available: {st.why}")
+    return st.lanes
 
 
 def affine_argmax(s: np.ndarray, a: np.ndarray, mu: np.ndarray, beta: np.ndarray) -> int:
@@ -150,7 +172,7 @@ def _aligned(shape: tuple[int, ...]) -> np.ndarray:
 
 
 def _lanes(bits: np.ndarray) -> np.ndarray:
-    """(..., 256) bits as (..., 4) uint64 words, lane 64q + t at bit t of word q."""
+    """(..., L) bits as (..., L / 64) uint64 words, lane 64q + t at bit t of word q."""
     packed = np.ascontiguousarray(np.packbits(bits, axis=-1, bitorder="little"))
     return packed.view("<u8").astype(np.uint64)
 
@@ -160,35 +182,44 @@ def _check_directions(direction: np.ndarray) -> None:
         raise ValueError("directions must be +1 or -1")
 
 
-def _transposed(w: np.ndarray, inputs: int, rows: int) -> np.ndarray:
-    """uint64 (blocks, rows, 4): input i's bit of each of 256 neurons in block b, from the
-    packed rows ``w`` int64 (n, words) (their first ``inputs`` bits; rows >= inputs, the rows
-    beyond them zero; neurons past n zero)."""
+def _transposed(w: np.ndarray, inputs: int, rows: int, width: int) -> np.ndarray:
+    """uint64 (blocks, rows, width / 64): input i's bit of each of ``width`` neurons in block
+    b, from the packed rows ``w`` int64 (n, words) (their first ``inputs`` bits; rows >=
+    inputs, the rows beyond them zero; neurons past n zero)."""
     n, words = w.shape
-    blocks = -(-n // LANES)
-    bits = np.zeros((blocks * LANES, inputs), np.uint8)
+    blocks = -(-n // width)
+    bits = np.zeros((blocks * width, inputs), np.uint8)
     raw = np.ascontiguousarray(w).view(np.uint8).reshape(n, 8 * words)
     bits[:n] = np.unpackbits(raw, axis=1, bitorder="little")[:, :inputs]
-    out = _aligned((blocks, rows, 4))
-    out[:, :inputs] = _lanes(bits.reshape(blocks, LANES, inputs).transpose(0, 2, 1))
+    out = _aligned((blocks, rows, width // 64))
+    out[:, :inputs] = _lanes(bits.reshape(blocks, width, inputs).transpose(0, 2, 1))
     return out
 
 
-def _sliced(values: np.ndarray, digits: int) -> np.ndarray:
-    """uint64 (blocks, digits, 4): the two's complement digits of one int64 per lane
-    (blocks x 256 of them), bit-sliced as the kernel's counters."""
-    blocks = len(values) // LANES
+def _sliced(values: np.ndarray, digits: int, width: int) -> np.ndarray:
+    """uint64 (blocks, digits, width / 64): the two's complement digits of one int64 per lane
+    (blocks x width of them), bit-sliced as the kernel's counters."""
+    blocks = len(values) // width
     bits = ((values[None, :] >> np.arange(digits)[:, None]) & 1).astype(np.uint8)
-    out = _aligned((blocks, digits, 4))
-    out[:] = _lanes(bits.reshape(digits, blocks, LANES).transpose(1, 0, 2))
+    out = _aligned((blocks, digits, width // 64))
+    out[:] = _lanes(bits.reshape(digits, blocks, width).transpose(1, 0, 2))
     return out
 
 
-def _lane_flags(flags: np.ndarray) -> np.ndarray:
-    """uint64 (blocks, 4): one bit per lane (blocks x 256 of them)."""
-    out = _aligned((len(flags) // LANES, 4))
-    out[:] = _lanes(flags.astype(np.uint8).reshape(-1, LANES))
+def _lane_flags(flags: np.ndarray, width: int) -> np.ndarray:
+    """uint64 (blocks, width / 64): one bit per lane (blocks x width of them)."""
+    out = _aligned((len(flags) // width, width // 64))
+    out[:] = _lanes(flags.astype(np.uint8).reshape(-1, width))
     return out
+
+
+def _width(width: int | None) -> int:
+    """The layout's lanes: ``width`` (256 or 512), else the loaded kernels' (:func:`lanes`)."""
+    if width is None:
+        return lanes()
+    if width not in (256, 512):
+        raise ValueError(f"width must be 256 or 512 lanes, got {width}")
+    return width
 
 
 @dataclass(frozen=True)
@@ -201,13 +232,14 @@ class BitslicedLayer:
     words (as :func:`bnnlib.kernels.fused.hidden_word`). Since t falls as h rises, that is
     ``h_j < C_j`` (direction +1: ``C_j = floor((k - threshold) / 2) + 1``) or its negation
     (direction -1: ``C_j = ceil((k - threshold) / 2)``), with C_j clipped to [0, inputs + 1].
+    ``width``: neurons per block, the loaded kernels' :func:`lanes` unless given.
     """
 
-    #: uint64 (blocks, inputs, 4): block b, input i: the weight bits of 256 neurons.
+    #: uint64 (blocks, inputs, width / 64): block b, input i: the weight bits of its neurons.
     weights: np.ndarray
-    #: uint64 (blocks, digits, 4): the binary digits of C, bit-sliced.
+    #: uint64 (blocks, digits, width / 64): the binary digits of C, bit-sliced.
     cbits: np.ndarray
-    #: uint64 (blocks, 4): 1 where the output bit is NOT (h < C).
+    #: uint64 (blocks, width / 64): 1 where the output bit is NOT (h < C).
     flip: np.ndarray
     #: Inputs counted (every bit of the packed words), binary digits of the counters.
     inputs: int
@@ -215,36 +247,46 @@ class BitslicedLayer:
     #: Neurons, and the packed output words.
     n: int
     out_words: int
+    #: Neurons per block.
+    width: int
 
     @classmethod
     def from_packed(
-        cls, w: np.ndarray, threshold: np.ndarray, direction: np.ndarray, k: int
+        cls,
+        w: np.ndarray,
+        threshold: np.ndarray,
+        direction: np.ndarray,
+        k: int,
+        width: int | None = None,
     ) -> BitslicedLayer:
         _check_directions(direction)
+        width = _width(width)
         n, words = w.shape
         inputs = 64 * words
-        weights = _transposed(w, inputs, inputs)
-        lanes = LANES * weights.shape[0]
+        weights = _transposed(w, inputs, inputs, width)
+        total = width * weights.shape[0]  # lanes, padding included
         thr, d = threshold.astype(np.int64), direction.astype(np.int64)
         up = (k - thr) // 2 + 1  # t >= thr <=> h <= floor((k - thr) / 2) <=> h < up
         down = -((thr - k) // 2)  # t <= thr <=> h >= ceil((k - thr) / 2) = down
-        digits = max(6, (inputs + 1).bit_length())
-        c = np.zeros(lanes, np.int64)  # padding lanes: C = 0, flip 0: bit 0
+        digits = max(7, (inputs + 1).bit_length())
+        c = np.zeros(total, np.int64)  # padding lanes: C = 0, flip 0: bit 0
         c[:n] = np.clip(np.where(d > 0, up, down), 0, inputs + 1)
-        flips = np.zeros(lanes, np.uint8)
+        flips = np.zeros(total, np.uint8)
         flips[:n] = d < 0
-        return cls(weights, _sliced(c, digits), _lane_flags(flips), inputs, digits, n, -(-n // 64))
+        cbits, flip = _sliced(c, digits, width), _lane_flags(flips, width)
+        return cls(weights, cbits, flip, inputs, digits, n, -(-n // 64), width)
 
     def consistent(self) -> bool:
         """Whether the arrays have the shapes the numbers say (C trusts them)."""
-        b = self.weights.shape[0]
+        b, v = self.weights.shape[0], self.width // 64
         return (
-            _words(self.weights, (b, self.inputs, 4))
-            and _words(self.cbits, (b, self.digits, 4))
-            and _words(self.flip, (b, 4))
-            and 6 <= self.digits <= 40
+            self.width in (256, 512)
+            and _words(self.weights, (b, self.inputs, v))
+            and _words(self.cbits, (b, self.digits, v))
+            and _words(self.flip, (b, v))
+            and 7 <= self.digits <= 40
             and 0 < self.inputs < 1 << self.digits
-            and 0 < self.out_words <= 4 * b
+            and 0 < self.out_words <= v * b
         )
 
 
@@ -263,14 +305,15 @@ class FirstBitsliced:
     that is the sign of ``Z_j = 4 P_j + K_j - 2 sum(x)``: ``K_j = -(threshold_j + 255
     wsum_j)``, less 1 for direction -1 (bit: Z < 0) than for +1 (bit: Z >= 0); K is clipped to
     +/- 2^(digits of 255 k0 + 2), which keeps every sign and lets Z fit its digits.
+    ``width``: neurons per block, the loaded kernels' :func:`lanes` unless given.
     """
 
-    #: uint64 (blocks, k0 + 1, 4): block b, pixel i: the weight bits of 256 neurons; then a
-    #: zero row, which pads the kernel's lists of pixels to whole groups of 16.
+    #: uint64 (blocks, k0 + 1, width / 64): block b, pixel i: the weight bits of its neurons;
+    #: then a zero row, which pads the kernel's lists of pixels to whole groups of 16.
     weights: np.ndarray
-    #: uint64 (blocks, zdigits, 4): K, two's complement, bit-sliced.
+    #: uint64 (blocks, zdigits, width / 64): K, two's complement, bit-sliced.
     kbits: np.ndarray
-    #: uint64 (blocks, 4): 1 where the bit is Z >= 0 (direction +1).
+    #: uint64 (blocks, width / 64): 1 where the bit is Z >= 0 (direction +1).
     flip: np.ndarray
     #: Pixels, digits of one plane's count, digits of Z.
     k0: int
@@ -278,6 +321,8 @@ class FirstBitsliced:
     zdigits: int
     n: int
     out_words: int
+    #: Neurons per block.
+    width: int
 
     @classmethod
     def from_packed(
@@ -287,37 +332,40 @@ class FirstBitsliced:
         threshold: np.ndarray,
         direction: np.ndarray,
         k0: int,
+        width: int | None = None,
     ) -> FirstBitsliced:
         _check_directions(direction)
+        width = _width(width)
         n, words = w.shape
         if not 0 < k0 <= 64 * words:
             raise ValueError(f"k0 = {k0} pixels do not fit {words} words")
-        weights = _transposed(w, k0, k0 + 1)  # the zero row k0
-        lanes = LANES * weights.shape[0]
+        weights = _transposed(w, k0, k0 + 1, width)  # the zero row k0
+        total = width * weights.shape[0]  # lanes, padding included
         pdigits = (255 * k0).bit_length()
         zdigits = pdigits + 4
         a = threshold.astype(np.int64) + 255 * wsum.astype(np.int64)
         d = direction.astype(np.int64)
         lim = 1 << (pdigits + 2)
-        k = np.full(lanes, -1, np.int64)  # padding lanes: Z < 0, flip 1: bit 0
+        k = np.full(total, -1, np.int64)  # padding lanes: Z < 0, flip 1: bit 0
         k[:n] = np.clip(np.where(d > 0, -a, -a - 1), -lim, lim)
-        flips = np.ones(lanes, np.uint8)
+        flips = np.ones(total, np.uint8)
         flips[:n] = d > 0
-        kbits, flip = _sliced(k, zdigits), _lane_flags(flips)
-        qdigits = max(6, (k0 + 16).bit_length())
-        return cls(weights, kbits, flip, k0, qdigits, zdigits, n, -(-n // 64))
+        kbits, flip = _sliced(k, zdigits, width), _lane_flags(flips, width)
+        qdigits = max(7, (k0 + 16).bit_length())
+        return cls(weights, kbits, flip, k0, qdigits, zdigits, n, -(-n // 64), width)
 
     def consistent(self) -> bool:
         """Whether the arrays have the shapes the numbers say (C trusts them)."""
-        b = self.weights.shape[0]
+        b, v = self.weights.shape[0], self.width // 64
         return (
-            _words(self.weights, (b, self.k0 + 1, 4))
-            and _words(self.kbits, (b, self.zdigits, 4))
-            and _words(self.flip, (b, 4))
-            and 6 <= self.qdigits <= 40
+            self.width in (256, 512)
+            and _words(self.weights, (b, self.k0 + 1, v))
+            and _words(self.kbits, (b, self.zdigits, v))
+            and _words(self.flip, (b, v))
+            and 7 <= self.qdigits <= 40
             and self.k0 + 16 < 1 << self.qdigits
             and 3 <= self.zdigits <= 62
-            and 0 < self.out_words <= 4 * b
+            and 0 < self.out_words <= v * b
         )
 
 
@@ -328,8 +376,9 @@ class Batch1Plan:
     row 0 the first layer's packed output, row l + 1 written by hidden layer l;
     ``last_weight`` int64 (classes, words) and ``last_k`` the last layer; ``s`` int64
     (1, classes), the pre-activations written; ``first``: the first layer, for
-    :meth:`run_image`. The arrays are kept alive by the plan, which passes their addresses to
-    C (it checks their shapes here, once).
+    :meth:`run_image`. The layers' ``width`` must be the loaded kernels' :func:`lanes`. The
+    arrays are kept alive by the plan, which passes their addresses to C (it checks their
+    shapes here, once).
     """
 
     def __init__(
@@ -349,13 +398,14 @@ class Batch1Plan:
         checks.append(acts.shape[0] == len(layers) + 1)
         width = acts.shape[1]
         for lay in layers:
-            checks.append(lay.consistent())
+            checks.append(lay.consistent() and lay.width == st.lanes)
             checks.append(lay.inputs <= 64 * width and lay.out_words <= width)
         lw = np.ascontiguousarray(last_weight, np.int64)
         checks.append(s.dtype == np.int64 and s.flags.c_contiguous and s.shape == (1, lw.shape[0]))
         checks.append(lw.shape[1] <= width)
         if first is not None:
-            checks.append(first.consistent() and first.out_words <= width)
+            checks.append(first.consistent() and first.width == st.lanes)
+            checks.append(first.out_words <= width)
         if affine is not None:
             checks.append(all(np.shape(v) == (lw.shape[0],) for v in affine))
         if not all(checks):
