@@ -171,6 +171,41 @@ def test_first_layer_equals_numpy_with_ties(k0, n):
 
 
 @needs_native
+@pytest.mark.parametrize("threads", [1, 2, 5])
+def test_first_layer_of_a_batch_equals_numpy(threads):
+    """first_layer_images on 9 images (all zero, all 255, sparse, dense) split between
+    threads, into rows wider than the output: each row as numpy's integers compare, bit for
+    bit, and the words past the output untouched."""
+    rng = np.random.default_rng(threads)
+    k0, n = 300, 700
+    w, _, _ = _random_layer(rng, n, k0)
+    pm1 = (
+        2 * np.unpackbits(w.view(np.uint8), axis=1, bitorder="little")[:, :k0].astype(np.int64) - 1
+    )
+    wsum = pm1.sum(1)
+    x = rng.integers(0, 256, (9, k0)).astype(np.uint8)
+    x[2:5][rng.random((3, k0)) < 0.8] = 0
+    x[0], x[1] = 0, 255
+    t = 2 * x.astype(np.int64) @ pm1.T - 255 * wsum
+    thr = t[3] + rng.integers(-1, 2, n)  # ties for image 3
+    d = np.where(rng.random(n) < 0.5, 1, -1).astype(np.int64)
+    first = native.FirstBitsliced.from_packed(w, wsum, thr, d, k0)
+    words = -(-n // 64)
+    out = np.full((9, words + 2), -7, np.int64)
+    native.first_layer_images(first, x, out, threads)
+    bits = np.zeros((9, 64 * words), np.uint8)
+    bits[:, :n] = (t - thr) * d >= 0
+    assert np.array_equal(out[:, :words], np.packbits(bits, 1, bitorder="little").view("<i8"))
+    assert (out[:, words:] == -7).all()
+    with pytest.raises(ValueError, match="wrong shape"):
+        native.first_layer_images(first, x, out[:8], threads)
+    with pytest.raises(ValueError, match="wrong shape"):
+        native.first_layer_images(first, x[:, :-1], out, threads)
+    with pytest.raises(ValueError, match="wrong shape"):
+        native.first_layer_images(first, x, out[:, :1], threads)
+
+
+@needs_native
 def test_plan_refuses_wrong_buffers():
     rng = np.random.default_rng(0)
     w, t, d = _random_layer(rng, 64, 128)
@@ -212,7 +247,8 @@ def _packed(net):
 def test_predict_native_equals_numba(mnist_uint8, hidden, depth):
     """Through PackedNet at batch 1, with each first layer: the native hidden layers give the
     pre-activations of numba's loops and of the layer-at-a-time path, bit for bit. The plan
-    follows the buffers when they are made again (the int8 rows made on first use)."""
+    follows the buffers when they are made again (the int8 rows made on first use). Batches
+    of 2 to 122 images, whose first layer runs in C: the same."""
     xtr, xt = mnist_uint8
     torch.manual_seed(hidden)
     net = calibrate_batchnorm(mnist_mlp(hidden=hidden, depth=depth), xtr)
@@ -226,6 +262,13 @@ def test_predict_native_equals_numba(mnist_uint8, hidden, depth):
             got = torch.cat([packed.scores(x[i : i + 1], first_layer=first_layer) for i in
                              range(len(x))])  # fmt: skip
             assert torch.equal(got, ref), (first_layer, flag)
+    xx, rr = torch.cat([x, x]), torch.cat([ref, ref])  # 122 images
+    for batch in (2, 64, 122):  # the first layer in C, then numba: chunks, chunks in parallel
+        for first_layer in ("bitplanes", "auto"):
+            for flag in (None, False):
+                f.native = flag
+                got = packed.scores(xx, first_layer=first_layer, batch_size=batch)
+                assert torch.equal(got, rr), (batch, first_layer, flag)
     f.native = True
     preds = torch.cat([packed.predict(x[i : i + 1]) for i in range(len(x))])
     assert torch.equal(preds, inference.simulate(net, x))

@@ -8,6 +8,7 @@ import os
 import shlex
 import subprocess
 import sys
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -15,7 +16,14 @@ from torch import nn
 from bnnlib import data
 from bnnlib.hardware import describe_machine
 
-__all__ = ["machine_info", "git_commit", "calibrate_batchnorm", "deployed_float32", "plain_mlp"]
+__all__ = [
+    "machine_info",
+    "git_commit",
+    "calibrate_batchnorm",
+    "deployed_float32",
+    "plain_mlp",
+    "with_fused",
+]
 
 
 # --------------------------------------------------------------------------- machine
@@ -241,3 +249,19 @@ def plain_mlp(n_in: int, hidden: int, depth: int, num_classes: int) -> nn.Sequen
     layers += [nn.Linear(hidden if depth else n_in, num_classes, bias=False)]
     layers += [nn.BatchNorm1d(num_classes)]
     return nn.Sequential(*layers).eval()
+
+
+def with_fused(packed, name: str, value, fn: Callable[..., object]) -> Callable[..., object]:
+    """``fn`` with the packed net's fused runner's setting ``name`` (``parallel``: the layers
+    split between threads; ``native``: the hand-written C kernels) set to ``value`` for each
+    call, then restored."""
+
+    def call(*args) -> object:
+        default = getattr(packed.fused, name)
+        setattr(packed.fused, name, value)
+        try:
+            return fn(*args)
+        finally:
+            setattr(packed.fused, name, default)
+
+    return call

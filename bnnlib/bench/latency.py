@@ -36,12 +36,13 @@ For the MNIST MLP (784 -> 3 x ``hidden`` -> 10) and each batch size, ms per imag
   baseline);
 * ``packed_int8_gemm``: the fused path with its first layer on ``torch._int_mm`` (oneDNN),
   the library path PackedNet can take for that layer (not its default);
+* ``packed_numba``: ``packed`` on numba's loops only, without the hand-written bit-sliced C
+  kernels that a lone image takes for every layer, and a batch for its first layer, where
+  they are available (:mod:`bnnlib.kernels.native`; ``native`` says whether they were, and
+  why not);
 * at batch 1, the fused path with each first layer (``packed_bitplanes``, ``packed_int8``),
-  on the calling thread only (``packed_one_thread``; by default its layers are split between
-  threads), the figure to set beside the single-threaded floor, and with numba's loops
-  (``packed_numba``) instead of the hand-written bit-sliced C kernels that a lone image takes
-  where they are available (:mod:`bnnlib.kernels.native`; ``native`` says whether
-  they were, and why not).
+  and on the calling thread only (``packed_one_thread``; by default its layers are split
+  between threads), the figure to set beside the single-threaded floor.
 
 At the largest batch, ``xnor_gemm_same_shape`` sets the packed MLP beside
 :func:`bnnlib.kernels.xnor_gemm` on its hidden layers' shape (batch x hidden x hidden, packed
@@ -89,6 +90,7 @@ from bnnlib.bench.common import (
     mlp_model,
     mnist_split,
     plain_mlp,
+    with_fused,
 )
 from bnnlib.bench.mlp import export_and_load
 from bnnlib.kernels import native
@@ -273,6 +275,7 @@ def _mlp_rows(
         if b == 1:  # the BNN module itself: binarizes every weight on each call
             calls["float32_training_module"] = _under(torch.no_grad, lambda i: net(xs[batch(i)]))
         calls["packed"] = lambda i: packed.predict(xt[batch(i)])
+        calls["packed_numba"] = with_fused(packed, "native", False, calls["packed"])
         calls["packed_layers"] = lambda i: packed.predict(xt[batch(i)], path="layers")
         if "int8" not in slow:
             calls["packed_int8_gemm"] = lambda i: packed.predict(
@@ -304,31 +307,14 @@ def _under(context, fn: Callable[[int], object]) -> Callable[[int], object]:
 
 
 def _batch1_variants(packed, xt, batch) -> dict[str, Callable[[int], object]]:
-    """Batch 1: the fused path with each first layer, on the calling thread only, and on
-    numba's loops instead of the C kernels."""
+    """Batch 1: the fused path with each first layer, and on the calling thread only."""
     calls: dict[str, Callable[[int], object]] = {
         f"packed_{mode}": lambda i, m=mode: packed.predict(xt[batch(i)], first_layer=m)
         for mode in ("bitplanes", "int8")
     }
     one = lambda i: packed.predict(xt[batch(i)])  # noqa: E731
-    calls["packed_one_thread"] = _with_fused(packed, "parallel", False, one)
-    calls["packed_numba"] = _with_fused(packed, "native", False, one)
+    calls["packed_one_thread"] = with_fused(packed, "parallel", False, one)
     return calls
-
-
-def _with_fused(packed, name: str, value, fn: Callable[[int], object]) -> Callable[[int], object]:
-    """``fn`` with the fused runner's setting ``name`` (``parallel``: the layers split between
-    threads; ``native``: a lone image in the C kernels) set to ``value`` for the call."""
-
-    def call(i: int) -> object:
-        default = getattr(packed.fused, name)
-        setattr(packed.fused, name, value)
-        try:
-            return fn(i)
-        finally:
-            setattr(packed.fused, name, default)
-
-    return call
 
 
 def _shape(net) -> tuple[int, int, int]:
@@ -339,14 +325,19 @@ def _shape(net) -> tuple[int, int, int]:
 
 def _exactness(net, packed, xt, slow: dict[str, str]) -> dict:
     """Predictions compared with the float simulation on every image: the packed path at
-    batch 1 and 100, the exact int8 / bf16 baselines on all images at once."""
+    batch 1, 100 and all images at once, each with the C kernels (where available) and on
+    numba's loops, the exact int8 / bf16 baselines on all images at once."""
     from bnnlib.inference import simulate
 
     sim = simulate(net, xt)
     one = torch.cat([packed.predict(xt[i : i + 1]) for i in range(len(xt))])
-    numba_one = _with_fused(packed, "native", False, lambda i: packed.predict(xt[i : i + 1]))
+    numba_one = with_fused(packed, "native", False, lambda i: packed.predict(xt[i : i + 1]))
     one_numba = torch.cat([numba_one(i) for i in range(len(xt))])
     hundred = packed.predict(xt, batch_size=100, path="fused")
+    everything = packed.predict(xt, batch_size=len(xt), path="fused")
+    every_numba = with_fused(
+        packed, "native", False, lambda i: packed.predict(xt, batch_size=len(xt), path="fused")
+    )(0)
     lowp_preds = {
         f"{kind}_exact": lowp.ExactMLP(packed, dtype).predict(xt)
         for kind, dtype in (("int8", torch.int8), ("bfloat16", torch.bfloat16))
@@ -357,7 +348,11 @@ def _exactness(net, packed, xt, slow: dict[str, str]) -> dict:
         "batch1_identical_to_simulation": int((one == sim).sum()),
         "batch1_numba_identical_to_simulation": int((one_numba == sim).sum()),
         "batch100_identical_to_simulation": int((hundred == sim).sum()),
-        "all_identical": all(torch.equal(p, sim) for p in (one, one_numba, hundred)),
+        "all_at_once_identical_to_simulation": int((everything == sim).sum()),
+        "all_at_once_numba_identical_to_simulation": int((every_numba == sim).sum()),
+        "all_identical": all(
+            torch.equal(p, sim) for p in (one, one_numba, hundred, everything, every_numba)
+        ),
         **{f"{k}_identical_to_simulation": int((p == sim).sum()) for k, p in lowp_preds.items()},
     }
 
@@ -567,6 +562,7 @@ def _ratios(
         **{f"batch{big}_{k}_over_packed": bb[k] / bb["packed"] for k in _present(bb)},
         f"batch{big}_best_baseline_over_packed": bb[best] / bb["packed"],
         f"batch{big}_layers_over_packed": bb["packed_layers"] / bb["packed"],
+        f"batch{big}_numba_over_packed": bb["packed_numba"] / bb["packed"],
         f"batch{big}_packed_share_of_compute_bound": 1e9 * gmacs[str(big)]["packed"]
         / bound["bound_macs_per_s"],
     }  # fmt: skip

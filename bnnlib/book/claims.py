@@ -605,8 +605,14 @@ def _section4_texts(bench: results.Bench) -> dict[str, str]:
         "mlp": f"{mr['xnor_first_baseline_over_baseline']:.1f}× (first layer on the baseline "
         f"kernel, as the paper's code); {mr['xnor_bitplanes_over_baseline']:.1f}× all in "
         f"integers with the paper's bit planes ({mr['xnor_int8_over_baseline']:.1f}× with the "
-        f"sparse int8 first layer, which depends on the input's zero pixels); predictions "
-        f"{same} on {m['n_images']:,} images",
+        f"sparse int8 first layer, which depends on the input's zero pixels"
+        + (
+            f"; {mr['xnor_bitplanes_set_bits_over_baseline']:.1f}× with the bit planes in C, "
+            "which add only the set bits"
+            if "xnor_bitplanes_set_bits_over_baseline" in mr
+            else ""
+        )
+        + f"); predictions {same} on {m['n_images']:,} images",
         "kernel_details": f"{bench.isa()}: the vendor BLAS is {blas}'s matmul. "
         f"{_bench_details(bench)}",
         "mlp_details": f"{bench.isa()}: MNIST MLP 784-3×{m['hidden']}-10, "

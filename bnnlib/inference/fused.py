@@ -12,9 +12,14 @@ alike and takes the argmax, so no float array is made).
 :meth:`PackedNet.scores` takes this path by itself (``path="auto"``) on the CPU, in chunks of
 at most :data:`FUSED_CHUNK` images: a chunk's layers split between threads from
 :data:`PARALLEL_MIN_BATCH` images on, the chunks of a larger batch shared between threads
-(one thread per chunk, one parallel region per call). The first layer's product is chosen per image
-(``first_layer="auto"``): int8 rows of the nonzero pixels when fewer than
-:data:`INT8_MAX_NONZERO_FRACTION` of the pixels are nonzero, else bit planes. Both are exact.
+(one thread per chunk, one parallel region per call). The first layer (``first_layer="auto"``
+or ``"bitplanes"``) runs where :func:`bnnlib.kernels.native.status` says the hand-written C is
+available as bit planes counted bit-sliced (:func:`bnnlib.kernels.native.first_layer_images`,
+the images shared between threads): it adds only the weight vectors of the set bits, about 700
+of 6,272 for an MNIST digit, so its time depends on the pixels. Without the C, ``"auto"``
+chooses per image: int8 rows of the nonzero pixels when fewer than
+:data:`INT8_MAX_NONZERO_FRACTION` of the pixels are nonzero, else numba's bit planes, which
+count every plane word. All are exact.
 ``first_layer="int8_gemm"`` runs the first layer as a dense int8 gemm in torch
 (``torch._int_mm``, oneDNN: VNNI or AMX where the CPU has them) on ``x - 128`` (pixels do not fit
 int8) and adds ``128 sum(W_b)`` back, exact in int32, then the other layers fused. Not the
@@ -41,6 +46,7 @@ import math
 import threading
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 import torch
 
@@ -107,6 +113,11 @@ def _threads_sleep() -> bool:
     """Whether idle OpenMP threads sleep at once (``OMP_WAIT_POLICY=PASSIVE``), so that every
     parallel region pays for waking them."""
     return settings.omp_passive()
+
+
+def _threads() -> int:
+    """The threads a batch's chunks are shared between (numba's)."""
+    return numba.get_num_threads()
 
 
 def _i64(t: torch.Tensor) -> np.ndarray:
@@ -178,7 +189,8 @@ class FusedMLP:
         #: native`, where :func:`native.status` says they are available): its hidden and last
         #: layers, and its first layer too with ``first_layer`` "bitplanes" or "auto" (bit
         #: planes, counted bit-sliced); None: when the call would run on one thread anyway,
-        #: True / False: always / never (numba's loops; the same results bit for bit)
+        #: True / False: always / never (numba's loops; the same results bit for bit). A
+        #: batch's first layer with "bitplanes" or "auto" runs in that C too unless False.
         self.native: bool | None = None
         self._bitsliced: tuple[native.FirstBitsliced, list[native.BitslicedLayer]] | None = None
         self._plan: tuple[kfused.BoundMLP, native.Batch1Plan] | None = None
@@ -272,13 +284,20 @@ class FusedMLP:
             return np.zeros((0, self.num_classes), np.int64) if classes is None else None
         max_nonzero = int(INT8_MAX_NONZERO_FRACTION * self.k)
         with self._lock:
-            if self._w8t is None and mode != kfused.FIRST_BITPLANES:
+            c_first = m > 1 and self._native_first(mode)
+            if self._w8t is None and mode != kfused.FIRST_BITPLANES and not c_first:
                 self._make_int8_rows()
             if m > FUSED_CHUNK and self.chunks_parallel and mode != kfused.FIRST_GIVEN:
                 words = math.ceil(max(self.widths) / 64)
+                given = None
+                if c_first:  # the first layer of every image in C, on every thread
+                    given = np.empty((m, math.ceil(self.widths[0] / 64)), np.int64)
+                    native.first_layer_images(self._layouts()[0], x, given, _threads())
+                    mode = kfused.FIRST_GIVEN
                 s = kfused.mlp_forward_chunks(
-                    x, FUSED_CHUNK, mode, max_nonzero, self.first, self.hidden, self.last, words
-                )
+                    x, FUSED_CHUNK, mode, max_nonzero, self.first, self.hidden, self.last,
+                    words, given,
+                )  # fmt: skip
             elif m <= FUSED_CHUNK and classes is not None:
                 s = self._chunk(x, mode, max_nonzero, classes)
                 if s is not None:  # the buffer: read before the lock goes
@@ -307,6 +326,10 @@ class FusedMLP:
         call = self._calls.get(m) or self._new_call(m)
         if mode == kfused.FIRST_GIVEN:
             self._first_by_int8_gemm(x, call.buffers.acts)
+        elif m > 1 and self._native_first(mode):  # the first layer in C, then numba's loops
+            out = call.buffers.acts[0, : m * math.ceil(self.widths[0] / 64)].reshape(m, -1)
+            native.first_layer_images(self._layouts()[0], x, out)
+            mode = kfused.FIRST_GIVEN
         if m == 1 and self._lone_native():
             plan = self._batch1_plan(call)
             if mode in (kfused.FIRST_BITPLANES, kfused.FIRST_AUTO):
@@ -322,26 +345,38 @@ class FusedMLP:
         call.run(parallel, x, mode, max_nonzero)
         return call.buffers.s
 
+    def _native_first(self, mode: int) -> bool:
+        """Whether the first layer of a batch of images runs in :mod:`bnnlib.kernels.native`
+        (bit planes counted bit-sliced): for ``first_layer`` "bitplanes" and "auto", unless
+        ``native`` is False."""
+        if self.native is False or mode not in (kfused.FIRST_BITPLANES, kfused.FIRST_AUTO):
+            return False
+        return native.status().available
+
+    def _layouts(self) -> tuple[native.FirstBitsliced, list[native.BitslicedLayer]]:
+        """The first and hidden layers in the native kernels' layout, made on first use."""
+        if self._bitsliced is None:
+            h, f = self.hidden, self.first
+            hidden = [
+                native.BitslicedLayer.from_packed(
+                    h.weights[wo : wo + n * w_in].reshape(n, w_in),
+                    h.thresholds[to : to + n],
+                    h.directions[to : to + n],
+                    k,
+                )
+                for n, w_in, k, wo, to in h.table.tolist()
+            ]
+            rows = np.ascontiguousarray(f.weight_t.T)
+            first = native.FirstBitsliced.from_packed(
+                rows, f.wsum, f.threshold, f.direction, self.k
+            )
+            self._bitsliced = (first, hidden)
+        return self._bitsliced
+
     def _batch1_plan(self, call: kfused.BoundMLP) -> native.Batch1Plan:
         """The native plan bound to ``call``'s buffers (made again when they were)."""
         if self._plan is None or self._plan[0] is not call:
-            if self._bitsliced is None:
-                h, f = self.hidden, self.first
-                hidden = [
-                    native.BitslicedLayer.from_packed(
-                        h.weights[wo : wo + n * w_in].reshape(n, w_in),
-                        h.thresholds[to : to + n],
-                        h.directions[to : to + n],
-                        k,
-                    )
-                    for n, w_in, k, wo, to in h.table.tolist()
-                ]
-                rows = np.ascontiguousarray(f.weight_t.T)
-                first = native.FirstBitsliced.from_packed(
-                    rows, f.wsum, f.threshold, f.direction, self.k
-                )
-                self._bitsliced = (first, hidden)
-            first, hidden = self._bitsliced
+            first, hidden = self._layouts()
             b = call.buffers
             plan = native.Batch1Plan(
                 hidden, b.acts, self.last.weight, self.last.k, b.s, first,

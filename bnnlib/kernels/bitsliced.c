@@ -341,6 +341,19 @@ int bnn_hidden_and_last(const int64_t *plan, int64_t layers, int32_t *mask, int6
     return 0;
 }
 
+/* The first layer of m images, image i's k0 pixels at x + k0 i and its packed output at
+ * out + stride i (first: as in bnn_mlp_image; its out is not used). Returns 0, or -1 if the
+ * first layer refused. */
+int bnn_first_layer_images(const uint8_t *x, int64_t m, const int64_t *first, int32_t *lists,
+                           uint64_t *out, int64_t stride) {
+    for (int64_t i = 0; i < m; i++)
+        if (bnn_first_layer(x + first[0] * i, first[0], (const uint64_t *)first[1], first[2],
+                            first[3], first[4], (const uint64_t *)first[5],
+                            (const uint64_t *)first[6], out + stride * i, first[8], lists) != 0)
+            return -1;
+    return 0;
+}
+
 /* One image through the whole MLP: the first layer (first: the arguments of bnn_first_layer
  * but x and lists, addresses as integers: k0, wt0, blocks, qdigits, zdigits, kbits, flip,
  * out, out_words), then bnn_hidden_and_last. Returns 0, -1 if the first layer refused, or
@@ -354,16 +367,21 @@ int bnn_mlp_image(const uint8_t *x, const int64_t *first, const int64_t *plan, i
     return bnn_hidden_and_last(plan, layers, mask, s);
 }
 
-/* bnn_mlp_image, then the class of the image into cls[0] (affine: a, mu, beta of the last
- * layer's batch norm, classes doubles each, one after the other). */
-int bnn_mlp_image_class(const uint8_t *x, const int64_t *first, const int64_t *plan,
-                        int64_t layers, int32_t *lists, int32_t *mask, int64_t *s,
-                        const double *affine, int64_t *cls) {
-    int refused = bnn_mlp_image(x, first, plan, layers, lists, mask, s);
-    if (refused) return refused;
+/* bnn_mlp_image, then the class of the image. One argument, so that a call from Python
+ * converts one integer: args holds, as integers, bnn_mlp_image's x, first, plan, layers,
+ * lists, mask and s, then affine (a, mu, beta of the last layer's batch norm, classes doubles
+ * each, one after the other). Returns the class (>= 0), or -1 - the layer that refused (0:
+ * the first layer, l: hidden layer l). */
+int64_t bnn_mlp_image_class(const int64_t *args) {
+    const int64_t *plan = (const int64_t *)args[2];
+    const int64_t layers = args[3];
+    int64_t *s = (int64_t *)args[6];
+    const double *affine = (const double *)args[7];
+    int refused = bnn_mlp_image((const uint8_t *)args[0], (const int64_t *)args[1], plan, layers,
+                                (int32_t *)args[4], (int32_t *)args[5], s);
+    if (refused) return -1 - (refused > 0 ? refused : 0);
     int64_t n = plan[9 * layers + 2];
-    cls[0] = bnn_affine_argmax(s, n, affine, affine + n, affine + 2 * n);
-    return 0;
+    return bnn_affine_argmax(s, n, affine, affine + n, affine + 2 * n);
 }
 
 #else

@@ -528,15 +528,20 @@ def _first_serial(x, first_mode, int8_max_nonzero, planes, nonzero, nnz, sumx, u
 
 @numba.njit(parallel=True, **_JIT)
 def _forward_chunks(x, chunk, first_mode, int8_max_nonzero, w0, w8t, wsum, thr0, dir0, table,
-                    w_flat, thr_flat, dir_flat, w_last, k_last, s, words):  # fmt: skip
+                    w_flat, thr_flat, dir_flat, w_last, k_last, s, words, given):  # fmt: skip
     """:func:`_forward` on chunks of ``chunk`` images of ``x``, the chunks shared between
     threads; the prange loops inside :func:`_forward` run serially within a chunk (numba
-    parallelizes the outermost prange only). ``words``: the widest layer's output words."""
+    parallelizes the outermost prange only). ``words``: the widest layer's output words;
+    ``given``: with :data:`FIRST_GIVEN`, the first layer's packed output (M, its words)."""
     M, K = x.shape
     for c in numba.prange((M + chunk - 1) // chunk):
         lo = c * chunk
         m = min(M, lo + chunk) - lo
         acts = np.zeros((table.shape[0] + 1, m * words), np.int64)
+        if first_mode == FIRST_GIVEN:
+            g = given.shape[1]
+            for i in range(m):
+                acts[0, i * g : (i + 1) * g] = given[lo + i]
         _forward(x[lo : lo + m], first_mode, int8_max_nonzero, np.zeros((m, 8, w0.shape[0]),
                  np.int64), np.zeros((m, K), np.int64), np.zeros(m, np.int64),
                  np.zeros(m, np.int64), np.zeros(m, np.bool_), w0, w8t, wsum, thr0, dir0,
@@ -553,16 +558,20 @@ def mlp_forward_chunks(
     hidden: HiddenLayers,
     last: LastLayer,
     words: int,
+    given: np.ndarray | None = None,
 ) -> np.ndarray:
     """The MLP on uint8 images ``x`` (M, k) in chunks of ``chunk`` images shared between
     threads (one parallel region per call), each chunk on one thread with buffers of its own;
     returns the last layer's integer pre-activations s (M, classes), a new array.
-    ``first_mode``: as :func:`mlp_forward`, except :data:`FIRST_GIVEN`; ``words``: the output
-    words of the widest layer but the last. Validated by the caller."""
-    if first_mode == FIRST_GIVEN:
-        raise ValueError("mlp_forward_chunks computes the first layer itself (not FIRST_GIVEN)")
+    ``first_mode``: as :func:`mlp_forward`, with :data:`FIRST_GIVEN` the first layer's packed
+    output in ``given`` (int64, M x its output words, computed by the caller); ``words``: the
+    output words of the widest layer but the last. Validated by the caller."""
+    if (first_mode == FIRST_GIVEN) != (given is not None):
+        raise ValueError("mlp_forward_chunks takes `given` with FIRST_GIVEN, and only then")
+    if given is None:
+        given = np.zeros((0, 1), np.int64)
     s = np.empty((x.shape[0], last.weight.shape[0]), np.int64)
-    _forward_chunks(x, chunk, first_mode, int8_max_nonzero, *first, *hidden, *last, s, words)
+    _forward_chunks(x, chunk, first_mode, int8_max_nonzero, *first, *hidden, *last, s, words, given)
     return s
 
 

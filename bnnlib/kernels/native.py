@@ -38,6 +38,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
 
@@ -51,6 +52,7 @@ __all__ = [
     "BitslicedLayer",
     "FirstBitsliced",
     "Batch1Plan",
+    "first_layer_images",
     "lanes",
 ]
 
@@ -119,8 +121,10 @@ def _load() -> tuple[NativeStatus, ctypes.CDLL | None]:
     lib.bnn_hidden_and_last.restype = ctypes.c_int
     lib.bnn_mlp_image.argtypes = [p, p, p, i64, p, p, p]
     lib.bnn_mlp_image.restype = ctypes.c_int
-    lib.bnn_mlp_image_class.argtypes = [p, p, p, i64, p, p, p, p, p]
-    lib.bnn_mlp_image_class.restype = ctypes.c_int
+    lib.bnn_mlp_image_class.argtypes = [p]
+    lib.bnn_mlp_image_class.restype = i64
+    lib.bnn_first_layer_images.argtypes = [p, i64, p, p, p, i64]
+    lib.bnn_first_layer_images.restype = ctypes.c_int
     lib.bnn_affine_argmax.argtypes = [p, i64, p, p, p]
     lib.bnn_affine_argmax.restype = i64
     isa = "AVX-512" if width == 512 else "AVX2"
@@ -369,6 +373,52 @@ class FirstBitsliced:
         )
 
 
+def _first_args(first: FirstBitsliced, out_address: int) -> np.ndarray:
+    """bnn_first_layer's arguments but x and lists, as the kernels take them (addresses as
+    integers): k0, weights, blocks, qdigits, zdigits, kbits, flip, out, out_words."""
+    f = first
+    return np.array(
+        [f.k0, f.weights.ctypes.data, f.weights.shape[0], f.qdigits, f.zdigits,
+         f.kbits.ctypes.data, f.flip.ctypes.data, out_address, f.out_words], np.int64,
+    )  # fmt: skip
+
+
+def first_layer_images(first: FirstBitsliced, x: np.ndarray, out: np.ndarray, threads: int = 1):
+    """The first layer's packed output of the uint8 images ``x`` (m, k0) into the rows of
+    ``out`` (int64, m x at least ``first.out_words``), by bit planes counted bit-sliced: its
+    time grows with the set bits of the pixels (an MNIST digit has about 700 of 6,272), not
+    with the pixel count. ``threads`` > 1 splits the images between that many threads (each C
+    call releases the GIL). ValueError for arrays of the wrong type, shape or layout."""
+    st, lib = _loaded()
+    if lib is None:
+        raise RuntimeError(f"the native kernels are not available: {st.why}")
+    m = x.shape[0] if x.ndim == 2 else -1
+    ok = x.dtype == np.uint8 and x.flags.c_contiguous and x.shape == (m, first.k0)
+    ok = ok and out.dtype == np.int64 and out.flags.c_contiguous and out.ndim == 2
+    ok = ok and out.shape[0] == m and out.shape[1] >= first.out_words
+    if not (ok and first.consistent() and first.width == st.lanes):
+        raise ValueError("first_layer_images: arrays of the wrong shape, type or layout")
+    args = _first_args(first, 0)
+    parts = np.array_split(np.arange(m), max(1, min(threads, m)))
+
+    def run(rows: np.ndarray) -> int:
+        if not len(rows):
+            return 0
+        lo, lists = int(rows[0]), np.zeros(8 * (first.k0 + 16), np.int32)
+        return lib.bnn_first_layer_images(
+            x[lo:].ctypes.data, len(rows), args.ctypes.data, lists.ctypes.data,
+            out[lo:].ctypes.data, out.shape[1],
+        )  # fmt: skip
+
+    if len(parts) == 1:
+        refused = [run(parts[0])]
+    else:
+        with ThreadPoolExecutor(len(parts)) as pool:
+            refused = list(pool.map(run, parts))
+    if any(refused):
+        raise RuntimeError("bitsliced.c refused the first layer")
+
+
 class Batch1Plan:
     """One image through a packed MLP's layers in one call of ``bitsliced.c``.
 
@@ -424,14 +474,11 @@ class Batch1Plan:
         self._mask = np.zeros(max([lay.inputs for lay in layers] + [1]), np.int32)
         self._args = (self._plan.ctypes.data, len(layers), self._mask.ctypes.data, s.ctypes.data)
         self._call = lib.bnn_hidden_and_last
+        self._class = None  # with a first layer and the affine: bnn_mlp_image_class
         if first is not None:
-            f = first
-            self._x = np.zeros(f.k0, np.uint8)  # the image is copied here: a fixed address
-            self._lists = np.zeros(8 * (f.k0 + 16), np.int32)
-            self._first = np.array(
-                [f.k0, f.weights.ctypes.data, f.weights.shape[0], f.qdigits, f.zdigits,
-                 f.kbits.ctypes.data, f.flip.ctypes.data, base, f.out_words], np.int64,
-            )  # fmt: skip
+            self._x = np.zeros(first.k0, np.uint8)  # the image is copied here: a fixed address
+            self._lists = np.zeros(8 * (first.k0 + 16), np.int32)
+            self._first = _first_args(first, base)
             self._image_args = (
                 self._x.ctypes.data, self._first.ctypes.data, *self._args[:2],
                 self._lists.ctypes.data, *self._args[2:],
@@ -439,9 +486,9 @@ class Batch1Plan:
             self._image = lib.bnn_mlp_image
             if affine is not None:
                 self._affine = np.concatenate([np.asarray(v, np.float64) for v in affine])
-                self._cls = np.zeros(1, np.int64)
-                args = (*self._image_args[:-1], s.ctypes.data, self._affine.ctypes.data)
-                self._class_args = (*args, self._cls.ctypes.data)
+                block = [*self._image_args, self._affine.ctypes.data]
+                self._class_block = np.array(block, np.int64)  # its address: the one argument
+                self._class_arg = self._class_block.ctypes.data
                 self._class = lib.bnn_mlp_image_class
 
     def run(self) -> None:
@@ -463,10 +510,10 @@ class Batch1Plan:
     def classify_image(self, x: np.ndarray) -> int:
         """:meth:`run_image`, then the class: the argmax of ``a * (s - mu) + beta`` with
         the plan's ``affine`` (a, mu, beta), rounded as numpy rounds it (:func:`affine_argmax`)."""
-        if self.first is None or not hasattr(self, "_class"):
+        if self._class is None:
             raise ValueError("this plan has no first layer or no affine")
         self._x[:] = x.reshape(-1)
-        refused = self._class(*self._class_args)
-        if refused:
-            raise RuntimeError(f"bitsliced.c refused layer {max(refused, 0)}")
-        return int(self._cls[0])
+        cls = self._class(self._class_arg)
+        if cls < 0:
+            raise RuntimeError(f"bitsliced.c refused layer {-1 - cls}")
+        return cls
