@@ -277,8 +277,9 @@ def test_empty_batch(mlp):
 
 
 def test_fused_convnet_equals_simulation():
-    """The CIFAR-10 ConvNet (narrow) on images with zero and nonzero pixels, batch 1 and 5:
-    scores equal to the layer-at-a-time path, predictions to the simulation."""
+    """The CIFAR-10 ConvNet (narrow) on images with zero and nonzero pixels, batch 1 and 5,
+    its kernels on threads and on the calling thread: scores equal to the layer-at-a-time
+    path, predictions to the simulation."""
     torch.manual_seed(3)
     net = cifar10_convnet(width=0.25)
     x = torch.randint(0, 256, (140, 3, 32, 32), dtype=torch.uint8)
@@ -289,9 +290,11 @@ def test_fused_convnet_equals_simulation():
     packed.predict(xt[:1])
     assert isinstance(packed.fused, fused.FusedConvNet)
     ref = packed.scores(xt, path="layers")
-    one = torch.cat([packed.scores(xt[i : i + 1]) for i in range(len(xt))])
-    assert torch.equal(one, ref)
-    assert torch.equal(packed.scores(xt, path="fused", batch_size=5), ref)
+    for parallel in (None, True, False):  # the kernels on threads, or on the calling one
+        packed.fused.parallel = parallel
+        one = torch.cat([packed.scores(xt[i : i + 1]) for i in range(len(xt))])
+        assert torch.equal(one, ref), parallel
+        assert torch.equal(packed.scores(xt, path="fused", batch_size=5), ref), parallel
     assert torch.equal(one.argmax(1), inference.simulate(net, xt))
 
 
@@ -302,8 +305,10 @@ def test_fused_conv_pool_after_bn_stride_and_odd_channels():
     with tempfile.TemporaryDirectory() as tmp:
         packed = inference.load(inference.export(net, Path(tmp) / "c.bnn", input_shape=(1, 12, 12)))
     sim = inference.simulate_scores(net, x[:100])
-    for b in (1, 7):
-        assert torch.equal(packed.scores(x[:100], path="fused", batch_size=b), sim)
+    for parallel in (True, False):
+        packed.fused.parallel = parallel
+        for b in (1, 7):
+            assert torch.equal(packed.scores(x[:100], path="fused", batch_size=b), sim)
 
 
 _AVX2_SCRIPT = """

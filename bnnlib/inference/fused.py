@@ -53,7 +53,7 @@ import torch
 from bnnlib import settings
 from bnnlib.inference.spec import Conv2dSpec, LinearSpec
 from bnnlib.kernels import fused as kfused
-from bnnlib.kernels import native
+from bnnlib.kernels import fused_conv, native
 
 __all__ = [
     "FusedMLP",
@@ -465,11 +465,12 @@ class FusedConvNet:
     max_batch: int | None = FUSED_CHUNK
 
     def __init__(self, net):
-        from bnnlib.kernels import fused_conv
-
         if not supports_conv(net):
             raise ValueError("the fused conv path runs ConvNets with an 8-bit first convolution")
-        self.kernels = fused_conv
+        #: True / False: the kernels' rows always / never shared between threads; None: always
+        #: but for a lone image while idle OpenMP threads sleep (``OMP_WAIT_POLICY=PASSIVE``),
+        #: where waking them for each of its layers costs more than it saves
+        self.parallel: bool | None = None
         self.steps = [self._step(lay) for lay in net.layers]
         self.input_shape = tuple(net.input_shape)
         aff = net.layers[-1].output
@@ -506,19 +507,17 @@ class FusedConvNet:
             wsum=wsum,
         )
 
-    def _conv(self, step: _ConvStep, h: np.ndarray) -> np.ndarray:
+    def _conv(self, k: fused_conv.ConvKernels, step: _ConvStep, h: np.ndarray) -> np.ndarray:
         spec, m = step.spec, h.shape[0]
         ho, wo = spec.out_hw
         s = np.empty((m, ho, wo, spec.out_channels), np.int32)
         if spec.first:
-            self.kernels.first_conv(h, step.weights, step.wsum, step.geometry, s)
+            k.first_conv(h, step.weights, step.wsum, step.geometry, s)
         else:
-            self.kernels.binary_conv(h, step.weights, spec.in_channels, step.geometry, s)
+            k.binary_conv(h, step.weights, spec.in_channels, step.geometry, s)
         hp, wp = spec.pooled_hw
         out = np.empty((m, hp, wp, math.ceil(spec.out_channels / 64)), np.int64)
-        self.kernels.pool_threshold_pack(
-            s, step.pool, step.after_bn, step.threshold, step.direction, out
-        )
+        k.pool_threshold_pack(s, step.pool, step.after_bn, step.threshold, step.direction, out)
         return out
 
     def scores(self, x: np.ndarray, first_layer: str = "auto") -> np.ndarray:
@@ -528,18 +527,22 @@ class FusedConvNet:
                 f"the fused ConvNet path has an int8 first layer only, got {first_layer!r}"
             )
         h = np.ascontiguousarray(x.reshape(x.shape[0], *self.input_shape))
+        parallel = self.parallel
+        if parallel is None:
+            parallel = h.shape[0] > 1 or not _threads_sleep()
+        k = fused_conv.PARALLEL if parallel else fused_conv.SERIAL
         for step in self.steps:
             if isinstance(step, _ConvStep):
-                h = self._conv(step, h)
+                h = self._conv(k, step, h)
                 continue
             a = np.ascontiguousarray(h.reshape(h.shape[0], -1))
             n = step.weight.shape[0]
             if step.spec.output == "scores":
                 s = np.empty((a.shape[0], n), np.int64)
-                self.kernels.last_layer(a, step.weight, step.k, s)
+                fused_conv.last_layer(a, step.weight, step.k, s)
                 return self.a * (s.astype(np.float64) - self.mu) + self.beta
             h = np.empty((a.shape[0], math.ceil(n / 64)), np.int64)
-            self.kernels.dense_sign(a, step.weight, step.k, step.threshold, step.direction, h)
+            k.dense_sign(a, step.weight, step.k, step.threshold, step.direction, h)
         raise AssertionError("unreachable: the last layer gives scores")
 
     def classes(self, x: np.ndarray, first_layer: str = "auto") -> np.ndarray:

@@ -17,11 +17,16 @@ the packed NHWC activations (M, H, W, ceil(C/64) words) in place:
   and packing, in one pass.
 
 Output rows are shared between threads (``prange``; ``numba.set_num_threads(1)`` keeps a
-busy machine's other work undisturbed). All of it is exact: the same integers as
+busy machine's other work undisturbed); every kernel also has a twin on the calling thread
+(``*_serial``; :data:`PARALLEL` and :data:`SERIAL` group them), which a lone image takes when
+idle threads sleep (``OMP_WAIT_POLICY=PASSIVE``). All of it is exact: the same integers as
 the layer-at-a-time path, whose bits equal the float simulation's.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numba
 import numpy as np
@@ -30,7 +35,16 @@ from bnnlib.kernels._cache import CACHE
 from bnnlib.kernels.fused import bit, hidden_word, last_layer
 from bnnlib.kernels.xnor import popcount
 
-__all__ = ["binary_conv", "first_conv", "pool_threshold_pack", "dense_sign", "last_layer"]
+__all__ = [
+    "binary_conv",
+    "first_conv",
+    "pool_threshold_pack",
+    "dense_sign",
+    "last_layer",
+    "ConvKernels",
+    "PARALLEL",
+    "SERIAL",
+]
 
 #: The last layer's integer pre-activations, as the fused MLP computes them.
 last_layer = last_layer
@@ -46,8 +60,8 @@ def _tap(out_pos, stride, pad, k, size):
     return p if 0 <= p < size else -1
 
 
-@numba.njit(parallel=True, **_JIT)
-def binary_conv(act, wt, channels, geometry, s):
+@numba.njit(inline="always", **_JIT)
+def _binary_conv(act, wt, channels, geometry, s):
     """s (M, Ho, Wo, out) int32 of packed activations ``act`` (M, H, W, words) and weights
     ``wt`` (kh * kw, words, out) int64; ``geometry`` = (kh, kw, sh, sw, ph, pw)."""
     M, H, W = act.shape[0], act.shape[1], act.shape[2]
@@ -76,8 +90,8 @@ def binary_conv(act, wt, channels, geometry, s):
                 s[m, ho, wo, o] = valid * channels - 2 * acc[o]
 
 
-@numba.njit(parallel=True, **_JIT)
-def first_conv(x, w8, wsum, geometry, s):
+@numba.njit(inline="always", **_JIT)
+def _first_conv(x, w8, wsum, geometry, s):
     """s (M, Ho, Wo, out) int32: t = 2 W_b . x - 255 sum(W_b) over the valid inputs, for uint8
     images ``x`` (M, C, H, W); ``w8`` (C * kh * kw, out) int8 +/-1 in torch's (c, i, j) order;
     ``wsum`` (Ho * Wo, out) the sum of W_b over each position's valid inputs."""
@@ -106,8 +120,8 @@ def first_conv(x, w8, wsum, geometry, s):
                 s[m, ho, wo, o] = 2 * acc[o] - 255 * wsum[p, o]
 
 
-@numba.njit(parallel=True, **_JIT)
-def pool_threshold_pack(s, pool, after_bn, thr, dirn, out):
+@numba.njit(inline="always", **_JIT)
+def _pool_threshold_pack(s, pool, after_bn, thr, dirn, out):
     """Packed bits ``out`` (M, Hp, Wp, words) of Sign(BN(pool(s))) for s (M, Ho, Wo, C) int32;
     ``pool`` = (kh, kw, sh, sw, ph, pw), (1, 1, 1, 1, 0, 0) for none. With ``after_bn`` and
     a flipped channel (direction < 0) the pool takes the min (BN reverses the order): the max
@@ -140,9 +154,69 @@ def pool_threshold_pack(s, pool, after_bn, thr, dirn, out):
                 out[m, hp, wp, u] = word
 
 
-@numba.njit(parallel=True, **_JIT)
-def dense_sign(a, w, k, thr, dirn, out):
+@numba.njit(inline="always", **_JIT)
+def _dense_sign(a, w, k, thr, dirn, out):
     """A hidden linear layer on packed rows ``a`` (M, words): Sign(BN(k - 2 popcount(a XOR w)))
     packed into ``out`` (M, ceil(N/64)), the MLP path's kernel shared between threads."""
     for c in numba.prange(out.shape[1]):
         hidden_word(a, w, k, thr, dirn, out, c)
+
+
+# Each kernel twice: its rows shared between threads, and on the calling thread (with
+# ``OMP_WAIT_POLICY=PASSIVE`` the threads sleep between parallel regions, and waking them costs
+# about 0.1 ms a call on a 2-core EPYC: more than a lone image's pooling takes).
+
+
+@numba.njit(parallel=True, **_JIT)
+def binary_conv(act, wt, channels, geometry, s):
+    _binary_conv(act, wt, channels, geometry, s)
+
+
+@numba.njit(**_JIT)
+def binary_conv_serial(act, wt, channels, geometry, s):
+    _binary_conv(act, wt, channels, geometry, s)
+
+
+@numba.njit(parallel=True, **_JIT)
+def first_conv(x, w8, wsum, geometry, s):
+    _first_conv(x, w8, wsum, geometry, s)
+
+
+@numba.njit(**_JIT)
+def first_conv_serial(x, w8, wsum, geometry, s):
+    _first_conv(x, w8, wsum, geometry, s)
+
+
+@numba.njit(parallel=True, **_JIT)
+def pool_threshold_pack(s, pool, after_bn, thr, dirn, out):
+    _pool_threshold_pack(s, pool, after_bn, thr, dirn, out)
+
+
+@numba.njit(**_JIT)
+def pool_threshold_pack_serial(s, pool, after_bn, thr, dirn, out):
+    _pool_threshold_pack(s, pool, after_bn, thr, dirn, out)
+
+
+@numba.njit(parallel=True, **_JIT)
+def dense_sign(a, w, k, thr, dirn, out):
+    _dense_sign(a, w, k, thr, dirn, out)
+
+
+@numba.njit(**_JIT)
+def dense_sign_serial(a, w, k, thr, dirn, out):
+    _dense_sign(a, w, k, thr, dirn, out)
+
+
+class ConvKernels(NamedTuple):
+    """The kernels of one ConvNet pass, all shared between threads or all on one."""
+
+    binary_conv: Callable
+    first_conv: Callable
+    pool_threshold_pack: Callable
+    dense_sign: Callable
+
+
+#: The kernels with their rows shared between threads, and on the calling thread.
+PARALLEL = ConvKernels(binary_conv, first_conv, pool_threshold_pack, dense_sign)
+SERIAL = ConvKernels(binary_conv_serial, first_conv_serial, pool_threshold_pack_serial,
+                     dense_sign_serial)  # fmt: skip
