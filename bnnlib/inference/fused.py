@@ -284,7 +284,7 @@ class FusedMLP:
             return np.zeros((0, self.num_classes), np.int64) if classes is None else None
         max_nonzero = int(INT8_MAX_NONZERO_FRACTION * self.k)
         with self._lock:
-            c_first = m > 1 and self._native_first(mode)
+            c_first = self._native_first(mode) and (m > 1 or self._lone_native())
             if self._w8t is None and mode != kfused.FIRST_BITPLANES and not c_first:
                 self._make_int8_rows()
             if m > FUSED_CHUNK and self.chunks_parallel and mode != kfused.FIRST_GIVEN:
