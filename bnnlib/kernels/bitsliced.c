@@ -266,8 +266,8 @@ int bnn_bitsliced_layer(const uint64_t *a, int64_t k, const uint64_t *wt, int64_
  *           neurons, then a zero row (the lists are padded with it to whole groups of 16);
  *   qdigits digits of one plane's count (k0 + 16 < 2^qdigits, >= 7);
  *   zdigits digits of Z (two's complement; the caller clipped K so that Z fits);
- *   kbits   blocks x zdigits x VWORDS words: K, bit-sliced; flip: blocks x VWORDS words, 1 where the bit
- *           is Z >= 0 (padding lanes: K = -1, flip 1, so their bit is 0);
+ *   kbits   blocks x zdigits x VWORDS words: K, bit-sliced; flip: blocks x VWORDS words, 1
+ *           where the bit is Z >= 0 (padding lanes: K = -1, flip 1, so their bit is 0);
  *   lists   scratch, 8 (k0 + 16) int32. */
 int bnn_first_layer(const uint8_t *x, int64_t k0, const uint64_t *wt0, int64_t blocks,
                     int64_t qdigits, int64_t zdigits, const uint64_t *kbits,

@@ -397,7 +397,12 @@ def first_layer_images(first: FirstBitsliced, x: np.ndarray, out: np.ndarray, th
     ok = ok and out.dtype == np.int64 and out.flags.c_contiguous and out.ndim == 2
     ok = ok and out.shape[0] == m and out.shape[1] >= first.out_words
     if not (ok and first.consistent() and first.width == st.lanes):
-        raise ValueError("first_layer_images: arrays of the wrong shape, type or layout")
+        raise ValueError(
+            f"first_layer_images: arrays of the wrong shape, type or layout: x must be "
+            f"C-contiguous uint8 (m, {first.k0}), out C-contiguous int64 (m, >= "
+            f"{first.out_words}) (np.ascontiguousarray makes them so), the layout of width "
+            f"{st.lanes}; got x {x.dtype} {x.shape}, out {out.dtype} {out.shape}"
+        )
     args = _first_args(first, 0)
     parts = np.array_split(np.arange(m), max(1, min(threads, m)))
 
