@@ -372,8 +372,10 @@ def conv_batch1(
     uint8 images, ``int8_static`` (that network statically quantized to int8,
     :func:`bnnlib.bench.lowp.deployed_int8_static`: dynamic quantization leaves convolutions
     in float), each the median of ``repeats`` single-image calls after warm-up, cycling
-    through the uint8 images ``xt``, the paths timed in interleaved rounds
-    (:func:`interleaved_ms`)."""
+    through the uint8 images ``xt``, the paths timed in interleaved rounds of
+    :data:`CONV_ROUND_CALLS` calls, each path's turn opened by :data:`CONV_ROUND_WARMUP`
+    untimed ones (:func:`interleaved_ms`), as a user calling one path has its own weights in
+    the caches."""
     xs, n = data.scale(xt), len(xt)
     deployed = deployed_float32(net)
     calls = {"float32": _under(torch.inference_mode, lambda i: deployed(xs[i % n : i % n + 1]))}
@@ -385,9 +387,18 @@ def conv_batch1(
         calls["int8_static"] = _under(torch.inference_mode, lambda i: q8(xs[i % n : i % n + 1]))
     calls["packed"] = lambda i: packed.predict(xt[i % n : i % n + 1])
     calls["packed_layers"] = lambda i: packed.predict(xt[i % n : i % n + 1], path="layers")
-    return interleaved_ms(calls, repeats, 2)
+    rounds = max(1, repeats // CONV_ROUND_CALLS)
+    return interleaved_ms(calls, repeats, 2, rounds, CONV_ROUND_WARMUP)
 
 
+#: The ConvNet at batch 1 (:func:`conv_batch1`): timed calls of each path per round, and the
+#: untimed calls that open its turn. Without them, the packed path's two calls a turn came
+#: right after the float, bf16 and int8 ConvNets' turns (56 MB of float32 weights, 14 MB of
+#: int8) had gone through the caches: 2.61 ms per image in the committed run of 2026-12-07 at
+#: 5b282e8, against 1.71 ms in scratch rounds beside the packed path's own variants (AMD EPYC,
+#: Zen 4).
+CONV_ROUND_CALLS = 4
+CONV_ROUND_WARMUP = 2
 #: The ConvNet's baselines in bf16 / int8 (:func:`conv_batch1`).
 CONV_LOWP = ("bfloat16", "int8_static")
 
@@ -402,7 +413,7 @@ def _conv_rows(repeats: int, log, slow: dict[str, str]) -> dict:
     calibrate_batchnorm(net, x[:200], batch=50)
     packed, _ = export_and_load(net, inference)
     xt = x[200:]
-    reps = max(5, repeats * 4)
+    reps = max(CONV_ROUND_CALLS, repeats * 8)
     log("  CIFAR-10 ConvNet, batch 1 ...")
     row = conv_batch1(net, packed, xt, reps, bfloat16="bfloat16" not in slow, calibration=x[:200])
     same = torch.equal(packed.predict(xt, batch_size=1), packed.predict(xt, path="layers"))
