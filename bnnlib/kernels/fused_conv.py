@@ -125,32 +125,42 @@ def _pool_threshold_pack(s, pool, after_bn, thr, dirn, out):
     """Packed bits ``out`` (M, Hp, Wp, words) of Sign(BN(pool(s))) for s (M, Ho, Wo, C) int32;
     ``pool`` = (kh, kw, sh, sw, ph, pw), (1, 1, 1, 1, 0, 0) for none. With ``after_bn`` and
     a flipped channel (direction < 0) the pool takes the min (BN reverses the order): the max
-    of -s, negated back."""
+    of -s, negated back. Every window has a tap inside the input (torch pads by at most half
+    the kernel): the first one starts its max. The compares fill one 0/1 per channel, and each
+    output word ORs 64 of them (loops of constant length: both vectorize)."""
     M, Ho, Wo, C = s.shape
-    Hp, Wp = out.shape[1], out.shape[2]
+    Hp, Wp, words = out.shape[1], out.shape[2], out.shape[3]
     kh, kw, sh, sw, ph, pw = pool
-    sg = np.ones(C, np.int64)  # -1 where the pool takes the min
+    sg = np.ones(C, np.int32)  # -1 where the pool takes the min
     if after_bn:
         for c in range(C):
             if dirn[c] < 0:
                 sg[c] = -1
     for r in numba.prange(M * Hp):
         m, hp = r // Hp, r % Hp
-        best = np.empty(C, np.int64)
+        best = np.empty(C, np.int32)
+        bits = np.zeros(64 * words, np.int64)  # channels past C stay 0
         for wp in range(Wp):
-            best[:] = np.iinfo(np.int64).min
+            first = True
             for i in range(kh):
                 hi = _tap(hp, sh, ph, i, Ho)
                 for j in range(kw):
                     wi = _tap(wp, sw, pw, j, Wo)
                     if hi < 0 or wi < 0:
                         continue
-                    for c in range(C):  # contiguous channels: vectorized
-                        best[c] = max(best[c], sg[c] * np.int64(s[m, hi, wi, c]))
-            for u in range(out.shape[3]):
+                    if first:
+                        for c in range(C):  # contiguous channels: vectorized
+                            best[c] = sg[c] * s[m, hi, wi, c]
+                        first = False
+                    else:
+                        for c in range(C):
+                            best[c] = max(best[c], sg[c] * s[m, hi, wi, c])
+            for c in range(C):
+                bits[c] = bit(np.int64(sg[c]) * best[c], thr[c], dirn[c])
+            for u in range(words):
                 word = np.int64(0)
-                for c in range(64 * u, min(64 * u + 64, C)):
-                    word |= bit(sg[c] * best[c], thr[c], dirn[c]) << (c - 64 * u)
+                for t in range(64):
+                    word |= bits[64 * u + t] << t
                 out[m, hp, wp, u] = word
 
 
