@@ -17,6 +17,7 @@ from test_inference import pool_after_bn_net
 from bnnlib import data, inference, results
 from bnnlib.bench.common import calibrate_batchnorm
 from bnnlib.inference import fused
+from bnnlib.nn.layers import BinaryConv2d, BinaryLinear, SignActivation
 from bnnlib.nn.models import cifar10_convnet, mnist_mlp
 
 
@@ -309,6 +310,39 @@ def test_fused_conv_pool_after_bn_stride_and_odd_channels():
         packed.fused.parallel = parallel
         for b in (1, 7):
             assert torch.equal(packed.scores(x[:100], path="fused", batch_size=b), sim)
+
+
+def test_fused_conv_wide_inputs_four_words_at_a_time():
+    """Binary convolutions over 300 input channels (4 words counted four at a time, then 1
+    more with 20 padding bits) and 256 (exactly 4 words), batch 1 and 6, on threads and on
+    the calling thread: scores equal to the layer-at-a-time path's and to the simulation's."""
+    torch.manual_seed(11)
+    net = torch.nn.Sequential(
+        BinaryConv2d(1, 300, 3, padding=1, binarize_input=False),
+        torch.nn.BatchNorm2d(300),
+        torch.nn.MaxPool2d(2),
+        SignActivation(),
+        BinaryConv2d(300, 256, 3, padding=1, binarize_input=False),
+        torch.nn.BatchNorm2d(256),
+        SignActivation(),
+        BinaryConv2d(256, 6, 3, binarize_input=False),
+        torch.nn.BatchNorm2d(6),
+        SignActivation(),
+        torch.nn.Flatten(),
+        BinaryLinear(6 * 2 * 2, 10, binarize_input=True),
+        torch.nn.BatchNorm1d(10),
+    )
+    x = torch.randint(0, 256, (160, 1, 8, 8), dtype=torch.uint8)
+    calibrate_batchnorm(net, x[:120], batch=40)
+    with tempfile.TemporaryDirectory() as tmp:
+        packed = inference.load(inference.export(net, Path(tmp) / "w.bnn", input_shape=(1, 8, 8)))
+    xt = x[120:]
+    sim = inference.simulate_scores(net, xt)
+    assert torch.equal(packed.scores(xt, path="layers"), sim)
+    for parallel in (True, False):
+        packed.fused.parallel = parallel
+        for b in (1, 6):
+            assert torch.equal(packed.scores(xt, path="fused", batch_size=b), sim), (parallel, b)
 
 
 _AVX2_SCRIPT = """

@@ -9,7 +9,10 @@ the packed NHWC activations (M, H, W, ceil(C/64) words) in place:
   image of (C - 2 popcount(a XOR w))``. The model pads its binarized input with zeros, which
   contribute nothing, so positions outside the image are skipped (no correction table). The
   weights are laid out (kernel position, word, out channel) so that the innermost loop runs
-  over output channels, contiguous and vectorized.
+  over output channels, contiguous and vectorized; it adds four words' popcounts per pass
+  into int64 counts. (Before, one int32 add per word: on Zen 3, AVX2, the five binary
+  convolutions of a lone CIFAR-10 image's shapes on one thread took 3.02 and 2.84 ms that way,
+  2.57 and 2.41 ms this way, in two runs that timed the two in turn.)
 * :func:`first_conv`: the 8-bit first layer, ``t = 2 W_b . x - 255 sum(W_b)`` over the valid
   inputs (``t / 255`` is the pre-activation), with int8 +/-1 weights and zero pixels skipped.
 * :func:`pool_threshold_pack`: max-pooling of the integers (the min for channels whose batch
@@ -68,9 +71,10 @@ def _binary_conv(act, wt, channels, geometry, s):
     words, out = wt.shape[1], wt.shape[2]
     kh, kw, sh, sw, ph, pw = geometry
     Ho, Wo = s.shape[1], s.shape[2]
+    four = words - words % 4
     for r in numba.prange(M * Ho):
         m, ho = r // Ho, r % Ho
-        acc = np.empty(out, np.int32)
+        acc = np.empty(out, np.int64)  # popcount's own type: no narrowing per word
         for wo in range(Wo):
             acc[:] = 0
             valid = 0
@@ -81,11 +85,21 @@ def _binary_conv(act, wt, channels, geometry, s):
                     if hi < 0 or wi < 0:
                         continue
                     valid += 1
-                    for u in range(words):
-                        a = act[m, hi, wi, u]
-                        row = wt[i * kw + j, u]
+                    a, rows = act[m, hi, wi], wt[i * kw + j]
+                    for u in range(0, four, 4):  # four words per pass over acc
+                        a0, a1, a2, a3 = a[u], a[u + 1], a[u + 2], a[u + 3]
+                        r0, r1, r2, r3 = rows[u], rows[u + 1], rows[u + 2], rows[u + 3]
                         for o in range(out):  # contiguous: vectorized popcount
-                            acc[o] += np.int32(popcount(a ^ row[o]))
+                            acc[o] += (
+                                popcount(a0 ^ r0[o])
+                                + popcount(a1 ^ r1[o])
+                                + popcount(a2 ^ r2[o])
+                                + popcount(a3 ^ r3[o])
+                            )
+                    for u in range(four, words):
+                        a0, r0 = a[u], rows[u]
+                        for o in range(out):
+                            acc[o] += popcount(a0 ^ r0[o])
             for o in range(out):
                 s[m, ho, wo, o] = valid * channels - 2 * acc[o]
 
