@@ -224,6 +224,11 @@ def test_latency_quick_run_has_every_baseline_the_floor_and_the_bound(tmp_path, 
     assert lat["ratios"]["batch1_packed_over_floor"] == pytest.approx(
         lat["ms_per_image"]["1"]["packed"] / f["ms"], rel=1e-3
     )
+    # the speedups over the baselines divide by the packed path timed in their rounds
+    b1 = lat["ms_per_image"]["1"]
+    assert lat["ratios"]["batch1_float32_over_packed"] == pytest.approx(
+        b1["float32"] / b1["packed_beside_baselines"], rel=1e-3
+    )
     cb = lat["compute_bound"]
     assert 0.3e9 < cb["clock"]["measured_hz"] < 7e9  # a real clock, not a nominal one
     assert cb["bound_macs_per_s"] > 0 and "batch16_packed_share_of_compute_bound" in lat["ratios"]
