@@ -247,6 +247,25 @@ def test_latency_quick_run_has_every_baseline_the_floor_and_the_bound(tmp_path, 
     assert (tmp_path / "build" / "bench" / "bench_latency_cpu.json").exists()
 
 
+def test_latency_batch_1_only_keeps_the_batch1_speedups_beside_the_baselines(tmp_path, monkeypatch):
+    """``--batches 1``: the largest batch is batch 1, and its speedups over the baselines still
+    divide by the packed path timed in the baselines' rounds, its floor ratio by the one timed
+    in rounds of its own."""
+    monkeypatch.chdir(tmp_path)
+    argv = ["--latency", "--quick", "--hidden", "64", "--batches", "1", "--no-conv"]
+    lat = bench.main(argv)["latency_cpu"]
+    b1, r = lat["ms_per_image"]["1"], lat["ratios"]
+    assert r["batch1_float32_over_packed"] == pytest.approx(
+        b1["float32"] / b1["packed_beside_baselines"], rel=1e-3
+    )
+    assert r["batch1_layers_over_packed"] == pytest.approx(
+        b1["packed_layers"] / b1["packed_beside_baselines"], rel=1e-3
+    )
+    assert r["batch1_packed_over_floor"] == pytest.approx(
+        b1["packed"] / lat["floor"]["ms"], rel=1e-3
+    )
+
+
 @pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
 def test_hand_written_popcount_variants_build_run_and_agree():
     """The C variants of the compute bound (built with -march=native here): each one's sum

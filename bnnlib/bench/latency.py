@@ -58,8 +58,8 @@ as a user calling it would have. At batch 1 the rounds come in two groups: the p
 own paths (``packed`` and its variants but ``packed_layers``) with the weight-streaming floor's
 two reads, then the baselines, ``packed_layers`` and ``packed`` once more
 (``packed_beside_baselines``, the figure the batch-1 speedups over the baselines divide by):
-beside the float networks' megabytes the floor's read came out 25-35% slower, the packed path
-10-15% (:func:`_own_path`), which set the packed path too close to its floor.
+beside the float networks' megabytes the floor's read came out 24-38% slower, the packed path
+8-16% (:func:`_own_path`), which set the packed path too close to its floor.
 Ratios (``ratios``) compare figures of this run only; ``gmac_per_s``
 gives each path's rate at each batch size. The packed predictions at batch 1 and 100 (and the
 ``*_exact`` baselines' at the largest batch) are compared with the float simulation on the
@@ -315,9 +315,9 @@ def _own_path(name: str) -> bool:
     """Whether a batch-1 entry reads only the packed net's data (the packed paths but the
     layer-at-a-time one, the floor's reads): these are timed in rounds of their own. Timed in
     the same rounds as the float32 / int8 networks (tens to hundreds of MB through the caches
-    each turn), the floor's one-thread read took 25-35% longer than in rounds of its own and
-    the packed path 10-15% longer (AMD EPYC Zen 3, scratch, 2026-12-08, turns opened by 5
-    untimed calls; 15% and 0-10% with 40): the ratio to the floor came out too low."""
+    each turn), the floor's one-thread read took 24-38% longer than in rounds of its own and
+    the packed path 8-16% longer (AMD EPYC Zen 3, scratch, 2026-12-08, four runs, turns opened
+    by 5 untimed calls; 16-17% and 0-10% with 40): the ratio to the floor came out too low."""
     return name.startswith(FLOOR_PREFIX) or (name.startswith("packed") and name != "packed_layers")
 
 
@@ -583,6 +583,8 @@ def _ratios(
     """The ratios of the figures of one run (module docstring)."""
     b1, bb = rows["1"], rows[str(big)]
     beside = b1[BESIDE_BASELINES]  # the baselines' rounds: the speedups over them
+    # (with big == 1 the batch-{big} entries below are the batch-1 ones: the same divisor)
+    pb = beside if big == 1 else bb["packed"]
     best = _best_baseline(bb)
     return {
         "batch1_packed_over_floor": b1["packed"] / floor["ms"],
@@ -597,9 +599,9 @@ def _ratios(
         "batch1_float32_over_plain_sequential": b1["float32"] / b1["float32_plain_sequential"],
         "batch1_layers_over_packed": b1["packed_layers"] / beside,
         "batch1_numba_over_packed": b1["packed_numba"] / b1["packed"],
-        **{f"batch{big}_{k}_over_packed": bb[k] / bb["packed"] for k in _present(bb)},
-        f"batch{big}_best_baseline_over_packed": bb[best] / bb["packed"],
-        f"batch{big}_layers_over_packed": bb["packed_layers"] / bb["packed"],
+        **{f"batch{big}_{k}_over_packed": bb[k] / pb for k in _present(bb)},
+        f"batch{big}_best_baseline_over_packed": bb[best] / pb,
+        f"batch{big}_layers_over_packed": bb["packed_layers"] / pb,
         f"batch{big}_numba_over_packed": bb["packed_numba"] / bb["packed"],
         f"batch{big}_packed_share_of_compute_bound": 1e9 * gmacs[str(big)]["packed"]
         / bound["bound_macs_per_s"],
