@@ -314,15 +314,19 @@ def test_fused_conv_pool_after_bn_stride_and_odd_channels():
 
 def test_fused_conv_wide_inputs_four_words_at_a_time():
     """Binary convolutions over 300 input channels (4 words counted four at a time, then 1
-    more with 20 padding bits) and 256 (exactly 4 words), batch 1 and 6, on threads and on
-    the calling thread: scores equal to the layer-at-a-time path's and to the simulation's."""
+    more with 20 padding bits), 600 (two passes of four words, then 2 more, the last with 40
+    padding bits) and 256 (exactly 4 words), batch 1 and 6, on threads and on the calling
+    thread: scores equal to the layer-at-a-time path's and to the simulation's."""
     torch.manual_seed(11)
     net = torch.nn.Sequential(
         BinaryConv2d(1, 300, 3, padding=1, binarize_input=False),
         torch.nn.BatchNorm2d(300),
         torch.nn.MaxPool2d(2),
         SignActivation(),
-        BinaryConv2d(300, 256, 3, padding=1, binarize_input=False),
+        BinaryConv2d(300, 600, 3, padding=1, binarize_input=False),
+        torch.nn.BatchNorm2d(600),
+        SignActivation(),
+        BinaryConv2d(600, 256, 3, padding=1, binarize_input=False),
         torch.nn.BatchNorm2d(256),
         SignActivation(),
         BinaryConv2d(256, 6, 3, binarize_input=False),
