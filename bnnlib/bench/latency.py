@@ -311,6 +311,12 @@ def _mlp_rows(
 BESIDE_BASELINES = "packed_beside_baselines"
 
 
+def _beside_baselines(row: dict) -> float:
+    """The packed path's figure in a batch size's row timed in the baselines' rounds:
+    :data:`BESIDE_BASELINES` at batch 1, where the rounds come in two groups, else ``packed``."""
+    return row.get(BESIDE_BASELINES, row["packed"])
+
+
 def _own_path(name: str) -> bool:
     """Whether a batch-1 entry reads only the packed net's data (the packed paths but the
     layer-at-a-time one, the floor's reads): these are timed in rounds of their own. Timed in
@@ -582,9 +588,8 @@ def _ratios(
 ) -> dict[str, float]:
     """The ratios of the figures of one run (module docstring)."""
     b1, bb = rows["1"], rows[str(big)]
-    beside = b1[BESIDE_BASELINES]  # the baselines' rounds: the speedups over them
-    # (with big == 1 the batch-{big} entries below are the batch-1 ones: the same divisor)
-    pb = beside if big == 1 else bb["packed"]
+    # the speedups over the baselines divide by the packed path timed in their rounds
+    beside, pb = _beside_baselines(b1), _beside_baselines(bb)
     best = _best_baseline(bb)
     return {
         "batch1_packed_over_floor": b1["packed"] / floor["ms"],

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from bnnlib import paper, results
-from bnnlib.bench.latency import BASELINES
+from bnnlib.bench.latency import BASELINES, BESIDE_BASELINES
 from bnnlib.repro import protocol
 from bnnlib.train import cli as train_cli
 from bnnlib.train.config import RunConfig, RunConfigFormatError
@@ -493,9 +493,11 @@ def _latency_figures(lat: dict) -> tuple[str, str]:
     """(the short figure, the full figures) of one committed ``--latency`` section."""
     b1, ratios, floor = lat["ms_per_image"]["1"], lat["ratios"], lat["floor"]
     big = max(lat["ms_per_image"], key=int)
-    # the speedup divides by the packed time of the baselines' rounds where there is one
+    # since 2026-12-08 the speedups at batch 1 divide by the packed path timed in the
+    # baselines' rounds, the floor ratio by the one timed in rounds of its own
+    pb = b1.get(BESIDE_BASELINES)
     short = (
-        f"{b1.get('packed_beside_baselines', b1['packed']):.3f} ms at batch 1, "
+        f"{b1['packed'] if pb is None else pb:.3f} ms at batch 1, "
         f"{ratios['batch1_float32_over_packed']:.0f}× faster than float32"
     )
     if "all_threads_ms" in floor:
@@ -511,9 +513,6 @@ def _latency_figures(lat: dict) -> tuple[str, str]:
         if limit
         else ""
     )
-    # since 2026-12-08 the speedups at batch 1 divide by the packed path timed in the
-    # baselines' rounds, the floor ratio by the one timed in rounds of its own
-    pb = b1.get("packed_beside_baselines")
     beside = f"; packed {pb:.3f} ms in the same rounds" if pb is not None else ""
     best = ratios.get(f"batch{big}_best_baseline_over_packed")
     timed = [k for k in BASELINES if f"batch{big}_{k}_over_packed" in ratios]
